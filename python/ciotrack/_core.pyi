@@ -1,0 +1,195 @@
+"""Native hot path of ciotrack (Rust, PyO3). Private: use ``ciotrack.Tracker``.
+
+The core owns the parts that run on the caller's thread or per operation:
+encoding a call to compact JSON, stamping it (ULID ``id``, unix ``timestamp``),
+checking Customer.io's size limits, deduplication, the bounded queue per lane
+(one lane per region), batch assembly, the token bucket and the metrics.
+Policy (when to send, retries, spooling, lifecycle) lives in Python.
+
+Invariants across the boundary:
+
+* Every method that encodes reads the Python arguments completely before it
+  returns, so a caller mutating its dict afterwards changes nothing queued.
+* Encoding errors raise ``ciotrack.errors.SerializationError`` (a
+  ``TypeError``) or ``ciotrack.errors.LimitError`` / ``InvalidValueError``
+  (``ValueError``s). The message starts with the path of the bad field, e.g.
+  ``data['items'][2]: unsupported type 'set'``. A failed call queues nothing
+  and changes no counter except ``invalid``.
+* An operation is one JSON object of Track API v2 (``/api/v2/batch``), at
+  most ``MAX_OP_BYTES`` encoded. A batch body is
+  ``{"batch":[op,op,...]}``, at most ``max_batch_bytes`` (default
+  ``MAX_BATCH_BYTES``) including that envelope, operations in FIFO order.
+* ``push`` results are the ``ACCEPTED``/``DEDUPED``/``FULL``/``FORKED`` codes;
+  ``FORKED`` means the process forked since this core was made (detected with
+  ``pthread_atfork``, so it also catches forks that skip Python's
+  ``os.register_at_fork``): nothing was queued, and the caller must rebuild
+  the tracker in the child and call again.
+* Methods that wait (``Lane.wait``, ``Bucket.acquire``, ``Core.push_*`` under
+  the ``"block"`` policy) release the GIL and return early once ``close()``
+  (or ``wake()``) is called.
+"""
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal
+
+__version__: str
+
+ACCEPTED: Final[int]
+"""The operation is queued (or, under ``on_full="spool"``, handed to the overflow list)."""
+DEDUPED: Final[int]
+"""Skipped: the dedup set saw the same operation within the TTL. Counted, not queued."""
+FULL: Final[int]
+"""Refused: the lane is full (by count or bytes) and the policy dropped this operation."""
+FORKED: Final[int]
+"""Refused: the process forked since this core was created; rebuild and retry."""
+
+MAX_OP_BYTES: Final[int]
+"""32768: Customer.io's limit for one v2 operation."""
+MAX_BATCH_BYTES: Final[int]
+"""500000: Customer.io's limit for one ``/api/v2/batch`` request body."""
+
+Timestamp = int | float | datetime | None
+CustomerId = str | int
+OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
+
+class Batch:
+    """A ready ``/api/v2/batch`` body taken from a lane, plus what the sender needs to account for it."""
+
+    body: bytes
+    """``{"batch":[...]}``: the exact bytes to POST. Retries send these same bytes (same event ids)."""
+    count: int
+    """Number of operations in the body."""
+    lane: int
+    start: int
+    """Take ordinal of the first operation in its lane: operations ``[start, end)``."""
+    end: int
+    def ops(self) -> list[bytes]:
+        """The encoded operations, in order (``ops()[i]`` is ``batch_index`` i of a 207 answer)."""
+    def split(self) -> tuple[Batch, Batch]:
+        """Two batches holding the first and second half of the operations (for a 413). Needs ``count >= 2``."""
+    def oldest_age(self) -> float:
+        """Seconds since the oldest operation of this batch was accepted."""
+
+class Lane:
+    """One bounded lock-free queue of encoded operations (one per region), drained into batches."""
+
+    index: int
+    def __len__(self) -> int:
+        """Operations queued now."""
+    def queued_bytes(self) -> int:
+        """Encoded bytes queued now."""
+    def pushed(self) -> int:
+        """Operations ever queued in this lane (a monotonic count)."""
+    def taken(self) -> int:
+        """Operations ever taken out (into batches, or evicted by ``drop_oldest``); never exceeds ``pushed()``."""
+    def wait(self, min_bytes: int, timeout: float) -> bool:
+        """Block, GIL released, until at least ``min_bytes`` are queued, ``timeout`` seconds pass, or ``wake()``/``close()``.
+
+        Returns True when the byte threshold was reached. ``min_bytes=1`` waits for anything.
+        """
+    def next_batch(self, max_bytes: int | None = None, max_ops: int | None = None) -> Batch | None:
+        """Assemble the next batch (GIL released): FIFO, at most ``max_bytes`` (default the core's
+        ``max_batch_bytes``) and ``max_ops`` operations. None when the lane is empty. Safe to call
+        from several sender threads; each operation goes into exactly one batch.
+        """
+    def drain_ops(self) -> list[bytes]:
+        """Take every queued operation out, unbatched (for spooling at exit)."""
+    def clear(self) -> int:
+        """Drop everything queued (the child after a fork); returns how many were dropped."""
+
+class Core:
+    """The per-tracker native state: lanes, dedup set, metrics."""
+
+    def __init__(
+        self,
+        *,
+        lanes: int = 1,
+        max_queue_ops: int = 1_000_000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        max_batch_bytes: int = 500_000,
+        on_full: OverflowPolicy = "drop_newest",
+        block_timeout: float = 0.0,
+        dedup_ttl: float = 300.0,
+        dedup_max_entries: int = 100_000,
+        dedup_events: Literal["id", "composite", "off"] = "id",
+        metrics: bool = True,
+    ) -> None:
+        """Bounds apply per lane. ``dedup_ttl=0`` disables identify and event dedup."""
+    def lane(self, index: int) -> Lane: ...
+    @property
+    def lanes(self) -> int: ...
+    def identify(
+        self, lane: int, customer_id: CustomerId, attributes: Mapping[str, Any] | None, timestamp: Timestamp = None
+    ) -> int:
+        """Queue ``{"type":"person","identifiers":{...},"action":"identify","attributes":{...},"timestamp":N}``.
+
+        Checks: id non-empty and <= 150 bytes; <= 300 attributes; attribute names <= 150 bytes;
+        each attribute value <= 1000 bytes encoded. Dedup: skipped (``DEDUPED``) when the same
+        customer's last accepted identify had identical encoded attributes within the TTL.
+        """
+    def event(
+        self,
+        lane: int,
+        action: Literal["event", "page", "screen"],
+        customer_id: CustomerId | None,
+        anonymous_id: str | None,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        timestamp: Timestamp = None,
+    ) -> int:
+        """Queue ``{"type":"person","identifiers":{...},"action":action,"name":...,"id":ULID,"timestamp":N,"attributes":{...}}``.
+
+        Exactly one of ``customer_id`` / ``anonymous_id``; with ``anonymous_id`` the op carries
+        ``"anonymous_id"`` instead of ``identifiers``. ``id`` must be a ULID (26 Crockford base32
+        characters); a fresh one is made when None. Name non-empty and <= 100 bytes (stripped).
+        Dedup: by ``id`` (``dedup_events="id"``) or by customer+name+data (``"composite"``).
+        """
+    def person(self, lane: int, action: str, customer_id: CustomerId, fields: Mapping[str, Any] | None = None) -> int:
+        """Queue ``{"type":"person","identifiers":{...},"action":action, **fields}`` (delete,
+        suppress, unsuppress, add_device, delete_device, ...). ``fields`` is encoded like data."""
+    def raw(self, lane: int, op: Mapping[str, Any]) -> int:
+        """Encode ``op`` as given (merge, the drop-in ``batch()``); only the 32 KB op limit is checked."""
+    def take_overflow(self) -> list[bytes]:
+        """Operations refused by a full lane under ``on_full="spool"``, oldest first (the caller spools them)."""
+    def requeue(self, lane: int, ops: Sequence[bytes]) -> int:
+        """Push already-encoded operations back (spool replay). Returns how many fitted; never dedups."""
+    def wake(self) -> None:
+        """Wake every thread waiting in ``Lane.wait`` (e.g. for ``flush()``)."""
+    def close(self) -> None:
+        """Wake all waiters and make every later wait return at once. Queued data stays drainable."""
+    def fork_generation(self) -> int:
+        """Incremented in the child by a ``pthread_atfork`` handler on every fork."""
+    def stats(self) -> dict[str, Any]:
+        """Snapshot: ``counters`` (dict name -> int), ``gauges`` (per-lane queued ops/bytes),
+        ``histograms`` (name -> dict with count, sum, p50, p95, p99, max)."""
+    def incr(self, counter: str, n: int = 1) -> None:
+        """Add to a named counter (sender side: delivered, failed, retried, spooled, replayed, bytes_sent, ...). Any name is accepted."""
+    def observe(self, histogram: str, value: float) -> None:
+        """Record into a log-bucket histogram (request_latency_seconds, batch_ops, batch_bytes, ...)."""
+    def ack(self, batch: Batch, failed: Sequence[int] = ()) -> None:
+        """The batch is finished: records end-to-end latency for each delivered op and counts
+        ``delivered`` (count minus failed)."""
+
+class Bucket:
+    """Token bucket (requests/s), lock-free, shared by every sender of one (workspace, region)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        """``rate <= 0`` disables limiting (acquire always succeeds at once). Starts full."""
+    def acquire(self, timeout: float) -> bool:
+        """Take one token, waiting (GIL released) up to ``timeout`` s; False on timeout or ``close()``."""
+    def try_acquire(self) -> float:
+        """Take one token now and return 0.0, or return the seconds until one is available."""
+    def pause(self, seconds: float) -> None:
+        """No token is handed out for ``seconds`` (a 429 with Retry-After); extends, never shortens, a pause."""
+    def tokens(self) -> float: ...
+    def close(self) -> None: ...
+
+def encode(value: Any, path: str = "value") -> bytes:
+    """Encode one value with the core's rules (for tests, the capture tracker and the spool)."""
+
+def ulid() -> str:
+    """A fresh ULID."""
+
+def is_ulid(value: str) -> bool: ...
