@@ -1,0 +1,5 @@
+import sys
+
+from ciotrack.emulator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""Fault injection settings and the per-request decision, plus the per-workspace rate limit.
+
+A ``Faults`` value is immutable; ``set_faults`` swaps in a new one, so a request sees one
+consistent configuration even while a test changes it from another thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import threading
+import time
+from typing import Any
+
+FAULT_NAMES = ("error", "reset", "storm_429", "slow_read", "latency", "apply_then_drop", "rate_limited")
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503)
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    reset_rate: float = 0.0
+    storm_429_until: float = 0.0
+    """``time.time()`` until which every Track API request is answered 429."""
+    storm_429_retry_after: int = 1
+    slow_read: float = 0.0
+    apply_then_drop_rate: float = 0.0
+    seed: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> Faults:
+        """Build from ``set_faults`` keywords / the control endpoint's JSON; unknown keys are errors.
+
+        ``storm_429_seconds`` (relative) is accepted as well as the absolute ``storm_429_until``.
+        """
+        values = dict(settings or {})
+        seconds = values.pop("storm_429_seconds", None)
+        if seconds is not None:
+            values["storm_429_until"] = time.time() + _number(seconds, "storm_429_seconds")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
+        for name in ("error_rate", "reset_rate", "apply_then_drop_rate"):
+            if name in values and not 0.0 <= _number(values[name], name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        for name in ("latency", "latency_jitter", "slow_read", "storm_429_until"):
+            if name in values and _number(values[name], name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if "error_statuses" in values:
+            statuses = tuple(values["error_statuses"])
+            if not statuses or not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
+                raise ValueError("error_statuses must be a non-empty list of HTTP statuses")
+            values["error_statuses"] = statuses
+        if "storm_429_retry_after" in values:
+            retry_after = values["storm_429_retry_after"]
+            if not isinstance(retry_after, int) or retry_after < 1:
+                raise ValueError("storm_429_retry_after must be an integer >= 1")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["error_statuses"] = list(self.error_statuses)
+        return out
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number")
+    return float(value)
+
+
+class FaultState:
+    """The active ``Faults`` and its seeded RNG (one lock: ``random.Random`` is not meant to be shared)."""
+
+    def __init__(self, faults: Faults) -> None:
+        self._lock = threading.Lock()
+        self.set(faults)
+
+    def set(self, faults: Faults) -> None:
+        with self._lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+
+    def chance(self, rate: float) -> bool:
+        if rate <= 0.0:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
+
+    def uniform(self, upper: float) -> float:
+        with self._lock:
+            return self._rng.uniform(0.0, upper)
+
+
+class TokenBucket:
+    """Requests per second with a burst; starts full. Caller holds no lock: this one has its own."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0.0 when a token was taken, else the seconds until one will be available."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return 0.0
+            return (1.0 - self._tokens) / self.rate
