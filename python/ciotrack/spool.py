@@ -1,0 +1,533 @@
+"""Disk spool: durable, append-only segment files of encoded Track API v2 operations.
+
+Operations land here when they cannot be delivered now (Customer.io unreachable past the retry
+budget, the queue full, exit before delivery finished) and are replayed later, by this process or
+the next, as their original bytes (so with their original event ids).
+
+A spool directory holds segments named ``{time_ns:020d}-{pid:010d}-{seq:08d}.spool``: fixed widths,
+so names sort in creation order across processes and replay goes oldest first. A segment is born
+as ``.{name}.creating``, locked, then renamed, so no claimer ever sees it before its writer holds
+the lock. Files are 0600: they hold personal data.
+
+Record format (integers big-endian)::
+
+    0   2  magic b"\xc1S"  (0xC1 never occurs in UTF-8: easy to spot in a hexdump)
+    2   1  version (1)
+    3   1  flags (0, reserved)
+    4   4  op count
+    8   4  payload length
+    12  4  CRC32 of the payload
+    16  4  CRC32 of bytes 0..15 (the header check)
+    20  n  payload: region + b"\n" + op + b"\n" + op ...   (ops never hold a raw newline)
+
+Damage policy of ``Segment.records`` (every skip is counted on the segment and logged once):
+
+* Torn tail (short header, or payload past end of file: a crash mid-write): skipped; every
+  record before it is returned.
+* Damaged header (magic or header CRC wrong): its length cannot be trusted, so nothing after it can
+  be framed: reading stops; earlier records are returned.
+* Bad payload CRC or op count under a good header: the header CRC vouches for the length, so only
+  that record is skipped and reading goes on. One lost record beats losing every later good one.
+* Good header, unknown version or flags (a newer writer): skipped by length.
+
+Locking (``flock``, so local filesystems only): a writer holds ``LOCK_EX`` on its segment until it
+rotates or closes. ``claim`` takes ``LOCK_EX|LOCK_NB`` and then checks that the path still names
+the locked inode (a segment deleted between our open and our lock is skipped), and ``done``
+unlinks before unlocking: two replayers never replay one file twice. A dead process's locks die
+with it, so its leftovers are claimable. Locks are dropped only by closing, never ``LOCK_UN``:
+a forked child shares its parent's locks and must close its copies without releasing them.
+
+Durability: each ``append`` reaches the OS in one unbuffered ``write``, so a killed process loses
+nothing ``append`` returned from; a kernel crash or power loss can lose the unsynced tail unless
+``fsync=True`` (then appends, segment creation and deletion are synced).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pathlib
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, NamedTuple
+
+__all__ = ["HEADER_BYTES", "MAGIC", "VERSION", "Segment", "Spool", "encode_record"]
+
+log = logging.getLogger("ciotrack.spool")
+
+MAGIC: Final = b"\xc1S"
+VERSION: Final = 1
+_CHECKED = struct.Struct(">2sBBIII")  # the header fields covered by the header CRC
+HEADER_BYTES: Final = _CHECKED.size + 4
+SEGMENT_SUFFIX: Final = ".spool"
+_CREATING_SUFFIX: Final = ".creating"
+# How stale our view of other processes' spool bytes may get before append re-reads the directory.
+_RESCAN_SECONDS: Final = 1.0
+
+
+class _Header(NamedTuple):
+    ops: int
+    length: int
+    payload_crc: int
+    readable: bool  # False: a version/flags this reader does not know; skip by length
+
+
+def _parse_header(raw: bytes) -> _Header | None:
+    """None when the header is short or damaged (its length field cannot be trusted)."""
+    if len(raw) < HEADER_BYTES:
+        return None
+    magic, version, flags, ops, length, payload_crc = _CHECKED.unpack_from(raw)
+    (header_crc,) = struct.unpack_from(">I", raw, _CHECKED.size)
+    if magic != MAGIC or zlib.crc32(raw[: _CHECKED.size]) != header_crc:
+        return None
+    return _Header(ops, length, payload_crc, version == VERSION and flags == 0)
+
+
+def encode_record(region: str, ops: Sequence[bytes]) -> bytes:
+    """One record as written to disk (exposed for tests and tools)."""
+    if not region or "\n" in region:
+        raise ValueError(f"spool region must be a non-empty string without newlines, got {region!r}")
+    payload = b"\n".join((region.encode(), *ops))
+    if payload.count(b"\n") != len(ops):
+        bad = next(i for i, op in enumerate(ops) if b"\n" in op)
+        raise ValueError(f"ops[{bad}] contains a raw newline; spooled ops must be compact JSON")
+    checked = _CHECKED.pack(MAGIC, VERSION, 0, len(ops), len(payload), zlib.crc32(payload))
+    return checked + struct.pack(">I", zlib.crc32(checked)) + payload
+
+
+@dataclass
+class _HeaderScan:
+    """How far the headers of one segment have been walked, for ``pending`` and eviction counts."""
+
+    offset: int = 0
+    ops: int = 0
+    stopped: bool = False  # hit a damaged header: nothing after it will ever be framed
+
+
+def _scan_headers(fd: int, scan: _HeaderScan, size: int) -> None:
+    # Only complete records advance the scan, so a segment another process is still writing is
+    # re-walked from its last complete record next time.
+    while not scan.stopped and scan.offset + HEADER_BYTES <= size:
+        header = _parse_header(os.pread(fd, HEADER_BYTES, scan.offset))
+        if header is None:
+            scan.stopped = True
+            return
+        end = scan.offset + HEADER_BYTES + header.length
+        if end > size:
+            return
+        if header.readable:
+            scan.ops += header.ops
+        scan.offset = end
+
+
+def _lock_existing(path: pathlib.Path) -> int | None:
+    """Open and exclusively lock ``path``; None when it is gone or someone else holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    held = False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Between our open and our lock, the previous holder may have finished and unlinked it:
+        # a lock on a dead inode proves nothing, and replaying it again would duplicate events.
+        locked, current = os.fstat(fd), os.stat(path)
+        held = (locked.st_dev, locked.st_ino) == (current.st_dev, current.st_ino)
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    finally:
+        if not held:
+            os.close(fd)
+    return fd if held else None
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Segment:
+    """A claimed segment file. Finish each with ``done()`` or ``release()`` (or use it as a context
+    manager, which releases it unless ``done()`` was called)."""
+
+    path: pathlib.Path
+
+    def __init__(self, path: pathlib.Path, fd: int, *, fsync: bool,
+                 on_finish: Callable[[Segment], None] | None = None) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._fsync = fsync
+        self._on_finish = on_finish
+        self._deleted = False
+        self.skipped_records = 0
+        """Records skipped by the last ``records()`` read (bad payload CRC, unknown version)."""
+        self.dropped_tail_bytes = 0
+        """Bytes after the last frameable record (torn tail or damaged header) in the last read."""
+
+    def records(self) -> Iterator[tuple[str, list[bytes]]]:
+        """``(region, ops)`` of every complete, checksum-valid record, in write order."""
+        # Read through our own duplicate: a release() from another thread (Spool.close) then
+        # cannot pull the descriptor, or let its number be reused, under this loop.
+        stream = open(os.dup(self._held_fd()), "rb")
+        self.skipped_records = self.dropped_tail_bytes = 0
+        problem = ""
+        size = os.fstat(stream.fileno()).st_size
+        offset = 0
+        try:
+            with stream:
+                while offset < size:
+                    raw = stream.read(HEADER_BYTES)
+                    header = _parse_header(raw)
+                    if header is None or offset + HEADER_BYTES + header.length > size:
+                        # A short header or a payload past EOF is torn; a full header that fails
+                        # its check is damaged. Either way nothing after it can be framed.
+                        torn = len(raw) < HEADER_BYTES or header is not None
+                        problem = problem or f"{'torn tail' if torn else 'damaged header'} at byte {offset}"
+                        self.dropped_tail_bytes = size - offset
+                        return
+                    payload = stream.read(header.length)
+                    offset += HEADER_BYTES + header.length
+                    record = self._decode(header, payload)
+                    if record is None:
+                        self.skipped_records += 1
+                        problem = problem or f"bad record ending at byte {offset}"
+                        continue
+                    yield record
+        finally:
+            if problem:
+                log.warning("spool segment %s: %s; skipped %d damaged record(s) and %d tail byte(s)",
+                            self.path.name, problem, self.skipped_records, self.dropped_tail_bytes)
+
+    @staticmethod
+    def _decode(header: _Header, payload: bytes) -> tuple[str, list[bytes]] | None:
+        if not header.readable or len(payload) != header.length or zlib.crc32(payload) != header.payload_crc:
+            return None
+        region, *ops = payload.split(b"\n")
+        if len(ops) != header.ops:
+            return None
+        try:
+            return region.decode(), ops
+        except UnicodeDecodeError:
+            return None
+
+    def done(self) -> None:
+        """Every record was delivered: delete the file (still under our lock), then release it."""
+        if self._fd is None:
+            if self._deleted:
+                return
+            raise ValueError(f"spool segment {self.path.name} was released; claim it again to delete it")
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:  # only if someone ignored the lock; there is nothing left to delete
+            pass
+        self._deleted = True
+        if self._fsync:
+            _fsync_dir(self.path.parent)
+        self._finish()
+
+    def release(self) -> None:
+        """Keep the file for a later replay and drop the lock. Idempotent."""
+        if self._fd is not None:
+            self._finish()
+
+    def _held_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"spool segment {self.path.name} is not claimed (released or done)")
+        return self._fd
+
+    def _finish(self, *, notify: bool = True) -> None:
+        """Close our descriptor. ``notify=False`` in a forked child: the parent keeps the claim."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if notify and self._on_finish is not None:
+            self._on_finish(self)
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+@dataclass
+class _Writer:
+    fd: int
+    name: str
+    size: int = 0
+
+
+class Spool:
+    """A directory of segment files, shared safely by threads and by processes."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30,
+                 segment_bytes: int = 16 << 20, fsync: bool = False,
+                 on_evict: Callable[[int], None] | None = None) -> None:
+        if max_bytes <= 0 or segment_bytes <= 0:
+            raise ValueError("max_bytes and segment_bytes must be positive")
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self._on_evict = on_evict
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._writer: _Writer | None = None
+        self._seq = 0
+        self._last_ns = 0
+        self._scans: dict[str, _HeaderScan] = {}
+        self._claimed: set[Segment] = set()
+        self._estimated_bytes = 0  # bytes in the directory as of the last scan, plus our appends since
+        self._scanned_at = float("-inf")
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
+        """Write ``ops`` as one record. Over ``max_bytes``, the oldest unlocked segments are deleted
+        first and their op count reported to ``on_evict``; if the record still cannot fit (it is
+        larger than ``max_bytes``, or everything else is locked) it is refused, also reported."""
+        record = encode_record(region, ops)
+        if not ops:
+            return
+        with self._guard():
+            if self._closed:
+                raise ValueError("append to a closed spool")
+            evicted, fits = self._make_room(len(record))
+            if fits:
+                self._write(record, len(ops))
+            else:
+                evicted += len(ops)
+                log.warning("spool %s is full (max_bytes=%d): refused a record of %d ops, %d bytes",
+                            self.directory, self.max_bytes, len(ops), len(record))
+        if evicted and self._on_evict is not None:  # outside the lock: the hook may call us back
+            try:
+                self._on_evict(evicted)
+            except Exception:
+                log.exception("spool on_evict hook raised")
+
+    def pending(self) -> tuple[int, int]:
+        """``(ops, bytes)`` in every segment of the directory, other processes' included. Ops are
+        counted from record headers of complete records; bytes are file sizes."""
+        with self._guard():
+            total, segments = self._scan_dir()
+            return sum(self._scans[name].ops for name, _ in segments), total
+
+    def claim(self) -> Iterator[Segment]:
+        """Lock and yield, oldest first, every segment no process holds. Our own writer segment is
+        rotated first so its records are included. Runs lazily, as the iterator is consumed. Finish
+        every segment with ``done()`` or ``release()``; ``close()`` releases any still held."""
+        with self._guard():
+            if self._closed:
+                raise ValueError("claim from a closed spool")
+            self._close_writer()
+            self._sweep_stale_creating()
+            names = self._segment_names()
+        for name in names:
+            fd = _lock_existing(self.directory / name)
+            if fd is None:
+                continue
+            segment = Segment(self.directory / name, fd, fsync=self.fsync, on_finish=self._forget)
+            with self._guard():
+                if self._closed:
+                    segment._finish(notify=False)
+                    return
+                self._claimed.add(segment)
+            yield segment
+
+    def close(self) -> None:
+        """Close the writer segment (fsync'd when ``fsync=True``) and release claimed segments."""
+        with self._guard():
+            if self._closed:
+                return
+            self._closed = True
+            self._close_writer()
+            claimed, self._claimed = list(self._claimed), set()
+        for segment in claimed:
+            segment.release()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- internals (called with self._lock held unless noted) -------------------------------------
+
+    def _guard(self) -> threading.Lock:
+        """The instance lock, renewed in a forked child (another thread may have held it at fork).
+        The child also drops its copies of the parent's descriptors: the parent keeps its writer
+        segment and its claims, the child starts a segment of its own."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            if self._writer is not None:
+                os.close(self._writer.fd)
+                self._writer = None
+            for segment in self._claimed:
+                segment._finish(notify=False)
+            self._claimed = set()
+        return self._lock
+
+    def _forget(self, segment: Segment) -> None:  # called without the lock, from Segment
+        with self._guard():
+            self._claimed.discard(segment)
+
+    def _segment_names(self) -> list[str]:
+        names = os.listdir(self.directory)
+        return sorted(n for n in names if n.endswith(SEGMENT_SUFFIX) and not n.startswith("."))
+
+    def _scan_dir(self) -> tuple[int, list[tuple[str, int]]]:
+        """Total bytes and ``(name, size)`` of every segment, oldest first; refreshes op counts."""
+        segments: list[tuple[str, int]] = []
+        for name in self._segment_names():
+            path = self.directory / name
+            try:
+                size = os.stat(path).st_size
+                scan = self._scans.setdefault(name, _HeaderScan())
+                if scan.offset < size and not scan.stopped:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        _scan_headers(fd, scan, size)
+                    finally:
+                        os.close(fd)
+            except FileNotFoundError:  # replayed or evicted by someone else just now
+                continue
+            segments.append((name, size))
+        self._scans = {name: self._scans[name] for name, _ in segments}
+        total = sum(size for _, size in segments)
+        self._estimated_bytes, self._scanned_at = total, time.monotonic()
+        return total, segments
+
+    def _make_room(self, record_bytes: int) -> tuple[int, bool]:
+        """Evict oldest-first until ``record_bytes`` fits; returns (ops evicted, whether it fits)."""
+        if record_bytes > self.max_bytes:
+            return 0, False
+        fresh = time.monotonic() - self._scanned_at < _RESCAN_SECONDS
+        if fresh and self._estimated_bytes + record_bytes <= self.max_bytes:
+            return 0, True
+        total, segments = self._scan_dir()
+        evicted = 0
+        for name, size in segments:
+            if total + record_bytes <= self.max_bytes:
+                break
+            if self._writer is not None and name == self._writer.name:
+                continue
+            ops = self._evict(name)
+            if ops is not None:
+                evicted, total = evicted + ops, total - size
+        writer = self._writer
+        if total + record_bytes > self.max_bytes and writer is not None and writer.size > 0:
+            # Everything older is held by someone else: our own current segment goes next.
+            self._close_writer()
+            ops = self._evict(writer.name)
+            if ops is not None:
+                evicted, total = evicted + ops, total - writer.size
+        self._estimated_bytes = total
+        return evicted, total + record_bytes <= self.max_bytes
+
+    def _evict(self, name: str) -> int | None:
+        """Delete one unlocked segment; its op count, or None when it is held or already gone."""
+        path = self.directory / name
+        fd = _lock_existing(path)
+        if fd is None:
+            return None
+        try:
+            scan = self._scans.pop(name, None) or _HeaderScan()
+            _scan_headers(fd, scan, os.fstat(fd).st_size)
+            os.unlink(path)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            _fsync_dir(self.directory)
+        log.warning("spool over max_bytes=%d: evicted segment %s with %d ops", self.max_bytes, name, scan.ops)
+        return scan.ops
+
+    def _write(self, record: bytes, ops: int) -> None:
+        writer = self._writer
+        if writer is not None and writer.size > 0 and writer.size + len(record) > self.segment_bytes:
+            self._close_writer()
+            writer = None
+        if writer is None:
+            writer = self._writer = self._open_writer()
+        view = memoryview(record)
+        try:
+            while view:
+                view = view[os.write(writer.fd, view):]
+            if self.fsync:
+                os.fsync(writer.fd)
+        except OSError:
+            # A partial record left mid-file would hide every later record behind a bad header:
+            # cut it off, and end the segment here so the next record starts a fresh one.
+            try:
+                os.ftruncate(writer.fd, writer.size)
+            except OSError:
+                pass
+            self._close_writer()
+            raise
+        writer.size += len(record)
+        scan = self._scans.setdefault(writer.name, _HeaderScan())
+        scan.offset, scan.ops = writer.size, scan.ops + ops
+        self._estimated_bytes += len(record)
+
+    def _open_writer(self) -> _Writer:
+        error: OSError | None = None
+        for _ in range(5):
+            ns = self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            self._seq += 1
+            name = f"{ns:020d}-{self._pid:010d}-{self._seq:08d}{SEGMENT_SUFFIX}"
+            creating = self.directory / f".{name}{_CREATING_SUFFIX}"
+            fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(creating, self.directory / name)
+            except (BlockingIOError, FileNotFoundError) as exc:
+                # A claimer's sweep took our fresh empty file for a crashed writer's; take a new name.
+                os.close(fd)
+                error = exc
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if self.fsync:
+                _fsync_dir(self.directory)
+            self._scans[name] = _HeaderScan()
+            return _Writer(fd, name)
+        assert error is not None
+        raise error
+
+    def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            if self.fsync:
+                os.fsync(writer.fd)
+        finally:
+            os.close(writer.fd)
+
+    def _sweep_stale_creating(self) -> None:
+        """Remove empty ``.creating`` files of writers that died before renaming them."""
+        for name in os.listdir(self.directory):
+            if not (name.startswith(".") and name.endswith(_CREATING_SUFFIX)):
+                continue
+            fd = _lock_existing(self.directory / name)
+            if fd is None:
+                continue
+            try:
+                if os.fstat(fd).st_size == 0:
+                    os.unlink(self.directory / name)
+            finally:
+                os.close(fd)
