@@ -1,0 +1,177 @@
+"""ciotrack: an embedded background tracker for Customer.io's Track API, with its hot path in Rust.
+
+    import ciotrack
+
+    tracker = ciotrack.Tracker("site-id", "api-key")       # or CIOTRACK_SITE_ID / CIOTRACK_API_KEY
+    tracker.track("user-42", "checkout", {"total": 12.5})  # ~1 us, never blocks, never raises for delivery
+
+or the module-level default tracker: ``ciotrack.init(site_id, api_key, **options)``, then
+``ciotrack.track(...)``, ``ciotrack.identify(...)``, ..., ``ciotrack.flush()``, ``ciotrack.close()``.
+
+Names are imported lazily (PEP 562), so ``ciotrack.emulator`` and ``ciotrack.errors`` work without the
+native extension having been built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ciotrack._version import __version__
+
+if TYPE_CHECKING:
+    from ciotrack.compat import CustomerIO, CustomerIOException, Regions
+    from ciotrack.config import Config
+    from ciotrack.errors import (
+        CiotrackError,
+        ConfigError,
+        DeliveryError,
+        InvalidValueError,
+        LimitError,
+        SerializationError,
+    )
+    from ciotrack.tracker import CustomerId, Timestamp, Tracker
+
+__all__ = [
+    "__version__",
+    "Tracker", "Config",
+    "CiotrackError", "ConfigError", "SerializationError", "InvalidValueError", "LimitError", "DeliveryError",
+    "CustomerIO", "Regions", "CustomerIOException",
+    "init", "get_tracker", "identify", "track", "track_anonymous", "page", "screen", "delete", "add_device",
+    "delete_device", "suppress", "unsuppress", "merge_customers", "send_operation", "flush", "close",
+]
+
+_LAZY = {
+    "Tracker": "ciotrack.tracker",
+    "Config": "ciotrack.config",
+    "CiotrackError": "ciotrack.errors",
+    "ConfigError": "ciotrack.errors",
+    "SerializationError": "ciotrack.errors",
+    "InvalidValueError": "ciotrack.errors",
+    "LimitError": "ciotrack.errors",
+    "DeliveryError": "ciotrack.errors",
+    "CustomerIO": "ciotrack.compat",
+    "Regions": "ciotrack.compat",
+    "CustomerIOException": "ciotrack.compat",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ciotrack' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+# -- the module-level default tracker -------------------------------------------------------------
+
+_default: Tracker | None = None
+_default_lock = threading.Lock()
+
+
+def init(site_id: str | None = None, api_key: str | None = None, **options: Any) -> Tracker:
+    """Create the default tracker used by ``ciotrack.track()`` and friends (closing a previous one)."""
+    global _default
+    from ciotrack.tracker import Tracker
+
+    tracker = Tracker(site_id, api_key, **options)
+    with _default_lock:
+        previous, _default = _default, tracker
+    if previous is not None:
+        previous.close(previous.config.exit_timeout)
+    return tracker
+
+
+def get_tracker() -> Tracker:
+    """The default tracker; made from ``CIOTRACK_*`` environment variables on first use if ``init()``
+    was not called (raises ``ConfigError`` when they are missing)."""
+    global _default
+    tracker = _default
+    if tracker is not None:
+        return tracker
+    from ciotrack.tracker import Tracker
+
+    with _default_lock:
+        if _default is None:
+            _default = Tracker()
+        return _default
+
+
+def identify(customer_id: CustomerId, attributes: Mapping[str, Any] | None = None, /, *,
+             region: str | None = None, **attrs: Any) -> None:
+    (_default or get_tracker()).identify(customer_id, attributes, region=region, **attrs)
+
+
+def track(customer_id: CustomerId, name: str, data: Mapping[str, Any] | None = None, *, id: str | None = None,
+          timestamp: Timestamp = None, region: str | None = None) -> None:
+    (_default or get_tracker()).track(customer_id, name, data, id=id, timestamp=timestamp, region=region)
+
+
+def track_anonymous(anonymous_id: str, name: str, data: Mapping[str, Any] | None = None, *, id: str | None = None,
+                    timestamp: Timestamp = None, region: str | None = None) -> None:
+    (_default or get_tracker()).track_anonymous(anonymous_id, name, data, id=id, timestamp=timestamp, region=region)
+
+
+def page(customer_id: CustomerId, url: str, data: Mapping[str, Any] | None = None, *, id: str | None = None,
+         timestamp: Timestamp = None, region: str | None = None) -> None:
+    (_default or get_tracker()).page(customer_id, url, data, id=id, timestamp=timestamp, region=region)
+
+
+def screen(customer_id: CustomerId, name: str, data: Mapping[str, Any] | None = None, *, id: str | None = None,
+           timestamp: Timestamp = None, region: str | None = None) -> None:
+    (_default or get_tracker()).screen(customer_id, name, data, id=id, timestamp=timestamp, region=region)
+
+
+def delete(customer_id: CustomerId, *, region: str | None = None) -> None:
+    (_default or get_tracker()).delete(customer_id, region=region)
+
+
+def add_device(customer_id: CustomerId, device_id: str, platform: str, *, last_used: Timestamp = None,
+               attributes: Mapping[str, Any] | None = None, region: str | None = None) -> None:
+    (_default or get_tracker()).add_device(customer_id, device_id, platform, last_used=last_used,
+                                           attributes=attributes, region=region)
+
+
+def delete_device(customer_id: CustomerId, device_id: str, *, region: str | None = None) -> None:
+    (_default or get_tracker()).delete_device(customer_id, device_id, region=region)
+
+
+def suppress(customer_id: CustomerId, *, region: str | None = None) -> None:
+    (_default or get_tracker()).suppress(customer_id, region=region)
+
+
+def unsuppress(customer_id: CustomerId, *, region: str | None = None) -> None:
+    (_default or get_tracker()).unsuppress(customer_id, region=region)
+
+
+def merge_customers(primary_id_type: str, primary_id: CustomerId, secondary_id_type: str,
+                    secondary_id: CustomerId, *, region: str | None = None) -> None:
+    (_default or get_tracker()).merge_customers(primary_id_type, primary_id, secondary_id_type, secondary_id,
+                                                region=region)
+
+
+def send_operation(op: Mapping[str, Any], *, region: str | None = None) -> None:
+    (_default or get_tracker()).send_operation(op, region=region)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Flush the default tracker (True when there is none: nothing to deliver)."""
+    tracker = _default
+    return True if tracker is None else tracker.flush(timeout)
+
+
+def close(timeout: float | None = None) -> None:
+    """Close and forget the default tracker; a later ``init()`` (or call) makes a new one."""
+    global _default
+    with _default_lock:
+        tracker, _default = _default, None
+    if tracker is not None:
+        tracker.close(timeout)

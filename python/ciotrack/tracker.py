@@ -1,0 +1,326 @@
+"""``ciotrack.Tracker``: the public API. Each call is one native core call on the caller's thread.
+
+A call encodes, stamps, validates and queues one Track API v2 operation, and returns ``None`` in about
+a microsecond. It raises only for bad input (:mod:`ciotrack.errors`: ``SerializationError`` is a
+``TypeError``, ``InvalidValueError``/``LimitError`` are ``ValueError``s, each naming the field), and
+nothing is queued then. Delivery problems never raise here: they reach ``on_error``/``on_drop`` and
+the log. Calls after ``close()`` are dropped and counted (``on_drop("closed", 1)``).
+
+Routing: every method takes ``region="us"|"eu"`` to override the tracker's routing for that call;
+otherwise ``region_for`` (if configured) picks the region from the customer id (for
+``track_anonymous``: the anonymous id), else the tracker's default region. Note for ``identify``:
+an attribute literally named ``region`` must go in the ``attributes`` dict, since the keyword is the
+routing override.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from ciotrack import _core, lifecycle
+from ciotrack.config import Config
+from ciotrack.errors import ConfigError, InvalidValueError
+from ciotrack.sender import Pipeline, ThrottledLog, log
+
+__all__ = ["Tracker"]
+
+CustomerId = str | int
+Timestamp = int | float | datetime | None
+
+_DEDUPED = _core.DEDUPED
+_FULL = _core.FULL
+_FORKED = _core.FORKED
+_PLATFORMS = ("ios", "android")
+_MERGE_ID_TYPES = ("id", "email", "cio_id")
+
+
+class Tracker:
+    """Sends people, events and devices to Customer.io's Track API from background threads.
+
+    ``Tracker(site_id, api_key, region="us", endpoint=None, **options)``: arguments left as None come
+    from ``CIOTRACK_*`` environment variables (see :class:`ciotrack.config.Config` for every option and
+    its default); ``region`` defaults to ``CIOTRACK_REGION`` or ``"us"``. Sender threads start on the
+    first call. Use it as a context manager, or call :meth:`close` (at interpreter exit, queued
+    operations are delivered within ``exit_timeout`` anyway).
+    """
+
+    def __init__(
+        self,
+        site_id: str | None = None,
+        api_key: str | None = None,
+        *,
+        region: str | None = None,
+        endpoint: str | None = None,
+        config: Config | None = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = Config.from_env(site_id=site_id, api_key=api_key, region=region, endpoint=endpoint, **options)
+        elif site_id is not None or api_key is not None or region is not None or endpoint is not None or options:
+            raise ConfigError("pass either config= or individual options, not both")
+        self._config = config
+        self._closed = False
+        self._warn = ThrottledLog(log)
+        self._build()
+        lifecycle.register_tracker(self)
+
+    def _build(self) -> None:
+        pipeline = Pipeline(self._config)
+        self._pipeline = pipeline
+        self._core = pipeline.core
+        self._lane_of = pipeline.lane_of
+        self._region_for = self._config.region_for
+        self._running = False  # hot-path flag: False until the first call starts the senders, and after close
+        # The pipeline must outlive a collected Tracker long enough to deliver its queue.
+        self._finalizer = weakref.finalize(self, pipeline.release)
+        self._finalizer.atexit = False  # lifecycle's own exit handler closes it, with a deadline
+        lifecycle.register_pipeline(pipeline)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Tracker:
+        return cls(config=config)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def __repr__(self) -> str:
+        c = self._config
+        return f"<ciotrack.Tracker site_id={c.site_id!r} region={c.region!r} closed={self._closed}>"
+
+    # -- slow paths (kept out of the methods so they stay a handful of bytecodes) -----------------
+
+    def _start(self) -> bool:
+        """First call (start the senders) or a call after close (dropped). True to go on."""
+        if self._closed:
+            self._pipeline.drop("closed", 1)
+            return False
+        self._pipeline.start()
+        self._running = True
+        return True
+
+    def _lane(self, key: Any, region: str | None) -> int:
+        if region is None:
+            route = self._region_for
+            if route is None:
+                return 0
+            region = route.get(key) if isinstance(route, Mapping) else route(key)
+            if region is None:
+                return 0
+        lane = self._lane_of.get(region)
+        if lane is None:
+            if region == self._config.region:
+                return 0
+            raise ConfigError(f"region {region!r} is not enabled for this tracker (regions in use: "
+                              f"{sorted(self._lane_of)}); pass regions=, endpoints= or region_for=")
+        return lane
+
+    def _refused(self, code: int, method: str, *args: Any) -> None:
+        if code == _FORKED:
+            # A fork that skipped os.register_at_fork (a C-level fork): rebuild here, then try once more.
+            self._rebuild_after_fork()
+            if self._closed or not self._start():
+                return
+            code = getattr(self._core, method)(*args)
+            if not code or code == _DEDUPED:
+                return
+        if code == _FULL:  # the core counts it (dropped_full); tell the hook and the log
+            if self._config.disabled:
+                self._core.lane(args[0]).clear()
+                return
+            hook = self._config.on_drop
+            if hook is not None:
+                self._pipeline.call_hook(hook, "queue_full", 1)
+            self._warn.warning("full", "ciotrack: queue full (policy %s); operation dropped", self._config.on_full)
+        elif code == _FORKED:
+            self._warn.warning("forked", "ciotrack: core still reports FORKED after a rebuild; operation dropped")
+
+    # -- the API ----------------------------------------------------------------------------------
+
+    def identify(
+        self, customer_id: CustomerId, attributes: Mapping[str, Any] | None = None, /, *,
+        region: str | None = None, **attrs: Any,
+    ) -> None:
+        """Create or update a person. ``attributes`` and keyword attributes are merged (keywords win)."""
+        if not self._running and not self._start():
+            return
+        if attrs:
+            attributes = {**attributes, **attrs} if attributes else attrs
+        lane = 0 if region is None and self._region_for is None else self._lane(customer_id, region)
+        code = self._core.identify(lane, customer_id, attributes)
+        if code:
+            self._refused(code, "identify", lane, customer_id, attributes)
+
+    def track(
+        self, customer_id: CustomerId, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: Timestamp = None, region: str | None = None,
+    ) -> None:
+        """An event for a person. ``id`` (a ULID) is generated when None; retries reuse it."""
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and self._region_for is None else self._lane(customer_id, region)
+        code = self._core.event(lane, "event", customer_id, None, name, data, id, timestamp)
+        if code:
+            self._refused(code, "event", lane, "event", customer_id, None, name, data, id, timestamp)
+
+    def track_anonymous(
+        self, anonymous_id: str, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: Timestamp = None, region: str | None = None,
+    ) -> None:
+        """An event for a visitor not identified yet (linked later by an identify with ``anonymous_id``)."""
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and self._region_for is None else self._lane(anonymous_id, region)
+        code = self._core.event(lane, "event", None, anonymous_id, name, data, id, timestamp)
+        if code:
+            self._refused(code, "event", lane, "event", None, anonymous_id, name, data, id, timestamp)
+
+    def page(
+        self, customer_id: CustomerId, url: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: Timestamp = None, region: str | None = None,
+    ) -> None:
+        """A page view (``action: page``, ``name`` = the URL or path)."""
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and self._region_for is None else self._lane(customer_id, region)
+        code = self._core.event(lane, "page", customer_id, None, url, data, id, timestamp)
+        if code:
+            self._refused(code, "event", lane, "page", customer_id, None, url, data, id, timestamp)
+
+    def screen(
+        self, customer_id: CustomerId, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: Timestamp = None, region: str | None = None,
+    ) -> None:
+        """A mobile screen view (``action: screen``)."""
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and self._region_for is None else self._lane(customer_id, region)
+        code = self._core.event(lane, "screen", customer_id, None, name, data, id, timestamp)
+        if code:
+            self._refused(code, "event", lane, "screen", customer_id, None, name, data, id, timestamp)
+
+    def _person(self, action: str, customer_id: CustomerId, fields: Mapping[str, Any] | None,
+                region: str | None) -> None:
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and self._region_for is None else self._lane(customer_id, region)
+        code = self._core.person(lane, action, customer_id, fields)
+        if code:
+            self._refused(code, "person", lane, action, customer_id, fields)
+
+    def delete(self, customer_id: CustomerId, *, region: str | None = None) -> None:
+        """Delete a person."""
+        self._person("delete", customer_id, None, region)
+
+    def suppress(self, customer_id: CustomerId, *, region: str | None = None) -> None:
+        """Delete a person and refuse their id from now on."""
+        self._person("suppress", customer_id, None, region)
+
+    def unsuppress(self, customer_id: CustomerId, *, region: str | None = None) -> None:
+        self._person("unsuppress", customer_id, None, region)
+
+    def add_device(
+        self, customer_id: CustomerId, device_id: str, platform: str, *, last_used: Timestamp = None,
+        attributes: Mapping[str, Any] | None = None, region: str | None = None,
+    ) -> None:
+        """Add or update a push device (``device.token`` = ``device_id``; platform ``ios``/``android``)."""
+        if not isinstance(device_id, str) or not device_id:
+            raise InvalidValueError("device_id: must be a non-empty str")
+        if platform not in _PLATFORMS:
+            raise InvalidValueError(f"platform: must be 'ios' or 'android', got {platform!r}")
+        device: dict[str, Any] = {"token": device_id, "platform": platform}
+        if last_used is not None:
+            device["last_used"] = int(last_used) if isinstance(last_used, float) else last_used
+        if attributes is not None:
+            device["attributes"] = attributes
+        self._person("add_device", customer_id, {"device": device}, region)
+
+    def delete_device(self, customer_id: CustomerId, device_id: str, *, region: str | None = None) -> None:
+        if not isinstance(device_id, str) or not device_id:
+            raise InvalidValueError("device_id: must be a non-empty str")
+        self._person("delete_device", customer_id, {"device": {"token": device_id}}, region)
+
+    def merge_customers(
+        self, primary_id_type: str, primary_id: CustomerId, secondary_id_type: str, secondary_id: CustomerId, *,
+        region: str | None = None,
+    ) -> None:
+        """Merge the secondary person into the primary (which must exist). Id types: id, email, cio_id."""
+        for label, id_type, value in (("primary", primary_id_type, primary_id),
+                                      ("secondary", secondary_id_type, secondary_id)):
+            if id_type not in _MERGE_ID_TYPES:
+                raise InvalidValueError(f"{label}_id_type: must be one of {_MERGE_ID_TYPES}, got {id_type!r}")
+            if value is None or value == "" or isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise InvalidValueError(f"{label}_id: must be a non-empty str or int")
+        op = {"type": "person", "action": "merge",
+              "primary": {primary_id_type: str(primary_id)}, "secondary": {secondary_id_type: str(secondary_id)}}
+        self._raw(op, primary_id, region)
+
+    def send_operation(self, op: Mapping[str, Any], *, region: str | None = None) -> None:
+        """Queue one raw Track API v2 operation (the drop-in ``CustomerIO.batch``). Only the 32 KB
+        operation limit is checked; Customer.io's answer to a malformed op reaches ``on_error``.
+        ``region_for`` routes by ``op["identifiers"]["id"]`` when present."""
+        key: Any = None
+        if region is None and self._region_for is not None:
+            identifiers = op.get("identifiers")
+            key = identifiers.get("id") if isinstance(identifiers, Mapping) else None
+        self._raw(op, key, region)
+
+    def _raw(self, op: Mapping[str, Any], key: Any, region: str | None) -> None:
+        if not self._running and not self._start():
+            return
+        lane = 0 if region is None and (self._region_for is None or key is None) else self._lane(key, region)
+        code = self._core.raw(lane, op)
+        if code:
+            self._refused(code, "raw", lane, op)
+
+    # -- delivery control -------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver what is queued now. True once every operation accepted before the call is delivered
+        or finally failed; False if ``timeout`` seconds passed first."""
+        return self._pipeline.flush(timeout)
+
+    async def flush_async(self, timeout: float | None = None) -> bool:
+        """``flush`` in a worker thread, so an event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self._pipeline.flush, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush within ``timeout`` seconds (None: until every batch is delivered or finally failed),
+        stop the senders, close the Session. Idempotent; later calls are dropped and counted."""
+        self._closed = True
+        self._running = False
+        self._finalizer.detach()
+        return self._pipeline.close(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        """The core's metrics: ``counters``, ``gauges`` (queue depth per lane), ``histograms``."""
+        return self._core.stats()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- lifecycle hooks --------------------------------------------------------------------------
+
+    def _rebuild_after_fork(self) -> None:
+        """In a forked child: a fresh pipeline (empty queue, new locks and Session, threads on the next
+        call). The parent's queued operations stay the parent's to deliver."""
+        old = self._pipeline
+        old.forget_after_fork()
+        self._finalizer.detach()
+        self._warn = ThrottledLog(log)
+        if self._closed:
+            return
+        self._build()

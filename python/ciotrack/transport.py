@@ -1,0 +1,196 @@
+"""Destinations: where a ready batch body goes, and what its answer means for the sender.
+
+A :class:`Destination` takes the exact bytes of one batch and answers with an :class:`Outcome`:
+delivered, partial (some operations rejected), retry (maybe after a server-given delay), split (too
+large) or final (will never succeed). The sender, the token bucket, the retry policy and the metrics do
+not care which destination they feed (the roadmap adds a Redis stream, the CDP batch API and an
+in-memory capture). :class:`TrackV2Destination` is Customer.io's Track API v2 ``/api/v2/batch``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ciotrack._version import __version__
+from ciotrack.retry import parse_retry_after
+
+__all__ = ["Destination", "Outcome", "TrackV2Destination", "lookup_region", "make_session", "user_agent"]
+
+log = logging.getLogger("ciotrack.transport")
+
+OutcomeKind = Literal["delivered", "partial", "retry", "split", "final"]
+Timeout = float | tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to one send. ``status`` is the HTTP status, or None when no response arrived."""
+
+    kind: OutcomeKind
+    status: int | None = None
+    reason: str = ""
+    retry_after: float | None = None
+    """For ``retry``: the server's ``Retry-After`` in seconds, when it sent one."""
+    failures: tuple[tuple[int, str], ...] = ()
+    """For ``partial``: ``(batch_index, reason)`` of each rejected operation."""
+
+
+DELIVERED = Outcome("delivered", 200)
+
+
+class Destination(Protocol):
+    """Receives batch bodies. ``send`` must not raise for delivery problems: it answers an Outcome."""
+
+    name: str
+
+    def send(self, body: bytes) -> Outcome: ...
+
+    def close(self) -> None: ...
+
+
+def user_agent(suffix: str | None = None) -> str:
+    base = f"ciotrack/{__version__}"
+    return f"{base} {suffix}" if suffix else base
+
+
+def make_session(pool_size: int, hosts: int = 1, user_agent_suffix: str | None = None) -> requests.Session:
+    """One pooled Session shared by every sender thread (and every region).
+
+    The adapter keeps ``pool_size`` connections per host (one per sender, so no sender waits for a
+    connection and none is opened per request) and never retries by itself: retries are the sender's,
+    with the same bytes, under the rate limit.
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=max(1, hosts), pool_maxsize=max(1, pool_size), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({
+        "User-Agent": user_agent(user_agent_suffix),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    })
+    return session
+
+
+class TrackV2Destination:
+    """``POST {endpoint}/api/v2/batch`` with Basic auth ``site_id:api_key``.
+
+    ``timeout``, ``proxies`` and ``verify`` are passed on every request (so they win over the
+    environment's ``REQUESTS_CA_BUNDLE``/``HTTPS_PROXY`` for this request). Status table:
+    200/2xx delivered; 207 partial (``errors[].batch_index``); 429, 408, 5xx, connection errors and
+    timeouts retry; 413 split; TLS verification failures and other 4xx are final.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        endpoint: str,
+        site_id: str,
+        api_key: str,
+        *,
+        timeout: Timeout,
+        proxies: Mapping[str, str] | None = None,
+        verify: bool | str = True,
+        name: str = "us",
+    ) -> None:
+        self.name = name
+        self.url = endpoint.rstrip("/") + "/api/v2/batch"
+        self._session = session
+        self._auth = (site_id, api_key)
+        self._timeout = timeout
+        self._proxies = dict(proxies) if proxies else None
+        self._verify = verify
+
+    def __repr__(self) -> str:  # the key stays out of every repr
+        return f"TrackV2Destination(url={self.url!r}, region={self.name!r})"
+
+    def send(self, body: bytes) -> Outcome:
+        try:
+            response = self._session.post(
+                self.url, data=body, auth=self._auth, timeout=self._timeout, proxies=self._proxies, verify=self._verify
+            )
+        except requests.exceptions.SSLError as exc:
+            # A certificate that does not verify will not verify on the next try either.
+            return Outcome("final", None, f"tls_error: {_short(exc)}")
+        except requests.exceptions.Timeout as exc:
+            return Outcome("retry", None, f"timeout: {type(exc).__name__}")
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            return Outcome("retry", None, f"connection_error: {_short(exc)}")
+        except requests.exceptions.RequestException as exc:
+            return Outcome("final", None, f"request_error: {type(exc).__name__}: {_short(exc)}")
+        return classify(response.status_code, response.headers.get("Retry-After"), response.content)
+
+    def close(self) -> None:
+        pass  # the Session is shared; its owner closes it
+
+
+def classify(status: int, retry_after: str | None, content: bytes) -> Outcome:
+    """Map one Track API v2 batch answer to an Outcome (pure, unit-tested without a server)."""
+    if status == 207:
+        return Outcome("partial", status, "partial", failures=_batch_errors(content))
+    if 200 <= status < 300:
+        return Outcome("delivered", status)
+    if status == 429 or status == 408 or 500 <= status < 600:
+        return Outcome("retry", status, f"http_{status}", retry_after=parse_retry_after(retry_after))
+    if status == 413:
+        return Outcome("split", status, "http_413")
+    return Outcome("final", status, f"http_{status}: {_error_text(content)}")
+
+
+def _batch_errors(content: bytes) -> tuple[tuple[int, str], ...]:
+    try:
+        errors = json.loads(content)["errors"]
+        failures = []
+        for error in errors:
+            parts = [str(error[key]) for key in ("reason", "field", "message") if error.get(key)]
+            failures.append((int(error["batch_index"]), ": ".join(parts) or "rejected"))
+        return tuple(failures)
+    except (ValueError, KeyError, TypeError):
+        # Which operations failed is unknown: count the batch as delivered, but say so.
+        log.warning("ciotrack: unparsable 207 body from Customer.io (%d bytes); failures not attributed", len(content))
+        return ()
+
+
+def _error_text(content: bytes, limit: int = 300) -> str:
+    text = content[:limit].decode("utf-8", "replace").strip()
+    return text or "no body"
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def lookup_region(
+    session: requests.Session,
+    endpoint: str,
+    site_id: str,
+    api_key: str,
+    *,
+    timeout: Timeout,
+    proxies: Mapping[str, str] | None = None,
+    verify: bool | str = True,
+) -> str | None:
+    """``GET {endpoint}/api/v1/accounts/region`` -> ``"us"``/``"eu"``, or None (logged) when it cannot tell."""
+    url = endpoint.rstrip("/") + "/api/v1/accounts/region"
+    try:
+        response = session.get(url, auth=(site_id, api_key), timeout=timeout,
+                               proxies=dict(proxies) if proxies else None, verify=verify)
+        if response.status_code != 200:
+            log.warning("ciotrack: region lookup at %s answered %d", url, response.status_code)
+            return None
+        region = response.json().get("region")
+    except (requests.exceptions.RequestException, ValueError, AttributeError) as exc:
+        log.warning("ciotrack: region lookup at %s failed: %s", url, _short(exc))
+        return None
+    if region in ("us", "eu"):
+        return str(region)
+    log.warning("ciotrack: region lookup at %s returned unknown region %r", url, region)
+    return None
