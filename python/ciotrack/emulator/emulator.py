@@ -176,6 +176,8 @@ class Emulator:
                 duplicates += ws.duplicates
         out["events"] = events
         out["duplicates"] = duplicates
+        # CPU time of the whole process (all threads): with a spawned emulator, the server's own.
+        out["process_cpu_seconds"] = time.process_time()
         return out
 
     def requests(self) -> list[dict[str, Any]]:

@@ -5,9 +5,11 @@ Invariants:
   changes anything, so an invalid operation leaves no trace.
 * A person is reachable from ``people`` (by cio_id) and from ``by_id`` / ``by_email`` / ``by_phone``
   for each identifier it holds; ``device_owner`` maps each device token to the one person holding it.
-* Events are stored as tuples ``(type, name, data, timestamp, id)``; ``data`` is the parsed dict
-  from the request (never mutated afterwards) or None for "no data". ``snapshot()`` builds the
-  plain-dict view, so the hot path allocates one tuple per event.
+* An event is stored either as a tuple ``(type, name, data, timestamp, id)``, where ``data`` is
+  the parsed dict from the request (never mutated afterwards), the raw JSON slice of the v2
+  operation (whose ``attributes`` hold the data), or None for "no data"; or, from the v2 fast path,
+  as the operation's raw JSON slice alone when that carries everything (including a timestamp).
+  ``snapshot()`` decodes and builds the plain-dict view, so the hot path allocates almost nothing.
 * Callers hold ``lock`` around every call (the server applies one request at a time per workspace).
 
 Semantics this emulator had to choose where Customer.io's docs are silent (see the README):
@@ -27,11 +29,17 @@ Semantics this emulator had to choose where Customer.io's docs are silent (see t
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from ciotrack.emulator.validate import OpError, identifier_value
 
-Event = tuple[str, str, "dict[str, Any] | None", int, "str | None"]
+if TYPE_CHECKING:
+    import msgspec
+
+# data: a dict (v1 / general path), the operation's raw JSON slice (v2 fast path), or None.
+Event = tuple[str, str, Any, int, "str | None"]
 
 # Keys of an identify body that steer the call rather than being stored as attributes.
 _IDENTIFY_CONTROL_KEYS = frozenset({"id", "cio_id", "_update", "_timestamp", "cio_relationships"})
@@ -44,7 +52,7 @@ class Person:
         self.cio_id = cio_id
         self.id: str | None = None
         self.attributes: dict[str, Any] = {}
-        self.events: list[Event] = []
+        self.events: list[Event | msgspec.Raw] = []
         self.devices: dict[str, dict[str, Any]] = {}
         self.suppressed = False
         self.relationships: list[dict[str, Any]] = []
@@ -53,9 +61,24 @@ class Person:
         return self.id if self.id is not None else f"cio_{self.cio_id}"
 
 
-def _event_view(event: Event) -> dict[str, Any]:
+def event_data(stored: Any) -> dict[str, Any]:
+    if stored is None:
+        return {}
+    if stored.__class__ is dict:
+        return dict(stored)
+    attributes = orjson.loads(memoryview(stored)).get("attributes")
+    return attributes if attributes else {}
+
+
+def _event_view(event: Event | msgspec.Raw) -> dict[str, Any]:
+    if not isinstance(event, tuple):
+        # A v2 event operation stored as its raw JSON slice: it carries its own timestamp.
+        op = orjson.loads(memoryview(event))
+        attributes = op.get("attributes")
+        return {"name": op["name"], "type": op["action"], "data": attributes if attributes else {},
+                "timestamp": op["timestamp"], "id": op.get("id")}
     kind, name, data, ts, eid = event
-    return {"name": name, "type": kind, "data": dict(data) if data else {}, "timestamp": ts, "id": eid}
+    return {"name": name, "type": kind, "data": event_data(data), "timestamp": ts, "id": eid}
 
 
 class Workspace:
@@ -72,7 +95,7 @@ class Workspace:
         self.by_email: dict[str, Person] = {}
         self.by_phone: dict[str, Person] = {}
         self.device_owner: dict[str, Person] = {}
-        self.anonymous_events: dict[str, list[Event]] = {}
+        self.anonymous_events: dict[str, list[Event | msgspec.Raw]] = {}
         self.event_ids: set[str] = set()
         self.objects: dict[str, dict[str, Any]] = {}
         self.deliveries: list[dict[str, Any]] = []

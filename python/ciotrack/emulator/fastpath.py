@@ -1,0 +1,133 @@
+"""The ``/api/v2/batch`` hot path: typed decoding with msgspec and a lean event loop.
+
+Why: parsing every operation into dicts with orjson and validating it in Python costs ~5 us per
+operation, a third of the 500k events/s goal. Here the body is split into one raw JSON slice per
+operation (validating the JSON syntax and giving each operation's exact size for the 32 KB limit),
+then each slice is decoded into a small ``_Op`` struct whose types do most of the checking in C.
+Event operations of the common shape are validated and stored inline; the event keeps the raw
+slice (which references the request body, so nothing is copied) and is decoded only when someone
+inspects the state.
+
+Invariant: the fast path accepts only what the general path (``v2.apply_op`` on a dict) would
+accept, and stores the same thing. Anything unusual (an unknown field, a type mismatch, a long
+name or id, any other action) goes to the general path, which makes the precise error item.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+from ciotrack.emulator.state import Workspace
+from ciotrack.emulator.validate import MAX_OP_BYTES, OpError
+
+# Crockford base32 in both cases; a ULID is 26 of these, the first at most '7'.
+_ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz"
+# Character counts under which the byte limits cannot be exceeded (4 bytes per character at most).
+_SAFE_NAME_CHARS = 100 // 4
+_SAFE_ID_CHARS = 150 // 4
+
+
+class _AnyObject(msgspec.Struct, gc=False):
+    """Checks "is a JSON object" while skipping its contents (kept in the raw slice instead)."""
+
+
+class _PersonId(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    id: str | int
+
+
+class _EventOp(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """An event/page/screen operation for a person identified by ``id``; any other operation
+    fails to decode (``ValidationError``) and takes the general path."""
+
+    type: Literal["person"]
+    action: Literal["event", "page", "screen"]
+    identifiers: _PersonId
+    name: str
+    id: str | None = None
+    timestamp: int | None = None
+    attributes: _AnyObject | None = None
+
+
+class _Batch(msgspec.Struct, gc=False):
+    batch: list[msgspec.Raw]
+
+
+_decode_batch = msgspec.json.Decoder(_Batch).decode
+_decode_op = msgspec.json.Decoder(_EventOp).decode
+
+
+class MalformedBody(ValueError):
+    """The body is not JSON or has no ``batch`` list: the whole request is a 400."""
+
+
+def split_batch(body: bytes) -> list[msgspec.Raw]:
+    """One raw slice per operation. Raises ``MalformedBody``."""
+    # msgspec does not check UTF-8 inside the strings it skips; orjson (the general path) would
+    # reject it, so check here. ASCII bodies (the usual case) skip the decode.
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise MalformedBody(f"body is not valid UTF-8: {err}") from None
+    try:
+        return _decode_batch(body).batch
+    except msgspec.ValidationError as err:
+        raise MalformedBody(f"body must be an object with a 'batch' list ({err})") from None
+    except msgspec.DecodeError as err:
+        raise MalformedBody(f"body is not JSON: {err}") from None
+
+
+def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Apply operations in order under the caller's ``ws.lock``; returns (accepted, 207 error items).
+
+    ``general(ws, op_dict, now)`` is the general path (``v2.apply_op``), raising ``OpError``.
+    """
+    errors: list[dict[str, Any]] = []
+    seen = ws.event_ids
+    by_id = ws.by_id
+    decode = _decode_op
+    ulid_chars = _ULID_CHARS
+    max_op_bytes = MAX_OP_BYTES
+    stored = 0
+    duplicates = 0
+    for index, raw in enumerate(raws):
+        try:
+            if len(raw) > max_op_bytes:
+                raise OpError("", "too_large", f"operation is over {MAX_OP_BYTES} bytes")
+            try:
+                op = decode(raw)
+            except msgspec.ValidationError:
+                general(ws, orjson.loads(memoryview(raw)), now)
+                continue
+            name = op.name
+            eid = op.id
+            pid = op.identifiers.id
+            # Checks the struct types cannot express; when one fails the general path decides.
+            if (name and len(name) <= _SAFE_NAME_CHARS and name.strip() is name
+                    and (eid is None or (len(eid) == 26 and eid[0] <= "7" and not eid.strip(ulid_chars)))
+                    and pid.__class__ is str and pid and len(pid) <= _SAFE_ID_CHARS):
+                if eid is not None:
+                    if eid in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(eid)
+                person = by_id.get(pid)
+                if person is None:
+                    person = ws.find_or_create("id", pid)
+                # With its own timestamp the raw slice says everything about the event (its name
+                # needs no trimming here), so it is stored as is: no tuple, no copy.
+                if op.timestamp is not None:
+                    person.events.append(raw)
+                else:
+                    person.events.append((op.action, name, raw if op.attributes is not None else None, now, eid))
+                stored += 1
+            else:
+                general(ws, orjson.loads(memoryview(raw)), now)
+        except OpError as err:
+            errors.append({"batch_index": index, "reason": err.reason, "field": err.field, "message": err.message})
+    ws.events_stored += stored
+    ws.duplicates += duplicates
+    return len(raws) - len(errors), errors
