@@ -1,0 +1,567 @@
+//! Python values -> compact JSON, on the calling thread, at call time (so later mutation of the
+//! caller's dict changes nothing queued).
+//!
+//! Fast path first: exact-type checks on the type pointer for str/int/float/bool/None/dict/list/
+//! tuple, with borrowed pointers and no intermediate allocation. Only values that miss those
+//! checks pay for isinstance against the cached Enum/datetime/date/Decimal/UUID types.
+//! Errors carry the path to the bad field; it is built while the error unwinds, so a successful
+//! encode never formats a path.
+
+use std::os::raw::c_int;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyTimeAccess, PyType, PyTzInfoAccess};
+
+use crate::json;
+use crate::ops::{self, ErrorKind, OpError};
+
+/// Deeper than this is taken for a cycle (a dict containing itself) rather than data.
+pub const MAX_DEPTH: u32 = 64;
+/// An error path longer than this is shown shortened with `...` (a cycle would be 64 deep).
+const MAX_PATH_SHOWN: usize = 8;
+
+/// One step from a container to the bad value, innermost first while unwinding.
+enum Segment {
+    Key(Py<PyAny>),
+    Index(usize),
+}
+
+pub struct ValueFault {
+    kind: ErrorKind,
+    detail: String,
+    path: Vec<Segment>,
+}
+
+/// Why encoding stopped: a value the rules reject, or an exception raised by Python code the
+/// encoder called (an Enum's `value`, a tzinfo's `utcoffset`, a Decimal subclass's `__str__`).
+pub enum EncodeError {
+    Value(Box<ValueFault>),
+    Python(PyErr),
+}
+
+impl EncodeError {
+    fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        EncodeError::Value(Box::new(ValueFault { kind, detail: detail.into(), path: Vec::new() }))
+    }
+
+    fn at(mut self, segment: impl FnOnce() -> Segment) -> Self {
+        if let EncodeError::Value(fault) = &mut self {
+            fault.path.push(segment());
+        }
+        self
+    }
+
+    /// The Python exception, its message starting with `root` and the path: `data['items'][2]: ...`.
+    pub fn into_pyerr(self, py: Python<'_>, root: &str) -> PyErr {
+        match self {
+            EncodeError::Python(err) => err,
+            EncodeError::Value(fault) => {
+                let mut message = String::from(root);
+                for segment in fault.path.iter().rev().take(MAX_PATH_SHOWN) {
+                    match segment {
+                        Segment::Index(i) => message.push_str(&format!("[{i}]")),
+                        Segment::Key(key) => {
+                            let shown = key.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
+                            message.push('[');
+                            message.push_str(&shown);
+                            message.push(']');
+                        }
+                    }
+                }
+                if fault.path.len() > MAX_PATH_SHOWN {
+                    message.push_str("...");
+                }
+                message.push_str(": ");
+                message.push_str(&fault.detail);
+                to_pyerr(py, OpError::new(fault.kind, message))
+            }
+        }
+    }
+}
+
+impl From<PyErr> for EncodeError {
+    fn from(err: PyErr) -> Self {
+        EncodeError::Python(err)
+    }
+}
+
+struct ErrorTypes {
+    config: Py<PyType>,
+    serialization: Py<PyType>,
+    invalid: Py<PyType>,
+    limit: Py<PyType>,
+}
+
+static ERROR_TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
+
+fn error_types(py: Python<'_>) -> PyResult<&ErrorTypes> {
+    ERROR_TYPES.get_or_try_init(py, || -> PyResult<ErrorTypes> {
+        let module = py.import("ciotrack.errors")?;
+        Ok(ErrorTypes {
+            config: module.getattr("ConfigError")?.cast_into::<PyType>()?.unbind(),
+            serialization: module.getattr("SerializationError")?.cast_into::<PyType>()?.unbind(),
+            invalid: module.getattr("InvalidValueError")?.cast_into::<PyType>()?.unbind(),
+            limit: module.getattr("LimitError")?.cast_into::<PyType>()?.unbind(),
+        })
+    })
+}
+
+/// A ciotrack.errors.ConfigError (a ValueError) for an unusable constructor argument.
+pub fn config_error(py: Python<'_>, message: String) -> PyErr {
+    match error_types(py) {
+        Ok(types) => PyErr::from_type(types.config.bind(py).clone(), message),
+        Err(import_error) => import_error,
+    }
+}
+
+/// Maps a core error onto ciotrack.errors (imported once, lazily: errors.py is pure Python).
+pub fn to_pyerr(py: Python<'_>, err: OpError) -> PyErr {
+    match error_types(py) {
+        Ok(types) => {
+            let ty = match err.kind {
+                ErrorKind::Serialization => &types.serialization,
+                ErrorKind::Invalid => &types.invalid,
+                ErrorKind::Limit => &types.limit,
+            };
+            PyErr::from_type(ty.bind(py).clone(), err.message)
+        }
+        Err(import_error) => import_error,
+    }
+}
+
+/// The rarer types, looked up once per process.
+struct SlowTypes {
+    enum_: Py<PyAny>,
+    decimal: Py<PyAny>,
+    uuid: Py<PyAny>,
+    mapping: Py<PyAny>,
+}
+
+static SLOW_TYPES: PyOnceLock<SlowTypes> = PyOnceLock::new();
+
+fn slow_types(py: Python<'_>) -> PyResult<&SlowTypes> {
+    SLOW_TYPES.get_or_try_init(py, || {
+        Ok(SlowTypes {
+            enum_: py.import("enum")?.getattr("Enum")?.unbind(),
+            decimal: py.import("decimal")?.getattr("Decimal")?.unbind(),
+            uuid: py.import("uuid")?.getattr("UUID")?.unbind(),
+            mapping: py.import("collections.abc")?.getattr("Mapping")?.unbind(),
+        })
+    })
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// The UTF-8 of a str object, borrowed from it (CPython caches the UTF-8 form; for ASCII it is the
+/// object's own data). A lone surrogate has no UTF-8 form: that is an InvalidValueError.
+///
+/// # Safety
+/// `obj` must be a live str (or subclass) that outlives the returned slice.
+#[inline]
+unsafe fn utf8<'a>(obj: *mut ffi::PyObject) -> Result<&'a [u8], EncodeError> {
+    let mut size: ffi::Py_ssize_t = 0;
+    let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut size);
+    if data.is_null() {
+        ffi::PyErr_Clear();
+        return Err(EncodeError::new(ErrorKind::Invalid, "string contains a lone surrogate (not valid UTF-8)"));
+    }
+    Ok(std::slice::from_raw_parts(data as *const u8, size as usize))
+}
+
+/// A str argument as &str, or an InvalidValueError/SerializationError naming `field`.
+pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, OpError> {
+    // SAFETY: type checked first; the slice borrows from `obj`, which outlives it.
+    unsafe {
+        if ffi::PyUnicode_Check(obj.as_ptr()) == 0 {
+            return Err(OpError::new(
+                ErrorKind::Serialization,
+                format!("{field}: must be a str, not '{}'", type_name(obj)),
+            ));
+        }
+        match utf8(obj.as_ptr()) {
+            // CPython's UTF-8 form is valid UTF-8 by construction.
+            Ok(bytes) => Ok(std::str::from_utf8_unchecked(bytes)),
+            Err(_) => Err(OpError::invalid(format!("{field}: string contains a lone surrogate (not valid UTF-8)"))),
+        }
+    }
+}
+
+/// Writes an int that fits i64 or u64; anything larger is an InvalidValueError.
+#[inline]
+unsafe fn write_int(out: &mut Vec<u8>, obj: *mut ffi::PyObject) -> Result<(), EncodeError> {
+    let mut overflow: c_int = 0;
+    let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+    if overflow == 0 {
+        if v == -1 && !ffi::PyErr_Occurred().is_null() {
+            ffi::PyErr_Clear();
+            return Err(EncodeError::new(ErrorKind::Invalid, "int cannot be read"));
+        }
+        json::write_i64(out, v);
+        return Ok(());
+    }
+    if overflow > 0 {
+        let u = ffi::PyLong_AsUnsignedLongLong(obj);
+        if !(u == u64::MAX && !ffi::PyErr_Occurred().is_null()) {
+            json::write_u64(out, u);
+            return Ok(());
+        }
+        ffi::PyErr_Clear();
+    }
+    Err(EncodeError::new(ErrorKind::Invalid, "int does not fit in 64 bits"))
+}
+
+#[inline]
+fn write_float(out: &mut Vec<u8>, v: f64) -> Result<(), EncodeError> {
+    if json::write_f64(out, v) {
+        Ok(())
+    } else {
+        Err(EncodeError::new(ErrorKind::Invalid, format!("float {v} is not allowed (JSON has no NaN or infinity)")))
+    }
+}
+
+/// Writes any supported value. `depth` is the number of containers around `obj`.
+pub fn write_value(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+    let ptr = obj.as_ptr();
+    // SAFETY: `ptr` is alive for this call (held by `obj`); every FFI call below gets a valid
+    // object of the type just checked.
+    unsafe {
+        let tp = ffi::Py_TYPE(ptr);
+        if tp == &raw mut ffi::PyUnicode_Type {
+            json::write_str(out, std::str::from_utf8_unchecked(utf8(ptr)?));
+            Ok(())
+        } else if tp == &raw mut ffi::PyLong_Type {
+            write_int(out, ptr)
+        } else if tp == &raw mut ffi::PyFloat_Type {
+            write_float(out, ffi::PyFloat_AS_DOUBLE(ptr))
+        } else if ptr == ffi::Py_True() {
+            out.extend_from_slice(b"true");
+            Ok(())
+        } else if ptr == ffi::Py_False() {
+            out.extend_from_slice(b"false");
+            Ok(())
+        } else if ptr == ffi::Py_None() {
+            out.extend_from_slice(b"null");
+            Ok(())
+        } else if tp == &raw mut ffi::PyDict_Type {
+            write_dict(py, out, obj, depth)
+        } else if tp == &raw mut ffi::PyList_Type {
+            write_list(py, out, obj, depth)
+        } else if tp == &raw mut ffi::PyTuple_Type {
+            write_tuple(py, out, obj, depth)
+        } else {
+            write_uncommon(py, out, obj, depth)
+        }
+    }
+}
+
+fn too_deep() -> EncodeError {
+    EncodeError::new(ErrorKind::Serialization, format!("nesting deeper than {MAX_DEPTH} (cyclic?)"))
+}
+
+/// A dict's entries, written without building any intermediate collection.
+fn write_dict(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep());
+    }
+    out.push(b'{');
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut key_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut value_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut first = true;
+    // SAFETY: PyDict_Next re-checks its position against the current table on every call, so it
+    // stays in bounds even if Python code run by the encoder mutates the dict; key and value are
+    // taken as strong references at once, so they outlive such a mutation.
+    while unsafe { ffi::PyDict_Next(obj.as_ptr(), &mut pos, &mut key_ptr, &mut value_ptr) } != 0 {
+        let key = unsafe { Bound::from_borrowed_ptr(py, key_ptr) };
+        let value = unsafe { Bound::from_borrowed_ptr(py, value_ptr) };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_key(out, &key)?;
+        out.push(b':');
+        write_value(py, out, &value, depth + 1).map_err(|e| e.at(|| Segment::Key(key.unbind())))?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+#[inline]
+fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
+    // SAFETY: type checked before reading the UTF-8; the slice does not outlive `key`.
+    unsafe {
+        if ffi::PyUnicode_Check(key.as_ptr()) == 0 {
+            return Err(non_str_key(key));
+        }
+        let bytes = utf8(key.as_ptr()).map_err(|_| {
+            EncodeError::new(ErrorKind::Invalid, format!("key {} contains a lone surrogate", shown(key)))
+        })?;
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        json::write_str_body(out, bytes);
+        out.push(b'"');
+    }
+    Ok(())
+}
+
+fn shown(obj: &Bound<'_, PyAny>) -> String {
+    let text = obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
+    if text.chars().count() > 60 {
+        format!("{}...", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn non_str_key(key: &Bound<'_, PyAny>) -> EncodeError {
+    EncodeError::new(
+        ErrorKind::Serialization,
+        format!("dict key {} is not a str ('{}')", shown(key), type_name(key)),
+    )
+}
+
+fn write_list(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep());
+    }
+    out.push(b'[');
+    let mut i = 0;
+    // The length is re-read each step: Python code run by the encoder could shrink the list.
+    // SAFETY: `i` is checked against the current size before each read; the item is taken as a
+    // strong reference.
+    while i < unsafe { ffi::PyList_GET_SIZE(obj.as_ptr()) } {
+        let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyList_GET_ITEM(obj.as_ptr(), i)) };
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(py, out, &item, depth + 1).map_err(|e| e.at(|| Segment::Index(i as usize)))?;
+        i += 1;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+fn write_tuple(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep());
+    }
+    out.push(b'[');
+    // SAFETY: tuples are immutable; indices are within the size read once.
+    let len = unsafe { ffi::PyTuple_GET_SIZE(obj.as_ptr()) };
+    for i in 0..len {
+        let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(obj.as_ptr(), i)) };
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(py, out, &item, depth + 1).map_err(|e| e.at(|| Segment::Index(i as usize)))?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// Subclasses of the common types and the rarer supported types. Enum comes first: an IntEnum or
+/// StrEnum member is also an int/str, and its `value` is what the caller means.
+#[cold]
+fn write_uncommon(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+    let types = slow_types(py)?;
+    let ptr = obj.as_ptr();
+    if obj.is_instance(types.enum_.bind(py))? {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep());
+        }
+        let value = obj.getattr("value")?;
+        return write_value(py, out, &value, depth + 1);
+    }
+    // SAFETY: each read follows the matching type check.
+    unsafe {
+        if ffi::PyUnicode_Check(ptr) != 0 {
+            json::write_str(out, std::str::from_utf8_unchecked(utf8(ptr)?));
+            return Ok(());
+        }
+        if ffi::PyLong_Check(ptr) != 0 {
+            return write_int(out, ptr);
+        }
+        if ffi::PyFloat_Check(ptr) != 0 {
+            return write_float(out, ffi::PyFloat_AS_DOUBLE(ptr));
+        }
+        if ffi::PyDict_Check(ptr) != 0 {
+            return write_dict(py, out, obj, depth);
+        }
+        if ffi::PyList_Check(ptr) != 0 {
+            return write_list(py, out, obj, depth);
+        }
+        if ffi::PyTuple_Check(ptr) != 0 {
+            return write_tuple(py, out, obj, depth);
+        }
+    }
+    if let Ok(dt) = obj.cast::<PyDateTime>() {
+        json::write_i64(out, datetime_unix_seconds(dt)?);
+        return Ok(());
+    }
+    if let Ok(date) = obj.cast::<PyDate>() {
+        write_date(out, date);
+        return Ok(());
+    }
+    if obj.is_instance(types.decimal.bind(py))? {
+        return write_decimal(out, obj);
+    }
+    if obj.is_instance(types.uuid.bind(py))? {
+        // str(UUID) is the canonical 36-character hyphenated lower-case form.
+        json::write_str(out, &obj.str()?.to_cow()?);
+        return Ok(());
+    }
+    Err(EncodeError::new(ErrorKind::Serialization, format!("unsupported type '{}'", type_name(obj))))
+}
+
+fn write_date(out: &mut Vec<u8>, date: &Bound<'_, PyDate>) {
+    let text = format!("\"{:04}-{:02}-{:02}\"", date.get_year(), date.get_month(), date.get_day());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn write_decimal(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
+    // str() keeps every digit (no float rounding); its forms (1.50, 1E+3, -0) are JSON numbers,
+    // and the non-finite ones (NaN, sNaN, Infinity) are exactly the ones that are not.
+    let text = obj.str()?;
+    let text = text.to_cow()?;
+    if !json::is_json_number(&text) {
+        return Err(EncodeError::new(ErrorKind::Invalid, format!("Decimal('{text}') is not a finite number")));
+    }
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Whole unix seconds (floored) of a datetime: an aware one through its exact UTC offset
+/// (microseconds included), a naive one taken as UTC.
+pub fn datetime_unix_seconds(dt: &Bound<'_, PyDateTime>) -> Result<i64, EncodeError> {
+    let days = days_from_civil(dt.get_year() as i64, dt.get_month() as i64, dt.get_day() as i64);
+    let local_us = ((days * 86_400
+        + dt.get_hour() as i64 * 3600
+        + dt.get_minute() as i64 * 60
+        + dt.get_second() as i64) as i128)
+        * 1_000_000
+        + dt.get_microsecond() as i128;
+    let mut offset_us: i128 = 0;
+    if dt.get_tzinfo().is_some() {
+        let offset = dt.call_method0("utcoffset")?;
+        if !offset.is_none() {
+            let delta = offset.cast::<PyDelta>().map_err(|_| {
+                EncodeError::Python(PyTypeError::new_err("utcoffset() did not return a timedelta"))
+            })?;
+            offset_us = (delta.get_days() as i128 * 86_400 + delta.get_seconds() as i128) * 1_000_000
+                + delta.get_microseconds() as i128;
+        }
+    }
+    Ok((local_us - offset_us).div_euclid(1_000_000) as i64)
+}
+
+/// What the top level of a dict argument is checked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TopLevel {
+    /// Encoded as is (event data, raw ops).
+    Plain,
+    /// identify: <= 300 attributes, names <= 150 bytes, each value <= 1000 bytes encoded.
+    Attributes,
+    /// person(): keys the operation writes itself (`type`, `identifiers`, `action`) are refused.
+    PersonFields,
+}
+
+/// Encodes a Mapping argument as a JSON object, applying `checks` to its top level. Messages
+/// start with `root` (`attributes['bio']: value is 1200 bytes, ...`).
+pub fn write_mapping(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    root: &str,
+    checks: TopLevel,
+) -> PyResult<()> {
+    // SAFETY: a type check only.
+    let is_dict = unsafe { ffi::PyDict_Check(obj.as_ptr()) } != 0;
+    if !is_dict {
+        // Any other Mapping is copied into a dict first: rare, and keeps one iteration path.
+        if obj.is_instance(slow_types(py)?.mapping.bind(py))? {
+            let copy = PyDict::new(py);
+            copy.update(obj.cast::<pyo3::types::PyMapping>()?)?;
+            return write_mapping(py, out, copy.as_any(), root, checks);
+        }
+        return Err(to_pyerr(
+            py,
+            OpError::new(ErrorKind::Serialization, format!("{root}: must be a dict, not '{}'", type_name(obj))),
+        ));
+    }
+    if checks == TopLevel::Plain {
+        return write_dict(py, out, obj, 0).map_err(|e| e.into_pyerr(py, root));
+    }
+    if checks == TopLevel::Attributes {
+        let count = obj.len()?;
+        ops::check_attribute_count(root, count).map_err(|e| to_pyerr(py, e))?;
+    }
+    out.push(b'{');
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut key_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut value_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut first = true;
+    // SAFETY: as in write_dict.
+    while unsafe { ffi::PyDict_Next(obj.as_ptr(), &mut pos, &mut key_ptr, &mut value_ptr) } != 0 {
+        let key = unsafe { Bound::from_borrowed_ptr(py, key_ptr) };
+        let value = unsafe { Bound::from_borrowed_ptr(py, value_ptr) };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_key(out, &key).map_err(|e| e.into_pyerr(py, root))?;
+        // The limit is on the name itself, not its escaped JSON form: re-read it (cached UTF-8).
+        let name = str_arg(&key, root).map_err(|e| to_pyerr(py, e))?;
+        match checks {
+            TopLevel::Attributes => ops::check_attribute_name(root, name).map_err(|e| to_pyerr(py, e))?,
+            TopLevel::PersonFields if ops::PERSON_RESERVED_KEYS.contains(&name) => {
+                return Err(to_pyerr(
+                    py,
+                    OpError::invalid(format!(
+                        "{root}[{}]: this key is set by the operation itself",
+                        json::py_repr(name)
+                    )),
+                ));
+            }
+            _ => {}
+        }
+        out.push(b':');
+        let value_start = out.len();
+        write_value(py, out, &value, 1).map_err(|e| e.at(|| Segment::Key(key.clone().unbind())).into_pyerr(py, root))?;
+        if checks == TopLevel::Attributes {
+            ops::check_attribute_value(root, name, out.len() - value_start).map_err(|e| to_pyerr(py, e))?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::days_from_civil;
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
+        assert_eq!(days_from_civil(1, 1, 1), -719_162);
+        assert_eq!(days_from_civil(9999, 12, 31), 2_932_896);
+    }
+}
