@@ -151,11 +151,14 @@ pub fn check_attribute_value(root: &str, name: &str, encoded_len: usize) -> Resu
     Ok(())
 }
 
-/// `what` names the operation for the message, e.g. `event 'Signed Up'`.
-pub fn check_op_size(what: &str, len: usize) -> Result<(), OpError> {
+/// `what` names the operation for the message, e.g. `event 'Signed Up'`; it is only called (and
+/// allocates) when the limit is exceeded, since this check runs on every call.
+#[inline]
+pub fn check_op_size(len: usize, what: impl FnOnce() -> String) -> Result<(), OpError> {
     if len > MAX_OP_BYTES {
         return Err(OpError::limit(format!(
-            "{what}: operation is {len} bytes encoded, Customer.io allows {MAX_OP_BYTES}"
+            "{}: operation is {len} bytes encoded, Customer.io allows {MAX_OP_BYTES}",
+            what()
         )));
     }
     Ok(())
@@ -338,9 +341,9 @@ mod tests {
             check_attribute_value("attributes", "bio", 1200).unwrap_err().message,
             "attributes['bio']: value is 1200 bytes, Customer.io allows 1000"
         );
-        assert!(check_op_size("identify", MAX_OP_BYTES).is_ok());
+        assert!(check_op_size(MAX_OP_BYTES, || unreachable!()).is_ok());
         assert_eq!(
-            check_op_size("event 'x'", MAX_OP_BYTES + 1).unwrap_err().message,
+            check_op_size(MAX_OP_BYTES + 1, || "event 'x'".into()).unwrap_err().message,
             "event 'x': operation is 32769 bytes encoded, Customer.io allows 32768"
         );
     }

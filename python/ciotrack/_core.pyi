@@ -31,7 +31,25 @@ Invariants across the boundary:
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self, final
+
+
+__all__ = [
+    "__version__",
+    "ACCEPTED",
+    "DEDUPED",
+    "FULL",
+    "FORKED",
+    "MAX_OP_BYTES",
+    "MAX_BATCH_BYTES",
+    "Batch",
+    "Bucket",
+    "Core",
+    "Lane",
+    "encode",
+    "is_ulid",
+    "ulid",
+]
 
 __version__: str
 
@@ -49,10 +67,12 @@ MAX_OP_BYTES: Final[int]
 MAX_BATCH_BYTES: Final[int]
 """500000: Customer.io's limit for one ``/api/v2/batch`` request body."""
 
-Timestamp = int | float | datetime | None
-CustomerId = str | int
-OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
+# Stub-only aliases (private: they do not exist at runtime).
+_Timestamp = int | float | datetime | None
+_CustomerId = str | int
+_OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
 
+@final
 class Batch:
     """A ready ``/api/v2/batch`` body taken from a lane, plus what the sender needs to account for it."""
 
@@ -71,6 +91,7 @@ class Batch:
     def oldest_age(self) -> float:
         """Seconds since the oldest operation of this batch was accepted."""
 
+@final
 class Lane:
     """One bounded lock-free queue of encoded operations (one per region), drained into batches."""
 
@@ -98,29 +119,31 @@ class Lane:
     def clear(self) -> int:
         """Drop everything queued (the child after a fork); returns how many were dropped."""
 
+@final
 class Core:
     """The per-tracker native state: lanes, dedup set, metrics."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         lanes: int = 1,
         max_queue_ops: int = 1_000_000,
-        max_queue_bytes: int = 64 * 1024 * 1024,
+        max_queue_bytes: int = 67_108_864,
         max_batch_bytes: int = 500_000,
-        on_full: OverflowPolicy = "drop_newest",
+        on_full: _OverflowPolicy = "drop_newest",
         block_timeout: float = 0.0,
         dedup_ttl: float = 300.0,
         dedup_max_entries: int = 100_000,
         dedup_events: Literal["id", "composite", "off"] = "id",
         metrics: bool = True,
-    ) -> None:
-        """Bounds apply per lane. ``dedup_ttl=0`` disables identify and event dedup."""
+    ) -> Self:
+        """Bounds apply per lane (``max_queue_bytes`` default: 64 MiB). ``dedup_ttl=0`` disables identify
+        and event dedup. Unusable values raise ``ciotrack.errors.ConfigError``."""
     def lane(self, index: int) -> Lane: ...
     @property
     def lanes(self) -> int: ...
     def identify(
-        self, lane: int, customer_id: CustomerId, attributes: Mapping[str, Any] | None, timestamp: Timestamp = None
+        self, lane: int, customer_id: _CustomerId, attributes: Mapping[str, Any] | None, timestamp: _Timestamp = None
     ) -> int:
         """Queue ``{"type":"person","identifiers":{...},"action":"identify","attributes":{...},"timestamp":N}``.
 
@@ -132,29 +155,36 @@ class Core:
         self,
         lane: int,
         action: Literal["event", "page", "screen"],
-        customer_id: CustomerId | None,
+        customer_id: _CustomerId | None,
         anonymous_id: str | None,
         name: str,
         data: Mapping[str, Any] | None = None,
         id: str | None = None,
-        timestamp: Timestamp = None,
+        timestamp: _Timestamp = None,
     ) -> int:
         """Queue ``{"type":"person","identifiers":{...},"action":action,"name":...,"id":ULID,"timestamp":N,"attributes":{...}}``.
 
         Exactly one of ``customer_id`` / ``anonymous_id``; with ``anonymous_id`` the op carries
         ``"anonymous_id"`` instead of ``identifiers``. ``id`` must be a ULID (26 Crockford base32
         characters); a fresh one is made when None. Name non-empty and <= 100 bytes (stripped).
-        Dedup: by ``id`` (``dedup_events="id"``) or by customer+name+data (``"composite"``).
+        Dedup: by ``id`` (``dedup_events="id"``; only a caller-supplied id is checked and recorded,
+        since a fresh one cannot repeat) or by customer+action+name+data (``"composite"``). A
+        caller's ULID is sent upper-cased (its canonical form), so dedup ignores case.
         """
-    def person(self, lane: int, action: str, customer_id: CustomerId, fields: Mapping[str, Any] | None = None) -> int:
+    def person(self, lane: int, action: str, customer_id: _CustomerId, fields: Mapping[str, Any] | None = None) -> int:
         """Queue ``{"type":"person","identifiers":{...},"action":action, **fields}`` (delete,
         suppress, unsuppress, add_device, delete_device, ...). ``fields`` is encoded like data."""
     def raw(self, lane: int, op: Mapping[str, Any]) -> int:
         """Encode ``op`` as given (merge, the drop-in ``batch()``); only the 32 KB op limit is checked."""
     def take_overflow(self) -> list[bytes]:
-        """Operations refused by a full lane under ``on_full="spool"``, oldest first (the caller spools them)."""
+        """Operations refused by a full lane under ``on_full="spool"``, oldest first (the caller spools them).
+
+        The list is unbounded until taken (counted as ``overflowed``; its length is the gauge
+        ``overflow_ops``): the caller must take it regularly."""
     def requeue(self, lane: int, ops: Sequence[bytes]) -> int:
-        """Push already-encoded operations back (spool replay). Returns how many fitted; never dedups."""
+        """Push already-encoded operations back (spool replay). Returns how many fitted; never dedups
+        and counts nothing. Stops at the first one that does not fit, so order is kept: the caller
+        keeps ``ops[n:]``. Returns 0 in a forked child."""
     def wake(self) -> None:
         """Wake every thread waiting in ``Lane.wait`` (e.g. for ``flush()``)."""
     def close(self) -> None:
@@ -162,8 +192,10 @@ class Core:
     def fork_generation(self) -> int:
         """Incremented in the child by a ``pthread_atfork`` handler on every fork."""
     def stats(self) -> dict[str, Any]:
-        """Snapshot: ``counters`` (dict name -> int), ``gauges`` (per-lane queued ops/bytes),
-        ``histograms`` (name -> dict with count, sum, p50, p95, p99, max)."""
+        """Snapshot: ``counters`` (dict name -> int: ``accepted``, ``invalid``, ``deduped_identify``,
+        ``deduped_event``, ``dropped_full``, ``dropped_oldest`` and every named counter),
+        ``gauges`` (``lane{i}_ops``, ``lane{i}_bytes``, ``overflow_ops``), ``histograms`` (name ->
+        dict with count, sum, p50, p95, p99, max)."""
     def incr(self, counter: str, n: int = 1) -> None:
         """Add to a named counter (sender side: delivered, failed, retried, spooled, replayed, bytes_sent, ...). Any name is accepted."""
     def observe(self, histogram: str, value: float) -> None:
@@ -172,10 +204,11 @@ class Core:
         """The batch is finished: records end-to-end latency for each delivered op and counts
         ``delivered`` (count minus failed)."""
 
+@final
 class Bucket:
     """Token bucket (requests/s), lock-free, shared by every sender of one (workspace, region)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __new__(cls, rate: float, burst: float) -> Self:
         """``rate <= 0`` disables limiting (acquire always succeeds at once). Starts full."""
     def acquire(self, timeout: float) -> bool:
         """Take one token, waiting (GIL released) up to ``timeout`` s; False on timeout or ``close()``."""
