@@ -28,6 +28,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long test (run it explicitly or in CI)")
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Test traffic must stay on 127.0.0.1: an HTTP(S)_PROXY inherited from a CI machine would
+    # otherwise carry it elsewhere (requests honours these variables, and so does a Tracker).
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     with Emulator(workspaces={SITE_ID: API_KEY}) as em:

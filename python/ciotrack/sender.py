@@ -102,7 +102,8 @@ class Pipeline:
         routes = config.regions_in_use()
         self.core = Core(
             lanes=len(routes),
-            max_queue_ops=config.max_queue_ops,
+            # Disabled: calls are validated, then thrown away when the small queue fills.
+            max_queue_ops=min(config.max_queue_ops, 1024) if config.disabled else config.max_queue_ops,
             max_queue_bytes=config.max_queue_bytes,
             max_batch_bytes=config.batch_bytes,
             on_full=config.on_full,
