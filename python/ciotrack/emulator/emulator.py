@@ -23,6 +23,7 @@ import orjson
 from ciotrack.emulator.faults import FAULT_NAMES, Faults, FaultState, TokenBucket
 from ciotrack.emulator.server import EmulatorHTTPServer
 from ciotrack.emulator.state import Workspace
+from ciotrack.emulator.validate import json_dumps
 
 logger = logging.getLogger("ciotrack.emulator")
 
@@ -72,6 +73,7 @@ class Emulator:
             dict(faults) if faults else None))
         self.stopping = threading.Event()
         self._changed = threading.Condition()
+        self._generation = 0  # bumped (under _changed) after every Track API request
         self._stats_lock = threading.Lock()
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(0, request_log))
         self._reset_stats()
@@ -212,13 +214,17 @@ class Emulator:
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Wait until ``predicate()`` is true (re-checked after every request); False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
+        while True:
+            generation = self._generation
+            # Evaluated without the lock: a predicate may itself call this server.
+            if predicate():
+                return True
+            with self._changed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._changed.wait(min(remaining, 0.1))
-        return True
+                if generation == self._generation:
+                    self._changed.wait(min(remaining, 0.5))
 
     def wait_events(self, n: int, timeout: float = 5.0) -> bool:
         """Wait until at least ``n`` events are stored across all workspaces."""
@@ -279,6 +285,7 @@ class Emulator:
             if self._requests.maxlen:
                 self._requests.append(record)
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
 
     def count_status(self, status: int) -> None:
@@ -310,7 +317,7 @@ class Emulator:
                 site = parse_qs(query).get("site_id", [None])[-1]
                 if site is not None and site not in self._workspaces:
                     return 404, b'{"error":"unknown site_id"}'
-                return 200, orjson.dumps(self.state(site))
+                return 200, json_dumps(self.state(site))
             if name == "stats" and method == "GET":
                 return 200, orjson.dumps(self.stats())
             if name == "reset" and method == "POST":

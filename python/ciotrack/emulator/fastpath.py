@@ -15,13 +15,12 @@ name or id, any other action) goes to the general path, which makes the precise 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-import orjson
 
 from ciotrack.emulator.state import Workspace
-from ciotrack.emulator.validate import MAX_OP_BYTES, OpError
+from ciotrack.emulator.validate import MAX_OP_BYTES, MAX_TIMESTAMP, MIN_TIMESTAMP, OpError
 
 # Crockford base32 in both cases; a ULID is 26 of these, the first at most '7'.
 _ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz"
@@ -47,7 +46,7 @@ class _EventOp(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     identifiers: _PersonId
     name: str
     id: str | None = None
-    timestamp: int | None = None
+    timestamp: Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)] | None = None
     attributes: _AnyObject | None = None
 
 
@@ -57,6 +56,8 @@ class _Batch(msgspec.Struct, gc=False):
 
 _decode_batch = msgspec.json.Decoder(_Batch).decode
 _decode_op = msgspec.json.Decoder(_EventOp).decode
+# The general path parses with msgspec too, so both paths read numbers alike (integers of any size).
+_decode_any = msgspec.json.decode
 
 
 class MalformedBody(ValueError):
@@ -89,6 +90,7 @@ def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: A
     seen = ws.event_ids
     by_id = ws.by_id
     decode = _decode_op
+    decode_any = _decode_any
     ulid_chars = _ULID_CHARS
     max_op_bytes = MAX_OP_BYTES
     stored = 0
@@ -100,7 +102,7 @@ def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: A
             try:
                 op = decode(raw)
             except msgspec.ValidationError:
-                general(ws, orjson.loads(memoryview(raw)), now)
+                general(ws, decode_any(raw), now)
                 continue
             name = op.name
             eid = op.id
@@ -125,7 +127,7 @@ def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: A
                     person.events.append((op.action, name, raw if op.attributes is not None else None, now, eid))
                 stored += 1
             else:
-                general(ws, orjson.loads(memoryview(raw)), now)
+                general(ws, decode_any(raw), now)
         except OpError as err:
             errors.append({"batch_index": index, "reason": err.reason, "field": err.field, "message": err.message})
     ws.events_stored += stored

@@ -178,6 +178,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError, ssl.SSLError) as err:
             logger.debug("connection lost while answering %s %s: %s", self.command, path, err)
             self.close_connection = True
+        except Exception:
+            # An emulator bug: make it loud (500 + a logged traceback) rather than a silent hang-up.
+            logger.exception("emulator failed on %s %s", self.command, path)
+            self.close_connection = True
+            if record["status"] is None:
+                try:
+                    self._answer(app, record, 500, b'{"errors":[{"reason":"emulator_error","field":"",'
+                                 b'"message":"the emulator failed; see its log"}]}')
+                except OSError:
+                    pass
         finally:
             app.request_finished(record)
 

@@ -31,9 +31,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ciotrack.emulator.validate import OpError, identifier_value
+from ciotrack.emulator.validate import OpError, identifier_value, json_loads
 
 if TYPE_CHECKING:
     import msgspec
@@ -66,14 +64,14 @@ def event_data(stored: Any) -> dict[str, Any]:
         return {}
     if stored.__class__ is dict:
         return dict(stored)
-    attributes = orjson.loads(memoryview(stored)).get("attributes")
+    attributes = json_loads(stored).get("attributes")
     return attributes if attributes else {}
 
 
 def _event_view(event: Event | msgspec.Raw) -> dict[str, Any]:
     if not isinstance(event, tuple):
         # A v2 event operation stored as its raw JSON slice: it carries its own timestamp.
-        op = orjson.loads(memoryview(event))
+        op = json_loads(event)
         attributes = op.get("attributes")
         return {"name": op["name"], "type": op["action"], "data": attributes if attributes else {},
                 "timestamp": op["timestamp"], "id": op.get("id")}

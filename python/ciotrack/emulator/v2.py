@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from ciotrack.emulator.state import Workspace, _relationships
 from ciotrack.emulator.validate import (
+    MAX_ENTITY_BYTES,
     MAX_OP_BYTES,
     OpError,
     device_fields,
@@ -54,10 +55,7 @@ def _event(ws: Workspace, op: dict[str, Any], now: int) -> None:
     if data is not None and data.__class__ is not dict:
         raise OpError("attributes", "invalid", "attributes must be an object")
     ts = op.get("timestamp")
-    if ts is None:
-        ts = now
-    elif ts.__class__ is not int:
-        timestamp(ts)
+    ts = now if ts is None else timestamp(ts)
     event = (op["action"], name, data or None, ts, eid)
     identifiers = op.get("identifiers")
     if identifiers is None:
@@ -252,6 +250,9 @@ def handle_entity(ws: Workspace, body: bytes, now: int) -> tuple[Response, int, 
         op = orjson.loads(body)
     except orjson.JSONDecodeError as err:
         return _bad_request("", f"body is not JSON: {err}"), 0, 0
+    if len(body) > MAX_ENTITY_BYTES:
+        return (413, orjson.dumps({"errors": [{"reason": "too_large", "field": "",
+                                               "message": f"request body is over {MAX_ENTITY_BYTES} bytes"}]})), 0, 1
     try:
         with ws.lock:
             apply_op(ws, op, now)

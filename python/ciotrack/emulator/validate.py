@@ -22,12 +22,38 @@ MAX_OP_BYTES: Final = 32_768
 MAX_BATCH_BYTES: Final = 500_000
 MAX_ENTITY_BYTES: Final = 32_768
 MAX_SEGMENT_IDS: Final = 1000
+# Timestamps are unix seconds; anything outside a signed 64-bit integer is not a time.
+MIN_TIMESTAMP: Final = -(2**63)
+MAX_TIMESTAMP: Final = 2**63 - 1
 DEVICE_PLATFORMS: Final = frozenset({"ios", "android"})
 PERSON_IDENTIFIER_KINDS: Final = ("id", "email", "phone", "cio_id")
 
 # Crockford base32, 26 characters; the first is at most 7 because a ULID is 128 bits.
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}\Z")
 _ulid_match = _ULID.match
+
+
+try:
+    import msgspec
+
+    _HAVE_MSGSPEC = True
+except ImportError:  # the emulator works without msgspec, on orjson alone (slower batches)
+    _HAVE_MSGSPEC = False
+
+
+def json_dumps(value: Any) -> bytes:
+    """Compact JSON. msgspec when present: it also encodes integers beyond 64 bits, which the
+    batch parser accepts (orjson would raise)."""
+    if _HAVE_MSGSPEC:
+        return msgspec.json.encode(value)
+    return orjson.dumps(value)
+
+
+def json_loads(data: Any) -> Any:
+    """Parse JSON from bytes or any buffer (a ``msgspec.Raw`` slice), like the batch parser does."""
+    if _HAVE_MSGSPEC:
+        return msgspec.json.decode(data)
+    return orjson.loads(data)
 
 
 class OpError(ValueError):
@@ -57,10 +83,7 @@ def encoded_size(value: Any) -> int:
     """Bytes of ``value`` as Customer.io counts it: a string's UTF-8 length, otherwise its JSON."""
     if value.__class__ is str:
         return len(value.encode("utf-8", "surrogatepass"))
-    try:
-        return len(orjson.dumps(value))
-    except TypeError:  # cannot happen for parsed JSON; a Python caller passing junk gets a clear error
-        raise OpError("value", "invalid", "value is not JSON-serialisable") from None
+    return len(json_dumps(value))
 
 
 def identifier_value(value: Any, field: str) -> str:
@@ -112,7 +135,7 @@ def event_id(value: Any) -> str:
 
 
 def timestamp(value: Any, field: str = "timestamp") -> int:
-    if value.__class__ is not int:
+    if value.__class__ is not int or not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
         raise OpError(field, "invalid", f"{field} must be an integer unix time in seconds")
     return value
 
@@ -125,7 +148,7 @@ def optional_object(value: Any, field: str) -> dict[str, Any] | None:
 
 def event_data_size(data: dict[str, Any], field: str) -> None:
     """v1 only: a v2 event cannot reach 100,000 bytes because its whole operation is at most 32 KB."""
-    if len(orjson.dumps(data)) > MAX_EVENT_DATA_BYTES:
+    if len(json_dumps(data)) > MAX_EVENT_DATA_BYTES:
         raise OpError(field, "too_large", f"event data is over {MAX_EVENT_DATA_BYTES} bytes")
 
 
