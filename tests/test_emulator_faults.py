@@ -298,3 +298,21 @@ def test_cli_rejects_half_a_workspace() -> None:
 def test_control_faults_body_must_be_an_object(emulator: Emulator) -> None:
     response = requests.post(f"{emulator.url}/_emulator/faults", data=orjson.dumps([1]), timeout=10)
     assert response.status_code == 400
+
+
+def test_storm_429_keyword_alias(emulator: Emulator) -> None:
+    emulator.set_faults(storm_429=30, storm_429_retry_after=2)
+    response = batch(emulator.url, [event("1")])
+    assert response.status_code == 429 and response.headers["Retry-After"] == "2"
+
+
+def test_an_emulator_bug_is_a_500_not_a_hang(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ciotrack.emulator import v2
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(v2, "handle_batch", broken)
+    response = batch(emulator.url, [event("1")])
+    assert response.status_code == 500
+    assert response.json()["errors"][0]["reason"] == "emulator_error"

@@ -186,7 +186,7 @@ class Emulator:
         """The last ``request_log`` Track API requests (method, path, query, headers without
         Authorization, site_id, body, status, fault), oldest first."""
         with self._stats_lock:
-            return [dict(r) for r in self._requests]
+            return [{k: v for k, v in r.items() if k != "logged"} for r in self._requests]
 
     def reset(self) -> None:
         """Forget all state and counters (faults stay as they are)."""
@@ -279,11 +279,17 @@ class Emulator:
             if self._in_flight > self._max_in_flight:
                 self._max_in_flight = self._in_flight
 
+    def log_request(self, record: dict[str, Any]) -> None:
+        with self._stats_lock:
+            if not record.get("logged"):
+                record["logged"] = True
+                if self._requests.maxlen:
+                    self._requests.append(record)
+
     def request_finished(self, record: dict[str, Any]) -> None:
+        self.log_request(record)  # requests that got no answer (reset, dropped) are logged here
         with self._stats_lock:
             self._in_flight -= 1
-            if self._requests.maxlen:
-                self._requests.append(record)
         with self._changed:
             self._generation += 1
             self._changed.notify_all()

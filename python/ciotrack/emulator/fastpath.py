@@ -3,7 +3,7 @@
 Why: parsing every operation into dicts with orjson and validating it in Python costs ~5 us per
 operation, a third of the 500k events/s goal. Here the body is split into one raw JSON slice per
 operation (validating the JSON syntax and giving each operation's exact size for the 32 KB limit),
-then each slice is decoded into a small ``_Op`` struct whose types do most of the checking in C.
+then each slice is decoded into a small ``_EventOp`` struct whose types do most of the checking in C.
 Event operations of the common shape are validated and stored inline; the event keeps the raw
 slice (which references the request body, so nothing is copied) and is decoded only when someone
 inspects the state.
@@ -66,8 +66,9 @@ class MalformedBody(ValueError):
 
 def split_batch(body: bytes) -> list[msgspec.Raw]:
     """One raw slice per operation. Raises ``MalformedBody``."""
-    # msgspec does not check UTF-8 inside the strings it skips; orjson (the general path) would
-    # reject it, so check here. ASCII bodies (the usual case) skip the decode.
+    # msgspec does not check UTF-8 inside the strings it skips, and a stored raw slice with bad
+    # UTF-8 would only fail later, on inspection: reject it now, as a JSON parser would.
+    # ASCII bodies (the usual case) skip the decode.
     if not body.isascii():
         try:
             body.decode("utf-8")

@@ -34,10 +34,14 @@ class Faults:
     def from_settings(cls, settings: dict[str, Any] | None) -> Faults:
         """Build from ``set_faults`` keywords / the control endpoint's JSON; unknown keys are errors.
 
-        ``storm_429_seconds`` (relative) is accepted as well as the absolute ``storm_429_until``.
+        ``storm_429_seconds`` (relative; alias ``storm_429``) is accepted as well as the absolute
+        ``storm_429_until``. The result replaces the whole configuration (``{}`` clears it).
         """
         values = dict(settings or {})
         seconds = values.pop("storm_429_seconds", None)
+        alias = values.pop("storm_429", None)  # set_faults(storm_429=5): the same as storm_429_seconds
+        if seconds is None:
+            seconds = alias
         if seconds is not None:
             values["storm_429_until"] = time.time() + _number(seconds, "storm_429_seconds")
         names = {f.name for f in dataclasses.fields(cls)}

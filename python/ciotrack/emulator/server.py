@@ -195,6 +195,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         record["status"] = status
         app.count_status(status)
+        # Logged before the answer goes out: once a client has its answer, requests() shows it.
+        app.log_request(record)
         self._send(status, payload, headers)
 
     def _track(self, app: Emulator, path: str, query: str, record: dict[str, Any]) -> None:
