@@ -13,7 +13,10 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyTimeAccess, PyType, PyTzInfoAccess};
+use pyo3::types::{
+    PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyTimeAccess, PyType,
+    PyTzInfoAccess,
+};
 
 use crate::json;
 use crate::ops::{self, ErrorKind, OpError};
@@ -44,7 +47,11 @@ pub enum EncodeError {
 
 impl EncodeError {
     fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        EncodeError::Value(Box::new(ValueFault { kind, detail: detail.into(), path: Vec::new() }))
+        EncodeError::Value(Box::new(ValueFault {
+            kind,
+            detail: detail.into(),
+            path: Vec::new(),
+        }))
     }
 
     fn at(mut self, segment: impl FnOnce() -> Segment) -> Self {
@@ -64,7 +71,11 @@ impl EncodeError {
                     match segment {
                         Segment::Index(i) => message.push_str(&format!("[{i}]")),
                         Segment::Key(key) => {
-                            let shown = key.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
+                            let shown = key
+                                .bind(py)
+                                .repr()
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|_| "?".into());
                             message.push('[');
                             message.push_str(&shown);
                             message.push(']');
@@ -101,10 +112,22 @@ fn error_types(py: Python<'_>) -> PyResult<&ErrorTypes> {
     ERROR_TYPES.get_or_try_init(py, || -> PyResult<ErrorTypes> {
         let module = py.import("ciotrack.errors")?;
         Ok(ErrorTypes {
-            config: module.getattr("ConfigError")?.cast_into::<PyType>()?.unbind(),
-            serialization: module.getattr("SerializationError")?.cast_into::<PyType>()?.unbind(),
-            invalid: module.getattr("InvalidValueError")?.cast_into::<PyType>()?.unbind(),
-            limit: module.getattr("LimitError")?.cast_into::<PyType>()?.unbind(),
+            config: module
+                .getattr("ConfigError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            serialization: module
+                .getattr("SerializationError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            invalid: module
+                .getattr("InvalidValueError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            limit: module
+                .getattr("LimitError")?
+                .cast_into::<PyType>()?
+                .unbind(),
         })
     })
 }
@@ -154,7 +177,10 @@ fn slow_types(py: Python<'_>) -> PyResult<&SlowTypes> {
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The UTF-8 of a str object, borrowed from it (CPython caches the UTF-8 form; for ASCII it is the
@@ -168,7 +194,10 @@ unsafe fn utf8<'a>(obj: *mut ffi::PyObject) -> Result<&'a [u8], EncodeError> {
     let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut size);
     if data.is_null() {
         ffi::PyErr_Clear();
-        return Err(EncodeError::new(ErrorKind::Invalid, "string contains a lone surrogate (not valid UTF-8)"));
+        return Err(EncodeError::new(
+            ErrorKind::Invalid,
+            "string contains a lone surrogate (not valid UTF-8)",
+        ));
     }
     Ok(std::slice::from_raw_parts(data as *const u8, size as usize))
 }
@@ -186,7 +215,9 @@ pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, Op
         match utf8(obj.as_ptr()) {
             // CPython's UTF-8 form is valid UTF-8 by construction.
             Ok(bytes) => Ok(std::str::from_utf8_unchecked(bytes)),
-            Err(_) => Err(OpError::invalid(format!("{field}: string contains a lone surrogate (not valid UTF-8)"))),
+            Err(_) => Err(OpError::invalid(format!(
+                "{field}: string contains a lone surrogate (not valid UTF-8)"
+            ))),
         }
     }
 }
@@ -206,13 +237,16 @@ unsafe fn write_int(out: &mut Vec<u8>, obj: *mut ffi::PyObject) -> Result<(), En
     }
     if overflow > 0 {
         let u = ffi::PyLong_AsUnsignedLongLong(obj);
-        if !(u == u64::MAX && !ffi::PyErr_Occurred().is_null()) {
+        if u != u64::MAX || ffi::PyErr_Occurred().is_null() {
             json::write_u64(out, u);
             return Ok(());
         }
         ffi::PyErr_Clear();
     }
-    Err(EncodeError::new(ErrorKind::Invalid, "int does not fit in 64 bits"))
+    Err(EncodeError::new(
+        ErrorKind::Invalid,
+        "int does not fit in 64 bits",
+    ))
 }
 
 #[inline]
@@ -220,12 +254,20 @@ fn write_float(out: &mut Vec<u8>, v: f64) -> Result<(), EncodeError> {
     if json::write_f64(out, v) {
         Ok(())
     } else {
-        Err(EncodeError::new(ErrorKind::Invalid, format!("float {v} is not allowed (JSON has no NaN or infinity)")))
+        Err(EncodeError::new(
+            ErrorKind::Invalid,
+            format!("float {v} is not allowed (JSON has no NaN or infinity)"),
+        ))
     }
 }
 
 /// Writes any supported value. `depth` is the number of containers around `obj`.
-pub fn write_value(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+pub fn write_value(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+) -> Result<(), EncodeError> {
     let ptr = obj.as_ptr();
     // SAFETY: `ptr` is alive for this call (held by `obj`); every FFI call below gets a valid
     // object of the type just checked.
@@ -260,11 +302,19 @@ pub fn write_value(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, de
 }
 
 fn too_deep() -> EncodeError {
-    EncodeError::new(ErrorKind::Serialization, format!("nesting deeper than {MAX_DEPTH} (cyclic?)"))
+    EncodeError::new(
+        ErrorKind::Serialization,
+        format!("nesting deeper than {MAX_DEPTH} (cyclic?)"),
+    )
 }
 
 /// A dict's entries, written without building any intermediate collection.
-fn write_dict(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+fn write_dict(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+) -> Result<(), EncodeError> {
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
@@ -299,7 +349,10 @@ fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeErro
             return Err(non_str_key(key));
         }
         let bytes = utf8(key.as_ptr()).map_err(|_| {
-            EncodeError::new(ErrorKind::Invalid, format!("key {} contains a lone surrogate", shown(key)))
+            EncodeError::new(
+                ErrorKind::Invalid,
+                format!("key {} contains a lone surrogate", shown(key)),
+            )
         })?;
         out.reserve(bytes.len() + 2);
         out.push(b'"');
@@ -310,7 +363,10 @@ fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeErro
 }
 
 fn shown(obj: &Bound<'_, PyAny>) -> String {
-    let text = obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into());
+    let text = obj
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into());
     if text.chars().count() > 60 {
         format!("{}...", text.chars().take(60).collect::<String>())
     } else {
@@ -321,11 +377,20 @@ fn shown(obj: &Bound<'_, PyAny>) -> String {
 fn non_str_key(key: &Bound<'_, PyAny>) -> EncodeError {
     EncodeError::new(
         ErrorKind::Serialization,
-        format!("dict key {} is not a str ('{}')", shown(key), type_name(key)),
+        format!(
+            "dict key {} is not a str ('{}')",
+            shown(key),
+            type_name(key)
+        ),
     )
 }
 
-fn write_list(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+fn write_list(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+) -> Result<(), EncodeError> {
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
@@ -346,7 +411,12 @@ fn write_list(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: 
     Ok(())
 }
 
-fn write_tuple(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+fn write_tuple(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+) -> Result<(), EncodeError> {
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
@@ -367,7 +437,12 @@ fn write_tuple(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth:
 /// Subclasses of the common types and the rarer supported types. Enum comes first: an IntEnum or
 /// StrEnum member is also an int/str, and its `value` is what the caller means.
 #[cold]
-fn write_uncommon(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: u32) -> Result<(), EncodeError> {
+fn write_uncommon(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+) -> Result<(), EncodeError> {
     let types = slow_types(py)?;
     let ptr = obj.as_ptr();
     if obj.is_instance(types.enum_.bind(py))? {
@@ -415,11 +490,19 @@ fn write_uncommon(py: Python<'_>, out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, dep
         json::write_str(out, &obj.str()?.to_cow()?);
         return Ok(());
     }
-    Err(EncodeError::new(ErrorKind::Serialization, format!("unsupported type '{}'", type_name(obj))))
+    Err(EncodeError::new(
+        ErrorKind::Serialization,
+        format!("unsupported type '{}'", type_name(obj)),
+    ))
 }
 
 fn write_date(out: &mut Vec<u8>, date: &Bound<'_, PyDate>) {
-    let text = format!("\"{:04}-{:02}-{:02}\"", date.get_year(), date.get_month(), date.get_day());
+    let text = format!(
+        "\"{:04}-{:02}-{:02}\"",
+        date.get_year(),
+        date.get_month(),
+        date.get_day()
+    );
     out.extend_from_slice(text.as_bytes());
 }
 
@@ -429,7 +512,10 @@ fn write_decimal(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>) -> Result<(), Encode
     let text = obj.str()?;
     let text = text.to_cow()?;
     if !json::is_json_number(&text) {
-        return Err(EncodeError::new(ErrorKind::Invalid, format!("Decimal('{text}') is not a finite number")));
+        return Err(EncodeError::new(
+            ErrorKind::Invalid,
+            format!("Decimal('{text}') is not a finite number"),
+        ));
     }
     out.extend_from_slice(text.as_bytes());
     Ok(())
@@ -449,7 +535,11 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// Whole unix seconds (floored) of a datetime: an aware one through its exact UTC offset
 /// (microseconds included), a naive one taken as UTC.
 pub fn datetime_unix_seconds(dt: &Bound<'_, PyDateTime>) -> Result<i64, EncodeError> {
-    let days = days_from_civil(dt.get_year() as i64, dt.get_month() as i64, dt.get_day() as i64);
+    let days = days_from_civil(
+        dt.get_year() as i64,
+        dt.get_month() as i64,
+        dt.get_day() as i64,
+    );
     let local_us = ((days * 86_400
         + dt.get_hour() as i64 * 3600
         + dt.get_minute() as i64 * 60
@@ -461,9 +551,12 @@ pub fn datetime_unix_seconds(dt: &Bound<'_, PyDateTime>) -> Result<i64, EncodeEr
         let offset = dt.call_method0("utcoffset")?;
         if !offset.is_none() {
             let delta = offset.cast::<PyDelta>().map_err(|_| {
-                EncodeError::Python(PyTypeError::new_err("utcoffset() did not return a timedelta"))
+                EncodeError::Python(PyTypeError::new_err(
+                    "utcoffset() did not return a timedelta",
+                ))
             })?;
-            offset_us = (delta.get_days() as i128 * 86_400 + delta.get_seconds() as i128) * 1_000_000
+            offset_us = (delta.get_days() as i128 * 86_400 + delta.get_seconds() as i128)
+                * 1_000_000
                 + delta.get_microseconds() as i128;
         }
     }
@@ -501,7 +594,10 @@ pub fn write_mapping(
         }
         return Err(to_pyerr(
             py,
-            OpError::new(ErrorKind::Serialization, format!("{root}: must be a dict, not '{}'", type_name(obj))),
+            OpError::new(
+                ErrorKind::Serialization,
+                format!("{root}: must be a dict, not '{}'", type_name(obj)),
+            ),
         ));
     }
     if checks == TopLevel::Plain {
@@ -528,7 +624,9 @@ pub fn write_mapping(
         // The limit is on the name itself, not its escaped JSON form: re-read it (cached UTF-8).
         let name = str_arg(&key, root).map_err(|e| to_pyerr(py, e))?;
         match checks {
-            TopLevel::Attributes => ops::check_attribute_name(root, name).map_err(|e| to_pyerr(py, e))?,
+            TopLevel::Attributes => {
+                ops::check_attribute_name(root, name).map_err(|e| to_pyerr(py, e))?
+            }
             TopLevel::PersonFields if ops::PERSON_RESERVED_KEYS.contains(&name) => {
                 return Err(to_pyerr(
                     py,
@@ -542,9 +640,13 @@ pub fn write_mapping(
         }
         out.push(b':');
         let value_start = out.len();
-        write_value(py, out, &value, 1).map_err(|e| e.at(|| Segment::Key(key.clone().unbind())).into_pyerr(py, root))?;
+        write_value(py, out, &value, 1).map_err(|e| {
+            e.at(|| Segment::Key(key.clone().unbind()))
+                .into_pyerr(py, root)
+        })?;
         if checks == TopLevel::Attributes {
-            ops::check_attribute_value(root, name, out.len() - value_start).map_err(|e| to_pyerr(py, e))?;
+            ops::check_attribute_value(root, name, out.len() - value_start)
+                .map_err(|e| to_pyerr(py, e))?;
         }
     }
     out.push(b'}');

@@ -53,7 +53,11 @@ mod tests {
         let mut status = 0;
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), 0, "child did not see the generation bump");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "child did not see the generation bump"
+        );
         assert_eq!(generation(), before);
     }
 }

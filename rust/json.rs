@@ -47,7 +47,14 @@ pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
         }
         out.extend_from_slice(&bytes[start..i]);
         if esc == b'u' {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
         } else {
             out.extend_from_slice(&[b'\\', esc]);
         }
@@ -117,7 +124,11 @@ pub fn is_json_number(s: &str) -> bool {
 
 /// Python-style `repr()` of a string key, for error paths (`data['it\'s']` reads like Python).
 pub fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -130,7 +141,9 @@ pub fn py_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -182,12 +195,26 @@ mod tests {
 
     #[test]
     fn floats_round_trip_and_refuse_non_finite() {
-        for v in [0.0, -0.0, 1.5, 0.1, 1e300, -2.5e-308, 123456789.125, f64::MAX, f64::MIN_POSITIVE] {
+        for v in [
+            0.0,
+            -0.0,
+            1.5,
+            0.1,
+            1e300,
+            -2.5e-308,
+            123456789.125,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ] {
             let mut out = Vec::new();
             assert!(write_f64(&mut out, v));
             let text = String::from_utf8(out).unwrap();
             assert!(is_json_number(&text), "{text}");
-            assert_eq!(text.parse::<f64>().unwrap().to_bits(), v.to_bits(), "{text}");
+            assert_eq!(
+                text.parse::<f64>().unwrap().to_bits(),
+                v.to_bits(),
+                "{text}"
+            );
         }
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let mut out = Vec::new();
@@ -198,10 +225,35 @@ mod tests {
 
     #[test]
     fn json_number_grammar() {
-        for ok in ["0", "-0", "12", "1.50", "1E+3", "1e-7", "-0.000001", "0E-7", "123456789012345678901234567890"] {
+        for ok in [
+            "0",
+            "-0",
+            "12",
+            "1.50",
+            "1E+3",
+            "1e-7",
+            "-0.000001",
+            "0E-7",
+            "123456789012345678901234567890",
+        ] {
             assert!(is_json_number(ok), "{ok}");
         }
-        for bad in ["", "-", "01", "1.", ".5", "1e", "1e+", "NaN", "Infinity", "-Infinity", "sNaN", "1_0", " 1", "+1"] {
+        for bad in [
+            "",
+            "-",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "sNaN",
+            "1_0",
+            " 1",
+            "+1",
+        ] {
             assert!(!is_json_number(bad), "{bad}");
         }
     }

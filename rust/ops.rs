@@ -35,7 +35,10 @@ pub struct OpError {
 
 impl OpError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        OpError { kind, message: message.into() }
+        OpError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Invalid, message)
@@ -68,7 +71,9 @@ pub fn customer_subject(id: &str) -> Result<Subject<'_>, OpError> {
         )));
     }
     match id.strip_prefix("cio_") {
-        Some("") => Err(OpError::invalid("customer_id: 'cio_' without a cio_id after it")),
+        Some("") => Err(OpError::invalid(
+            "customer_id: 'cio_' without a cio_id after it",
+        )),
         Some(cio_id) => Ok(Subject::CioId(cio_id)),
         None => Ok(Subject::Id(id)),
     }
@@ -125,7 +130,9 @@ pub fn event_name(name: &str) -> Result<&str, OpError> {
 
 pub fn check_attribute_count(root: &str, count: usize) -> Result<(), OpError> {
     if count > MAX_ATTRIBUTES {
-        return Err(OpError::limit(format!("{root}: {count} attributes, Customer.io allows {MAX_ATTRIBUTES}")));
+        return Err(OpError::limit(format!(
+            "{root}: {count} attributes, Customer.io allows {MAX_ATTRIBUTES}"
+        )));
     }
     Ok(())
 }
@@ -168,12 +175,16 @@ pub fn check_op_size(len: usize, what: impl FnOnce() -> String) -> Result<(), Op
 /// positive value, and pre-1970 values stay consistent).
 pub fn timestamp_from_f64(field: &str, v: f64) -> Result<i64, OpError> {
     if !v.is_finite() {
-        return Err(OpError::invalid(format!("{field}: {v} is not a finite number")));
+        return Err(OpError::invalid(format!(
+            "{field}: {v} is not a finite number"
+        )));
     }
     let floored = v.floor();
     // i64::MAX as f64 rounds up to 2^63, so the upper comparison must be strict.
     if floored < i64::MIN as f64 || floored >= i64::MAX as f64 {
-        return Err(OpError::invalid(format!("{field}: {v} is outside the 64-bit range")));
+        return Err(OpError::invalid(format!(
+            "{field}: {v} is outside the 64-bit range"
+        )));
     }
     Ok(floored as i64)
 }
@@ -194,7 +205,14 @@ pub fn identify_tail(out: &mut Vec<u8>, timestamp: i64) {
 
 /// `{"type":"person",<subject>,"action":<action>,"name":..,"id":..,"timestamp":N` — then either
 /// `,"attributes":` + data + `}` or just `}` ([`event_attributes_key`], [`close`]).
-pub fn event_head(out: &mut Vec<u8>, subject: Subject<'_>, action: &str, name: &str, id: &[u8], timestamp: i64) {
+pub fn event_head(
+    out: &mut Vec<u8>,
+    subject: Subject<'_>,
+    action: &str,
+    name: &str,
+    id: &[u8],
+    timestamp: i64,
+) {
     out.extend_from_slice(b"{\"type\":\"person\",");
     write_subject(out, subject);
     out.extend_from_slice(b",\"action\":");
@@ -252,21 +270,33 @@ mod tests {
     fn subjects() {
         assert_eq!(customer_subject("42"), Ok(Subject::Id("42")));
         assert_eq!(customer_subject("cio_abc"), Ok(Subject::CioId("abc")));
-        assert_eq!(customer_subject("").unwrap_err().message, "customer_id: must not be empty");
-        assert_eq!(customer_subject("cio_").unwrap_err().kind, ErrorKind::Invalid);
+        assert_eq!(
+            customer_subject("").unwrap_err().message,
+            "customer_id: must not be empty"
+        );
+        assert_eq!(
+            customer_subject("cio_").unwrap_err().kind,
+            ErrorKind::Invalid
+        );
         let at_limit = "x".repeat(150);
         assert!(customer_subject(&at_limit).is_ok());
         let over = "x".repeat(151);
         let err = customer_subject(&over).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Limit);
-        assert_eq!(err.message, "customer_id: 151 bytes, Customer.io allows 150");
+        assert_eq!(
+            err.message,
+            "customer_id: 151 bytes, Customer.io allows 150"
+        );
         assert_eq!(anonymous_subject("").unwrap_err().kind, ErrorKind::Invalid);
 
         let mut out = Vec::new();
         write_subject(&mut out, Subject::CioId("a\"b"));
         out.push(b' ');
         write_subject(&mut out, Subject::Anonymous("anon"));
-        assert_eq!(text(out), r#""identifiers":{"cio_id":"a\"b"} "anonymous_id":"anon""#);
+        assert_eq!(
+            text(out),
+            r#""identifiers":{"cio_id":"a\"b"} "anonymous_id":"anon""#
+        );
     }
 
     #[test]
@@ -309,7 +339,10 @@ mod tests {
         let start = out.len();
         out.extend_from_slice(b"{}");
         splice_fields(&mut out, start);
-        assert_eq!(text(out), r#"{"type":"person","identifiers":{"id":"u1"},"action":"delete"}"#);
+        assert_eq!(
+            text(out),
+            r#"{"type":"person","identifiers":{"id":"u1"},"action":"delete"}"#
+        );
 
         let mut out = Vec::new();
         person_head(&mut out, Subject::CioId("c9"), "add_device");
@@ -325,25 +358,42 @@ mod tests {
     #[test]
     fn names_and_limits() {
         assert_eq!(event_name("  Signed Up \n"), Ok("Signed Up"));
-        assert_eq!(event_name(" \t").unwrap_err().message, "name: must not be empty");
+        assert_eq!(
+            event_name(" \t").unwrap_err().message,
+            "name: must not be empty"
+        );
         assert!(event_name(&"n".repeat(100)).is_ok());
-        assert_eq!(event_name(&"n".repeat(101)).unwrap_err().kind, ErrorKind::Limit);
+        assert_eq!(
+            event_name(&"n".repeat(101)).unwrap_err().kind,
+            ErrorKind::Limit
+        );
 
         assert!(check_attribute_count("attributes", 300).is_ok());
         assert_eq!(
-            check_attribute_count("attributes", 301).unwrap_err().message,
+            check_attribute_count("attributes", 301)
+                .unwrap_err()
+                .message,
             "attributes: 301 attributes, Customer.io allows 300"
         );
         assert!(check_attribute_name("attributes", &"k".repeat(150)).is_ok());
-        assert_eq!(check_attribute_name("attributes", &"k".repeat(151)).unwrap_err().kind, ErrorKind::Limit);
+        assert_eq!(
+            check_attribute_name("attributes", &"k".repeat(151))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Limit
+        );
         assert!(check_attribute_value("attributes", "bio", 1000).is_ok());
         assert_eq!(
-            check_attribute_value("attributes", "bio", 1200).unwrap_err().message,
+            check_attribute_value("attributes", "bio", 1200)
+                .unwrap_err()
+                .message,
             "attributes['bio']: value is 1200 bytes, Customer.io allows 1000"
         );
         assert!(check_op_size(MAX_OP_BYTES, || unreachable!()).is_ok());
         assert_eq!(
-            check_op_size(MAX_OP_BYTES + 1, || "event 'x'".into()).unwrap_err().message,
+            check_op_size(MAX_OP_BYTES + 1, || "event 'x'".into())
+                .unwrap_err()
+                .message,
             "event 'x': operation is 32769 bytes encoded, Customer.io allows 32768"
         );
     }
@@ -352,7 +402,10 @@ mod tests {
     fn float_timestamps() {
         assert_eq!(timestamp_from_f64("timestamp", 1.9), Ok(1));
         assert_eq!(timestamp_from_f64("timestamp", -0.5), Ok(-1));
-        assert_eq!(timestamp_from_f64("timestamp", f64::NAN).unwrap_err().kind, ErrorKind::Invalid);
+        assert_eq!(
+            timestamp_from_f64("timestamp", f64::NAN).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
         assert!(timestamp_from_f64("timestamp", 1e19).is_err());
         assert!(timestamp_from_f64("timestamp", 9.2e18).is_ok());
     }

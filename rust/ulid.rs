@@ -49,7 +49,10 @@ pub fn decode(s: &[u8]) -> Option<u128> {
     if !is_valid(s) {
         return None;
     }
-    Some(s.iter().fold(0u128, |acc, &b| (acc << 5) | DECODE[b as usize] as u128))
+    Some(
+        s.iter()
+            .fold(0u128, |acc, &b| (acc << 5) | DECODE[b as usize] as u128),
+    )
 }
 
 /// A fresh ULID for the given wall-clock milliseconds.
@@ -94,10 +97,18 @@ fn os_seed() -> u64 {
 #[inline]
 fn random_80() -> u128 {
     RNG.with(|cell| {
-        let mut rng = cell.replace(ThreadRng { state: 0, generation: 0, seeded: false });
+        let mut rng = cell.replace(ThreadRng {
+            state: 0,
+            generation: 0,
+            seeded: false,
+        });
         let generation = fork::generation();
         if !rng.seeded || rng.generation != generation {
-            rng = ThreadRng { state: os_seed(), generation, seeded: true };
+            rng = ThreadRng {
+                state: os_seed(),
+                generation,
+                seeded: true,
+            };
         }
         let hi = wyrand(&mut rng.state);
         let lo = wyrand(&mut rng.state) & 0xffff;
@@ -126,7 +137,10 @@ mod tests {
         assert!(is_valid(b"01ARZ3NDEKTSV4RRFFQ69G5FAV"));
         assert!(is_valid(b"01arz3ndektsv4rrffq69g5fav"));
         assert!(is_valid(b"7ZZZZZZZZZZZZZZZZZZZZZZZZZ"));
-        assert!(!is_valid(b"8ZZZZZZZZZZZZZZZZZZZZZZZZZ"), "overflows 128 bits");
+        assert!(
+            !is_valid(b"8ZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            "overflows 128 bits"
+        );
         assert!(!is_valid(b"01ARZ3NDEKTSV4RRFFQ69G5FA"), "25 chars");
         assert!(!is_valid(b"01ARZ3NDEKTSV4RRFFQ69G5FAVX"), "27 chars");
         for bad in [b'I', b'L', b'O', b'U', b'-', b' '] {

@@ -797,3 +797,20 @@ def test_module_constants() -> None:
     assert (ACCEPTED, _core.DEDUPED, FULL, FORKED) == (0, 1, 2, 3)
     assert _core.MAX_OP_BYTES == 32768 and _core.MAX_BATCH_BYTES == 500000
     assert isinstance(_core.__version__, str)
+
+
+def test_a_container_mutated_by_python_code_during_encoding_does_not_crash() -> None:
+    victims: dict[str, Any] = {}
+    items: list[Any] = []
+
+    class Mutating(decimal.Decimal):
+        def __str__(self) -> str:
+            victims.clear()
+            items.clear()
+            victims.update({f"new{i}": "x" * 100 for i in range(50)})
+            return "1"
+
+    victims.update({"a": Mutating(1), "b": "x" * 1000, "c": [3]})
+    json.loads(_core.encode(victims))
+    items.extend([1, Mutating(2), "tail" * 100, 4])
+    assert json.loads(_core.encode(items))[:2] == [1, 1]
