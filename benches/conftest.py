@@ -1,7 +1,7 @@
 """Shared pieces of the pytest benchmarks in ``benches/``.
 
-* Files named ``bench_*.py`` are collected here (pytest's default pattern is ``test_*.py``), so
-  ``pytest benches`` runs them; the project's ``make test`` never looks in ``benches/``.
+* Files named ``bench_*.py`` are collected (``python_files`` in pyproject.toml); ``make test`` runs
+  only ``tests/`` (``testpaths``), never these.
 * ``emulator``: the Customer.io emulator in a subprocess (its own GIL), one per session.
 * ``sink``: the lean batch sink of the peer comparison, in a subprocess.
 * ``bench_report``: composite figures (per-call percentiles, events/s, CPU, RSS, slowdown) that
@@ -28,15 +28,6 @@ if str(BENCHES) not in sys.path:
     sys.path.insert(0, str(BENCHES))
 
 SITE_ID, API_KEY = "bench-site", "bench-key"
-
-
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    # Paths named on the command line are collected by pytest itself; collecting them again would
-    # run every benchmark twice.
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
-        module: pytest.Module = pytest.Module.from_parent(parent, path=file_path)
-        return module
-    return None
 
 
 @dataclass
