@@ -4,7 +4,7 @@
 //! * `count` and `bytes` are *reservations*: a producer reserves its slot and its bytes with a CAS
 //!   before touching the ring and rolls back on failure, so concurrent producers never overshoot
 //!   `max_ops` / `max_bytes`. They are released only after an op has left the ring (and the carry),
-//!   so `ring.len() <= count <= max_ops` = ring capacity, and a reserved push cannot find the ring full.
+//!   so `ring.len() <= count <= max_ops`: the bound is enforced by the reservation, not by the ring.
 //! * `pushed` is bumped *before* the ring push. Hence when a caller reads `pushed() == T`, every op
 //!   whose push had returned by then sits at a ring position `< T`: the ops ahead of it were reserved
 //!   and counted earlier still. With all takes serialised under `drain`, an op's take ordinal equals
@@ -14,7 +14,7 @@
 //! * Producers pay for a notification only when a `wait()` is asleep and its byte threshold is met
 //!   (`wake_at`), and consumers only when a `wait_space()` is asleep (`space_waiters`).
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ pub(crate) struct Drain {
 }
 
 pub struct OpQueue {
-    ring: ArrayQueue<Op>,
+    ring: SegQueue<Op>,
     max_ops: usize,
     max_bytes: usize,
     count: AtomicUsize,
@@ -80,11 +80,12 @@ fn reserve(counter: &AtomicUsize, n: usize, max: usize) -> Option<usize> {
 }
 
 impl OpQueue {
-    /// `max_ops == 0` or `max_bytes == 0` makes a lane that refuses everything. The ring is
-    /// allocated up front: about 32 bytes per slot of `max_ops`.
+    /// `max_ops == 0` or `max_bytes == 0` makes a lane that refuses everything. The ring is an
+    /// unbounded lock-free segment queue that grows in blocks as ops arrive: an idle lane costs a
+    /// few hundred bytes, not `max_ops` preallocated slots (a prefork server has one per worker).
     pub fn new(max_ops: usize, max_bytes: usize) -> Self {
         OpQueue {
-            ring: ArrayQueue::new(max_ops.max(1)),
+            ring: SegQueue::new(),
             max_ops,
             max_bytes,
             count: AtomicUsize::new(0),
@@ -125,13 +126,7 @@ impl OpQueue {
             return Err(op);
         };
         self.pushed.fetch_add(1, SeqCst);
-        if let Err(op) = self.ring.push(op) {
-            // Unreachable while the reservation invariant holds; undo rather than lose the op.
-            debug_assert!(false, "ring full despite a count reservation");
-            self.pushed.fetch_sub(1, SeqCst);
-            self.release(1, size);
-            return Err(op);
-        }
+        self.ring.push(op);
         if previous + size >= self.wake_at.load(SeqCst) {
             self.notify_data();
         }
