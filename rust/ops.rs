@@ -221,7 +221,9 @@ pub fn event_head(
     json::write_str(out, name);
     out.extend_from_slice(b",\"id\":\"");
     // A ULID is ASCII alphanumerics only: nothing to escape. Upper case is its canonical form.
-    out.extend(id.iter().map(u8::to_ascii_uppercase));
+    let start = out.len();
+    out.extend_from_slice(id);
+    out[start..].make_ascii_uppercase();
     out.extend_from_slice(b"\",\"timestamp\":");
     json::write_i64(out, timestamp);
 }
