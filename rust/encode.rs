@@ -14,12 +14,12 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyTimeAccess, PyType,
-    PyTzInfoAccess,
+    PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess,
 };
 
 use crate::json;
-use crate::ops::{self, ErrorKind, OpError};
+use crate::ops::{ErrorKind, OpError};
+use crate::py_errors::to_pyerr;
 
 /// Deeper than this is taken for a cycle (a dict containing itself) rather than data.
 pub const MAX_DEPTH: u32 = 64;
@@ -93,79 +93,30 @@ impl EncodeError {
     }
 }
 
+impl EncodeError {
+    /// Adds a dict key to the path of an error that unwinds through that key.
+    pub(crate) fn at_key(self, key: &Bound<'_, PyAny>) -> Self {
+        self.at(|| Segment::Key(key.clone().unbind()))
+    }
+}
+
 impl From<PyErr> for EncodeError {
     fn from(err: PyErr) -> Self {
         EncodeError::Python(err)
     }
 }
 
-struct ErrorTypes {
-    config: Py<PyType>,
-    serialization: Py<PyType>,
-    invalid: Py<PyType>,
-    limit: Py<PyType>,
-}
-
-static ERROR_TYPES: PyOnceLock<ErrorTypes> = PyOnceLock::new();
-
-fn error_types(py: Python<'_>) -> PyResult<&ErrorTypes> {
-    ERROR_TYPES.get_or_try_init(py, || -> PyResult<ErrorTypes> {
-        let module = py.import("ciotrack.errors")?;
-        Ok(ErrorTypes {
-            config: module
-                .getattr("ConfigError")?
-                .cast_into::<PyType>()?
-                .unbind(),
-            serialization: module
-                .getattr("SerializationError")?
-                .cast_into::<PyType>()?
-                .unbind(),
-            invalid: module
-                .getattr("InvalidValueError")?
-                .cast_into::<PyType>()?
-                .unbind(),
-            limit: module
-                .getattr("LimitError")?
-                .cast_into::<PyType>()?
-                .unbind(),
-        })
-    })
-}
-
-/// A ciotrack.errors.ConfigError (a ValueError) for an unusable constructor argument.
-pub fn config_error(py: Python<'_>, message: String) -> PyErr {
-    match error_types(py) {
-        Ok(types) => PyErr::from_type(types.config.bind(py).clone(), message),
-        Err(import_error) => import_error,
-    }
-}
-
-/// Maps a core error onto ciotrack.errors (imported once, lazily: errors.py is pure Python).
-pub fn to_pyerr(py: Python<'_>, err: OpError) -> PyErr {
-    match error_types(py) {
-        Ok(types) => {
-            let ty = match err.kind {
-                ErrorKind::Serialization => &types.serialization,
-                ErrorKind::Invalid => &types.invalid,
-                ErrorKind::Limit => &types.limit,
-            };
-            PyErr::from_type(ty.bind(py).clone(), err.message)
-        }
-        Err(import_error) => import_error,
-    }
-}
-
 /// The rarer types, looked up once per process.
-struct SlowTypes {
+pub(crate) struct SlowTypes {
     enum_: Py<PyAny>,
     decimal: Py<PyAny>,
     uuid: Py<PyAny>,
-    mapping: Py<PyAny>,
+    pub(crate) mapping: Py<PyAny>,
 }
 
 static SLOW_TYPES: PyOnceLock<SlowTypes> = PyOnceLock::new();
 
-fn slow_types(py: Python<'_>) -> PyResult<&SlowTypes> {
+pub(crate) fn slow_types(py: Python<'_>) -> PyResult<&SlowTypes> {
     SLOW_TYPES.get_or_try_init(py, || {
         Ok(SlowTypes {
             enum_: py.import("enum")?.getattr("Enum")?.unbind(),
@@ -176,7 +127,7 @@ fn slow_types(py: Python<'_>) -> PyResult<&SlowTypes> {
     })
 }
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())
@@ -309,7 +260,7 @@ fn too_deep() -> EncodeError {
 }
 
 /// A dict's entries, written without building any intermediate collection.
-fn write_dict(
+pub(crate) fn write_dict(
     py: Python<'_>,
     out: &mut Vec<u8>,
     obj: &Bound<'_, PyAny>,
@@ -342,7 +293,7 @@ fn write_dict(
 }
 
 #[inline]
-fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
+pub(crate) fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
     // SAFETY: type checked before reading the UTF-8; the slice does not outlive `key`.
     unsafe {
         if ffi::PyUnicode_Check(key.as_ptr()) == 0 {
@@ -561,96 +512,6 @@ pub fn datetime_unix_seconds(dt: &Bound<'_, PyDateTime>) -> Result<i64, EncodeEr
         }
     }
     Ok((local_us - offset_us).div_euclid(1_000_000) as i64)
-}
-
-/// What the top level of a dict argument is checked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum TopLevel {
-    /// Encoded as is (event data, raw ops).
-    Plain,
-    /// identify: <= 300 attributes, names <= 150 bytes, each value <= 1000 bytes encoded.
-    Attributes,
-    /// person(): keys the operation writes itself (`type`, `identifiers`, `action`) are refused.
-    PersonFields,
-}
-
-/// Encodes a Mapping argument as a JSON object, applying `checks` to its top level. Messages
-/// start with `root` (`attributes['bio']: value is 1200 bytes, ...`).
-pub fn write_mapping(
-    py: Python<'_>,
-    out: &mut Vec<u8>,
-    obj: &Bound<'_, PyAny>,
-    root: &str,
-    checks: TopLevel,
-) -> PyResult<()> {
-    // SAFETY: a type check only.
-    let is_dict = unsafe { ffi::PyDict_Check(obj.as_ptr()) } != 0;
-    if !is_dict {
-        // Any other Mapping is copied into a dict first: rare, and keeps one iteration path.
-        if obj.is_instance(slow_types(py)?.mapping.bind(py))? {
-            let copy = PyDict::new(py);
-            copy.update(obj.cast::<pyo3::types::PyMapping>()?)?;
-            return write_mapping(py, out, copy.as_any(), root, checks);
-        }
-        return Err(to_pyerr(
-            py,
-            OpError::new(
-                ErrorKind::Serialization,
-                format!("{root}: must be a dict, not '{}'", type_name(obj)),
-            ),
-        ));
-    }
-    if checks == TopLevel::Plain {
-        return write_dict(py, out, obj, 0).map_err(|e| e.into_pyerr(py, root));
-    }
-    if checks == TopLevel::Attributes {
-        let count = obj.len()?;
-        ops::check_attribute_count(root, count).map_err(|e| to_pyerr(py, e))?;
-    }
-    out.push(b'{');
-    let mut pos: ffi::Py_ssize_t = 0;
-    let mut key_ptr: *mut ffi::PyObject = std::ptr::null_mut();
-    let mut value_ptr: *mut ffi::PyObject = std::ptr::null_mut();
-    let mut first = true;
-    // SAFETY: as in write_dict.
-    while unsafe { ffi::PyDict_Next(obj.as_ptr(), &mut pos, &mut key_ptr, &mut value_ptr) } != 0 {
-        let key = unsafe { Bound::from_borrowed_ptr(py, key_ptr) };
-        let value = unsafe { Bound::from_borrowed_ptr(py, value_ptr) };
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        write_key(out, &key).map_err(|e| e.into_pyerr(py, root))?;
-        // The limit is on the name itself, not its escaped JSON form: re-read it (cached UTF-8).
-        let name = str_arg(&key, root).map_err(|e| to_pyerr(py, e))?;
-        match checks {
-            TopLevel::Attributes => {
-                ops::check_attribute_name(root, name).map_err(|e| to_pyerr(py, e))?
-            }
-            TopLevel::PersonFields if ops::PERSON_RESERVED_KEYS.contains(&name) => {
-                return Err(to_pyerr(
-                    py,
-                    OpError::invalid(format!(
-                        "{root}[{}]: this key is set by the operation itself",
-                        json::py_repr(name)
-                    )),
-                ));
-            }
-            _ => {}
-        }
-        out.push(b':');
-        let value_start = out.len();
-        write_value(py, out, &value, 1).map_err(|e| {
-            e.at(|| Segment::Key(key.clone().unbind()))
-                .into_pyerr(py, root)
-        })?;
-        if checks == TopLevel::Attributes {
-            ops::check_attribute_value(root, name, out.len() - value_start)
-                .map_err(|e| to_pyerr(py, e))?;
-        }
-    }
-    out.push(b'}');
-    Ok(())
 }
 
 #[cfg(test)]

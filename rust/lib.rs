@@ -14,6 +14,7 @@ pub mod ulid;
 
 mod py_build;
 mod py_core;
+mod py_errors;
 mod py_types;
 
 use std::time::Duration;

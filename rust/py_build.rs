@@ -7,13 +7,14 @@ use std::ops::Range;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDateTime;
+use pyo3::types::{PyDateTime, PyDict, PyMapping};
 
 use crate::clock;
 use crate::dedup;
-use crate::encode::{self, str_arg, to_pyerr, TopLevel};
+use crate::encode::{self, str_arg};
 use crate::json::py_repr;
 use crate::ops::{self, ErrorKind, OpError, Subject};
+use crate::py_errors::to_pyerr;
 use crate::ulid;
 
 /// How events are deduplicated (`Core(dedup_events=...)`).
@@ -122,6 +123,93 @@ fn timestamp_arg(
     result.map_err(|e| to_pyerr(py, e))
 }
 
+/// What the top level of a dict argument is checked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TopLevel {
+    /// Encoded as is (event data, raw ops).
+    Plain,
+    /// identify: <= 300 attributes, names <= 150 bytes, each value <= 1000 bytes encoded.
+    Attributes,
+    /// person(): keys the operation writes itself (`type`, `identifiers`, `action`) are refused.
+    PersonFields,
+}
+
+/// Encodes a Mapping argument as a JSON object, applying `checks` to its top level. Messages
+/// start with `root` (`attributes['bio']: value is 1200 bytes, ...`).
+pub fn write_mapping(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    root: &str,
+    checks: TopLevel,
+) -> PyResult<()> {
+    // SAFETY: a type check only.
+    let is_dict = unsafe { ffi::PyDict_Check(obj.as_ptr()) } != 0;
+    if !is_dict {
+        // Any other Mapping is copied into a dict first: rare, and keeps one iteration path.
+        if obj.is_instance(encode::slow_types(py)?.mapping.bind(py))? {
+            let copy = PyDict::new(py);
+            copy.update(obj.cast::<PyMapping>()?)?;
+            return write_mapping(py, out, copy.as_any(), root, checks);
+        }
+        return Err(to_pyerr(
+            py,
+            OpError::new(
+                ErrorKind::Serialization,
+                format!("{root}: must be a dict, not '{}'", encode::type_name(obj)),
+            ),
+        ));
+    }
+    if checks == TopLevel::Plain {
+        return encode::write_dict(py, out, obj, 0).map_err(|e| e.into_pyerr(py, root));
+    }
+    if checks == TopLevel::Attributes {
+        let count = obj.len()?;
+        ops::check_attribute_count(root, count).map_err(|e| to_pyerr(py, e))?;
+    }
+    out.push(b'{');
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut key_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut value_ptr: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut first = true;
+    // SAFETY: as in write_dict.
+    while unsafe { ffi::PyDict_Next(obj.as_ptr(), &mut pos, &mut key_ptr, &mut value_ptr) } != 0 {
+        let key = unsafe { Bound::from_borrowed_ptr(py, key_ptr) };
+        let value = unsafe { Bound::from_borrowed_ptr(py, value_ptr) };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        encode::write_key(out, &key).map_err(|e| e.into_pyerr(py, root))?;
+        // The limit is on the name itself, not its escaped JSON form: re-read it (cached UTF-8).
+        let name = str_arg(&key, root).map_err(|e| to_pyerr(py, e))?;
+        match checks {
+            TopLevel::Attributes => {
+                ops::check_attribute_name(root, name).map_err(|e| to_pyerr(py, e))?
+            }
+            TopLevel::PersonFields if ops::PERSON_RESERVED_KEYS.contains(&name) => {
+                return Err(to_pyerr(
+                    py,
+                    OpError::invalid(format!(
+                        "{root}[{}]: this key is set by the operation itself",
+                        py_repr(name)
+                    )),
+                ));
+            }
+            _ => {}
+        }
+        out.push(b':');
+        let value_start = out.len();
+        encode::write_value(py, out, &value, 1).map_err(|e| e.at_key(&key).into_pyerr(py, root))?;
+        if checks == TopLevel::Attributes {
+            ops::check_attribute_value(root, name, out.len() - value_start)
+                .map_err(|e| to_pyerr(py, e))?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// The subject's identifier kind and value, hashed into dedup keys (so `7` and `"7"` agree, and
 /// an anonymous id never matches a customer id).
 fn subject_parts(subject: Subject<'_>) -> [&[u8]; 2] {
@@ -147,9 +235,7 @@ pub fn build_identify(
     ops::identify_head(out, subject);
     let attributes_start = out.len();
     match attributes {
-        Some(attributes) => {
-            encode::write_mapping(py, out, attributes, "attributes", TopLevel::Attributes)?
-        }
+        Some(attributes) => write_mapping(py, out, attributes, "attributes", TopLevel::Attributes)?,
         None => out.extend_from_slice(b"{}"),
     }
     let attributes = attributes_start..out.len();
@@ -249,7 +335,7 @@ pub fn build_event(
         Some(data) => {
             ops::event_attributes_key(out);
             let start = out.len();
-            encode::write_mapping(py, out, data, "data", TopLevel::Plain)?;
+            write_mapping(py, out, data, "data", TopLevel::Plain)?;
             Some(start..out.len())
         }
         None => None,
@@ -312,7 +398,7 @@ pub fn build_person(
     match fields {
         Some(fields) => {
             let start = out.len();
-            encode::write_mapping(py, out, fields, "fields", TopLevel::PersonFields)?;
+            write_mapping(py, out, fields, "fields", TopLevel::PersonFields)?;
             ops::splice_fields(out, start);
         }
         None => ops::close(out),
@@ -322,6 +408,6 @@ pub fn build_person(
 }
 
 pub fn build_raw(py: Python<'_>, out: &mut Vec<u8>, op: &Bound<'_, PyAny>) -> PyResult<()> {
-    encode::write_mapping(py, out, op, "op", TopLevel::Plain)?;
+    write_mapping(py, out, op, "op", TopLevel::Plain)?;
     ops::check_op_size(out.len(), || "op".into()).map_err(|e| to_pyerr(py, e))
 }

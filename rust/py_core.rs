@@ -15,12 +15,12 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::clock;
 use crate::dedup::DedupSet;
-use crate::encode::{config_error, to_pyerr};
 use crate::fork;
 use crate::json::py_repr;
 use crate::metrics::Metrics;
 use crate::ops;
 use crate::py_build::{self, with_scratch, DedupEntry, DedupPolicy, EventDedup};
+use crate::py_errors::{config_error, to_pyerr};
 use crate::py_types::{Lane, PyBatch};
 use crate::queue::{Op, OpQueue};
 use crate::{seconds_arg, ACCEPTED, DEDUPED, FORKED, FULL};
