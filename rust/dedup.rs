@@ -181,6 +181,15 @@ impl DedupSet {
             .record(key, value, now_ns, self.ttl_ns);
     }
 
+    /// Forgets `key`, so the next check for it is never a duplicate (a deleted person must be
+    /// re-created by an identify identical to one sent before the delete). Its ring slot goes lazily.
+    pub fn forget(&self, key: u64) {
+        if self.ttl_ns == 0 {
+            return;
+        }
+        self.shard(key).lock().map.remove(&key);
+    }
+
     /// Entries held now (expired ones still count until evicted); never more than `max_entries`.
     pub fn len(&self) -> usize {
         self.shards
@@ -209,6 +218,19 @@ mod tests {
     use std::thread;
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn forget_makes_the_next_check_a_miss() {
+        let set = DedupSet::new(1_000, 16);
+        set.record(1, 10, 0);
+        set.record(2, 20, 0);
+        assert!(set.is_duplicate(1, 10, 1));
+        set.forget(1);
+        assert!(!set.is_duplicate(1, 10, 1));
+        assert!(set.is_duplicate(2, 20, 1));
+        set.record(1, 10, 2);
+        assert!(set.is_duplicate(1, 10, 3));
+    }
 
     #[test]
     fn hashes_are_stable_and_parts_unambiguous() {

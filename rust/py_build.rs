@@ -246,10 +246,8 @@ pub fn build_identify(
         return Ok(None);
     }
     // Same person (as Customer.io addresses them) + same attributes => nothing new to say.
-    let [kind, id] = subject_parts(subject);
-    let key = dedup::hash_parts(&[b"identify", kind, id]);
     Ok(Some(DedupEntry {
-        key,
+        key: identify_dedup_key(subject),
         value: dedup::hash(&out[attributes]),
         identify: true,
     }))
@@ -380,13 +378,21 @@ pub fn build_event(
     }))
 }
 
+/// The identify dedup key of a person: the same person as Customer.io addresses them.
+fn identify_dedup_key(subject: Subject<'_>) -> u64 {
+    let [kind, id] = subject_parts(subject);
+    dedup::hash_parts(&[b"identify", kind, id])
+}
+
+/// Builds a person operation. Returns the identify dedup key to forget when the operation deletes
+/// the person: after a delete, an identify equal to the last one must re-create them.
 pub fn build_person(
     py: Python<'_>,
     out: &mut Vec<u8>,
     action: &Bound<'_, PyAny>,
     customer_id: &Bound<'_, PyAny>,
     fields: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
+) -> PyResult<Option<u64>> {
     let action = str_arg(action, "action").map_err(|e| to_pyerr(py, e))?;
     if action.is_empty() {
         return Err(to_pyerr(py, OpError::invalid("action: must not be empty")));
@@ -404,7 +410,8 @@ pub fn build_person(
         None => ops::close(out),
     }
     ops::check_op_size(out.len(), || format!("person {}", py_repr(action)))
-        .map_err(|e| to_pyerr(py, e))
+        .map_err(|e| to_pyerr(py, e))?;
+    Ok((action == "delete").then(|| identify_dedup_key(subject)))
 }
 
 pub fn build_raw(py: Python<'_>, out: &mut Vec<u8>, op: &Bound<'_, PyAny>) -> PyResult<()> {

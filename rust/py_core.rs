@@ -359,7 +359,9 @@ impl Core {
         let queue = self.queue(lane)?;
         with_scratch(|out| {
             let built = py_build::build_person(py, out, action, customer_id, fields);
-            self.invalid(built)?;
+            if let Some(key) = self.invalid(built)? {
+                self.shared.dedup.forget(key);
+            }
             Ok(self.submit(py, queue, out, None))
         })
     }

@@ -278,7 +278,10 @@ fn waiters_with_different_thresholds_each_get_theirs() {
     // (the low one left without re-publishing its own).
     let deadline = Instant::now() + Duration::from_secs(10);
     while queue.wake_at.load(SeqCst) != 100 {
-        assert!(Instant::now() < deadline, "the high waiter never re-registered");
+        assert!(
+            Instant::now() < deadline,
+            "the high waiter never re-registered"
+        );
         thread::yield_now();
     }
     assert_eq!(queue.notifications(), 1);

@@ -454,6 +454,18 @@ def test_identify_dedup_same_attributes_and_a_to_b_to_a() -> None:
     assert len(core.lane(0)) == 5
 
 
+def test_delete_forgets_identify_dedup_so_the_person_is_recreated() -> None:
+    core = Core()
+    assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
+    assert core.identify(0, "u2", {"plan": "a"}) == ACCEPTED
+    assert core.person(0, "delete", "u1") == ACCEPTED
+    # Identical to the identify before the delete: it must go out again, or u1 stays deleted.
+    assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
+    assert core.identify(0, "u2", {"plan": "a"}) == DEDUPED  # other people keep their entries
+    assert core.person(0, "suppress", "u1") == ACCEPTED
+    assert core.identify(0, "u1", {"plan": "a"}) == DEDUPED  # only a delete forgets
+
+
 def test_dedup_ttl_zero_disables_dedup() -> None:
     core = Core(dedup_ttl=0)
     assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
