@@ -43,10 +43,10 @@ SITE_ID, API_KEY = "bench-site", "bench-key"
 IMPORTS = {"ciotrack": "ciotrack", "segment": "segment.analytics", "posthog": "posthog",
            "cdp": "customerio.analytics", "customerio": "customerio"}
 
-FULL = {"reps": 3, "events": 100_000, "idle-bursts": 20, "burst-size": 500, "delivering-calls": 10_000,
+FULL = {"reps": 3, "events": 100_000, "idle-bursts": 20, "burst-size": 500, "delivering-calls": 20_000,
         "delivering-backlog": 20_000, "loop-iterations": 4_000_000, "rss-events": 100_000,
         "sync-calls": 300, "sync-events": 1000}
-QUICK = {"reps": 1, "events": 20_000, "idle-bursts": 6, "burst-size": 500, "delivering-calls": 5000,
+QUICK = {"reps": 1, "events": 20_000, "idle-bursts": 6, "burst-size": 500, "delivering-calls": 10_000,
          "delivering-backlog": 10_000, "loop-iterations": 2_000_000, "rss-events": 20_000,
          "sync-calls": 100, "sync-events": 300}
 
