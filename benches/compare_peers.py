@@ -63,6 +63,8 @@ ROWS: list[Row] = [
     ("RSS per queued event (bytes)", ("rss", "bytes_per_event"), 1.0, False, "{:,.0f}"),
     ("app loop slowdown (x)", ("app_impact", "slowdown"), 1.0, False, "{:.3f}"),
     ("events/s during the app loop", ("app_impact", "events_per_s_during_loop"), 1.0, True, "{:,.0f}"),
+    ("app loop time lost per delivered event (us)", ("app_impact", "loop_us_lost_per_event"), 1.0, False,
+     "{:.2f}"),
 ]
 
 

@@ -175,12 +175,14 @@ def end_to_end(client: BenchClient, events: int, count_delivered: CountFn) -> di
 
 
 def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_delivered: CountFn,
-               repeats: int = 2) -> dict[str, float]:
+               repeats: int = 3) -> dict[str, float]:
     """The app's fixed CPU-bound loop alone (sender idle) vs while the sender delivers a backlog.
 
     ``slowdown`` = median loop wall time with delivery / median alone. ``events_per_s_during_loop``:
-    the receiver's count gained during the loop over the loop's wall time. ``queued_after_min`` > 0
-    proves the backlog lasted the whole loop in every repeat.
+    the receiver's count gained during the loop over the loop's wall time. ``loop_us_lost_per_event``:
+    the loop time lost (median with - median alone) over the events delivered meanwhile: what one
+    delivered event cost the app. ``queued_after_min`` > 0 proves the backlog lasted the whole loop
+    in every repeat.
     """
     alone: list[float] = []
     loaded: list[float] = []
@@ -208,8 +210,11 @@ def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_de
     client.flush()
     loop_alone = statistics.median(alone)
     loop_loaded = statistics.median(loaded)
+    rate = statistics.median(rates)
+    # What delivering one event cost the app: the loop time lost, spread over the events delivered meanwhile.
+    lost_us_per_event = max(loop_loaded - loop_alone, 0.0) / max(rate * loop_loaded, 1.0) * 1e6
     return {"loop_alone_s": loop_alone, "loop_delivering_s": loop_loaded, "slowdown": loop_loaded / loop_alone,
-            "events_per_s_during_loop": statistics.median(rates), "backlog": float(backlog),
+            "events_per_s_during_loop": rate, "loop_us_lost_per_event": lost_us_per_event, "backlog": float(backlog),
             "queued_before_min": float(min(queued_before)), "queued_after_min": float(min(queued_after))}
 
 
