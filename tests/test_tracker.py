@@ -301,6 +301,46 @@ def test_queue_full_drops_are_reported(make_tracker: TrackerFactory) -> None:
     assert tracker.stats()["counters"]["dropped_full"] == sum(n for _, n in drops)
 
 
+class _ListSpool:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, list[bytes]]] = []
+
+    def append(self, ops: Any, *, region: str = "us") -> None:
+        self.records.append((region, list(ops)))
+
+
+def test_spool_seam_receives_overflow_and_undeliverable_ops(make_tracker: TrackerFactory,
+                                                            emulator: Emulator) -> None:
+    drops: list[tuple[str, int]] = []
+    tracker = make_tracker(on_full="spool", max_queue_ops=5, flush_interval=5.0,
+                           on_drop=lambda r, n: drops.append((r, n)))
+    spool = _ListSpool()
+    tracker._pipeline.spool = spool  # the seam the disk spool plugs into
+    for i in range(12):
+        tracker.track("s", "overflow", {"i": i})
+    assert tracker.flush(timeout=5)
+    spooled = [json.loads(op)["attributes"]["i"] for _, ops in spool.records for op in ops]
+    delivered = [e["data"]["i"] for e in emulator.state()["people"]["s"]["events"]]
+    assert sorted(spooled + delivered) == list(range(12)) and len(delivered) == 5
+    assert drops == []
+    assert tracker.stats()["counters"]["spooled"] == 7
+
+    emulator.set_faults(error_rate=1.0)  # nothing gets through: close() spools what it could not send
+    tracker.track("s", "stranded")
+    tracker.close(timeout=0.3)
+    assert json.loads(spool.records[-1][1][-1])["name"] == "stranded"
+
+
+def test_overflow_without_a_spool_is_dropped_and_reported(make_tracker: TrackerFactory) -> None:
+    drops: list[tuple[str, int]] = []
+    tracker = make_tracker(on_full="spool", max_queue_ops=5, flush_interval=5.0,
+                           on_drop=lambda r, n: drops.append((r, n)))
+    for i in range(12):
+        tracker.track("s", "overflow", {"i": i})
+    assert tracker.flush(timeout=5)
+    assert sum(n for reason, n in drops if reason == "queue_full") == 7
+
+
 def test_flush_waits_for_ops_in_flight_and_returns_false_on_timeout(make_tracker: TrackerFactory,
                                                                      emulator: Emulator) -> None:
     emulator.set_faults(latency=0.5)

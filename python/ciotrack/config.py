@@ -98,8 +98,11 @@ class Config:
     """At interpreter exit, the longest ciotrack waits to deliver what is still queued."""
     rate_limit: float = 100.0
     """Requests per second per region (token bucket shared by all senders); 0 disables."""
-    rate_burst: float = 10.0
-    """Token bucket size: requests that may go back to back after an idle period."""
+    rate_burst: float = 5.0
+    """Token bucket size: requests that may go back to back after an idle period. Kept below the
+    server's own burst (the emulator's 10) on purpose: at an equal rate, the difference is the slack
+    that absorbs network jitter, so paced requests never arrive "too early" and draw a 429 (which costs
+    a whole ``Retry-After``, at least 1 s)."""
     dedup_ttl: float = 300.0
     """Window of identify and event dedup in seconds; 0 disables both."""
     dedup_max_entries: int = 100_000
