@@ -428,3 +428,19 @@ def test_sender_threads_start_on_first_call_not_in_init(make_tracker: TrackerFac
     while senders() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert senders() == before
+
+
+def test_close_from_an_on_error_hook_does_not_deadlock(make_tracker: TrackerFactory, emulator: Emulator) -> None:
+    holder: list[Tracker] = []
+    closed = threading.Event()
+
+    def close_on_error(error: DeliveryError) -> None:
+        holder[0].close()  # on a sender thread, with no timeout
+        closed.set()
+
+    tracker = make_tracker(on_error=close_on_error, flush_interval=5.0)
+    holder.append(tracker)
+    tracker.send_operation({"type": "person", "identifiers": {"id": "1"}, "action": "levitate"})
+    tracker.flush(timeout=5)
+    assert closed.wait(5)
+    assert tracker.closed

@@ -427,6 +427,9 @@ class Pipeline:
         if self._inline or not any(t.is_alive() for t in self._threads):
             self._deliver_inline(targets, deadline)
             return self._wait_done(targets, deadline)
+        if threading.current_thread() in self._threads:
+            # Called from a hook on a sender thread: waiting would wait for this very thread.
+            deadline = _monotonic()
         with self._cv:
             self._flushing += 1
         try:
