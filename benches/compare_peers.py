@@ -35,6 +35,7 @@ ROOT = os.path.dirname(BENCHES)
 sys.path.insert(0, BENCHES)
 
 from peers.clients import KINDS, LABELS  # noqa: E402
+from peers.measure import pin_receiver  # noqa: E402
 from peers.sink import SinkProcess  # noqa: E402
 
 DRIVER = os.path.join(BENCHES, "peers", "driver.py")
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     sink = SinkProcess()
+    pinned = pin_receiver(sink.pid)  # receivers stand in for remote servers: off the app thread's core
     emulators: list[Any] = []
     receivers: dict[str, list[str]] = {}
     try:
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             def spawn_emulator(tls: bool) -> list[str]:
                 handle = Emulator.spawn(tls=tls, workspaces={SITE_ID: API_KEY})
                 emulators.append(handle)
+                pin_receiver(handle.pid)
                 extra = ["--ca-bundle", handle.ca_bundle] if tls else []
                 return ["--url", handle.url, "--count-url", handle.url + "/_emulator/stats",
                         "--count-key", "operations", "--site-id", SITE_ID, "--api-key", API_KEY, *extra]
@@ -264,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(kinds, medians, versions)
     command = "python benches/compare_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"\n## ciotrack vs peers — {when:%Y-%m-%d %H:%M} UTC, {reps} interleaved repetition(s), medians")
-    print(f"machine: {_machine()}; command: `{command.strip()}`; total {time.perf_counter() - started:.0f} s")
+    print(f"machine: {_machine()}; command: `{command.strip()}`; total {time.perf_counter() - started:.0f} s; "
+          + (f"receivers pinned to CPU {pinned}, clients free" if pinned is not None else "receivers not pinned"))
     print(f"workload: {preset['events']:,} end-to-end events per queueing client "
           f"({preset['sync-events']:,} for the synchronous client), 5-property events; "
           f"perf_counter_ns overhead ~{statistics.median(overheads) if overheads else float('nan'):.0f} ns "

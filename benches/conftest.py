@@ -4,6 +4,8 @@
   only ``tests/`` (``testpaths``), never these.
 * ``emulator``: the Customer.io emulator in a subprocess (its own GIL), one per session.
 * ``sink``: the lean batch sink of the peer comparison, in a subprocess.
+  Both receivers are pinned to the last CPU (``peers.measure.pin_receiver``): they stand in for a
+  remote server and must not take the app thread's core.
 * ``bench_report``: composite figures (per-call percentiles, events/s, CPU, RSS, slowdown) that
   pytest-benchmark's table cannot show. They are printed after the run, each with what it measures,
   and written to ``.benchmarks/figures-<time>.json``. Nothing here asserts on speed.
@@ -95,7 +97,10 @@ def emulator() -> Iterator[Any]:
     """The emulator in its own process, so its work never shares the benchmark's GIL."""
     from ciotrack.emulator import Emulator
 
+    from peers.measure import pin_receiver
+
     handle = Emulator.spawn(workspaces={SITE_ID: API_KEY})
+    pin_receiver(handle.pid)  # it stands in for a remote server: keep it off the app thread's core
     try:
         yield handle
     finally:
@@ -106,5 +111,8 @@ def emulator() -> Iterator[Any]:
 def sink() -> Iterator[Any]:
     from peers.sink import SinkProcess
 
+    from peers.measure import pin_receiver
+
     with SinkProcess() as process:
+        pin_receiver(process.pid)
         yield process

@@ -210,6 +210,10 @@ class SinkProcess:
             raise RuntimeError(f"sink did not start within {start_timeout} s (got {line!r})")
         self.url = line
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + "/_sink/stats", timeout=10) as response:
             result: dict[str, Any] = json.loads(response.read())
