@@ -28,6 +28,7 @@ from ciotrack._core import Batch, Bucket, Core, Lane
 from ciotrack.config import Config
 from ciotrack.errors import DeliveryError
 from ciotrack.retry import RetryPolicy
+from ciotrack.stats import Stats
 from ciotrack.transport import Destination, TrackV2Destination, lookup_region, make_session
 
 __all__ = ["Pipeline", "SpoolHook"]
@@ -348,7 +349,8 @@ class Pipeline:
         """The pipeline is stopping and ``job`` is not delivered: spool it, or report it failed."""
         batch = job.batch
         if self._to_spool(route, batch.ops()):
-            self._finish(route, batch, ())  # handed over, not lost; the spool replays it later
+            # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
+            self._finish(route, batch, range(batch.count))
             return
         self._fail(route, batch, None, "shutdown: not delivered before close()/exit deadline", job.attempts)
 
@@ -369,7 +371,9 @@ class Pipeline:
         try:
             hook(*args)
         except Exception:
-            self.log.warning("hook", "ciotrack: %r raised; ignored", hook, exc_info=True)
+            # The hook's name, not its repr: a functools.partial's repr would show its bound arguments.
+            name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+            self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", name, exc_info=True)
 
     def drop(self, reason: str, count: int) -> None:
         if count <= 0:
@@ -532,8 +536,13 @@ class Pipeline:
         self._forked_away = True
         self._threads = []
 
-    def stats(self) -> dict[str, object]:
-        return self.core.stats()
+    def stats(self) -> Stats:
+        # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
+        # (also safe from a hook, or after a fork where a parent thread may hold self._cv).
+        in_flight = sum(len(route.in_flight) for route in self.routes)
+        tokens = {region: bucket.tokens() for region, bucket in list(self._buckets.items())}
+        return Stats.from_core(self.core.stats(), lane_regions=[r.region or r.route for r in self.routes],
+                               in_flight=in_flight, bucket_tokens=tokens, metrics_enabled=self.config.metrics)
 
 
 def _reason_slug(reason: str) -> str:

@@ -26,6 +26,7 @@ from ciotrack import _core, lifecycle
 from ciotrack.config import Config
 from ciotrack.errors import ConfigError, InvalidValueError
 from ciotrack.sender import Pipeline, ThrottledLog, log
+from ciotrack.stats import Stats
 
 __all__ = ["Tracker"]
 
@@ -301,9 +302,9 @@ class Tracker:
     def closed(self) -> bool:
         return self._closed
 
-    def stats(self) -> dict[str, Any]:
-        """The core's metrics: ``counters``, ``gauges`` (queue depth per lane), ``histograms``."""
-        return self._core.stats()
+    def stats(self) -> Stats:
+        """A typed snapshot of counters, gauges and histograms (:class:`ciotrack.stats.Stats`)."""
+        return self._pipeline.stats()
 
     def __enter__(self) -> Tracker:
         return self
