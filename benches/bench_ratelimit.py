@@ -50,6 +50,7 @@ from ciotrack.emulator import Emulator  # noqa: E402
 SITE_ID, API_KEY = "bench-site", "bench-key"
 RATE_LIMIT = 100.0  # requests/s at the emulator, and ciotrack's default bucket rate
 SERVER_BURST = 10.0
+CLIENT_BURST = 5.0  # ciotrack's default rate_burst
 BATCH_BYTES = _core.MAX_BATCH_BYTES
 LATENCY = 0.05
 
@@ -109,6 +110,15 @@ def run(emulator: Any, events: int, senders: int) -> dict[str, Any]:
     }
 
 
+def with_ratios(result: dict[str, Any], per_batch: float) -> dict[str, Any]:
+    """Adds ``ratio`` (events/s over the ceiling) and ``steady_ratio``: the same without the events
+    of the client bucket's initial burst, which a short run would otherwise get for free."""
+    ceiling = RATE_LIMIT * per_batch
+    result["ratio"] = result["events_per_s"] / ceiling
+    result["steady_ratio"] = max(0.0, result["stored"] - CLIENT_BURST * per_batch) / result["seconds"] / ceiling
+    return result
+
+
 def lossless(result: dict[str, Any]) -> bool:
     """Every event stored exactly once at the emulator, none failed or dropped at the client."""
     n = result["events"]
@@ -127,12 +137,14 @@ def spawn_limited() -> Any:
 
 def print_limit(result: dict[str, Any], ceiling: float) -> None:
     print(f"at the limit: {result['events']:,} events, senders={result['senders']}, emulator "
-          f"{RATE_LIMIT:.0f} requests/s burst {SERVER_BURST:.0f}; ciotrack bucket {RATE_LIMIT:.0f}/s burst 5 "
+          f"{RATE_LIMIT:.0f} requests/s burst {SERVER_BURST:.0f}; ciotrack bucket {RATE_LIMIT:.0f}/s burst "
+          f"{CLIENT_BURST:.0f} "
           f"(default), on_full='block' (producer paced by the 64 MiB queue)")
     print(f"  events/s      {result['events_per_s']:>12,.0f}   ({result['seconds']:.2f} s, first call -> flush)")
     print(f"  ceiling       {ceiling:>12,.0f}")
-    print(f"  ratio         {result['events_per_s'] / ceiling:>12.1%}   (includes the bucket's initial burst of 5 "
-          f"requests: {5 / max(1, result['requests']):.1%} of this run's)")
+    print(f"  ratio         {result['ratio']:>12.1%}   (includes the bucket's initial burst of {CLIENT_BURST:.0f} "
+          f"requests, {CLIENT_BURST / max(1, result['requests']):.1%} of this run's)")
+    print(f"  ratio, steady {result['steady_ratio']:>12.1%}   (the events of that burst left out)")
     print(f"  429s          {result['server_429']:>12}   (client saw {result['client_429']})")
     print(f"  requests      {result['requests']:>12,}   ({result['requests_per_s']:.1f}/s)")
     print(f"  no loss       {'yes' if lossless(result) else 'NO':>12}   (stored {result['stored']:,}, "
@@ -180,8 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     emulator = spawn_limited()
     try:
-        result = run(emulator, args.events, args.senders)
-        result["ratio"] = result["events_per_s"] / ceiling
+        result = with_ratios(run(emulator, args.events, args.senders), per_batch)
         report["limit"] = result
         ok &= clean(result)
         print_limit(result, ceiling)
@@ -220,13 +231,14 @@ def test_rate_limit_ceiling(benchmark: Any, bench_report: Any, limited_emulator:
     result: dict[str, Any] = {}
     benchmark.pedantic(lambda: result.update(run(limited_emulator, events, 2)), rounds=1, iterations=1)
     assert clean(result), result  # correctness, not speed
-    result["ratio"] = result["events_per_s"] / ceiling
+    with_ratios(result, per_batch)
     benchmark.extra_info.update(result)
     bench_report.add("rate limit", f"{events:,} events at 100 req/s: events/s", f"{result['events_per_s']:,.0f}",
                      f"emulator limit 100/s burst 10, 2 senders; ceiling {ceiling:,.0f} "
                      f"(100 x {per_batch:,.0f} ops per 500 KB batch)")
     bench_report.add("rate limit", "ratio to the ceiling", f"{result['ratio']:.1%}",
-                     f"goal >= 90 %; {result['requests']} requests, {result['server_429']} 429s, no loss")
+                     f"goal >= 90 %; steady (initial burst left out) {result['steady_ratio']:.1%}; "
+                     f"{result['requests']} requests, {result['server_429']} 429s, no loss")
     bench_report.keep("ratelimit.limit", result)
 
 
