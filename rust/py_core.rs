@@ -44,7 +44,9 @@ pub struct Shared {
     dedup: DedupSet,
     dedup_policy: DedupPolicy,
     pub metrics: Metrics,
-    overflow: Mutex<Vec<Box<[u8]>>>,
+    /// Ops refused under `on_full="spool"`, one list per lane (the caller spools each lane's ops
+    /// under that lane's region, so the lane must survive the hand-over).
+    overflow: Mutex<Vec<Vec<Box<[u8]>>>>,
     /// The fork generation this core was made in; any other means we are in a forked child.
     generation: u64,
 }
@@ -82,6 +84,7 @@ impl Core {
     fn submit(
         &self,
         py: Python<'_>,
+        lane: usize,
         queue: &OpQueue,
         bytes: &[u8],
         dedup: Option<DedupEntry>,
@@ -105,7 +108,7 @@ impl Core {
         };
         let code = match queue.push(op) {
             Ok(()) => ACCEPTED,
-            Err(op) => self.overflow(py, queue, op),
+            Err(op) => self.overflow(py, lane, queue, op),
         };
         if code == ACCEPTED {
             if let Some(entry) = dedup {
@@ -118,7 +121,7 @@ impl Core {
 
     /// The lane refused `op`: apply `on_full`.
     #[cold]
-    fn overflow(&self, py: Python<'_>, queue: &OpQueue, mut op: Op) -> i32 {
+    fn overflow(&self, py: Python<'_>, lane: usize, queue: &OpQueue, mut op: Op) -> i32 {
         let shared = &*self.shared;
         let refuse = || {
             shared.metrics.dropped_full.fetch_add(1, Relaxed);
@@ -131,7 +134,7 @@ impl Core {
         match shared.on_full {
             OnFull::DropNewest => refuse(),
             OnFull::Spool => {
-                shared.overflow.lock().push(op.bytes);
+                shared.overflow.lock()[lane].push(op.bytes);
                 shared.metrics.incr("overflowed", 1);
                 ACCEPTED
             }
@@ -270,7 +273,7 @@ impl Core {
                 events: event_dedup,
             },
             metrics: Metrics::new(metrics),
-            overflow: Mutex::new(Vec::new()),
+            overflow: Mutex::new(vec![Vec::new(); lanes]),
             generation: fork::generation(),
         };
         Ok(Core {
@@ -311,7 +314,7 @@ impl Core {
                 timestamp,
             );
             let dedup = self.invalid(built)?;
-            Ok(self.submit(py, queue, out, dedup))
+            Ok(self.submit(py, lane, queue, out, dedup))
         })
     }
 
@@ -340,7 +343,7 @@ impl Core {
             let built =
                 py_build::build_event(py, out, self.shared.dedup_policy, args, data, timestamp);
             let dedup = self.invalid(built)?;
-            Ok(self.submit(py, queue, out, dedup))
+            Ok(self.submit(py, lane, queue, out, dedup))
         })
     }
 
@@ -362,7 +365,7 @@ impl Core {
             if let Some(key) = self.invalid(built)? {
                 self.shared.dedup.forget(key);
             }
-            Ok(self.submit(py, queue, out, None))
+            Ok(self.submit(py, lane, queue, out, None))
         })
     }
 
@@ -374,12 +377,26 @@ impl Core {
         with_scratch(|out| {
             let built = py_build::build_raw(py, out, op);
             self.invalid(built)?;
-            Ok(self.submit(py, queue, out, None))
+            Ok(self.submit(py, lane, queue, out, None))
         })
     }
 
-    fn take_overflow<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let taken = std::mem::take(&mut *self.shared.overflow.lock());
+    #[pyo3(signature = (lane = None))]
+    fn take_overflow<'py>(
+        &self,
+        py: Python<'py>,
+        lane: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let taken: Vec<Box<[u8]>> = match lane {
+            Some(index) => {
+                self.queue(index)?;
+                std::mem::take(&mut self.shared.overflow.lock()[index])
+            }
+            None => {
+                let mut lists = self.shared.overflow.lock();
+                lists.iter_mut().flat_map(std::mem::take).collect()
+            }
+        };
         PyList::new(py, taken.iter().map(|op| PyBytes::new(py, op)))
     }
 
@@ -430,7 +447,7 @@ impl Core {
             gauges.set_item(format!("lane{i}_ops"), queue.len())?;
             gauges.set_item(format!("lane{i}_bytes"), queue.bytes())?;
         }
-        let overflow = self.shared.overflow.lock().len();
+        let overflow: usize = self.shared.overflow.lock().iter().map(Vec::len).sum();
         gauges.set_item("overflow_ops", overflow)?;
         let histograms = PyDict::new(py);
         for (name, snap) in metrics.histograms() {

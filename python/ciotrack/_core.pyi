@@ -176,11 +176,13 @@ class Core:
         suppress, unsuppress, add_device, delete_device, ...). ``fields`` is encoded like data."""
     def raw(self, lane: int, op: Mapping[str, Any]) -> int:
         """Encode ``op`` as given (merge, the drop-in ``batch()``); only the 32 KB op limit is checked."""
-    def take_overflow(self) -> list[bytes]:
+    def take_overflow(self, lane: int | None = None) -> list[bytes]:
         """Operations refused by a full lane under ``on_full="spool"``, oldest first (the caller spools them).
 
-        The list is unbounded until taken (counted as ``overflowed``; its length is the gauge
-        ``overflow_ops``): the caller must take it regularly."""
+        ``lane``: take only that lane's refused operations (each lane's go to its own region's
+        spool records); None takes every lane's, lane 0's first. The lists are unbounded until
+        taken (counted as ``overflowed``; their total length is the gauge ``overflow_ops``): the
+        caller must take them regularly."""
     def requeue(self, lane: int, ops: Sequence[bytes]) -> int:
         """Push already-encoded operations back (spool replay). Returns how many fitted; never dedups
         and counts nothing. Stops at the first one that does not fit, so order is kept: the caller
