@@ -87,7 +87,7 @@ def run(emulator: Any, events: int, senders: int) -> dict[str, Any]:
     finally:
         tracker.close(timeout=30)
     server = emulator.stats()
-    counters = tracker.stats()["counters"]
+    counters = tracker.stats().counters
     seconds = t1 - t0
     return {
         "events": events,

@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -45,9 +45,8 @@ def identifies(ops: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(op["identifiers"]["id"], op["attributes"]) for op in ops if op["action"] == "identify"]
 
 
-def counters(tracker: Tracker) -> dict[str, int]:
-    result: dict[str, int] = tracker.stats()["counters"]
-    return result
+def counters(tracker: Tracker) -> Mapping[str, int]:
+    return tracker.stats().counters
 
 
 def test_identify_and_composite_event_windows_expire_after_the_ttl(make_tracker: TrackerFactory,

@@ -111,7 +111,7 @@ def test_429_storm_every_sender_backs_off_nothing_lost_bucket_resumes(storm_trac
     events = all_events(emulator.state())
     assert sorted(e["data"]["i"] for e in events) == list(range(total))
     assert len({e["id"] for e in events}) == total and stats["duplicates"] == 0
-    counters = tracker.stats()["counters"]
+    counters = tracker.stats().counters
     assert counters["delivered"] == total and counters.get("failed", 0) == 0
     assert counters["requests_429"] == storm_429s and counters["retried"] == storm_429s
 
