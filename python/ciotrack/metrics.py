@@ -1,0 +1,156 @@
+"""Prometheus export of a tracker's :class:`~ciotrack.stats.Stats` (``pip install ciotrack[prometheus]``).
+
+    from prometheus_client import REGISTRY, start_http_server
+    from ciotrack.metrics import PrometheusCollector
+
+    REGISTRY.register(PrometheusCollector(tracker))
+    start_http_server(9100)
+
+A custom collector (prometheus_client's Collector protocol): nothing is recorded twice, each scrape
+reads one ``tracker.stats()`` snapshot. ``prometheus_client`` is imported only when a collector is
+made, so ``ciotrack`` itself never needs it.
+
+Histograms are exported as **summaries** (``quantile="0.5"|"0.95"|"0.99"``, ``_sum``, ``_count``) plus a
+``<name>_max`` gauge, not as Prometheus histograms: the core keeps ~560 log buckets internally but its
+snapshot reports count, sum, p50/p95/p99 and max, not the bucket counts, so ``_bucket`` series cannot be
+produced faithfully. The quantiles are cumulative since the tracker started (the upper bound of the log
+bucket holding the exact quantile, at most 12.5 % high), not a sliding window; they cannot be
+aggregated across processes (sum ``_sum``/``_count`` for fleet-wide means instead).
+
+Metric names (``ciotrack`` is the default ``namespace``):
+
+==================================================  ==========  ===================================
+``ciotrack_operations_accepted_total``              counter     calls that queued an operation
+``ciotrack_operations_invalid_total``               counter     calls refused for bad input
+``ciotrack_operations_deduplicated_total{kind}``    counter     skipped duplicates (identify/event)
+``ciotrack_operations_dropped_total{reason}``       counter     dropped before sending
+``ciotrack_operations_delivered_total``             counter     acknowledged by Customer.io
+``ciotrack_operations_failed_total{reason}``        counter     finally failed
+``ciotrack_operations_spooled_total``               counter     handed to the disk spool
+``ciotrack_operations_replayed_total``              counter     replayed from the disk spool
+``ciotrack_retries_total``                          counter     requests retried
+``ciotrack_requests_total{status}``                 counter     HTTP requests by status (or error)
+``ciotrack_sent_bytes_total``                       counter     accepted request body bytes
+``ciotrack_batch_splits_total``                     counter     batches split after a 413
+``ciotrack_queued_operations{region}``              gauge       operations waiting in the queue
+``ciotrack_queued_bytes{region}``                   gauge       bytes waiting in the queue
+``ciotrack_in_flight_batches``                      gauge       batches being sent or retried
+``ciotrack_rate_limit_tokens{region}``              gauge       token bucket level
+``ciotrack_overflow_operations``                    gauge       overflow list awaiting the spool
+``ciotrack_request_latency_seconds``                summary     per HTTP request
+``ciotrack_delivery_latency_seconds``               summary     call -> acknowledgement, per op
+``ciotrack_batch_operations``                       summary     operations per accepted batch
+``ciotrack_batch_size_bytes``                       summary     body bytes per accepted batch
+==================================================  ==========  ===================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from ciotrack.stats import HistogramSummary, Stats
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["PrometheusCollector"]
+
+_QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
+
+
+class StatsSource(Protocol):
+    """Anything with ``stats() -> Stats``: a :class:`~ciotrack.Tracker`, a ``CaptureTracker``."""
+
+    def stats(self) -> Stats: ...
+
+
+class PrometheusCollector:
+    """Collects one tracker's stats at every scrape.
+
+    ``namespace`` prefixes every name (use a different one, or different ``labels``, per tracker when
+    a process has several and registers them in one registry). ``labels`` are constant labels added
+    to every sample, e.g. ``{"service": "billing"}``.
+    """
+
+    def __init__(self, tracker: StatsSource, *, namespace: str = "ciotrack",
+                 labels: Mapping[str, str] | None = None) -> None:
+        try:
+            import prometheus_client  # noqa: F401  (the optional extra: fail here, not at the first scrape)
+        except ImportError as exc:
+            raise ImportError("ciotrack.metrics needs prometheus_client: pip install 'ciotrack[prometheus]'") from exc
+        if not namespace or not namespace.replace("_", "").isalnum() or namespace[0].isdigit():
+            raise ValueError(f"namespace must be a Prometheus name prefix, got {namespace!r}")
+        self._tracker = tracker
+        self._namespace = namespace
+        self._label_names = tuple(labels or {})
+        self._label_values = tuple((labels or {}).values())
+
+    def __repr__(self) -> str:
+        labels = dict(zip(self._label_names, self._label_values))
+        return f"PrometheusCollector(namespace={self._namespace!r}, labels={labels!r})"
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+        stats = self._tracker.stats()
+        ns = self._namespace
+        names, values = self._label_names, self._label_values
+
+        def counter(name: str, doc: str, value: int) -> Metric:
+            family = CounterMetricFamily(f"{ns}_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def labelled(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, doc: str, label: str,
+                     by_label: Mapping[str, float]) -> Metric:
+            family = kind(f"{ns}_{name}", doc, labels=(*names, label))
+            for key, value in sorted(by_label.items()):
+                family.add_metric((*values, key), value)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> Metric:
+            family = GaugeMetricFamily(f"{ns}_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def summary(name: str, doc: str, h: HistogramSummary) -> Iterator[Metric]:
+            family = SummaryMetricFamily(f"{ns}_{name}", doc, labels=names)
+            if h.count:
+                base = dict(zip(names, values))
+                for quantile, attr in _QUANTILES:
+                    family.add_sample(family.name, {**base, "quantile": quantile}, getattr(h, attr))
+            family.add_metric(values, h.count, h.sum)
+            yield family
+            yield gauge(f"{name}_max", f"Largest value recorded in {ns}_{name}", h.max)
+
+        yield counter("operations_accepted", "Calls that queued an operation", stats.accepted)
+        yield counter("operations_invalid", "Calls refused for bad input (they raised)", stats.invalid)
+        yield labelled(CounterMetricFamily, "operations_deduplicated", "Calls skipped as duplicates", "kind",
+                       stats.deduplicated)
+        yield labelled(CounterMetricFamily, "operations_dropped", "Operations dropped before sending", "reason",
+                       stats.dropped)
+        yield counter("operations_delivered", "Operations acknowledged by Customer.io", stats.delivered)
+        yield labelled(CounterMetricFamily, "operations_failed", "Operations that finally failed", "reason",
+                       stats.failed)
+        yield counter("operations_spooled", "Operations handed to the disk spool", stats.spooled)
+        yield counter("operations_replayed", "Operations replayed from the disk spool", stats.replayed)
+        yield counter("retries", "Requests retried after a transient failure", stats.retried)
+        yield labelled(CounterMetricFamily, "requests", "HTTP requests by status ('error': no response)", "status",
+                       stats.requests)
+        yield counter("sent_bytes", "Request body bytes accepted by Customer.io", stats.bytes_sent)
+        yield counter("batch_splits", "Batches split in two after a 413", stats.splits)
+        yield labelled(GaugeMetricFamily, "queued_operations", "Operations waiting in the queue", "region",
+                       stats.queued_ops)
+        yield labelled(GaugeMetricFamily, "queued_bytes", "Encoded bytes waiting in the queue", "region",
+                       stats.queued_bytes)
+        yield gauge("in_flight_batches", "Batches being sent or waiting to be retried", stats.in_flight)
+        yield labelled(GaugeMetricFamily, "rate_limit_tokens", "Requests the rate limit allows now", "region",
+                       stats.bucket_tokens)
+        yield gauge("overflow_operations", "Operations refused by a full queue, awaiting the spool",
+                    stats.overflow_ops)
+        yield from summary("request_latency_seconds", "Seconds per HTTP request", stats.request_latency)
+        yield from summary("delivery_latency_seconds", "Seconds from the call to Customer.io's acknowledgement",
+                           stats.delivery_latency)
+        yield from summary("batch_operations", "Operations per accepted batch", stats.batch_size)
+        yield from summary("batch_size_bytes", "Body bytes per accepted batch", stats.batch_bytes)
