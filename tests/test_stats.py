@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import threading
 import time
 from typing import Any
@@ -95,15 +96,20 @@ def test_from_core_groups_counters_and_maps_lanes_to_regions() -> None:
         stats["accepted"]
 
 
-def test_snapshot_is_immutable(make_tracker: TrackerFactory) -> None:
-    stats = make_tracker().stats()
+def test_snapshot_is_frozen_picklable_and_json_ready(make_tracker: TrackerFactory) -> None:
+    tracker = make_tracker()
+    tracker.track("1", "e")
+    assert tracker.flush(timeout=5)
+    stats = tracker.stats()
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.accepted = 5  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        stats.failed["x"] = 1  # type: ignore[index]
-    with pytest.raises(TypeError):
-        stats.counters["accepted"] = 1  # type: ignore[index]
-    assert "accepted=0" in stats.format().splitlines()[0]
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    as_dict = json.loads(json.dumps(stats.as_dict()))
+    assert as_dict["delivered"] == 1 and as_dict["requests"] == {"200": 1}
+    assert as_dict["delivery_latency"]["count"] == 1 and as_dict["counters"]["accepted"] == 1
+    assert "delivered=1" in stats.format().splitlines()[0]
+    later = tracker.stats()
+    assert later is not stats and later.delivered == stats.delivered
 
 
 # -- what the sender records, against the emulator's own accounting --------------------------------

@@ -17,10 +17,10 @@ Histogram quantiles are the upper bound of the log bucket holding the exact quan
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 __all__ = ["HistogramSummary", "Stats"]
@@ -30,7 +30,9 @@ _DROP_REASONS = {"full": "queue_full", "oldest": "evicted_oldest"}
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping))
+    # A fresh plain dict per snapshot, typed read-only: unlike a MappingProxyType it survives
+    # dataclasses.asdict(), copy and pickle (snapshots get shipped to other processes and to JSON).
+    return dict(mapping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,7 @@ class HistogramSummary:
 
 @dataclass(frozen=True)
 class Stats:
-    """A tracker's metrics at one moment. Mappings are read-only."""
+    """A tracker's metrics at one moment. Each call makes a new snapshot; nothing in it changes later."""
 
     # -- counters (cumulative) --------------------------------------------------------------------
     accepted: int
@@ -202,6 +204,10 @@ class Stats:
             batch_bytes=summary("batch_bytes"),
             delivery_latency=summary("delivery_latency_seconds"),
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dicts (JSON-ready)."""
+        return dataclasses.asdict(self)
 
     def format(self) -> str:
         """A few human-readable lines (the demo prints them)."""
