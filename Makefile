@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # cargo test links libpython through pyo3: point it at the venv's interpreter.
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: install build demo test test-rust test-py typecheck bench bench-core bench-peers lint clean
+.PHONY: install build demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint clean
 
 install: $(STAMP) build
 
@@ -33,12 +33,33 @@ typecheck: build
 	$(PY) -m mypy --strict
 	$(PY) -m mypy.stubtest ciotrack._core
 
-bench: install bench-core
-	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops,rounds
-	$(PY) benches/compare_peers.py
+# Peers live in venvs of their own: customerio-cdp-analytics installs the module `customerio` too and
+# would shadow the official client (see benches/README.md).
+PEERS_VENV := .venv-peers
+CDP_VENV   := .venv-cdp
+
+bench: install bench-core bench-py bench-peers
 
 bench-core: $(STAMP)
-	cargo bench --bench core -- --noplot
+	cargo bench --bench core -- --noplot $(if $(QUICK),--warm-up-time 1 --measurement-time 1)
+
+bench-py: build
+	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops,rounds $(if $(QUICK),--quick)
+
+bench-peers: build bench-venvs
+	$(PY) benches/compare_peers.py $(if $(QUICK),--quick)
+
+bench-venvs: $(PEERS_VENV)/.installed $(CDP_VENV)/.installed
+
+$(PEERS_VENV)/.installed:
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q 'segment-analytics-python==2.4.0' 'posthog==7.91.1'
+	touch $@
+
+$(CDP_VENV)/.installed:
+	python3 -m venv $(CDP_VENV)
+	$(CDP_VENV)/bin/pip install -q 'customerio-cdp-analytics==1.1.0'
+	touch $@
 
 lint: $(STAMP)
 	cargo clippy --all-targets -- -D warnings
