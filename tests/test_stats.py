@@ -168,7 +168,7 @@ class _TimedDestination:
 
     def send(self, body: bytes) -> Outcome:
         started = time.perf_counter()
-        outcome = self._inner.send(body)
+        outcome: Outcome = self._inner.send(body)
         finished = time.perf_counter()
         answered = time.monotonic()
         with self._lock:

@@ -23,7 +23,7 @@ ULID = "01HV5Z9Q8N6W3X2Y1T0S9R8P7A"
 
 BAD_CALLS: list[tuple[str, Callable[[Tracker], None]]] = [
     ("unsupported type", lambda t: t.track("1", "e", {"s": {1}})),
-    ("non-str key", lambda t: t.track("1", "e", {1: "x"})),
+    ("non-str key", lambda t: t.track("1", "e", {1: "x"})),  # type: ignore[dict-item]
     ("empty id", lambda t: t.track("", "e")),
     ("long name", lambda t: t.track("1", "x" * 101)),
     ("nan", lambda t: t.track("1", "e", {"n": float("nan")})),

@@ -79,6 +79,9 @@ class CaptureTracker(Tracker):
         for route in self._pipeline.routes:
             route.destination = _CaptureDestination(self, route.region or route.route)
 
+    def __enter__(self) -> CaptureTracker:
+        return self
+
     def __repr__(self) -> str:
         return f"<ciotrack.testing.CaptureTracker region={self.config.region!r} captured={len(self._captured)}>"
 
