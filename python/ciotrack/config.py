@@ -13,6 +13,7 @@ the default. Environment variables read by :meth:`Config.from_env`:
 ``CIOTRACK_EXIT_TIMEOUT``  ``exit_timeout`` (seconds)
 ``CIOTRACK_DISABLED``      ``disabled`` (``1``/``true``/``yes``: calls validate but send nothing)
 ``CIOTRACK_SYNC``          ``sync``
+``CIOTRACK_SPOOL_DIR``     ``spool_dir``
 =========================  =========================================================
 
 The API key is a secret: it is excluded from ``repr``/``str`` and never appears in a log line or an
@@ -32,6 +33,7 @@ from ciotrack.errors import ConfigError, DeliveryError
 __all__ = ["Config", "DEFAULT_ENDPOINTS", "REGIONS"]
 
 Region = Literal["us", "eu"]
+OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
 REGIONS: tuple[Region, ...] = ("us", "eu")
 DEFAULT_ENDPOINTS: Mapping[str, str] = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 _OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "spool")
@@ -80,8 +82,11 @@ class Config:
     """Bound of each region's queue in encoded bytes."""
     max_queue_ops: int = 1_000_000
     """Bound of each region's queue in operations."""
-    on_full: Literal["drop_newest", "drop_oldest", "block", "spool"] = "drop_newest"
-    """What a call does when the queue is full; every drop is counted and reported to ``on_drop``."""
+    on_full: OverflowPolicy | None = None
+    """What a call does when the queue is full: ``spool`` (to ``spool_dir``), ``drop_newest``,
+    ``drop_oldest`` or ``block`` (up to ``block_timeout``). None (the default) means ``spool`` when
+    ``spool_dir`` is set, else ``drop_newest``; the built Config always holds the resolved policy.
+    Every drop is counted and reported to ``on_drop``."""
     block_timeout: float = 0.1
     """Under ``on_full="block"``: the longest a call waits for room before dropping."""
     max_retries: int = 8
@@ -123,9 +128,29 @@ class Config:
     """No background thread: calls queue, ``flush()``/``close()`` deliver on the calling thread."""
     user_agent: str | None = None
     """Appended to ``User-Agent: ciotrack/<version>``."""
+    spool_dir: str | os.PathLike[str] | None = None
+    """Directory of the disk spool: operations that cannot be delivered now (Customer.io unreachable
+    past the retry budget, the queue full under ``on_full="spool"``, exit before delivery finished)
+    are written there and replayed, with their original ids, at the next start or when the API
+    recovers. One subdirectory per ``site_id``; processes may share it. None: no spool."""
+    spool_max_bytes: int = 1 << 30
+    """Size cap of the spool (per ``site_id``); past it the oldest segments are evicted, counted
+    and reported (``on_drop("spool_evicted", n)``)."""
+    spool_fsync: bool = False
+    """fsync every spool write: survives a power loss too, at a large cost per write."""
+    handle_sigterm: bool = True
+    """Turn SIGTERM into a normal exit (``SystemExit(143)``) so the exit handler delivers or spools
+    what is queued, when no other SIGTERM handler is installed (checked once, in the main thread)."""
 
     def __post_init__(self) -> None:
+        if self.on_full is None:
+            object.__setattr__(self, "on_full", "spool" if self.spool_dir is not None else "drop_newest")
         _validate(self)
+
+    @property
+    def overflow_policy(self) -> OverflowPolicy:
+        """``on_full`` as resolved (never None)."""
+        return self.on_full or "drop_newest"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -198,6 +223,7 @@ _ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "exit_timeout": ("CIOTRACK_EXIT_TIMEOUT", float),
     "disabled": ("CIOTRACK_DISABLED", _parse_bool),
     "sync": ("CIOTRACK_SYNC", _parse_bool),
+    "spool_dir": ("CIOTRACK_SPOOL_DIR", str),
 }
 
 
@@ -266,3 +292,7 @@ def _validate(config: Config) -> None:
     for hook in ("on_error", "on_drop"):
         _check(getattr(config, hook) is None or callable(getattr(config, hook)), f"{hook} must be callable")
     _check(config.user_agent is None or isinstance(config.user_agent, str), "user_agent must be a str")
+    _check(config.spool_dir is None or isinstance(config.spool_dir, (str, os.PathLike)),
+           f"spool_dir must be a path or None, got {config.spool_dir!r}")
+    _check(isinstance(config.spool_max_bytes, int) and config.spool_max_bytes >= 65536,
+           f"spool_max_bytes must be >= 65536, got {config.spool_max_bytes!r}")

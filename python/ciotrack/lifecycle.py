@@ -11,6 +11,17 @@ Fork. ``os.register_at_fork(after_in_child=...)`` rebuilds every live Tracker in
 The core also detects forks that bypass Python (``FORKED`` return code); the Tracker then rebuilds
 itself on its next call.
 
+SIGTERM. Python's default is to die at once, without atexit. When the first tracker is made in the
+main thread and SIGTERM still has its default disposition (no framework installed a handler),
+ciotrack installs one that raises ``SystemExit(143)`` in the main thread (``handle_sigterm=False``
+opts out): the process unwinds and the exit handler delivers or spools what is queued. It restores
+the default first, so a second SIGTERM kills at once. Frameworks with their own handler (gunicorn,
+uvicorn, celery) exit normally on SIGTERM, which runs the exit handler anyway.
+
+multiprocessing. A ``Process`` child ends with ``os._exit`` after its target returns: atexit never
+runs there. A ``multiprocessing.util.Finalize`` registered in each child (through
+``register_after_fork``, which survives the child's finalizer reset) closes the trackers instead.
+
 Only weak references are kept here, so Trackers can be garbage-collected; a pipeline stays registered
 while its sender threads keep it alive, and is still closed at exit.
 """
@@ -20,6 +31,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 import weakref
@@ -41,6 +54,15 @@ _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _trackers: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 _install_lock = threading.Lock()
 _installed = False
+_sigterm_checked = False
+_mp_hooked = False
+
+
+class _Anchor:
+    """A long-lived object for ``multiprocessing.util.register_after_fork`` (it keys on a weakref)."""
+
+
+_MP_ANCHOR = _Anchor()
 
 
 def _install() -> None:
@@ -58,6 +80,45 @@ def register_pipeline(pipeline: Pipeline) -> None:
     if not _installed:
         _install()
     _pipelines.add(pipeline)
+    if not _sigterm_checked and pipeline.config.handle_sigterm:
+        _install_sigterm_handler()
+    if not _mp_hooked:
+        _hook_multiprocessing()
+
+
+def _install_sigterm_handler() -> None:
+    global _sigterm_checked
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal works only there; a later tracker made in the main thread tries again
+    _sigterm_checked = True
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # no SIGTERM on this platform, or a restricted interpreter
+        pass
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _hook_multiprocessing() -> None:
+    """Make every multiprocessing child close the trackers when its target returns. Only once
+    ``multiprocessing`` is imported (never imported for this); checked again at each fork."""
+    global _mp_hooked
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    _mp_hooked = True
+    util.register_after_fork(_MP_ANCHOR, _register_mp_finalizer)
+
+
+def _register_mp_finalizer(anchor: _Anchor) -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        # exitpriority >= 0 runs in the child's _exit_function, before its os._exit.
+        util.Finalize(None, close_all, exitpriority=100)
 
 
 def register_tracker(tracker: ForkAware) -> None:
@@ -82,7 +143,10 @@ def close_all(timeout: float | None = None) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # Runs in the child's only thread, before any other Python code of the child.
+    # Runs in the child's only thread, before any other Python code of the child (multiprocessing
+    # runs its after-fork registry later, so hooking it here still covers this very child).
+    if not _mp_hooked and _pipelines:
+        _hook_multiprocessing()
     for pipeline in list(_pipelines):
         pipeline.forget_after_fork()
         _pipelines.discard(pipeline)

@@ -28,6 +28,7 @@ from ciotrack._core import Batch, Bucket, Core, Lane
 from ciotrack.config import Config
 from ciotrack.errors import DeliveryError
 from ciotrack.retry import RetryPolicy
+from ciotrack.spooling import SpoolBridge, overflow_watcher
 from ciotrack.stats import Stats
 from ciotrack.transport import Destination, TrackV2Destination, lookup_region, make_session
 
@@ -88,7 +89,7 @@ class _Route:
         self.lane = lane
         self.destination: Destination | None = None
         self.bucket: Bucket | None = None
-        self.in_flight: dict[int, int] = {}  # id(batch) -> batch.start; the batch objects are alive meanwhile
+        self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished (sent, retried or split)
         self.parked: list[_Job] = []
         self.last_take = -1e18
 
@@ -107,7 +108,7 @@ class Pipeline:
             max_queue_ops=min(config.max_queue_ops, 1024) if config.disabled else config.max_queue_ops,
             max_queue_bytes=config.max_queue_bytes,
             max_batch_bytes=config.batch_bytes,
-            on_full=config.on_full,
+            on_full=config.overflow_policy,
             block_timeout=config.block_timeout,
             dedup_ttl=config.dedup_ttl,
             dedup_max_entries=config.dedup_max_entries,
@@ -116,7 +117,7 @@ class Pipeline:
         )
         self.routes = [_Route(i, route, self.core.lane(i)) for i, route in enumerate(routes)]
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
-        self.spool: SpoolHook | None = None  # the disk spool plugs in here (a later issue)
+        self.spool: SpoolHook | None = None  # the disk spool plugs in here (SpoolBridge sets itself)
         self.policy = RetryPolicy(config.max_retries, config.retry_budget, config.backoff_base, config.backoff_cap,
                                   config.retry_after_cap)
         self.session = make_session(config.senders, hosts=len(routes), user_agent_suffix=config.user_agent)
@@ -139,6 +140,9 @@ class Pipeline:
         for route in self.routes:
             if route.region is not None:
                 self._bind(route, route.region)
+        self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
+        self.spooling = SpoolBridge(self) if config.spool_dir is not None and not config.disabled else None
+        self.watch_overflow = overflow_watcher(self)
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -188,6 +192,8 @@ class Pipeline:
                 if not self._threads:
                     self._inline = True
                     return False
+            if self.spooling is not None:
+                self.spooling.start()
         return True
 
     # -- sender threads ---------------------------------------------------------------------------
@@ -198,8 +204,8 @@ class Pipeline:
         turn = number
         try:
             while not self._stop.is_set():
-                if self.config.on_full == "spool":
-                    self.drain_overflow()
+                if self.watch_overflow is not None:
+                    self.watch_overflow()
                 served = False
                 force = self._flushing > 0 or self._draining
                 for k in range(count):
@@ -234,7 +240,7 @@ class Pipeline:
             batch = lane.next_batch(self._batch_bytes)
             if batch is None:
                 return None
-            route.in_flight[id(batch)] = batch.start
+            route.in_flight[id(batch)] = batch
             route.last_take = now
         return batch
 
@@ -255,8 +261,8 @@ class Pipeline:
                 with self._cv:
                     in_flight = route.in_flight
                     in_flight.pop(id(current.batch), None)
-                    in_flight[id(first)] = first.start
-                    in_flight[id(second)] = second.start
+                    in_flight[id(first)] = first
+                    in_flight[id(second)] = second
                 self.core.incr("split")
                 stack.append(_Job(second))
                 stack.append(_Job(first))
@@ -290,6 +296,8 @@ class Pipeline:
             core.incr(f"requests_{outcome.status}" if outcome.status is not None else "requests_error")
             kind = outcome.kind
             if kind == "delivered" or kind == "partial":
+                if self.spooling is not None:
+                    self.spooling.delivered()
                 core.incr("bytes_sent", len(batch.body))
                 core.observe("batch_ops", batch.count)
                 core.observe("batch_bytes", len(batch.body))
@@ -315,7 +323,9 @@ class Pipeline:
                 # Every sender of this region waits, not only this one: the server said "slow down".
                 route.bucket.pause(delay)
             if self.policy.gives_up(job.attempts, _monotonic() - job.first_attempt, delay):
-                self._fail(route, batch, outcome.status, f"retries exhausted: {outcome.reason}", job.attempts)
+                if self.spooling is not None:
+                    self.spooling.unreachable()
+                self._give_up(route, batch, outcome.status, f"retries exhausted: {outcome.reason}", job.attempts)
                 return _DONE
             core.incr("retried")
             if deadline is not None and _monotonic() + delay > deadline:
@@ -347,12 +357,15 @@ class Pipeline:
 
     def _abandon(self, route: _Route, job: _Job) -> None:
         """The pipeline is stopping and ``job`` is not delivered: spool it, or report it failed."""
-        batch = job.batch
-        if self._to_spool(route, batch.ops()):
+        self._give_up(route, job.batch, None, "shutdown: not delivered before close()/exit deadline", job.attempts)
+
+    def _give_up(self, route: _Route, batch: Batch, status: int | None, reason: str, attempts: int) -> None:
+        """No more attempts for ``batch`` (retries exhausted, or stopping): spool it, or report it failed."""
+        if (self.spooling is not None and self.spooling.copied(batch)) or self._to_spool(route, batch.ops()):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
-        self._fail(route, batch, None, "shutdown: not delivered before close()/exit deadline", job.attempts)
+        self._fail(route, batch, status, reason, attempts)
 
     def _report(self, route: _Route, ops: list[bytes], status: int | None, reason: str, attempts: int) -> None:
         region = route.region or route.route
@@ -388,7 +401,7 @@ class Pipeline:
         if spool is None or not ops:
             return False
         try:
-            spool.append(ops, region=route.region or "us")
+            spool.append(ops, region=route.region or route.route)
         except Exception:
             self.log.warning("spool", "ciotrack: spooling %d operation(s) failed", len(ops), exc_info=True)
             return False
@@ -396,12 +409,15 @@ class Pipeline:
         return True
 
     def drain_overflow(self) -> None:
-        """Under ``on_full="spool"``: hand operations refused by a full lane to the spool."""
-        ops = self.core.take_overflow()
-        if ops and not self._to_spool(self.routes[0], ops):
-            self.log.warning("overflow", "ciotrack: queue full and no spool configured; %d operation(s) dropped",
-                             len(ops))
-            self.drop("queue_full", len(ops))
+        """Under ``on_full="spool"``: hand operations refused by a full lane to the spool (per lane, so
+        each goes under its own region)."""
+        with self._overflow_lock:
+            for route in self.routes:
+                ops = self.core.take_overflow(route.index)
+                if ops and not self._to_spool(route, ops):
+                    self.log.warning("overflow", "ciotrack: queue full and no spool took %d operation(s); dropped",
+                                     len(ops))
+                    self.drop("queue_full", len(ops))
 
     # -- flush / close ----------------------------------------------------------------------------
 
@@ -413,8 +429,8 @@ class Pipeline:
         for route, target in zip(self.routes, targets):
             if route.lane.taken() < target:
                 return False
-            for start in route.in_flight.values():
-                if start < target:
+            for batch in route.in_flight.values():
+                if batch.start < target:
                     return False
         return True
 
@@ -426,11 +442,12 @@ class Pipeline:
             for route in self.routes:
                 route.lane.clear()
             return True
-        if self.config.on_full == "spool":
-            self.drain_overflow()
+        if self.watch_overflow is not None:
+            self.watch_overflow(True)
         if self._inline or not any(t.is_alive() for t in self._threads):
-            self._deliver_inline(targets, deadline)
-            return self._wait_done(targets, deadline)
+            if self.spooling is not None:  # spooled ops first, as far as the deadline allows
+                return self.spooling.flush_inline(self._flush_inline, deadline)
+            return self._flush_inline(targets, deadline)
         if threading.current_thread() in self._threads:
             # Called from a hook on a sender thread: waiting would wait for this very thread.
             deadline = _monotonic()
@@ -442,6 +459,11 @@ class Pipeline:
         finally:
             with self._cv:
                 self._flushing -= 1
+
+    def _flush_inline(self, targets: list[int] | None, deadline: float | None) -> bool:
+        targets = self._targets() if targets is None else targets
+        self._deliver_inline(targets, deadline)
+        return self._wait_done(targets, deadline)
 
     def _wait_done(self, targets: list[int], deadline: float | None, rewake: bool = False) -> bool:
         with self._cv:
@@ -484,6 +506,14 @@ class Pipeline:
                 return True
             self._closed = True
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
+        if self.spooling is not None:
+            self.spooling.stop_replay()
+            # Keep part of the budget for spooling what delivery cannot finish; with the API known to
+            # be down, waiting is pointless: spool at once.
+            if self.spooling.api_down:
+                timeout = 0.0
+            elif timeout is not None:
+                timeout -= min(0.5, 0.2 * timeout)
         flushed = self.flush(timeout)
         self._stop.set()
         self.core.close()
@@ -500,14 +530,19 @@ class Pipeline:
         for route in self.routes:
             while route.parked:
                 self._abandon(route, route.parked.pop(0))
+        if self.spooling is not None:
+            self.spooling.spool_stuck()
+        for route in self.routes:
             leftover = route.lane.drain_ops()
             if leftover and not self._to_spool(route, leftover):
                 if not self.config.disabled:
                     self.log.warning("shutdown", "ciotrack: %d queued operation(s) not delivered before the deadline",
                                      len(leftover))
                     self.drop("shutdown", len(leftover))
-        if self.config.on_full == "spool":
-            self.drain_overflow()
+        if self.watch_overflow is not None:
+            self.watch_overflow(True)
+        if self.spooling is not None:
+            self.spooling.close()
         self.session.close()
         return flushed
 
@@ -535,6 +570,8 @@ class Pipeline:
         touch its locks (a parent thread may have held them at fork time) or its sockets."""
         self._forked_away = True
         self._threads = []
+        if self.spooling is not None:
+            self.spooling.forget_after_fork()
 
     def stats(self) -> Stats:
         # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
