@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ciotrack.sender import Pipeline
 
-__all__ = ["register_pipeline", "register_tracker", "close_all"]
+__all__ = ["block_exit_signals", "register_pipeline", "register_tracker", "close_all"]
 
 log = logging.getLogger("ciotrack.lifecycle")
 
@@ -96,6 +96,15 @@ def _install_sigterm_handler() -> None:
             signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # no SIGTERM on this platform, or a restricted interpreter
         pass
+
+
+def block_exit_signals() -> None:
+    """Called first by every ciotrack thread. The kernel hands a process-directed SIGTERM/SIGINT to
+    any thread that does not block it; received on one of ours, the Python handler waits for the
+    main thread's next bytecode, which a main thread asleep in ``time.sleep`` never reaches. Blocked
+    here, the signal goes to the main thread and interrupts it."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

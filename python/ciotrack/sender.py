@@ -27,6 +27,7 @@ from typing import Protocol
 from ciotrack._core import Batch, Bucket, Core, Lane
 from ciotrack.config import Config
 from ciotrack.errors import DeliveryError
+from ciotrack.lifecycle import block_exit_signals
 from ciotrack.retry import RetryPolicy
 from ciotrack.spooling import SpoolBridge, overflow_watcher
 from ciotrack.stats import Stats
@@ -199,6 +200,7 @@ class Pipeline:
     # -- sender threads ---------------------------------------------------------------------------
 
     def _sender_loop(self, number: int) -> None:
+        block_exit_signals()
         routes = self.routes
         count = len(routes)
         turn = number
@@ -284,7 +286,13 @@ class Pipeline:
         assert destination is not None
         core = self.core
         batch = job.batch
+        spooling = self.spooling
         while True:
+            if spooling is not None and spooling.api_down:
+                # A batch already ran out of retries and nothing got through since: spool at once (the
+                # spooler's probe finds the API again), rather than hold this one for a retry budget.
+                self._give_up(route, batch, None, "unreachable: Customer.io is down", job.attempts)
+                return _DONE
             if not self._take_token(route, deadline):
                 return _ABANDON if self._stop.is_set() else _PARK
             started = time.perf_counter()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from ciotrack.errors import ConfigError
+from ciotrack.lifecycle import block_exit_signals
 from ciotrack.spool import Segment, Spool
 from ciotrack.transport import make_session
 
@@ -186,6 +187,7 @@ class SpoolBridge:
         self._thread = thread
 
     def _run(self) -> None:
+        block_exit_signals()
         pipeline = self._pipeline
         try:
             while not self._stop.is_set():
@@ -245,6 +247,7 @@ class SpoolBridge:
     # -- probing ----------------------------------------------------------------------------------
 
     def _probe_thread(self) -> None:
+        block_exit_signals()
         try:
             up = self._probe(None)
         finally:

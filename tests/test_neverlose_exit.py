@@ -1,0 +1,247 @@
+"""Never lose an event across processes: SIGTERM and normal exit with the API down, bounded close
+and exit with a stalled server, two processes replaying one spool, a torn spool file, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from ciotrack import _core
+from ciotrack.emulator import Emulator
+from ciotrack.spool import Spool
+from ciotrack.spooling import spool_directory
+from ciotrack.tracker import Tracker
+
+from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, free_port
+
+PREAMBLE = f"""
+import os, sys, time, json
+import ciotrack
+SITE_ID, API_KEY = {SITE_ID!r}, {API_KEY!r}
+"""
+
+
+def start(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", PREAMBLE + textwrap.dedent(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def run(script: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", PREAMBLE + textwrap.dedent(script)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the child prints promptly; a crash ends the loop (EOF)
+        if line.startswith(prefix):
+            return line.strip()
+    raise AssertionError(f"child exited before printing {prefix!r}: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+
+
+def spooled_ops(spool_dir: pathlib.Path) -> list[dict[str, Any]]:
+    spool = Spool(spool_directory(spool_dir, SITE_ID))
+    try:
+        out = []
+        for segment in spool.claim():
+            out.extend(json.loads(op) for _, ops in segment.records() for op in ops)
+            segment.release()
+        return out
+    finally:
+        spool.close()
+
+
+def deliver_spool(emulator: Emulator, spool_dir: pathlib.Path) -> None:
+    """A new process, API up: the spool is replayed and deleted."""
+    result = run(f"""
+        tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={emulator.url!r}, spool_dir={str(spool_dir)!r})
+        assert tracker.flush(timeout=30)
+        print("replayed", tracker.stats().replayed)
+    """)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("how", ["sigterm", "normal_exit"])
+def test_exit_with_the_api_down_spools_everything_and_the_next_process_delivers(tmp_path: pathlib.Path,
+                                                                                 how: str) -> None:
+    port = free_port()  # nothing listens there: connection refused, the API is "down"
+    proc = start(f"""
+        tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint="http://127.0.0.1:{port}",
+                                   spool_dir={str(tmp_path)!r}, exit_timeout=3.0)
+        for i in range(5000):
+            tracker.track(f"t{{i % 10}}", "bye", {{"i": i}})
+        print("ready", flush=True)
+        if {how == "sigterm"}:
+            time.sleep(60)
+    """)
+    wait_line(proc, "ready")
+    started = time.monotonic()
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    elapsed = time.monotonic() - started
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == (128 + signal.SIGTERM if how == "sigterm" else 0), stderr
+    assert "Traceback" not in stderr
+    assert elapsed < 3.0 + 3.0  # within the exit budget (plus process teardown on a noisy machine)
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(5000))
+
+    with Emulator(port=port, workspaces={SITE_ID: API_KEY}) as emulator:
+        deliver_spool(emulator, tmp_path)
+        assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(5000))
+        assert emulator.stats()["duplicates"] == 0
+    assert spooled_ops(tmp_path) == []
+
+
+def test_close_is_bounded_by_a_stalled_server_and_spools_the_stuck_batch(make_tracker: TrackerFactory,
+                                                                         emulator: Emulator,
+                                                                         tmp_path: pathlib.Path) -> None:
+    emulator.set_faults(slow_read=30.0)
+    errors: list[Any] = []
+    tracker = make_tracker(spool_dir=tmp_path, timeout=(1.0, 20.0), on_error=errors.append)
+    for i in range(20):
+        tracker.track("stall", "e", {"i": i})
+    assert emulator.wait_for(lambda: emulator.stats()["in_flight"] >= 1, timeout=5)  # a request is stuck
+    tracker.track("stall", "e", {"i": 20})  # and one still queued
+    started = time.monotonic()
+    assert tracker.close(timeout=0.5) is False
+    assert time.monotonic() - started < 3  # the 0.5 s deadline plus join slack, not the 20 s read
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(21))
+    assert errors == []
+    emulator.clear_faults()
+    emulator.reset()
+    deliver_spool(emulator, tmp_path)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(21))
+
+
+def test_exit_hook_is_bounded_by_a_stalled_server_and_loses_nothing(emulator: Emulator,
+                                                                    tmp_path: pathlib.Path) -> None:
+    emulator.set_faults(slow_read=30.0)
+    started = time.monotonic()
+    result = run(f"""
+        tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={emulator.url!r}, spool_dir={str(tmp_path)!r},
+                                   exit_timeout=1.0, timeout=(1.0, 20.0))
+        for i in range(100):
+            tracker.track("stalled", "bye", {{"i": i}})
+    """, timeout=30)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 8  # exit_timeout is 1 s; a hang would take the 20 s read timeout
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(100))
+    emulator.clear_faults()
+    emulator.reset()
+    deliver_spool(emulator, tmp_path)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(100))
+
+
+def _encoded_events(count: int, name: str = "spooled") -> list[bytes]:
+    core = _core.Core()
+    for i in range(count):
+        core.event(0, "event", f"c{i % 13}", None, name, {"i": i})
+    return core.lane(0).drain_ops()
+
+
+def test_two_processes_sharing_a_spool_dir_never_replay_one_file_twice(tmp_path: pathlib.Path) -> None:
+    ops = _encoded_events(4000)
+    spool = Spool(spool_directory(tmp_path, SITE_ID), segment_bytes=4096)
+    for start_at in range(0, len(ops), 50):
+        spool.append(ops[start_at:start_at + 50], region="us")
+    spool.close()
+    segments = len(list(spool_directory(tmp_path, SITE_ID).glob("*.spool")))
+    assert segments >= 40
+
+    go = tmp_path / "go"
+    with Emulator(workspaces={SITE_ID: API_KEY}, faults={"latency": 0.005}) as emulator:
+        script = f"""
+            import pathlib
+            tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={emulator.url!r}, spool_dir={str(tmp_path)!r},
+                                       rate_limit=0, batch_bytes=8192)
+            while not pathlib.Path({str(go)!r}).exists():
+                time.sleep(0.005)
+            while True:  # until no segment is left for this process to claim
+                assert tracker.flush(timeout=30)
+                if tracker._pipeline.spooling.spool.pending()[1] == 0:
+                    break
+                time.sleep(0.01)
+            print("replayed", tracker.stats().replayed, flush=True)
+        """
+        procs = [start(script) for _ in range(2)]
+        time.sleep(0.3)  # both interpreters up (not a synchronisation: the go file is)
+        go.touch()
+        replayed = [int(wait_line(p, "replayed").split()[1]) for p in procs]
+        for p in procs:
+            assert p.wait(timeout=30) == 0
+        stats = emulator.stats()
+        assert sum(replayed) == 4000
+        assert stats["duplicates"] == 0  # no op was sent twice: no segment was replayed twice
+        assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(4000))
+    assert spooled_ops(tmp_path) == []
+
+
+def test_a_torn_spool_file_replays_every_complete_record(emulator: Emulator, tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    down = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{port}", spool_dir=tmp_path, rate_limit=0,
+                   retry_budget=0.05, backoff_base=0.01, flush_interval=0.01, batch_bytes=2048)
+    for i in range(300):
+        down.track("torn", "e", {"i": i})
+    assert down.flush(timeout=30)
+    down.close(timeout=1)
+    files = sorted(spool_directory(tmp_path, SITE_ID).glob("*.spool"))
+    assert len(files) == 1
+    spool = Spool(spool_directory(tmp_path, SITE_ID))
+    records = [ops for segment in spool.claim() for _, ops in segment.records()]
+    spool.close()
+    assert len(records) >= 5 and sum(map(len, records)) == 300
+    # A crash mid-append: the last record is cut 10 bytes short.
+    with open(files[0], "r+b") as f:
+        f.truncate(os.path.getsize(files[0]) - 10)
+    complete = [json.loads(op)["attributes"]["i"] for ops in records[:-1] for op in ops]
+
+    deliver_spool(emulator, tmp_path)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == sorted(complete)
+    assert len(complete) == 300 - len(records[-1])
+    assert spooled_ops(tmp_path) == []
+
+
+@pytest.mark.parametrize("api", ["down", "up"])
+def test_sigkill_loses_at_most_what_was_only_in_memory(tmp_path: pathlib.Path, api: str) -> None:
+    """The crash promise, measured. The child tracks a steady stream, prints how many events were only
+    in memory (accepted - delivered - spooled: queued, overflowing or in a request), then is SIGKILLed.
+    Everything the spool had written must be on disk; the loss must not exceed that in-memory count."""
+    with Emulator(workspaces={SITE_ID: API_KEY}) as emulator:
+        endpoint = emulator.url if api == "up" else f"http://127.0.0.1:{free_port()}"
+        count = 20_000
+        proc = start(f"""
+            tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={endpoint!r}, spool_dir={str(tmp_path)!r},
+                                       retry_budget=0.2, backoff_base=0.02, rate_limit=0)
+            started = time.monotonic()
+            for i in range({count}):  # a steady 10k events/s for 2 s, then the kill
+                tracker.track(f"k{{i % 50}}", "kill", {{"i": i}})
+                if i % 100 == 99:
+                    time.sleep(max(0.0, started + (i + 1) / 10_000 - time.monotonic()))
+            s = tracker.stats()
+            print("stats", s.accepted, s.delivered, s.spooled, flush=True)
+            time.sleep(60)
+        """)
+        accepted, delivered, spooled_before = map(int, wait_line(proc, "stats").split()[1:])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        on_disk = {op["attributes"]["i"] for op in spooled_ops(tmp_path)}
+        at_emulator = {e["data"]["i"] for e in all_events(emulator.state())}
+    in_memory = accepted - delivered - spooled_before
+    lost = count - len(on_disk | at_emulator)
+    print(f"\nSIGKILL, API {api}: {count} accepted; only in memory at the last stats: {in_memory}; lost: {lost}; "
+          f"on disk: {len(on_disk)}; delivered: {len(at_emulator)}")
+    assert accepted == count
+    assert len(on_disk) >= spooled_before  # every spool write survived the kill
+    assert 0 <= lost <= in_memory
