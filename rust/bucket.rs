@@ -6,7 +6,7 @@
 //! is full, and the tokens ever handed out by time `t` never exceed `burst + rate * (t - t0)`.
 
 use crate::clock::{Clock, MonotonicClock};
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 

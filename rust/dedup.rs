@@ -9,7 +9,7 @@
 //! record behind (lazy deletion: a record whose seq no longer matches the entry is skipped), and the
 //! ring is compacted when stale records outnumber live ones, so it stays O(cap) too.
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};

@@ -10,6 +10,7 @@ pub mod json;
 pub mod metrics;
 pub mod ops;
 pub mod queue;
+pub mod sync;
 pub mod ulid;
 
 mod py_build;

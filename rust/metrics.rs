@@ -1,7 +1,7 @@
 //! Counters and histograms. The hot path touches atomics only: fixed counters are plain fields,
 //! named ones sit behind a read lock that is write-locked only the first time a name is seen.
 
-use parking_lot::RwLock;
+use crate::sync::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

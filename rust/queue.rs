@@ -14,8 +14,8 @@
 //! * Producers pay for a notification only when a `wait()` is asleep and its byte threshold is met
 //!   (`wake_at`), and consumers only when a `wait_space()` is asleep (`space_waiters`).
 
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use crossbeam_queue::SegQueue;
-use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
