@@ -163,9 +163,11 @@ def test_gunicorn_preload_with_four_workers_delivers_every_request_event_once(em
     env = {**os.environ, "CIOTRACK_SITE_ID": SITE_ID, "CIOTRACK_API_KEY": API_KEY,
            "CIOTRACK_ENDPOINT": emulator.url, "CIOTRACK_RATE_LIMIT": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(APPS), os.environ.get("PYTHONPATH")) if p)}
+    args = [str(gunicorn), "--preload", "-w", "4", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "20"]
+    if "--no-control-socket" in subprocess.run([str(gunicorn), "--help"], capture_output=True, text=True).stdout:
+        args.append("--no-control-socket")  # gunicorn 24+: no shared socket under ~/.gunicorn
     log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen([str(gunicorn), "--preload", "-w", "4", "-b", f"127.0.0.1:{port}",
-                             "--graceful-timeout", "20", "tracked_app:app"], stdout=log, stderr=log, env=env)
+    proc = subprocess.Popen([*args, "tracked_app:app"], stdout=log, stderr=log, env=env)
     try:
         _wait_listening(port, proc)
         served: list[int] = []
