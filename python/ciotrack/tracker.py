@@ -16,6 +16,7 @@ routing override.
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -38,6 +39,21 @@ _FULL = _core.FULL
 _FORKED = _core.FORKED
 _PLATFORMS = ("ios", "android")
 _MERGE_ID_TYPES = ("id", "email", "cio_id")
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr`` for an error message, safe for any object (a raising ``__repr__`` must not replace
+    our documented error with its own)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _id_text(value: str | int) -> str:
+    # The base types' own conversions: a subclass overriding __str__/__repr__ cannot raise here.
+    return str.__str__(value) if isinstance(value, str) else int.__repr__(value)
 
 
 class Tracker:
@@ -110,14 +126,22 @@ class Tracker:
             route = self._region_for
             if route is None:
                 return 0
-            region = route.get(key) if isinstance(route, Mapping) else route(key)
+            if isinstance(route, Mapping):
+                try:
+                    region = route.get(key)
+                except Exception:  # an unhashable (or hostile) id is in no mapping; the core rejects it next
+                    region = None
+            else:
+                region = route(key)
             if region is None:
                 return 0
+        if not isinstance(region, str):
+            raise ConfigError(f"region must be 'us' or 'eu', got a {type(region).__name__}")
         lane = self._lane_of.get(region)
         if lane is None:
             if region == self._config.region:
                 return 0
-            raise ConfigError(f"region {region!r} is not enabled for this tracker (regions in use: "
+            raise ConfigError(f"region {_show(region)} is not enabled for this tracker (regions in use: "
                               f"{sorted(self._lane_of)}); pass regions=, endpoints= or region_for=")
         return lane
 
@@ -232,11 +256,15 @@ class Tracker:
         """Add or update a push device (``device.token`` = ``device_id``; platform ``ios``/``android``)."""
         if not isinstance(device_id, str) or not device_id:
             raise InvalidValueError("device_id: must be a non-empty str")
-        if platform not in _PLATFORMS:
-            raise InvalidValueError(f"platform: must be 'ios' or 'android', got {platform!r}")
+        if not isinstance(platform, str) or platform not in _PLATFORMS:
+            raise InvalidValueError(f"platform: must be 'ios' or 'android', got {_show(platform)}")
         device: dict[str, Any] = {"token": device_id, "platform": platform}
         if last_used is not None:
-            device["last_used"] = int(last_used) if isinstance(last_used, float) else last_used
+            if isinstance(last_used, float):
+                if not math.isfinite(last_used):
+                    raise InvalidValueError(f"last_used: must be a finite timestamp, got {last_used}")
+                last_used = int(last_used)
+            device["last_used"] = last_used
         if attributes is not None:
             device["attributes"] = attributes
         self._person("add_device", customer_id, {"device": device}, region)
@@ -253,12 +281,12 @@ class Tracker:
         """Merge the secondary person into the primary (which must exist). Id types: id, email, cio_id."""
         for label, id_type, value in (("primary", primary_id_type, primary_id),
                                       ("secondary", secondary_id_type, secondary_id)):
-            if id_type not in _MERGE_ID_TYPES:
-                raise InvalidValueError(f"{label}_id_type: must be one of {_MERGE_ID_TYPES}, got {id_type!r}")
-            if value is None or value == "" or isinstance(value, bool) or not isinstance(value, (str, int)):
+            if not isinstance(id_type, str) or id_type not in _MERGE_ID_TYPES:
+                raise InvalidValueError(f"{label}_id_type: must be one of {_MERGE_ID_TYPES}, got {_show(id_type)}")
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
                 raise InvalidValueError(f"{label}_id: must be a non-empty str or int")
-        op = {"type": "person", "action": "merge",
-              "primary": {primary_id_type: str(primary_id)}, "secondary": {secondary_id_type: str(secondary_id)}}
+        op = {"type": "person", "action": "merge", "primary": {str.__str__(primary_id_type): _id_text(primary_id)},
+              "secondary": {str.__str__(secondary_id_type): _id_text(secondary_id)}}
         self._raw(op, primary_id, region)
 
     def send_operation(self, op: Mapping[str, Any], *, region: str | None = None) -> None:
@@ -266,7 +294,7 @@ class Tracker:
         operation limit is checked; Customer.io's answer to a malformed op reaches ``on_error``.
         ``region_for`` routes by ``op["identifiers"]["id"]`` when present."""
         key: Any = None
-        if region is None and self._region_for is not None:
+        if region is None and self._region_for is not None and isinstance(op, Mapping):
             identifiers = op.get("identifiers")
             key = identifiers.get("id") if isinstance(identifiers, Mapping) else None
         self._raw(op, key, region)
