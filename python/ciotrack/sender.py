@@ -29,7 +29,8 @@ from ciotrack.config import Config
 from ciotrack.errors import DeliveryError
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.retry import RetryPolicy
-from ciotrack.spooling import SpoolBridge, overflow_watcher
+from ciotrack.overflow import overflow_watcher
+from ciotrack.spooling import SpoolBridge
 from ciotrack.stats import Stats
 from ciotrack.transport import Destination, TrackV2Destination, lookup_region, make_session
 
@@ -326,6 +327,8 @@ class Pipeline:
                 self._fail(route, batch, outcome.status, outcome.reason, job.attempts + 1)
                 return _DONE
             job.attempts += 1
+            if spooling is not None and outcome.status is None:
+                spooling.no_answer()  # a few in a row, with no delivery between: Customer.io is down
             delay = self.policy.delay(job.attempts, outcome.retry_after)
             if outcome.status == 429 and route.bucket is not None:
                 # Every sender of this region waits, not only this one: the server said "slow down".

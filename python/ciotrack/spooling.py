@@ -17,8 +17,10 @@ any of its operations is only in memory, and a crash at any point loses nothing 
 it may replay some operations twice, which Customer.io deduplicates by event id (identify and
 device operations are idempotent).
 
-Health. Replay runs while the API is known to be up. A batch spooled after its retries ran out
-marks it down; any delivered batch marks it up again at once. While it is down or unknown (at
+Health. Replay runs while the API is known to be up. A batch spooled after its retries ran out, or
+:data:`DOWN_AFTER` requests in a row without any answer, mark it down: from then on batches are
+spooled without a request, so an outage costs memory only for a moment. Any delivered batch marks it
+up again at once. While it is down or unknown (at
 start) and the spool holds something, a probe (``GET /api/v1/accounts/region``, in a short-lived
 thread) checks it with backoff from :data:`PROBE_MIN` to :data:`PROBE_MAX` seconds, so an outage
 does not churn the spool through retry loops.
@@ -53,9 +55,9 @@ from ciotrack.transport import make_session
 
 if TYPE_CHECKING:
     from ciotrack._core import Batch
-    from ciotrack.sender import Pipeline, ThrottledLog
+    from ciotrack.sender import Pipeline
 
-__all__ = ["EvictionReporter", "SpoolBridge", "overflow_watcher", "spool_directory"]
+__all__ = ["SpoolBridge", "spool_directory"]
 
 log = logging.getLogger("ciotrack.spooling")
 _monotonic = time.monotonic
@@ -69,6 +71,10 @@ RESCAN = 30.0
 MAX_HELD = 4
 """Claimed segments whose operations are in the lanes, waiting to finish (bounds the locks held)."""
 REQUEUE_CHUNK = 4096
+DOWN_AFTER = 3
+"""Requests in a row that got no answer at all (refused, reset, timed out), with no delivery between,
+after which the API counts as down: batches then go to the spool at once instead of each waiting out
+a retry budget in memory (a SIGKILL during an outage would lose them)."""
 
 _UNKNOWN, _UP, _DOWN = 0, 1, 2
 _SAFE_SITE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -119,6 +125,7 @@ class SpoolBridge:
         self._next_probe = 0.0
         self._probe_delay = PROBE_MIN
         self._probing = False
+        self._no_answer = 0
         self._probe_session: requests.Session | None = None
         self._copies: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
         self._append_failed = False
@@ -142,11 +149,18 @@ class SpoolBridge:
 
     def delivered(self) -> None:
         """A batch was delivered: the API is up (cheap; called for every delivered batch)."""
+        self._no_answer = 0
         if self._health != _UP:
             self._health = _UP
             self._probe_delay = PROBE_MIN
             self._want_round = True
             self._wake.set()
+
+    def no_answer(self) -> None:
+        """A request got no HTTP answer (counted without a lock: an approximate count is enough)."""
+        self._no_answer += 1
+        if self._no_answer >= DOWN_AFTER:
+            self.unreachable()
 
     def unreachable(self) -> None:
         """A batch exhausted its retries: stop replaying until a delivery or a probe succeeds."""
@@ -476,46 +490,3 @@ class SpoolBridge:
         self._claims = []
         self._round = None
         self.spool.close()
-
-
-class EvictionReporter:
-    """Reports ``drop_oldest`` evictions (the core counts them as ``dropped_oldest`` on the caller's
-    thread) to ``on_drop("evicted_oldest", n)`` and a throttled warning, from the sender side."""
-
-    def __init__(self, pipeline: Pipeline, warn: ThrottledLog) -> None:
-        self._pipeline = pipeline
-        self._warn = warn
-        self._lock = threading.Lock()
-        self._seen = 0
-        self._next = 0.0
-
-    def __call__(self, force: bool = False) -> None:
-        now = _monotonic()
-        if not force and now < self._next:
-            return
-        if not self._lock.acquire(blocking=force):
-            return
-        try:
-            self._next = now + 0.2
-            counters = self._pipeline.core.stats()["counters"]
-            count = int(counters.get("dropped_oldest", 0))
-            new, self._seen = count - self._seen, count
-        finally:
-            self._lock.release()
-        if new > 0:
-            self._warn.warning("evicted", "ciotrack: queue full (policy drop_oldest); %d oldest operation(s) dropped",
-                               new)
-            hook = self._pipeline.config.on_drop
-            if hook is not None:
-                self._pipeline.call_hook(hook, "evicted_oldest", new)
-
-
-def overflow_watcher(pipeline: Pipeline) -> Callable[..., None] | None:
-    """What the senders call between batches for the overflow policy: spool the overflow lists
-    (``spool``), report evictions (``drop_oldest``), or nothing."""
-    policy = pipeline.config.overflow_policy
-    if policy == "spool":
-            return lambda force=False: pipeline.drain_overflow()
-    if policy == "drop_oldest":
-        return EvictionReporter(pipeline, pipeline.log)
-    return None
