@@ -327,8 +327,8 @@ class Pipeline:
                 self._fail(route, batch, outcome.status, outcome.reason, job.attempts + 1)
                 return _DONE
             job.attempts += 1
-            if spooling is not None and outcome.status is None:
-                spooling.no_answer()  # a few in a row, with no delivery between: Customer.io is down
+            if spooling is not None:
+                spooling.failed_attempt(answered=outcome.status is not None)  # is Customer.io down?
             delay = self.policy.delay(job.attempts, outcome.retry_after)
             if outcome.status == 429 and route.bucket is not None:
                 # Every sender of this region waits, not only this one: the server said "slow down".

@@ -17,13 +17,13 @@ any of its operations is only in memory, and a crash at any point loses nothing 
 it may replay some operations twice, which Customer.io deduplicates by event id (identify and
 device operations are idempotent).
 
-Health. Replay runs while the API is known to be up. A batch spooled after its retries ran out, or
-:data:`DOWN_AFTER` requests in a row without any answer, mark it down: from then on batches are
-spooled without a request, so an outage costs memory only for a moment. Any delivered batch marks it
-up again at once. While it is down or unknown (at
-start) and the spool holds something, a probe (``GET /api/v1/accounts/region``, in a short-lived
-thread) checks it with backoff from :data:`PROBE_MIN` to :data:`PROBE_MAX` seconds, so an outage
-does not churn the spool through retry loops.
+Health. Replay runs while the API is known to be up. It is down once a batch ran out of retries, or
+:data:`DOWN_AFTER` requests in a row got no answer with nothing delivered for :data:`DOWN_QUIET` s;
+batches are then spooled without a request, so an outage holds memory only for a moment. Any
+delivered batch marks it up again at once. While it is down or unknown (at start) and the spool
+holds something, a probe (``GET /api/v1/accounts/region``, in a short-lived thread) checks it with
+backoff from :data:`PROBE_MIN` to :data:`PROBE_MAX` seconds, so an outage does not churn the spool
+through retry loops.
 
 Order. Operations are requeued in spool order (segments by creation time, records and operations
 in write order). Live calls made meanwhile go to the same lane and may be sent first.
@@ -72,9 +72,11 @@ MAX_HELD = 4
 """Claimed segments whose operations are in the lanes, waiting to finish (bounds the locks held)."""
 REQUEUE_CHUNK = 4096
 DOWN_AFTER = 3
-"""Requests in a row that got no answer at all (refused, reset, timed out), with no delivery between,
-after which the API counts as down: batches then go to the spool at once instead of each waiting out
-a retry budget in memory (a SIGKILL during an outage would lose them)."""
+DOWN_QUIET = 2.0
+"""The API counts as down after :data:`DOWN_AFTER` requests in a row got no answer at all (refused,
+reset, timed out) and nothing was delivered for :data:`DOWN_QUIET` seconds: batches then go to the
+spool at once instead of each waiting out a retry budget in memory (where a SIGKILL during an outage
+would lose them). The quiet period keeps a flaky but working API (resets between deliveries) up."""
 
 _UNKNOWN, _UP, _DOWN = 0, 1, 2
 _SAFE_SITE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -126,6 +128,7 @@ class SpoolBridge:
         self._probe_delay = PROBE_MIN
         self._probing = False
         self._no_answer = 0
+        self._last_delivery = float("-inf")
         self._probe_session: requests.Session | None = None
         self._copies: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
         self._append_failed = False
@@ -150,16 +153,21 @@ class SpoolBridge:
     def delivered(self) -> None:
         """A batch was delivered: the API is up (cheap; called for every delivered batch)."""
         self._no_answer = 0
+        self._last_delivery = _monotonic()
         if self._health != _UP:
             self._health = _UP
             self._probe_delay = PROBE_MIN
             self._want_round = True
             self._wake.set()
 
-    def no_answer(self) -> None:
-        """A request got no HTTP answer (counted without a lock: an approximate count is enough)."""
+    def failed_attempt(self, *, answered: bool) -> None:
+        """A request to be retried. Any HTTP answer (429, 5xx) proves the API reachable; requests with
+        no answer are counted (without a lock: an approximate count is enough)."""
+        if answered:
+            self._no_answer = 0
+            return
         self._no_answer += 1
-        if self._no_answer >= DOWN_AFTER:
+        if self._no_answer >= DOWN_AFTER and _monotonic() - self._last_delivery >= DOWN_QUIET:
             self.unreachable()
 
     def unreachable(self) -> None:
