@@ -92,8 +92,8 @@ def chaos_run(events: int, senders: int, batch_bytes: int) -> dict[str, Any]:
 
 
 def exactly_once(result: dict[str, Any]) -> bool:
-    return (result["stored"] == result["events"] and result["on_error"] == 0 and result["on_drop"] == 0
-            and result["spool_left"] == 0)
+    return bool(result["stored"] == result["events"] and result["on_error"] == 0 and result["on_drop"] == 0
+                and result["spool_left"] == 0)
 
 
 CRASH_CHILD = """

@@ -215,7 +215,9 @@ def test_spool_size_cap_evicts_oldest_first_and_counts_it(make_tracker: TrackerF
     emulator.set_faults(error_rate=1.0)
     tracker = make_tracker(spool_dir=tmp_path, spool_max_bytes=65536, retry_budget=0.05, batch_bytes=8192,
                            on_drop=lambda r, n: drops.append((r, n)))
-    tracker._pipeline.spooling.spool.segment_bytes = 16384  # small segments, so eviction has a grain
+    spooling = tracker._pipeline.spooling
+    assert spooling is not None
+    spooling.spool.segment_bytes = 16384  # small segments, so eviction has a grain
     for i in range(2000):
         tracker.track("cap", "e", {"i": i, "pad": "x" * 40})
     assert tracker.flush(timeout=30)

@@ -52,7 +52,7 @@ def wait_line(proc: subprocess.Popen[str], prefix: str) -> str:
 def spooled_ops(spool_dir: pathlib.Path) -> list[dict[str, Any]]:
     spool = Spool(spool_directory(spool_dir, SITE_ID))
     try:
-        out = []
+        out: list[dict[str, Any]] = []
         for segment in spool.claim():
             out.extend(json.loads(op) for _, ops in segment.records() for op in ops)
             segment.release()

@@ -118,8 +118,10 @@ class Config:
     """Called (on a sender thread) with a :class:`~ciotrack.errors.DeliveryError` for operations that
     finally failed. Exceptions it raises are logged, never propagated."""
     on_drop: DropHook | None = None
-    """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``,
-    ``closed`` (a call after ``close()``), ``shutdown`` (still queued when the exit deadline passed)."""
+    """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
+    (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
+    ``spool_evicted`` (the spool's size cap), ``closed`` (a call after ``close()``), ``shutdown``
+    (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender)."""
     metrics: bool = True
     """Record histograms (counters are always kept: they cost one atomic add)."""
     disabled: bool = False
