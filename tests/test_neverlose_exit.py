@@ -245,3 +245,24 @@ def test_sigkill_loses_at_most_what_was_only_in_memory(tmp_path: pathlib.Path, a
     assert accepted == count
     assert len(on_disk) >= spooled_before  # every spool write survived the kill
     assert 0 <= lost <= in_memory
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("handle_sigterm=False", -signal.SIGTERM),  # opted out: the default disposition kills at once
+    ("own_handler", 7),                          # an application handler is left alone
+])
+def test_sigterm_handler_is_only_installed_where_nobody_else_handles_it(setup: str, expected: int) -> None:
+    proc = start(f"""
+        import signal
+        if {setup == "own_handler"}:
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(7))
+        tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint="http://127.0.0.1:9", flush_interval=5.0,
+                                   handle_sigterm={setup != "handle_sigterm=False"})
+        tracker.track("t", "e")
+        print("ready", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+        time.sleep(60)
+    """)
+    line = wait_line(proc, "ready")
+    assert line == f"ready {setup == 'handle_sigterm=False'}"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == expected
