@@ -268,6 +268,7 @@ def test_spool_is_per_workspace(tmp_path: pathlib.Path) -> None:
 def test_sync_mode_spools_at_close_and_the_next_sync_flush_replays(emulator: Emulator,
                                                                    tmp_path: pathlib.Path) -> None:
     port = free_port()
+    threads_before = set(threading.enumerate())
     down = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{port}", sync=True, spool_dir=tmp_path,
                    backoff_base=0.01, rate_limit=0)
     for i in range(100):
@@ -278,8 +279,7 @@ def test_sync_mode_spools_at_close_and_the_next_sync_flush_replays(emulator: Emu
     assert down.stats().spooled == 100 and down.stats().delivered == 0
     down.close(timeout=0.2)
     assert len(spooled(tmp_path)) == 100
-    assert not any(t.name.startswith("ciotrack-") for t in threading.enumerate() if t.is_alive()
-                   and t.name.startswith("ciotrack-spool"))
+    assert not [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("ciotrack-")]
 
     up = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, sync=True, spool_dir=tmp_path, rate_limit=0)
     up.track("sync", "live")
@@ -321,3 +321,33 @@ def test_flush_async_replays_the_spool_without_blocking_the_loop(emulator: Emula
     tracker.close(timeout=5)
     assert ok and ticks >= 3
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(30))
+
+
+def test_sync_mode_with_flush_async_delivers_batched_from_a_worker_thread(emulator: Emulator) -> None:
+    emulator.set_faults(latency=0.1)
+    threads_before = set(threading.enumerate())
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, sync=True, rate_limit=0, batch_bytes=2048)
+    for i in range(100):
+        tracker.track("sync-async", "e", {"i": i})
+    assert emulator.stats()["requests"] == 0  # sync mode: nothing leaves before a flush
+
+    async def main() -> tuple[bool, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        ok = await tracker.flush_async(20)
+        task.cancel()
+        return ok, ticks
+
+    ok, ticks = asyncio.run(main())
+    tracker.close(timeout=5)
+    assert ok and ticks >= 5  # the loop ran while the batches (100 ms each) went out
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(100))
+    assert emulator.stats()["batches"] > 1  # still batched inside the flush
+    assert not [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("ciotrack-")]
