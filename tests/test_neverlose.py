@@ -47,6 +47,11 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
     return True
 
 
+def new_ciotrack_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Sender/spooler/probe threads started since ``before`` (sync mode must start none)."""
+    return [t for t in set(threading.enumerate()) - before if t.name.startswith(("ciotrack-sender", "ciotrack-spool"))]
+
+
 def stored_ids(emulator: Emulator) -> Counter[str]:
     return Counter(e["id"] for e in all_events(emulator.state()))
 
@@ -279,7 +284,7 @@ def test_sync_mode_spools_at_close_and_the_next_sync_flush_replays(emulator: Emu
     assert down.stats().spooled == 100 and down.stats().delivered == 0
     down.close(timeout=0.2)
     assert len(spooled(tmp_path)) == 100
-    assert not [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("ciotrack-")]
+    assert not new_ciotrack_threads(threads_before)
 
     up = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, sync=True, spool_dir=tmp_path, rate_limit=0)
     up.track("sync", "live")
@@ -350,4 +355,4 @@ def test_sync_mode_with_flush_async_delivers_batched_from_a_worker_thread(emulat
     assert ok and ticks >= 5  # the loop ran while the batches (100 ms each) went out
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(100))
     assert emulator.stats()["batches"] > 1  # still batched inside the flush
-    assert not [t for t in set(threading.enumerate()) - threads_before if t.name.startswith("ciotrack-")]
+    assert not new_ciotrack_threads(threads_before)
