@@ -4,6 +4,7 @@ plays a proxy / a strict server)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -164,3 +165,26 @@ def all_events(state: dict[str, Any]) -> list[dict[str, Any]]:
     events = [e for person in state.get("people", {}).values() for e in person.get("events", [])]
     events += [e for evs in state.get("anonymous_events", {}).values() for e in evs]
     return events
+
+
+def flush_async_counting_loop_ticks(tracker: Tracker, timeout: float) -> tuple[bool, int]:
+    """``await tracker.flush_async(timeout)`` inside a fresh event loop, beside a task ticking every
+    10 ms: returns flush's result and how many ticks the loop managed meanwhile (a loop blocked by
+    the flush would manage none)."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def main() -> bool:
+        task = asyncio.create_task(ticker())
+        try:
+            return await tracker.flush_async(timeout)
+        finally:
+            task.cancel()
+
+    ok = asyncio.run(main())
+    return ok, ticks

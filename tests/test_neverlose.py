@@ -3,7 +3,6 @@ regions, recovery), sync mode and flush_async. Real sockets against the emulator
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import pathlib
@@ -22,7 +21,7 @@ from ciotrack.spool import Spool
 from ciotrack.spooling import spool_directory
 from ciotrack.tracker import Tracker
 
-from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, free_port
+from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, flush_async_counting_loop_ticks, free_port
 
 
 def spooled(spool_dir: pathlib.Path, site_id: str = SITE_ID) -> list[tuple[str, dict[str, Any]]]:
@@ -308,21 +307,7 @@ def test_flush_async_replays_the_spool_without_blocking_the_loop(emulator: Emula
     emulator.set_faults(latency=0.2)
     tracker = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, spool_dir=tmp_path, rate_limit=0)
 
-    async def main() -> tuple[bool, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        ok = await tracker.flush_async(10)
-        task.cancel()
-        return ok, ticks
-
-    ok, ticks = asyncio.run(main())
+    ok, ticks = flush_async_counting_loop_ticks(tracker, 10)
     tracker.close(timeout=5)
     assert ok and ticks >= 3
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(30))
@@ -336,21 +321,7 @@ def test_sync_mode_with_flush_async_delivers_batched_from_a_worker_thread(emulat
         tracker.track("sync-async", "e", {"i": i})
     assert emulator.stats()["requests"] == 0  # sync mode: nothing leaves before a flush
 
-    async def main() -> tuple[bool, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        ok = await tracker.flush_async(20)
-        task.cancel()
-        return ok, ticks
-
-    ok, ticks = asyncio.run(main())
+    ok, ticks = flush_async_counting_loop_ticks(tracker, 20)
     tracker.close(timeout=5)
     assert ok and ticks >= 5  # the loop ran while the batches (100 ms each) went out
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(100))

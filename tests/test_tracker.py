@@ -17,7 +17,7 @@ from ciotrack.emulator import Emulator
 from ciotrack.errors import DeliveryError, InvalidValueError, LimitError, SerializationError
 from ciotrack.tracker import Tracker
 
-from conftest import API_KEY, SITE_ID, RecordingServer, TrackerFactory, all_events
+from conftest import API_KEY, SITE_ID, RecordingServer, TrackerFactory, all_events, flush_async_counting_loop_ticks
 
 ULID = "01HV5Z9Q8N6W3X2Y1T0S9R8P7A"
 
@@ -381,27 +381,12 @@ def test_sync_mode_delivers_on_the_calling_thread(make_tracker: TrackerFactory, 
 
 
 def test_flush_async_does_not_block_the_event_loop(make_tracker: TrackerFactory, emulator: Emulator) -> None:
-    import asyncio
 
     emulator.set_faults(latency=0.2)
     tracker = make_tracker()
     tracker.track("a", "async")
 
-    async def main() -> tuple[bool, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        ok = await tracker.flush_async(5)
-        task.cancel()
-        return ok, ticks
-
-    ok, ticks = asyncio.run(main())
+    ok, ticks = flush_async_counting_loop_ticks(tracker, 5)
     assert ok and ticks >= 3  # the loop kept running while the request took 200 ms
 
 
