@@ -1,32 +1,69 @@
-"""Command line: ``ciotrack demo`` and ``ciotrack emulator`` (also ``python -m ciotrack ...``)."""
+"""Command line: ``ciotrack <command> ...`` (also ``python -m ciotrack ...``).
+
+Each subcommand lives in its own module with ``configure_parser(parser)`` and ``run(args) -> int``.
+The table below names the module; it is imported only when that command is chosen (or its
+``--help`` is asked for), so ``ciotrack --help`` works on a base install and a command whose extra
+is missing says which ``pip install 'ciotrack[...]'`` brings it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+
+from ciotrack._version import __version__
+
+# name -> (module, one-line help, the extra its module needs or None)
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
+    "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+class MissingExtra(SystemExit):
+    """A subcommand's optional dependency is not installed: one line that says what to install."""
+
+
+def _load(name: str) -> ModuleType:
+    module, _, extra = COMMANDS[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] == "ciotrack":
+            raise
+        hint = f"pip install 'ciotrack[{extra}]'" if extra else "reinstall ciotrack"
+        raise MissingExtra(f"ciotrack {name}: needs the module {exc.name!r}, which is not installed: {hint}") from None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only ``command``'s module is imported (to add its options)."""
     parser = argparse.ArgumentParser(prog="ciotrack", description="Background tracker for Customer.io")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    from ciotrack import demo
-
-    demo_parser = commands.add_parser("demo", help="load run against the built-in emulator")
-    demo.configure_parser(demo_parser)
-    demo_parser.set_defaults(run=demo.run)
-
-    from ciotrack.emulator import cli as emulator_cli
-
-    emulator_parser = commands.add_parser("emulator", help="run a local Customer.io Track API emulator")
-    emulator_cli.configure_parser(emulator_parser)
-    emulator_parser.set_defaults(run=emulator_cli.run)
+    parser.add_argument("--version", action="version", version=f"ciotrack {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text, _) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = _load(name)
+            module.configure_parser(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg in COMMANDS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_chosen(args_list)).parse_args(args_list)
     result: int = args.run(args)
     return result
 
