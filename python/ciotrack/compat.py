@@ -53,7 +53,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -95,7 +95,7 @@ def _blank(value: Any) -> bool:
 def _unix(moment: datetime) -> int:
     """Seconds as the official client computes them: a naive datetime is taken as UTC."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 
@@ -120,7 +120,7 @@ def _official_json(value: Any) -> Any:
         return out if changed else value
     if cls is list or cls is tuple:
         items = [_official_json(item) for item in value]
-        return items if any(a is not b for a, b in zip(items, value)) else value
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     return value
 
 

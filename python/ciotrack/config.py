@@ -293,10 +293,12 @@ def _validate(config: Config) -> None:
         _check(len(timeout) == 2 and all(_is_number(t) and t > 0 for t in timeout),
                f"timeout must be a positive number or (connect, read), got {timeout!r}")
     else:
-        _check(_is_number(timeout) and timeout > 0, f"timeout must be a positive number or (connect, read), got {timeout!r}")
+        _check(_is_number(timeout) and timeout > 0,
+               f"timeout must be a positive number or (connect, read), got {timeout!r}")
     _check(config.proxies is None or isinstance(config.proxies, Mapping), "proxies must be a mapping scheme -> URL")
     _check(isinstance(config.verify, (bool, str)), f"verify must be a bool or a CA bundle path, got {config.verify!r}")
-    _check(isinstance(config.senders, int) and 1 <= config.senders <= 64, f"senders must be 1..64, got {config.senders!r}")
+    _check(isinstance(config.senders, int) and 1 <= config.senders <= 64,
+           f"senders must be 1..64, got {config.senders!r}")
     _check(_is_number(config.flush_interval) and 0 < config.flush_interval <= 60,
            f"flush_interval must be in (0, 60] seconds, got {config.flush_interval!r}")
     _check(isinstance(config.batch_bytes, int) and 1024 <= config.batch_bytes <= _MAX_BATCH_BYTES,
@@ -316,7 +318,8 @@ def _validate(config: Config) -> None:
                  "rate_limit", "dedup_ttl"):
         value = getattr(config, name)
         _check(_is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
-    _check(_is_number(config.rate_burst) and config.rate_burst >= 1, f"rate_burst must be >= 1, got {config.rate_burst!r}")
+    _check(_is_number(config.rate_burst) and config.rate_burst >= 1,
+           f"rate_burst must be >= 1, got {config.rate_burst!r}")
     for hook in ("on_error", "on_drop"):
         _check(getattr(config, hook) is None or callable(getattr(config, hook)), f"{hook} must be callable")
     _check(config.user_agent is None or isinstance(config.user_agent, str), "user_agent must be a str")
