@@ -245,6 +245,28 @@ def test_calls_become_v2_batch_operations_with_basic_auth(recorder: Any) -> None
     assert len({event_id for event_id, _ in stamps.values()}) == len(stamps)
 
 
+def test_every_call_addresses_a_cio_prefixed_id_by_cio_id(recorder: Any) -> None:
+    # The rule lives in the core (``cio_<x>`` -> ``identifiers: {"cio_id": x}``); the drop-in has no copy.
+    client = CustomerIO(SITE, KEY, endpoint=recorder.url, **FAST)
+    try:
+        client.pageview("cio_9", "/home")
+        client.add_device("cio_9", "tok", "android", last_used=1_700_000_000)
+        client.delete_device("cio_9", "tok")
+        client.suppress("cio_9")
+        client.delete("cio_9")
+        client.identify("cio_9", plan="pro", cio_relationships=[{"identifiers": {"object_type_id": "1",
+                                                                                 "object_id": "a"}}])
+        assert client.flush(timeout=5)
+    finally:
+        client.close(timeout=5)
+    ops = recorder.ops()
+    assert [op["action"] for op in ops] == ["page", "add_device", "delete_device", "suppress", "delete", "identify"]
+    assert all(op["identifiers"] == {"cio_id": "9"} for op in ops)
+    assert ops[1]["device"] == {"token": "tok", "platform": "android", "last_used": 1_700_000_000}
+    assert ops[5]["attributes"] == {"plan": "pro"} and ops[5]["cio_relationships"] == [
+        {"identifiers": {"object_type_id": "1", "object_id": "a"}}]
+
+
 def test_explicit_timestamps_and_event_ids_reach_the_wire(recorder: Any) -> None:
     client = CustomerIO(SITE, KEY, endpoint=recorder.url, **FAST)
     try:
