@@ -416,7 +416,8 @@ class Pipeline:
                                 thread.name)
         for route in self.routes:
             while route.parked:
-                self._give_up(route, cast(Batch, route.parked.pop(0).batch), Reason.SHUTDOWN, None, _SHUTDOWN, 0)
+                job = route.parked.pop(0)
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
         self._spool_stuck()
         for route in self.routes:
             leftover = route.lane.drain_ops()
@@ -466,13 +467,6 @@ class Pipeline:
         self._threads = []
         if self.replay is not None:
             self.replay.forget_after_fork()
-
-    def on_sender_thread(self) -> bool:
-        return threading.current_thread() in self._threads
-
-    def sender_threads_alive(self) -> int:
-        """Sender threads running now (0 in sync mode, before the first call, and after close)."""
-        return sum(1 for thread in self._threads if thread.is_alive())
 
     def stats(self) -> Stats:
         # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
