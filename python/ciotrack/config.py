@@ -150,15 +150,15 @@ class Config:
     and reported (``on_drop("spool_evicted", n)``)."""
     spool_fsync: bool = False
     """fsync every spool write: survives a power loss too, at a large cost per write."""
-    destination: Destination | Callable[[str], Destination] | None = None
+    destination: Destination | Callable[[str], Destination] | None = field(default=None, repr=False)
     """Where batches go instead of Customer.io's Track API: a :class:`~ciotrack.destinations.Destination`
     (every region's batches), or a factory ``region -> Destination`` called once per region in use
     (``"auto"`` is not looked up then: that lane's factory call gets ``"auto"``). No credentials are
     needed with one. ``close()`` closes the destinations."""
-    limiter: Callable[[str], Limiter] | None = None
+    limiter: Callable[[str], Limiter] | None = field(default=None, repr=False)
     """A factory ``region -> Limiter`` (:mod:`ciotrack.ratelimit`) pacing each region's requests instead
     of the in-process bucket of ``rate_limit``/``rate_burst`` (e.g. a limiter shared through Redis)."""
-    spool: SpoolHook | None = None
+    spool: SpoolHook | None = field(default=None, repr=False)
     """Where undeliverable operations go instead of being reported lost, when ``spool_dir`` is not set:
     any object with ``append(ops, *, region)`` (no replay: the object owns them from then on)."""
     handle_sigterm: bool = True
