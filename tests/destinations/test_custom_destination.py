@@ -13,9 +13,11 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
+
 from ciotrack.destinations import Outcome
 from ciotrack.destinations.capture import Capture
-from ciotrack.errors import DeliveryError
+from ciotrack.errors import ConfigError, DeliveryError
 from ciotrack.tracker import Tracker
 
 
@@ -145,3 +147,12 @@ def test_the_spool_replays_once_the_destinations_probe_says_it_is_back(tmp_path:
     assert sorted(op["attributes"]["i"] for op in inbox.ops) == list(range(20))
     assert inbox.probes >= 1  # health came back through destination.probe(), not a hand-built request
     assert tracker.stats().replayed == 20
+
+
+def test_an_object_that_is_neither_a_destination_nor_a_factory_is_refused() -> None:
+    class SendOnly:  # no probe(), close() or name: not a Destination, and not callable
+        def send(self, body: bytes) -> Outcome:
+            return Outcome.delivered()
+
+    with pytest.raises(ConfigError, match="destination must be a Destination"):
+        Tracker(destination=SendOnly())
