@@ -15,6 +15,7 @@ import redis
 
 from ciotrack.doctor import Report, diagnose
 from ciotrack.emulator import Emulator
+
 from conftest import API_KEY, SITE_ID
 
 

@@ -27,7 +27,8 @@ __all__ = ["configure_parser", "diagnose", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site-id", help="workspace Site ID (default CIOTRACK_SITE_ID)")
     parser.add_argument("--api-key", help="Track API key (default CIOTRACK_API_KEY)")
-    parser.add_argument("--region", choices=("us", "eu", "auto"), help="configured region (default CIOTRACK_REGION or us)")
+    parser.add_argument("--region", choices=("us", "eu", "auto"),
+                        help="configured region (default CIOTRACK_REGION or us)")
     parser.add_argument("--endpoint", help="base URL instead of Customer.io's (an emulator: http://127.0.0.1:8080)")
     parser.add_argument("--redis-url", help="fleet mode: check this Redis (default CIOTRACK_REDIS_URL)")
     parser.add_argument("--spool-dir", help="check this spool directory (default CIOTRACK_SPOOL_DIR)")

@@ -42,7 +42,7 @@ def _check_server(report: Report, client: Any, info: dict[str, Any]) -> None:
     major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     # COMMAND INFO answers nil for a command the server does not know (read-only, any version).
     infos = client.execute_command("COMMAND", "INFO", *_NEEDED)
-    missing = [name for name, known in zip(_NEEDED, infos) if not known]
+    missing = [name for name, known in zip(_NEEDED, infos, strict=False) if not known]
     if major_minor < (6, 2) or missing:
         report.add("redis_version", "fail", f"Redis {version}; missing: {', '.join(missing) or 'XAUTOCLAIM (6.2+)'}",
                    "run Redis 7.0 or newer")

@@ -38,7 +38,8 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
 # Bodies from this size up are read straight from the socket (see RequestHandler._read_large).
 LARGE_BODY = 64 * 1024
-REASONS = {200: "OK", 207: "Multi-Status", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+REASONS = {200: "OK", 207: "Multi-Status", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+           404: "Not Found",
            405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
