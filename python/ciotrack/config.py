@@ -252,8 +252,8 @@ def _validate(config: Config) -> None:
         # Basic auth travels as latin-1: a pasted zero-width space or a typographic quote would make
         # every request fail on our side. Say so now (never showing the key itself).
         for name in ("site_id", "api_key"):
-            value: str = getattr(config, name)
-            bad = next((i for i, ch in enumerate(value) if ord(ch) > 0xFF or ord(ch) < 0x20), None)
+            text: str = getattr(config, name)
+            bad = next((i for i, ch in enumerate(text) if ord(ch) > 0xFF or ord(ch) < 0x20), None)
             _check(bad is None, f"{name} has a character HTTP cannot carry at position {bad} (a pasted invisible "
                    "or typographic character?)")
     _check(config.region in ("us", "eu", "auto"), f"region must be 'us', 'eu' or 'auto', got {config.region!r}")

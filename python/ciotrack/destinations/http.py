@@ -57,13 +57,13 @@ class DeadlineExceeded(Exception):
 
 
 class _TrackedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _track(self)
         super().request(*args, **kwargs)
 
 
 class _TrackedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _track(self)
         super().request(*args, **kwargs)
 
