@@ -120,7 +120,8 @@ class Config:
     on_drop: DropHook | None = None
     """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
     (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
-    ``spool_evicted`` (the spool's size cap), ``closed`` (a call after ``close()``), ``shutdown``
+    ``spool_evicted`` (the spool's size cap), ``spool_deleted`` (spooled operations whose file
+    someone else deleted), ``closed`` (a call after ``close()``), ``shutdown``
     (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender)."""
     metrics: bool = True
     """Record histograms (counters are always kept: they cost one atomic add)."""

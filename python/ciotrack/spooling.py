@@ -113,7 +113,7 @@ class SpoolBridge:
         self.directory = spool_directory(config.spool_dir, config.site_id)
         try:
             self.spool = Spool(self.directory, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync,
-                               on_evict=self._evicted)
+                               on_evict=self._evicted, on_deleted=self._deleted)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"spool_dir {os.fspath(config.spool_dir)!r} cannot be used: {exc}") from None
         self._half_bytes = config.max_queue_bytes // 2
@@ -186,6 +186,9 @@ class SpoolBridge:
 
     def _evicted(self, count: int) -> None:
         self._pipeline.drop("spool_evicted", count)
+
+    def _deleted(self, count: int) -> None:
+        self._pipeline.drop("spool_deleted", count)
 
     # -- overflow ---------------------------------------------------------------------------------
 
