@@ -34,7 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--latency-jitter", type=float, help="random extra seconds, up to this")
     faults.add_argument("--reset-rate", type=float, help="probability of resetting the connection mid-request")
     faults.add_argument("--slow-read", type=float, help="seconds to stall before answering 503 (not applied)")
-    faults.add_argument("--apply-then-drop-rate", type=float, help="probability of applying, then dropping the connection")
+    faults.add_argument("--apply-then-drop-rate", type=float,
+                        help="probability of applying, then dropping the connection")
     faults.add_argument("--storm-429", type=float, metavar="SECONDS", help="answer 429 to everything for this long")
     faults.add_argument("--storm-retry-after", type=int, help="Retry-After of the storm's 429s (default 1)")
     faults.add_argument("--clock-skew", type=float, help="seconds added to the Date header of every answer")
