@@ -130,7 +130,8 @@ class Config:
     on_drop: DropHook | None = None
     """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
     (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
-    ``spool_evicted`` (the spool's size cap), ``closed`` (a call after ``close()``), ``shutdown``
+    ``spool_evicted`` (the spool's size cap), ``spool_deleted`` (spooled operations whose file
+    someone else deleted), ``closed`` (a call after ``close()``), ``shutdown``
     (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender)."""
     metrics: bool = True
     """Record histograms (counters are always kept: they cost one atomic add)."""
@@ -275,6 +276,13 @@ def _validate(config: Config) -> None:
     if not config.disabled and config.destination is None:
         _check(isinstance(config.site_id, str) and config.site_id.strip() != "", "site_id must be a non-empty str")
         _check(isinstance(config.api_key, str) and config.api_key.strip() != "", "api_key must be a non-empty str")
+        # Basic auth travels as latin-1: a pasted zero-width space or a typographic quote would make
+        # every request fail on our side. Say so now (never showing the key itself).
+        for name in ("site_id", "api_key"):
+            text: str = getattr(config, name)
+            bad = next((i for i, ch in enumerate(text) if ord(ch) > 0xFF or ord(ch) < 0x20), None)
+            _check(bad is None, f"{name} has a character HTTP cannot carry at position {bad} (a pasted invisible "
+                   "or typographic character?)")
     _check(config.region in ("us", "eu", "auto"), f"region must be 'us', 'eu' or 'auto', got {config.region!r}")
     if config.endpoint is not None:
         _check_url("endpoint", config.endpoint)

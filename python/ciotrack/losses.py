@@ -54,6 +54,8 @@ class Reason(enum.StrEnum):
     """The Tracker was garbage-collected with no sender running."""
     SPOOL_EVICTED = "spool_evicted"
     """The spool's size cap evicted its oldest segments."""
+    SPOOL_DELETED = "spool_deleted"
+    """Spooled operations whose segment file someone else deleted (a tmp cleaner)."""
     # Final failures: sent, never accepted.
     REJECTED = "rejected"
     """The destination's final answer (a 4xx, a 207's per-operation error, a TLS failure)."""

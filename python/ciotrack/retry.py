@@ -63,11 +63,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
+            return None  # a date Python cannot represent (year 10000) is as good as none
     if seconds != seconds or seconds < 0:  # NaN or in the past: "retry now"
         return 0.0
     return seconds

@@ -255,28 +255,49 @@ def test_corrupt_payload_byte_skips_only_that_record(tmp_path: pathlib.Path,
 
 
 @pytest.mark.parametrize("field_offset", [0, 2, 4, 8, 12, 16])  # magic, version, count, length, crcs
-def test_corrupt_header_stops_the_file_after_earlier_records(tmp_path: pathlib.Path, field_offset: int) -> None:
+def test_corrupt_header_loses_only_that_record(tmp_path: pathlib.Path, field_offset: int) -> None:
     path, starts = write_records(tmp_path, 5)
     data = bytearray(path.read_bytes())
     data[starts[2] + field_offset] ^= 0x40
     path.write_bytes(bytes(data))
     # Every header field, the payload CRC included, sits under the header CRC: the length can no
-    # longer be trusted, so reading stops at the damaged record.
+    # longer be trusted, so the reader resynchronises on the next record that frames and checks.
+    numbers, segment = read_all(tmp_path)
+    assert numbers == [0, 1, 3, 4]
+    assert segment.damaged_bytes == starts[3] - starts[2] and segment.skipped_records == 1
+    assert segment.dropped_tail_bytes == 0
+
+
+def test_corrupt_last_header_drops_only_the_tail(tmp_path: pathlib.Path) -> None:
+    path, starts = write_records(tmp_path, 3)
+    data = bytearray(path.read_bytes())
+    data[starts[2]] ^= 0x40
+    path.write_bytes(bytes(data))
     numbers, segment = read_all(tmp_path)
     assert numbers == [0, 1]
     assert segment.dropped_tail_bytes == len(data) - starts[2]
 
 
-def test_unknown_version_record_is_skipped_by_length(tmp_path: pathlib.Path) -> None:
+def test_unknown_version_record_is_kept_for_a_newer_reader(tmp_path: pathlib.Path) -> None:
     path, starts = write_records(tmp_path, 3)
     payload = b"us\n" + op(99)
     checked = struct.pack(">2sBBIII", MAGIC, VERSION + 1, 0, 1, len(payload), zlib.crc32(payload))
     from_the_future = checked + struct.pack(">I", zlib.crc32(checked)) + payload
     data = path.read_bytes()
     path.write_bytes(data[: starts[1]] + from_the_future + data[starts[1]:])
-    numbers, segment = read_all(tmp_path)
+    spool = Spool(tmp_path)
+    [segment] = list(spool.claim())
+    numbers = [json.loads(ops[0])["n"] for _, ops in segment.records()]
     assert numbers == [0, 1, 2]
-    assert segment.skipped_records == 1
+    assert segment.skipped_records == 0 and segment.foreign == [from_the_future]
+    # done(): the readable records were replayed; the newer one is written back, byte for byte,
+    # to a segment this process never claims again (a rolling deploy's newer version replays it).
+    segment.done()
+    assert not path.exists()
+    [kept] = list(tmp_path.glob("*.spool"))
+    assert kept.read_bytes() == from_the_future
+    assert [s.path for s in spool.claim()] == []
+    assert [s.path for s in Spool(tmp_path).claim()] == [kept]  # a fresh process (a newer reader) sees it
 
 
 def test_pending_counts_only_complete_records(tmp_path: pathlib.Path) -> None:

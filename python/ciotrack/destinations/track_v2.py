@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from ciotrack._version import __version__
 from ciotrack.destinations.base import Outcome
+from ciotrack.destinations.http import DeadlineAdapter, read_capped, watchdog
 from ciotrack.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def make_session(pool_size: int, hosts: int = 1, user_agent_suffix: str | None =
     with the same bytes, under the rate limit.
     """
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=max(1, hosts), pool_maxsize=max(1, pool_size), max_retries=0)
+    adapter = DeadlineAdapter(pool_connections=max(1, hosts), pool_maxsize=max(1, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({
@@ -96,25 +97,65 @@ class TrackV2Destination:
         self._timeout = timeout
         self._proxies = dict(proxies) if proxies else None
         self._verify = verify
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self._deadline = float(connect) + float(read)
+        self._redirect_logged_at = float("-inf")
+        """Total time one request may take, however the receiver trickles (connect + read timeouts)."""
 
     def __repr__(self) -> str:  # the key stays out of every repr
         return f"TrackV2Destination(url={self.url!r}, region={self.name!r})"
 
     def send(self, body: bytes) -> Outcome:
+        # Redirects are never followed: requests would re-send the batch as a body-less GET without
+        # credentials, and the 200 of whatever answers there would count as delivered.
+        watch = watchdog()
+        token = watch.arm(self._deadline)
         try:
             response = self._session.post(
-                self.url, data=body, auth=self._auth, timeout=self._timeout, proxies=self._proxies, verify=self._verify
+                self.url, data=body, auth=self._auth, timeout=self._timeout, proxies=self._proxies,
+                verify=self._verify, allow_redirects=False, stream=True,
             )
+            with response:
+                content, truncated = read_capped(response)
         except requests.exceptions.SSLError as exc:
+            if watch.disarm(token):
+                return _deadline_outcome(self._deadline)
             # A certificate that does not verify will not verify on the next try either.
             return Outcome.final(None, f"tls_error: {_short(exc)}")
         except requests.exceptions.Timeout as exc:
+            watch.disarm(token)
             return Outcome.retry(reason=f"timeout: {type(exc).__name__}")
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            if watch.disarm(token):
+                return _deadline_outcome(self._deadline)
             return Outcome.retry(reason=f"connection_error: {_short(exc)}")
         except requests.exceptions.RequestException as exc:
+            watch.disarm(token)
             return Outcome.final(None, f"request_error: {type(exc).__name__}: {_short(exc)}")
-        return classify(response.status_code, response.headers.get("Retry-After"), response.content)
+        except Exception as exc:  # anything else is a failed attempt, never an exception in the sender
+            if watch.disarm(token):
+                return _deadline_outcome(self._deadline)
+            return Outcome.retry(reason=f"unexpected: {type(exc).__name__}: {_short(exc)}")
+        if watch.disarm(token):
+            return _deadline_outcome(self._deadline)
+        if truncated:
+            log.warning("ciotrack: the answer from %s was longer than %d bytes; read no further", self.url,
+                        len(content))
+        status = response.status_code
+        if 300 <= status < 400:
+            return self._redirected(status, response.headers.get("Location"))
+        return classify(status, response.headers.get("Retry-After"), content)
+
+    def _redirected(self, status: int, location: str | None) -> Outcome:
+        """A 3xx is never followed: the batch stays ours (retried, then spooled or reported), and the
+        cause is logged loudly, at most once a minute per destination, naming where it points."""
+        now = time.monotonic()
+        if now - self._redirect_logged_at >= 60.0:
+            self._redirect_logged_at = now
+            log.error("ciotrack: %s answered %d redirecting to %s; ciotrack never follows redirects (a "
+                      "redirected POST loses its body and credentials). Set endpoint= to the right URL, or fix "
+                      "the proxy or captive portal in between", self.url, status, location or "(no Location)")
+        return Outcome.retry(status, reason=f"redirect: {status} to {(location or '?')[:200]}")
 
     def probe(self) -> bool:
         """One ``GET /api/v1/accounts/region``: any answer but 408/429/5xx means reachable."""
@@ -122,7 +163,7 @@ class TrackV2Destination:
         try:
             response = self._session.get(self._probe_url, auth=self._auth,
                                          timeout=(min(connect, PROBE_TIMEOUT_CAP), min(read, PROBE_TIMEOUT_CAP)),
-                                         proxies=self._proxies, verify=self._verify)
+                                         proxies=self._proxies, verify=self._verify, allow_redirects=False)
         except requests.exceptions.RequestException:
             return False
         status = response.status_code
@@ -147,17 +188,34 @@ def classify(status: int, retry_after: str | None, content: bytes) -> Outcome:
 
 
 def _batch_errors(content: bytes) -> tuple[tuple[int, str], ...]:
+    """``(batch_index, reason)`` of a 207 body; each index once. Any body shape at all is handled:
+    what cannot be attributed is logged, never raised (a hostile 207 must not stop the sender)."""
     try:
         errors = json.loads(content)["errors"]
-        failures = []
-        for error in errors:
-            parts = [str(error[key]) for key in ("reason", "field", "message") if error.get(key)]
-            failures.append((int(error["batch_index"]), ": ".join(parts) or "rejected"))
-        return tuple(failures)
-    except (ValueError, KeyError, TypeError):
-        # Which operations failed is unknown: count the batch as delivered, but say so.
+        if not isinstance(errors, list):
+            raise TypeError("errors is not a list")
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         log.warning("ciotrack: unparsable 207 body from Customer.io (%d bytes); failures not attributed", len(content))
         return ()
+    failures: dict[int, str] = {}
+    unattributed = 0
+    for error in errors:
+        try:
+            index = error["batch_index"]
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError("batch_index is not an integer")
+            parts = [str(error[key]) for key in ("reason", "field", "message") if error.get(key)]
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError):
+            unattributed += 1
+            continue
+        failures.setdefault(index, ": ".join(parts)[:300] or "rejected")
+    if unattributed:
+        log.warning("ciotrack: %d entr(ies) of a 207 body name no usable batch_index; not attributed", unattributed)
+    return tuple(failures.items())
+
+
+def _deadline_outcome(seconds: float) -> Outcome:
+    return Outcome.retry(reason=f"deadline: no complete answer within {seconds:g} s")
 
 
 def _error_text(content: bytes, limit: int = 300) -> str:
@@ -183,7 +241,7 @@ def lookup_region(
     """``GET {endpoint}/api/v1/accounts/region`` -> ``"us"``/``"eu"``, or None (logged) when it cannot tell."""
     url = endpoint.rstrip("/") + "/api/v1/accounts/region"
     try:
-        response = session.get(url, auth=(site_id, api_key), timeout=timeout,
+        response = session.get(url, auth=(site_id, api_key), timeout=timeout, allow_redirects=False,
                                proxies=dict(proxies) if proxies else None, verify=verify)
         if response.status_code != 200:
             log.warning("ciotrack: region lookup at %s answered %d", url, response.status_code)

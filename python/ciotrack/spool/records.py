@@ -15,11 +15,15 @@ Damage policy of ``Segment.records`` (every skip is counted on the segment and l
 
 * Torn tail (short header, or payload past end of file: a crash mid-write): skipped; every
   record before it is returned.
-* Damaged header (magic or header CRC wrong): its length cannot be trusted, so nothing after it can
-  be framed: reading stops; earlier records are returned.
+* Damaged header (magic or header CRC wrong): its length cannot be trusted, so the reader
+  *resynchronises* (:func:`resync`): it looks for the next offset where a header passes its CRC and
+  frames a payload that passes its own (two 32-bit checks: a false match is vanishingly rare), and
+  goes on from there. Only the damaged span is lost; it is counted (``damaged_bytes``).
 * Bad payload CRC or op count under a good header: the header CRC vouches for the length, so only
   that record is skipped and reading goes on. One lost record beats losing every later good one.
-* Good header, unknown version or flags (a newer writer): skipped by length.
+* Good header, unknown version or flags (a newer writer, in a rolling deploy): kept. The record's
+  raw bytes are collected (``Segment.foreign``); ``done()`` writes them to a fresh segment before
+  deleting the file, and this process never claims that segment again, so the newer version replays it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-__all__ = ["HEADER_BYTES", "MAGIC", "VERSION", "Header", "HeaderScan", "encode_record", "parse_header", "scan_headers"]
+__all__ = ["HEADER_BYTES", "MAGIC", "VERSION", "Header", "HeaderScan", "encode_record", "parse_header", "resync",
+           "scan_headers"]
 
 MAGIC: Final = b"\xc1S"
 VERSION: Final = 1
@@ -54,6 +59,20 @@ def parse_header(raw: bytes) -> Header | None:
     if magic != MAGIC or zlib.crc32(raw[: CHECKED.size]) != header_crc:
         return None
     return Header(ops, length, payload_crc, version == VERSION and flags == 0)
+
+
+def resync(data: bytes, start: int) -> int | None:
+    """The next offset from ``start`` where a whole record frames: a header that passes its CRC
+    and a payload, within the data, that passes its own."""
+    at = data.find(MAGIC, start)
+    while at != -1:
+        header = parse_header(data[at:at + HEADER_BYTES])
+        if header is not None:
+            end = at + HEADER_BYTES + header.length
+            if end <= len(data) and zlib.crc32(data[at + HEADER_BYTES:end]) == header.payload_crc:
+                return at
+        at = data.find(MAGIC, at + 1)
+    return None
 
 
 def encode_record(region: str, ops: Sequence[bytes]) -> bytes:

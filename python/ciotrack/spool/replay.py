@@ -118,7 +118,7 @@ class SpoolReplay:
         self.directory = spool_directory(config.spool_dir, config.site_id)
         try:
             self.spool = Spool(self.directory, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync,
-                               on_evict=self._evicted)
+                               on_evict=self._evicted, on_deleted=self._deleted)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"spool_dir {os.fspath(config.spool_dir)!r} cannot be used: {exc}") from None
         self._half_bytes = config.max_queue_bytes // 2
@@ -155,6 +155,9 @@ class SpoolReplay:
 
     def _evicted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_EVICTED, count)
+
+    def _deleted(self, count: int) -> None:
+        self._host.losses.drop(Reason.SPOOL_DELETED, count)
 
     # -- the spooler thread -----------------------------------------------------------------------
 

@@ -11,6 +11,12 @@ the lock. Files are 0600: they hold personal data.
 
 Records are framed by :mod:`ciotrack.spool.records` (the format and its damage policy).
 
+Entries that are not regular files (a directory or FIFO named like a segment) and files that cannot
+be opened are skipped (logged once), never a reason to stop replaying the rest. A segment deleted
+under its writer (a tmp cleaner, ``rm -rf`` of the spool) is noticed before the next write: the
+write goes to a fresh segment (the directory is made again), and what the deleted one held is
+reported through ``on_deleted``.
+
 Locking (``flock``, so local filesystems only): a writer holds ``LOCK_EX`` on its segment until it
 rotates or closes. ``claim`` takes ``LOCK_EX|LOCK_NB`` and then checks that the path still names
 the locked inode (a segment deleted between our open and our lock is skipped), and ``done``
@@ -31,6 +37,7 @@ import logging
 import os
 import pathlib
 import re
+import stat
 import threading
 import time
 import zlib
@@ -47,6 +54,7 @@ from ciotrack.spool.records import (
     HeaderScan,
     encode_record,
     parse_header,
+    resync,
     scan_headers,
 )
 
@@ -64,10 +72,17 @@ _RESCAN_SECONDS: Final = 1.0
 
 
 def _lock_existing(path: pathlib.Path) -> int | None:
-    """Open and exclusively lock ``path``; None when it is gone or someone else holds it."""
+    """Open and exclusively lock ``path``; None when it is gone, someone else holds it, or it is not
+    a readable regular file (a directory or FIFO named like a segment, a file we may not open)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            _skip_once(path, "not a regular file")
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _skip_once(path, exc.strerror or str(exc))
         return None
     held = False
     try:
@@ -82,6 +97,15 @@ def _lock_existing(path: pathlib.Path) -> int | None:
         if not held:
             os.close(fd)
     return fd if held else None
+
+
+_skipped: set[str] = set()
+
+
+def _skip_once(path: pathlib.Path, why: str) -> None:
+    if str(path) not in _skipped:
+        _skipped.add(str(path))
+        log.warning("spool: skipping %s (%s); the rest of the spool is replayed", path, why)
 
 
 def _fsync_dir(directory: pathlib.Path) -> None:
@@ -99,11 +123,17 @@ class Segment:
     path: pathlib.Path
 
     def __init__(self, path: pathlib.Path, fd: int, *, fsync: bool,
-                 on_finish: Callable[[Segment], None] | None = None) -> None:
+                 on_finish: Callable[[Segment], None] | None = None,
+                 keep_foreign: Callable[[list[bytes]], None] | None = None) -> None:
         self.path = path
         self._fd: int | None = fd
         self._fsync = fsync
         self._on_finish = on_finish
+        self._keep_foreign = keep_foreign
+        self.foreign: list[bytes] = []
+        """Raw records of a newer format version, from the last ``records()`` read: kept by ``done()``."""
+        self.damaged_bytes = 0
+        """Bytes skipped while resynchronising after damaged headers, in the last ``records()`` read."""
         self._deleted = False
         self.skipped_records = 0
         """Records skipped by the last ``records()`` read (bad payload CRC, unknown version)."""
@@ -114,35 +144,54 @@ class Segment:
         """``(region, ops)`` of every complete, checksum-valid record, in write order."""
         # Read through our own duplicate: a release() from another thread (Spool.close) then
         # cannot pull the descriptor, or let its number be reused, under this loop.
-        stream = open(os.dup(self._held_fd()), "rb")
-        self.skipped_records = self.dropped_tail_bytes = 0
-        problem = ""
-        size = os.fstat(stream.fileno()).st_size
+        self.skipped_records = self.dropped_tail_bytes = self.damaged_bytes = 0
+        self.foreign = []
+        problems: list[str] = []
+        try:
+            with open(os.dup(self._held_fd()), "rb") as stream:
+                data = stream.read()
+        except OSError as exc:
+            log.warning("spool segment %s cannot be read (%s); kept for a later replay", self.path.name, exc)
+            self.dropped_tail_bytes = -1
+            return
+        size = len(data)
         offset = 0
         try:
-            with stream:
-                while offset < size:
-                    raw = stream.read(HEADER_BYTES)
-                    header = parse_header(raw)
-                    if header is None or offset + HEADER_BYTES + header.length > size:
-                        # A short header or a payload past EOF is torn; a full header that fails
-                        # its check is damaged. Either way nothing after it can be framed.
-                        torn = len(raw) < HEADER_BYTES or header is not None
-                        problem = problem or f"{'torn tail' if torn else 'damaged header'} at byte {offset}"
-                        self.dropped_tail_bytes = size - offset
-                        return
-                    payload = stream.read(header.length)
-                    offset += HEADER_BYTES + header.length
-                    record = self._decode(header, payload)
-                    if record is None:
+            while offset < size:
+                header = parse_header(data[offset:offset + HEADER_BYTES])
+                if header is None and offset + HEADER_BYTES <= size:
+                    found = resync(data, offset + 1)
+                    if found is not None:
+                        problems.append(f"damaged header at byte {offset} ({found - offset} bytes skipped)")
+                        self.damaged_bytes += found - offset
                         self.skipped_records += 1
-                        problem = problem or f"bad record ending at byte {offset}"
+                        offset = found
                         continue
-                    yield record
+                if header is None or offset + HEADER_BYTES + header.length > size:
+                    # A short header or a payload past EOF with nothing frameable after it: a torn
+                    # tail (a crash mid-write), or damage up to the end of the file.
+                    torn = offset + HEADER_BYTES > size or header is not None
+                    problems.append(f"{'torn tail' if torn else 'damaged header'} at byte {offset}")
+                    self.dropped_tail_bytes = size - offset
+                    return
+                end = offset + HEADER_BYTES + header.length
+                payload = data[offset + HEADER_BYTES:end]
+                if not header.readable and zlib.crc32(payload) == header.payload_crc:
+                    self.foreign.append(data[offset:end])  # a newer writer's: keep it for a newer reader
+                    offset = end
+                    continue
+                offset = end
+                record = self._decode(header, payload)
+                if record is None:
+                    self.skipped_records += 1
+                    problems.append(f"bad record ending at byte {offset}")
+                    continue
+                yield record
         finally:
-            if problem:
-                log.warning("spool segment %s: %s; skipped %d damaged record(s) and %d tail byte(s)",
-                            self.path.name, problem, self.skipped_records, self.dropped_tail_bytes)
+            if problems:
+                log.warning("spool segment %s: %s; skipped %d damaged record(s), %d damaged and %d tail byte(s)",
+                            self.path.name, "; ".join(problems[:3]), self.skipped_records, self.damaged_bytes,
+                            self.dropped_tail_bytes)
 
     @staticmethod
     def _decode(header: Header, payload: bytes) -> tuple[str, list[bytes]] | None:
@@ -162,6 +211,11 @@ class Segment:
             if self._deleted:
                 return
             raise ValueError(f"spool segment {self.path.name} was released; claim it again to delete it")
+        if self.foreign:
+            if self._keep_foreign is None:
+                raise ValueError(f"spool segment {self.path.name} holds records of a newer version; release it")
+            self._keep_foreign(self.foreign)  # raises OSError: then the file stays, nothing is lost
+            self.foreign = []
         try:
             os.unlink(self.path)
         except FileNotFoundError:  # only if someone ignored the lock; there is nothing left to delete
@@ -209,7 +263,8 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30,
                  segment_bytes: int | None = None, fsync: bool = False,
-                 on_evict: Callable[[int], None] | None = None) -> None:
+                 on_evict: Callable[[int], None] | None = None,
+                 on_deleted: Callable[[int], None] | None = None) -> None:
         if segment_bytes is None:
             segment_bytes = SEGMENT_BYTES
         if max_bytes <= 0 or segment_bytes <= 0:
@@ -220,6 +275,8 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self._on_evict = on_evict
+        self._on_deleted = on_deleted
+        self._foreign_only: set[str] = set()  # segments we wrote back for a newer version: never ours to claim
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._writer: _Writer | None = None
@@ -272,12 +329,13 @@ class Spool:
                 raise ValueError("claim from a closed spool")
             self._close_writer()
             self._sweep_stale_creating()
-            names = self._segment_names()
+            names = [n for n in self._segment_names() if n not in self._foreign_only]
         for name in names:
             fd = _lock_existing(self.directory / name)
             if fd is None:
                 continue
-            segment = Segment(self.directory / name, fd, fsync=self.fsync, on_finish=self._forget)
+            segment = Segment(self.directory / name, fd, fsync=self.fsync, on_finish=self._forget,
+                              keep_foreign=self._write_foreign)
             with self._guard():
                 if self._closed:
                     segment._finish(notify=False)
@@ -344,6 +402,9 @@ class Spool:
                         os.close(fd)
             except FileNotFoundError:  # replayed or evicted by someone else just now
                 continue
+            except OSError as exc:  # not ours to read (a foreign file, a directory): not counted
+                _skip_once(path, exc.strerror or str(exc))
+                continue
             segments.append((name, size))
         self._scans = {name: self._scans[name] for name, _ in segments}
         total = sum(size for _, size in segments)
@@ -399,6 +460,9 @@ class Spool:
         if writer is not None and writer.size > 0 and writer.size + len(record) > self.segment_bytes:
             self._close_writer()
             writer = None
+        if writer is not None and os.fstat(writer.fd).st_nlink == 0:
+            self._writer_deleted(writer)
+            writer = None
         if writer is None:
             writer = self._writer = self._open_writer()
         view = memoryview(record)
@@ -421,7 +485,43 @@ class Spool:
         scan.offset, scan.ops = writer.size, scan.ops + ops
         self._estimated_bytes += len(record)
 
+    def _writer_deleted(self, writer: _Writer) -> None:
+        """Our segment was unlinked under us (a tmp cleaner, ``rm -rf``): what it held is gone.
+        Never count a write into it; report the loss; the next write starts a fresh segment."""
+        self._close_writer()
+        scan = self._scans.pop(writer.name, None)
+        lost = scan.ops if scan is not None else 0
+        log.warning("spool segment %s was deleted by someone else; %d spooled operation(s) in it are lost",
+                    writer.name, lost)
+        if lost and self._on_deleted is not None:
+            try:
+                self._on_deleted(lost)
+            except Exception:
+                log.exception("spool on_deleted hook raised")
+
+    def _write_foreign(self, records: list[bytes]) -> None:
+        """Write raw records of a newer format version to a segment of their own, which this process
+        will not claim again (a newer reader will). Called from ``Segment.done``."""
+        with self._guard():
+            writer = self._open_writer()
+            try:
+                for raw in records:
+                    view = memoryview(raw)
+                    while view:
+                        view = view[os.write(writer.fd, view):]
+                if self.fsync:
+                    os.fsync(writer.fd)
+            except OSError:
+                os.close(writer.fd)
+                os.unlink(self.directory / writer.name)
+                raise
+            os.close(writer.fd)
+            self._foreign_only.add(writer.name)
+            self._scans.pop(writer.name, None)
+
     def _open_writer(self) -> _Writer:
+        # The directory itself may have been removed (rm -rf of the spool): make it again.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         error: OSError | None = None
         for _ in range(5):
             ns = self._last_ns = max(time.time_ns(), self._last_ns + 1)

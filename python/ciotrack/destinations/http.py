@@ -1,0 +1,187 @@
+"""HTTP plumbing for destinations: a total deadline per request, and bounded response reads.
+
+``requests`` has per-socket-operation timeouts only: a receiver that trickles one byte a second
+holds a sender forever despite a 2 s read timeout, and one that streams an endless body fills
+memory. Two guards fix that without leaving ``requests`` and its pooled Session:
+
+* :class:`DeadlineAdapter` gives every request a total deadline. The adapter's connections record
+  themselves, per thread, when a request starts; one watchdog thread (:class:`Watchdog`) shuts the
+  socket of any request still running at its deadline, so the blocked read fails at once and the
+  attempt is a retryable ``deadline`` error. One thread serves every Session, and it only wakes
+  for the earliest deadline.
+* :func:`read_capped` reads at most ``cap`` bytes of a streamed response and drops the connection
+  when there is more (a real Customer.io answer is a few KB; a 207 for a full batch a few hundred).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+__all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "read_capped", "watchdog"]
+
+RESPONSE_CAP = 4 << 20
+"""Most bytes of a response body read; Customer.io's largest answers are far below a megabyte."""
+
+_current = threading.local()  # .armed: this thread's _Armed request, if any
+
+
+class _Armed:
+    """One request under a deadline: the connection it runs on, once it has one. Written by the
+    request's thread, read by the watchdog's (a plain attribute store/load: atomic under the GIL)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: HTTPConnection | None = None
+
+
+def _track(conn: HTTPConnection) -> None:
+    armed = getattr(_current, "armed", None)
+    if armed is not None:
+        armed.conn = conn
+
+
+class DeadlineExceeded(Exception):
+    """A request ran past its total deadline (its socket was shut by the watchdog)."""
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _track(self)
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _track(self)
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class Watchdog:
+    """Shuts the socket of a request still running at its deadline. ``arm`` before the request,
+    ``disarm`` after it (in a ``finally``); ``expired`` tells whether it fired."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int]] = []
+        self._armed: dict[int, _Armed] = {}
+        self._fired: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> int:
+        token = next(self._tokens)
+        armed = _current.armed = _Armed()
+        with self._cv:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token))
+            self._armed[token] = armed
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ciotrack-deadline", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Forget ``token``; True when its deadline fired (the request was cut)."""
+        _current.armed = None
+        with self._cv:
+            self._armed.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                while self._heap and self._heap[0][1] not in self._armed:
+                    heapq.heappop(self._heap)  # disarmed in time
+                if not self._heap:
+                    self._cv.wait(30.0)
+                    if not self._heap:
+                        self._thread = None  # idle: end; the next arm starts a new one
+                        return
+                    continue
+                deadline, token = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                armed = self._armed.pop(token)
+                self._fired.add(token)
+                _shut(armed.conn)
+
+
+def _shut(conn: HTTPConnection | None) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv/send in the request's thread
+    except OSError:
+        pass
+
+
+_WATCHDOG = Watchdog()
+
+
+def watchdog() -> Watchdog:
+    """The process's one watchdog (a fresh one after a fork: the parent's thread is not ours)."""
+    return _WATCHDOG
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections register with the watchdog (no retries of its own)."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not getattr(manager, "_ciotrack_tracked", False):
+            manager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+            manager._ciotrack_tracked = True
+        return manager
+
+
+def read_capped(response: requests.Response, cap: int = RESPONSE_CAP) -> tuple[bytes, bool]:
+    """The body of a ``stream=True`` response, at most ``cap`` bytes; True when it was longer (the
+    connection is then closed rather than drained)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            response.close()
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
+
+
+def _reset_after_fork() -> None:
+    global _WATCHDOG
+    _WATCHDOG = Watchdog()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
