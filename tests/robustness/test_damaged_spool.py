@@ -16,6 +16,7 @@ from typing import Any
 from ciotrack import Tracker
 from ciotrack.emulator import Emulator
 from ciotrack.spool import Spool, encode_record
+
 from conftest import API_KEY, SITE_ID, all_events, free_port
 
 

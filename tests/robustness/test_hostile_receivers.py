@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ciotrack import ConfigError, DeliveryError, Tracker
+
 from conftest import API_KEY, SITE_ID, Recorded, RecordingServer
 
 

@@ -95,8 +95,12 @@ class Watchdog:
             heapq.heappush(self._heap, (time.monotonic() + seconds, token))
             self._armed[token] = armed
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="ciotrack-deadline", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="ciotrack-deadline", daemon=True)
+                try:
+                    thread.start()
+                    self._thread = thread
+                except RuntimeError:  # at interpreter shutdown: per-read timeouts still bound the request
+                    self._thread = None
             self._cv.notify()
         return token
 

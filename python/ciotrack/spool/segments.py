@@ -37,10 +37,8 @@ import logging
 import os
 import pathlib
 import re
-import stat
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -50,13 +48,11 @@ from ciotrack.spool.records import (
     HEADER_BYTES,
     MAGIC,
     VERSION,
-    Header,
     HeaderScan,
     encode_record,
-    parse_header,
-    resync,
     scan_headers,
 )
+from ciotrack.spool.segment_file import Segment, fsync_dir, lock_existing, skip_once
 
 __all__ = ["HEADER_BYTES", "MAGIC", "SEGMENT_BYTES", "VERSION", "Segment", "Spool", "encode_record", "spool_directory"]
 
@@ -69,186 +65,6 @@ SEGMENT_SUFFIX: Final = ".spool"
 _CREATING_SUFFIX: Final = ".creating"
 # How stale our view of other processes' spool bytes may get before append re-reads the directory.
 _RESCAN_SECONDS: Final = 1.0
-
-
-def _lock_existing(path: pathlib.Path) -> int | None:
-    """Open and exclusively lock ``path``; None when it is gone, someone else holds it, or it is not
-    a readable regular file (a directory or FIFO named like a segment, a file we may not open)."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            _skip_once(path, "not a regular file")
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        _skip_once(path, exc.strerror or str(exc))
-        return None
-    held = False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # Between our open and our lock, the previous holder may have finished and unlinked it:
-        # a lock on a dead inode proves nothing, and replaying it again would duplicate events.
-        locked, current = os.fstat(fd), os.stat(path)
-        held = (locked.st_dev, locked.st_ino) == (current.st_dev, current.st_ino)
-    except (BlockingIOError, FileNotFoundError):
-        pass
-    finally:
-        if not held:
-            os.close(fd)
-    return fd if held else None
-
-
-_skipped: set[str] = set()
-
-
-def _skip_once(path: pathlib.Path, why: str) -> None:
-    if str(path) not in _skipped:
-        _skipped.add(str(path))
-        log.warning("spool: skipping %s (%s); the rest of the spool is replayed", path, why)
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class Segment:
-    """A claimed segment file. Finish each with ``done()`` or ``release()`` (or use it as a context
-    manager, which releases it unless ``done()`` was called)."""
-
-    path: pathlib.Path
-
-    def __init__(self, path: pathlib.Path, fd: int, *, fsync: bool,
-                 on_finish: Callable[[Segment], None] | None = None,
-                 keep_foreign: Callable[[list[bytes]], None] | None = None) -> None:
-        self.path = path
-        self._fd: int | None = fd
-        self._fsync = fsync
-        self._on_finish = on_finish
-        self._keep_foreign = keep_foreign
-        self.foreign: list[bytes] = []
-        """Raw records of a newer format version, from the last ``records()`` read: kept by ``done()``."""
-        self.damaged_bytes = 0
-        """Bytes skipped while resynchronising after damaged headers, in the last ``records()`` read."""
-        self._deleted = False
-        self.skipped_records = 0
-        """Records skipped by the last ``records()`` read (bad payload CRC, unknown version)."""
-        self.dropped_tail_bytes = 0
-        """Bytes after the last frameable record (torn tail or damaged header) in the last read."""
-
-    def records(self) -> Iterator[tuple[str, list[bytes]]]:
-        """``(region, ops)`` of every complete, checksum-valid record, in write order."""
-        # Read through our own duplicate: a release() from another thread (Spool.close) then
-        # cannot pull the descriptor, or let its number be reused, under this loop.
-        self.skipped_records = self.dropped_tail_bytes = self.damaged_bytes = 0
-        self.foreign = []
-        problems: list[str] = []
-        try:
-            with open(os.dup(self._held_fd()), "rb") as stream:
-                data = stream.read()
-        except OSError as exc:
-            log.warning("spool segment %s cannot be read (%s); kept for a later replay", self.path.name, exc)
-            self.dropped_tail_bytes = -1
-            return
-        size = len(data)
-        offset = 0
-        try:
-            while offset < size:
-                header = parse_header(data[offset:offset + HEADER_BYTES])
-                if header is None and offset + HEADER_BYTES <= size:
-                    found = resync(data, offset + 1)
-                    if found is not None:
-                        problems.append(f"damaged header at byte {offset} ({found - offset} bytes skipped)")
-                        self.damaged_bytes += found - offset
-                        self.skipped_records += 1
-                        offset = found
-                        continue
-                if header is None or offset + HEADER_BYTES + header.length > size:
-                    # A short header or a payload past EOF with nothing frameable after it: a torn
-                    # tail (a crash mid-write), or damage up to the end of the file.
-                    torn = offset + HEADER_BYTES > size or header is not None
-                    problems.append(f"{'torn tail' if torn else 'damaged header'} at byte {offset}")
-                    self.dropped_tail_bytes = size - offset
-                    return
-                end = offset + HEADER_BYTES + header.length
-                payload = data[offset + HEADER_BYTES:end]
-                if not header.readable and zlib.crc32(payload) == header.payload_crc:
-                    self.foreign.append(data[offset:end])  # a newer writer's: keep it for a newer reader
-                    offset = end
-                    continue
-                offset = end
-                record = self._decode(header, payload)
-                if record is None:
-                    self.skipped_records += 1
-                    problems.append(f"bad record ending at byte {offset}")
-                    continue
-                yield record
-        finally:
-            if problems:
-                log.warning("spool segment %s: %s; skipped %d damaged record(s), %d damaged and %d tail byte(s)",
-                            self.path.name, "; ".join(problems[:3]), self.skipped_records, self.damaged_bytes,
-                            self.dropped_tail_bytes)
-
-    @staticmethod
-    def _decode(header: Header, payload: bytes) -> tuple[str, list[bytes]] | None:
-        if not header.readable or len(payload) != header.length or zlib.crc32(payload) != header.payload_crc:
-            return None
-        region, *ops = payload.split(b"\n")
-        if len(ops) != header.ops:
-            return None
-        try:
-            return region.decode(), ops
-        except UnicodeDecodeError:
-            return None
-
-    def done(self) -> None:
-        """Every record was delivered: delete the file (still under our lock), then release it."""
-        if self._fd is None:
-            if self._deleted:
-                return
-            raise ValueError(f"spool segment {self.path.name} was released; claim it again to delete it")
-        if self.foreign:
-            if self._keep_foreign is None:
-                raise ValueError(f"spool segment {self.path.name} holds records of a newer version; release it")
-            self._keep_foreign(self.foreign)  # raises OSError: then the file stays, nothing is lost
-            self.foreign = []
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:  # only if someone ignored the lock; there is nothing left to delete
-            pass
-        self._deleted = True
-        if self._fsync:
-            _fsync_dir(self.path.parent)
-        self._finish()
-
-    def release(self) -> None:
-        """Keep the file for a later replay and drop the lock. Idempotent."""
-        if self._fd is not None:
-            self._finish()
-
-    def _held_fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"spool segment {self.path.name} is not claimed (released or done)")
-        return self._fd
-
-    def _finish(self, *, notify: bool = True) -> None:
-        """Close our descriptor. ``notify=False`` in a forked child: the parent keeps the claim."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-        if notify and self._on_finish is not None:
-            self._on_finish(self)
-
-    def __enter__(self) -> Segment:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
 
 
 @dataclass
@@ -331,7 +147,7 @@ class Spool:
             self._sweep_stale_creating()
             names = [n for n in self._segment_names() if n not in self._foreign_only]
         for name in names:
-            fd = _lock_existing(self.directory / name)
+            fd = lock_existing(self.directory / name)
             if fd is None:
                 continue
             segment = Segment(self.directory / name, fd, fsync=self.fsync, on_finish=self._forget,
@@ -403,7 +219,7 @@ class Spool:
             except FileNotFoundError:  # replayed or evicted by someone else just now
                 continue
             except OSError as exc:  # not ours to read (a foreign file, a directory): not counted
-                _skip_once(path, exc.strerror or str(exc))
+                skip_once(path, exc.strerror or str(exc))
                 continue
             segments.append((name, size))
         self._scans = {name: self._scans[name] for name, _ in segments}
@@ -441,7 +257,7 @@ class Spool:
     def _evict(self, name: str) -> int | None:
         """Delete one unlocked segment; its op count, or None when it is held or already gone."""
         path = self.directory / name
-        fd = _lock_existing(path)
+        fd = lock_existing(path)
         if fd is None:
             return None
         try:
@@ -451,7 +267,7 @@ class Spool:
         finally:
             os.close(fd)
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         log.warning("spool over max_bytes=%d: evicted segment %s with %d ops", self.max_bytes, name, scan.ops)
         return scan.ops
 
@@ -541,7 +357,7 @@ class Spool:
                 os.close(fd)
                 raise
             if self.fsync:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             self._scans[name] = HeaderScan()
             return _Writer(fd, name)
         assert error is not None
@@ -562,7 +378,7 @@ class Spool:
         for name in os.listdir(self.directory):
             if not (name.startswith(".") and name.endswith(_CREATING_SUFFIX)):
                 continue
-            fd = _lock_existing(self.directory / name)
+            fd = lock_existing(self.directory / name)
             if fd is None:
                 continue
             try:
