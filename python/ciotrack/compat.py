@@ -55,13 +55,29 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ciotrack import _core
 from ciotrack.errors import CiotrackError, LimitError
 from ciotrack.tracker import Tracker
 
-__all__ = ["CustomerIO", "CustomerIOException", "Region", "Regions"]
+if TYPE_CHECKING:
+    from ciotrack.app_api import (
+        APIClient,
+        SendEmailRequest,
+        SendInAppRequest,
+        SendInboxMessageRequest,
+        SendPushRequest,
+        SendSMSRequest,
+        SendWhatsAppRequest,
+    )
+
+__all__ = [
+    "CustomerIO", "CustomerIOException", "Region", "Regions",
+    # transactional messages (App API), from ciotrack.app_api
+    "APIClient", "SendEmailRequest", "SendInAppRequest", "SendInboxMessageRequest", "SendPushRequest",
+    "SendSMSRequest", "SendWhatsAppRequest",
+]
 
 
 class CustomerIOException(Exception):
@@ -481,3 +497,16 @@ class CustomerIO:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+# The App API names are resolved on first use (PEP 562): ciotrack.app_api imports this module for
+# CustomerIOException and Regions, so importing it here eagerly would make a cycle.
+_APP_API_NAMES = frozenset(__all__[4:])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _APP_API_NAMES:
+        from ciotrack import app_api
+
+        return getattr(app_api, name)
+    raise AttributeError(f"module 'ciotrack.compat' has no attribute {name!r}")
