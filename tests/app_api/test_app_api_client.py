@@ -18,7 +18,7 @@ from ciotrack.emulator import Emulator
 from conftest import API_KEY, SITE_ID, Recorded, RecordingServer, free_port
 
 APP_KEY = "app-SECRET-c0ffee"
-OK = (200, {}, b'{"delivery_id":"d-1","queued_at":5}')
+OK: tuple[int, dict[str, str], bytes] = (200, {}, b'{"delivery_id":"d-1","queued_at":5}')
 SMS = {"transactional_message_id": "code", "identifiers": {"id": "u1"}, "to": "+15550100"}
 
 

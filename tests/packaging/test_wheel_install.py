@@ -55,7 +55,7 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if candidate.stat().st_mtime >= fresh_after:
             return candidate
     try:
-        import ziglang  # noqa: F401  (maturin --zig runs `python -m ziglang`)
+        import ziglang  # type: ignore[import-untyped]  # noqa: F401  (maturin --zig runs `python -m ziglang`)
     except ImportError:
         pytest.skip("no up-to-date wheel in dist/ and no ziglang to build one: run `make wheel` first")
     out = tmp_path_factory.mktemp("wheel")
