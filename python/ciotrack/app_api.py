@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -411,60 +411,58 @@ class APIClient:
         started = time.monotonic()
         retried = 0
         while True:
-            status, retry_after, response, failure = self._attempt(method, url, body, started)
-            if response is not None and 200 <= response.status_code < 300:
-                return response
-            retryable = failure is None or failure[1]
-            if retryable and (status in _RETRY_STATUSES or (status is not None and 500 <= status < 600)
-                              or status is None):
-                delay = self._policy.delay(retried + 1, retry_after)
+            attempt = self._attempt(method, url, body, started)
+            if attempt.response is not None and 200 <= attempt.response.status_code < 300:
+                return attempt.response
+            if attempt.retryable:
+                delay = self._policy.delay(retried + 1, attempt.retry_after)
                 if not self._policy.gives_up(retried + 1, time.monotonic() - started, delay):
-                    log.debug("ciotrack: App API %s answered %s; retry %d in %.2f s", url,
-                              status if status is not None else failure and failure[0], retried + 1, delay)
+                    log.debug("ciotrack: App API %s: %s; retry %d in %.2f s", url, attempt.cause, retried + 1, delay)
                     retried += 1
                     time.sleep(delay)
                     continue
-            raise self._error(url, status, response, failure, retried)
+            raise self._error(url, attempt, retried)
 
-    def _attempt(self, method: str, url: str, body: bytes, started: float
-                 ) -> tuple[int | None, float | None, requests.Response | None, tuple[str, bool] | None]:
-        """One try: (status, retry_after, response, failure) where failure is (cause, safe_to_retry)
-        for a request that got no answer."""
+    def _attempt(self, method: str, url: str, body: bytes, started: float) -> _Attempt:
         if self._bucket is not None:
             wait = max(0.1, self._policy.retry_budget - (time.monotonic() - started))
             if not self._bucket.acquire(wait):
-                return None, None, None, ("the client-side rate limit gave no slot within the retry budget", False)
+                return _Attempt(None, "the client-side rate limit gave no slot within the retry budget")
         try:
             response = self.http.request(method, url, data=body, timeout=self.timeout)
         except requests.exceptions.ConnectTimeout as exc:  # before ConnectionError: it is both
-            return None, None, None, (f"connect timeout: {exc.__class__.__name__}", True)
+            return _Attempt(None, f"connect timeout: {exc.__class__.__name__}", retryable=True)
         except requests.exceptions.SSLError as exc:
-            return None, None, None, (f"TLS error: {_short(exc)}", False)
+            return _Attempt(None, f"TLS error: {_short(exc)}")
         except requests.exceptions.ConnectionError as exc:
-            # Refused / DNS: nothing was sent. Anything later (reset, aborted) may have been processed.
+            # Refused or unresolvable: nothing was sent, so a retry is safe. A reset or an aborted
+            # connection may come after Customer.io took the request.
             text = str(exc)
-            never_sent = any(s in text for s in ("Connection refused", "Name or service not known",
-                                                 "Failed to resolve", "NewConnectionError"))
-            cause = "connection refused" if "refused" in text else f"connection error: {_short(exc)}"
-            return None, None, None, (cause, never_sent)
+            if "Connection refused" in text:
+                return _Attempt(None, "connection refused", retryable=True)
+            if any(s in text for s in ("Name or service not known", "Failed to resolve", "NewConnectionError")):
+                return _Attempt(None, f"cannot connect: {_short(exc)}", retryable=True)
+            return _Attempt(None, f"connection error: {_short(exc)}", maybe_received=True)
         except requests.exceptions.Timeout as exc:
-            return None, None, None, (f"read timeout: {exc.__class__.__name__}", False)
+            return _Attempt(None, f"read timeout: {exc.__class__.__name__}", maybe_received=True)
         except requests.exceptions.RequestException as exc:
-            return None, None, None, (f"{exc.__class__.__name__}: {_short(exc)}", False)
+            return _Attempt(None, f"{exc.__class__.__name__}: {_short(exc)}", maybe_received=True)
+        status = response.status_code
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if response.status_code == 429 and self._bucket is not None:
+        if status == 429 and self._bucket is not None:
             # The server knows the real limit: hold every client sharing this key, not just this call.
             self._bucket.pause(retry_after if retry_after is not None else 1.0)
-        return response.status_code, retry_after, response, None
+        return _Attempt(response, f"HTTP {status}", retryable=status in _RETRY_STATUSES or 500 <= status < 600,
+                        retry_after=retry_after)
 
-    def _error(self, url: str, status: int | None, response: requests.Response | None,
-               failure: tuple[str, bool] | None, retried: int) -> AppAPIError:
+    def _error(self, url: str, attempt: _Attempt, retried: int) -> AppAPIError:
         tries = f" after {retried} retries" if retried else ""
+        response = attempt.response
         if response is None:
-            cause = failure[0] if failure else "no answer"
-            unsure = "" if failure and failure[1] else " (the request may have reached Customer.io: not retried, " \
-                                                       "so that a message is not sent twice)"
-            return AppAPIError(f"App API {url}: {cause}{tries}{unsure}", retried=retried)
+            unsure = (" (the request may have reached Customer.io: not retried, so that a message is not sent "
+                      "twice)") if attempt.maybe_received else ""
+            return AppAPIError(f"App API {url}: {attempt.cause}{tries}{unsure}", retried=retried)
+        status = response.status_code
         text = _error_text(response)
         if status in (401, 403):
             hint = ("the App API key was refused: use an App API key (Settings > API Credentials > App API Keys), "
@@ -472,6 +470,17 @@ class APIClient:
                     "accounts, or url=...)")
             return AppAPIError(f"{status}: {url}: {hint} ({text})", status=status, body=text, retried=retried)
         return AppAPIError(f"{status}: {url}: {text}{tries}", status=status, body=text, retried=retried)
+
+
+class _Attempt(NamedTuple):
+    """One try: the response (None when none came), a short cause for the log and the error, whether
+    a retry is allowed, and whether the server may have taken a request that got no answer."""
+
+    response: requests.Response | None
+    cause: str
+    retryable: bool = False
+    maybe_received: bool = False
+    retry_after: float | None = None
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

@@ -62,15 +62,8 @@ from ciotrack.errors import CiotrackError, LimitError
 from ciotrack.tracker import Tracker
 
 if TYPE_CHECKING:
-    from ciotrack.app_api import (
-        APIClient,
-        SendEmailRequest,
-        SendInAppRequest,
-        SendInboxMessageRequest,
-        SendPushRequest,
-        SendSMSRequest,
-        SendWhatsAppRequest,
-    )
+    from ciotrack.app_api import APIClient, SendEmailRequest, SendInAppRequest, SendInboxMessageRequest  # noqa: F401
+    from ciotrack.app_api import SendPushRequest, SendSMSRequest, SendWhatsAppRequest  # noqa: F401
 
 __all__ = [
     "CustomerIO", "CustomerIOException", "Region", "Regions",
