@@ -131,7 +131,7 @@ def test_wheel_is_manylinux2014_and_needs_no_newer_glibc(built_wheel: Path) -> N
 
 
 def test_base_install_imports_and_tracks_to_an_emulator(base_venv: Path) -> None:
-    with Emulator(workspaces={SITE: KEY}) as emulator:
+    with Emulator.spawn(workspaces={SITE: KEY}) as emulator:  # from this (dev) venv: the base one has no orjson
         script = (
             "import ciotrack, sys\n"
             "assert 'site-packages' in ciotrack.__file__, ciotrack.__file__\n"
