@@ -55,13 +55,22 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ciotrack import _core
 from ciotrack.errors import CiotrackError, LimitError
 from ciotrack.tracker import Tracker
 
-__all__ = ["CustomerIO", "CustomerIOException", "Region", "Regions"]
+if TYPE_CHECKING:
+    from ciotrack.app_api import APIClient, SendEmailRequest, SendInAppRequest, SendInboxMessageRequest  # noqa: F401
+    from ciotrack.app_api import SendPushRequest, SendSMSRequest, SendWhatsAppRequest  # noqa: F401
+
+__all__ = [
+    "CustomerIO", "CustomerIOException", "Region", "Regions",
+    # transactional messages (App API), from ciotrack.app_api
+    "APIClient", "SendEmailRequest", "SendInAppRequest", "SendInboxMessageRequest", "SendPushRequest",
+    "SendSMSRequest", "SendWhatsAppRequest",
+]
 
 
 class CustomerIOException(Exception):
@@ -440,3 +449,16 @@ class CustomerIO:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+# The App API names are resolved on first use (PEP 562): ciotrack.app_api imports this module for
+# CustomerIOException and Regions, so importing it here eagerly would make a cycle.
+_APP_API_NAMES = frozenset(__all__[4:])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _APP_API_NAMES:
+        from ciotrack import app_api
+
+        return getattr(app_api, name)
+    raise AttributeError(f"module 'ciotrack.compat' has no attribute {name!r}")

@@ -18,6 +18,7 @@ Histogram quantiles are the upper bound of the log bucket holding the exact quan
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -214,11 +215,22 @@ class Stats:
         def kv(mapping: Mapping[str, Any]) -> str:
             return ", ".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "-"
 
+        def number(value: float) -> str:
+            # Plain decimals with about three significant digits, never exponent notation (``:.4g``
+            # printed a 10 s latency as ``1e+04 ms``); thousands separated from 1,000 up.
+            magnitude = abs(value)
+            if magnitude >= 100:
+                return f"{value:,.0f}"
+            if magnitude == 0:
+                return "0"
+            decimals = min(9, 2 - math.floor(math.log10(magnitude)))
+            return f"{value:.{decimals}f}"
+
         def hist(name: str, h: HistogramSummary, unit: str, scale: float) -> str:
             if not h.count:
                 return f"{name}: -"
-            return (f"{name}: n={h.count} p50={h.p50 * scale:.4g}{unit} p95={h.p95 * scale:.4g}{unit} "
-                    f"p99={h.p99 * scale:.4g}{unit} max={h.max * scale:.4g}{unit}")
+            return (f"{name}: n={h.count:,} p50={number(h.p50 * scale)}{unit} p95={number(h.p95 * scale)}{unit} "
+                    f"p99={number(h.p99 * scale)}{unit} max={number(h.max * scale)}{unit}")
 
         return "\n".join([
             f"accepted={self.accepted} invalid={self.invalid} delivered={self.delivered} "

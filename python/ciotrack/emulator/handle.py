@@ -121,6 +121,15 @@ class EmulatorProcess:
         result: list[dict[str, Any]] = self._call("GET", "requests")
         return result
 
+    def transactional_sends(self, site_id: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "transactional",
+                                                  params={"site_id": site_id} if site_id else None)
+        return result
+
+    def credentials(self) -> list[tuple[str, str, str]]:
+        rows = self._call("GET", "credentials")
+        return [(row["site_id"], row["api_key"], row["app_api_key"]) for row in rows]
+
     def reset(self) -> None:
         self._call("POST", "reset")
 
