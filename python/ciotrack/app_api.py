@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
@@ -266,7 +266,7 @@ def _shared_bucket(url: str, key: str, rate: float, burst: float) -> Any:
 def _sanitize(value: Any) -> Any:
     """The official client's rule: datetimes become unix seconds (naive = UTC), NaN becomes null."""
     if isinstance(value, datetime):
-        moment = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return int(moment.timestamp())
     if isinstance(value, float) and math.isnan(value):
         return None

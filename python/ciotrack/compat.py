@@ -62,8 +62,15 @@ from ciotrack.errors import CiotrackError, LimitError
 from ciotrack.tracker import Tracker
 
 if TYPE_CHECKING:
-    from ciotrack.app_api import APIClient, SendEmailRequest, SendInAppRequest, SendInboxMessageRequest  # noqa: F401
-    from ciotrack.app_api import SendPushRequest, SendSMSRequest, SendWhatsAppRequest  # noqa: F401
+    from ciotrack.app_api import (  # noqa: F401  # noqa: F401
+        APIClient,
+        SendEmailRequest,
+        SendInAppRequest,
+        SendInboxMessageRequest,
+        SendPushRequest,
+        SendSMSRequest,
+        SendWhatsAppRequest,
+    )
 
 __all__ = [
     "CustomerIO", "CustomerIOException", "Region", "Regions",

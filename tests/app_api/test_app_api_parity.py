@@ -5,7 +5,7 @@ same answer shape from the emulator."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import customerio  # type: ignore[import-untyped]
@@ -33,7 +33,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
         transactional_message_id=7, to="all", identifiers={"email": "p@example.com"}, title="T", message="M",
         image_url="https://example.com/i.png", link="app://x", custom_data={"k": "v"},
         custom_payload={"ios": {"aps": {"badge": 1}}}, device={"token": "tok", "platform": "ios"}, sound="default",
-        send_at=datetime(2030, 1, 1, tzinfo=timezone.utc))),
+        send_at=datetime(2030, 1, 1, tzinfo=UTC))),
     "sms": ("SendSMSRequest", "send_sms", dict(transactional_message_id="sms-1", to="+15550100",
                                                identifiers={"cio_id": "abc"}, message_data={"code": "1234"})),
     "whatsapp": ("SendWhatsAppRequest", "send_whatsapp", dict(transactional_message_id=3, to="+15550101",

@@ -9,13 +9,20 @@ else one is built here, once, the way ``make wheel`` does (maturin ``--compatibi
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import sysconfig
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
+
+from ciotrack.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("python", "rust", "Cargo.toml", "Cargo.lock", "pyproject.toml")
@@ -98,13 +105,6 @@ def emulator_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 # -- the tests --------------------------------------------------------------------------------------
 
-import json
-import re
-import signal
-import threading
-import zipfile
-
-from ciotrack.emulator import Emulator
 
 SITE, KEY = "site-wheel", "key-wheel-SECRET"
 

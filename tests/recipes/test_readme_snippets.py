@@ -7,14 +7,14 @@ import builtins
 import os
 import re
 import subprocess
-import sys
 import symtable
+import sys
 from pathlib import Path
 
 import pytest
+from readme_blocks import Block, blocks, runnable
 
 from ciotrack.emulator import Emulator
-from readme_blocks import Block, blocks, runnable
 
 ROOT = Path(__file__).resolve().parents[2]
 # Names that stand for the reader's own code or values in illustrative (not runnable) blocks.

@@ -3,7 +3,8 @@
 Each recipe block is written to a temporary directory under its file name and run the way the README
 says: Flask under gunicorn (2 sync workers), FastAPI under uvicorn (lifespan + ``flush_async``), Django's
 WSGI app under gunicorn (``AppConfig.ready``), a Celery prefork worker (``worker_process_init`` /
-``worker_process_shutdown``) over kombu's filesystem broker, with events still queued at its warm shutdown. HTTP requests (or tasks) go in; the test
+``worker_process_shutdown``) over kombu's filesystem broker, with events still queued at its warm
+shutdown. HTTP requests (or tasks) go in; the test
 then stops the server with SIGTERM as a process manager would, and checks that it exited cleanly and
 that the emulator holds exactly one event per request, from the people the requests named.
 """
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from readme_blocks import recipes
 
 from ciotrack.emulator import Emulator
+
 from conftest import API_KEY, SITE_ID, all_events, free_port
-from readme_blocks import recipes
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 12
