@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ciotrack.concurrency import ConcurrencyState
 from ciotrack.losses import drop_reason
 
 __all__ = ["HistogramSummary", "Stats"]
@@ -102,6 +103,10 @@ class Stats:
     """Batches taken from the queue and not finished yet (being sent, or waiting to be retried)."""
     bucket_tokens: Mapping[str, float]
     """Rate-limit tokens available now, by region (empty with ``rate_limit=0``)."""
+    concurrency_limit: Mapping[str, int]
+    """Requests allowed in flight now, by region: the adaptive controller's current limit (or ``senders``)."""
+    requests_in_flight: Mapping[str, int]
+    """Batches of each region being sent now (each holds one of the ``concurrency_limit`` slots)."""
     overflow_ops: int
     """Operations in the overflow list, not yet taken by the spool."""
 
@@ -148,6 +153,7 @@ class Stats:
         lane_regions: Iterable[str],
         in_flight: int = 0,
         bucket_tokens: Mapping[str, float] | None = None,
+        concurrency: Mapping[str, ConcurrencyState] | None = None,
         metrics_enabled: bool = True,
     ) -> Stats:
         """Build from ``Core.stats()``; ``lane_regions[i]`` names lane ``i`` (two lanes may share one)."""
@@ -194,6 +200,8 @@ class Stats:
             queued_bytes=_frozen(queued_bytes),
             in_flight=in_flight,
             bucket_tokens=_frozen(bucket_tokens or {}),
+            concurrency_limit=_frozen({r: c.limit for r, c in (concurrency or {}).items()}),
+            requests_in_flight=_frozen({r: c.in_flight for r, c in (concurrency or {}).items()}),
             overflow_ops=int(gauges.get("overflow_ops", 0)),
             metrics_enabled=metrics_enabled,
             counters=_frozen(counters),
