@@ -8,6 +8,7 @@ from collections import Counter
 
 from ciotrack import Tracker
 from ciotrack.emulator import Emulator
+
 from conftest import API_KEY, SITE_ID, all_events
 
 
