@@ -20,6 +20,8 @@ from ciotrack._version import __version__
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
     "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
+    # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
+    "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
 }
 
 

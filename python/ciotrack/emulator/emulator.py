@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -24,6 +24,9 @@ from ciotrack.emulator.faults import FAULT_NAMES, Faults, FaultState, TokenBucke
 from ciotrack.emulator.server import EmulatorHTTPServer
 from ciotrack.emulator.state import Workspace
 from ciotrack.emulator.validate import json_dumps
+
+if TYPE_CHECKING:
+    from ciotrack.emulator.webhooks import WebhookSender
 
 logger = logging.getLogger("ciotrack.emulator")
 
@@ -82,6 +85,7 @@ class Emulator:
         self._tmpdir: str | None = None
         self.ca_bundle: str | None = None
         self.url = ""
+        self._webhook_senders: list[WebhookSender] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +118,9 @@ class Emulator:
         return context
 
     def stop(self) -> None:
+        senders, self._webhook_senders = self._webhook_senders, []
+        for sender in senders:
+            sender.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -148,6 +155,19 @@ class Emulator:
         return EmulatorProcess.start(host=host, port=port, **kwargs)
 
     # -- inspection and control --------------------------------------------------------------
+
+    def workspace_ids(self) -> list[str]:
+        return list(self._workspaces)
+
+    def send_webhooks(self, url: str, secret: str, **options: Any) -> WebhookSender:
+        """Start posting signed reporting webhooks for this emulator's messages to ``url`` (see
+        ``ciotrack.emulator.webhooks.WebhookSender`` for the options); stopped with the emulator."""
+        from ciotrack.emulator.webhooks import WebhookSender
+
+        options.setdefault("source", None if options.get("synthetic") else self)
+        sender = WebhookSender(url, secret, **options).start()
+        self._webhook_senders.append(sender)
+        return sender
 
     def workspace(self, site_id: str | None = None) -> Workspace:
         return self._workspaces[site_id or self._default_site]
