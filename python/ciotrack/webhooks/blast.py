@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--webhook-forged", type=float, default=0.0, metavar="SHARE",
                        help="share sent with a wrong signature; a 401 is their expected answer (default 0)")
     group.add_argument("--webhook-size", type=int, default=0, metavar="BYTES",
-                       help="pad bodies to about this size (default: natural, ~700 bytes)")
+                       help="pad bodies to about this size (default: natural, ~400 bytes)")
     group.add_argument("--webhook-connections", type=int, default=8, help="keep-alive connections (default 8)")
     group.add_argument("--webhook-budget-ms", type=float, default=BUDGET_MS,
                        help="p99 above this fails the run (default 50)")

@@ -54,8 +54,10 @@ def _as_text(value: Any) -> str:
 
 
 def _single(values: list[Any], name: str, missing: str) -> str:
-    if len(values) == 1 and values[0].__class__ is str and "," not in values[0] and values[0]:
-        return values[0].strip()
+    if len(values) == 1 and values[0].__class__ is str and "," not in values[0]:
+        text: str = values[0].strip()
+        if text:
+            return text
     if not values:
         raise WebhookVerificationError(missing, f"the {name} header is missing")
     if len(values) > 1:
