@@ -114,14 +114,15 @@ class _Plan:
         for _ in range(total):
             roll = rng.random()
             if ids and roll < args.webhook_duplicates:
-                payload = rng.choice(ids)
+                payload = rng.choice(ids)  # an earlier genuine event, re-signed when sent
                 kind = "duplicate"
             else:
                 object_type = rng.choice(OBJECT_TYPES)
                 payload = event_payload(object_type, rng.choice(METRICS_BY_TYPE[object_type]),
                                         customer_id=str(rng.randint(1, 10**6)), pad_to=args.webhook_size)
-                ids.append(payload)
                 kind = "forged" if roll < args.webhook_duplicates + args.webhook_forged else "event"
+                if kind == "event":
+                    ids.append(payload)
             self.kinds.append(kind)
             self.bodies.append(json.dumps(payload, separators=(",", ":")).encode())
 

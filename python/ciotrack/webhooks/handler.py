@@ -252,7 +252,9 @@ class WebhookHandler:
         """Counters: received, handled, retried, parked, duplicates, rejected (+ ``rejected:<reason>``),
         busy, failed (inline), and ``pending`` (accepted, not yet handled)."""
         with self._lock:
-            out = dict(self._counts)
+            out = dict.fromkeys(("received", "handled", "retried", "parked", "duplicates", "rejected", "busy",
+                                 "failed"), 0)
+            out.update(self._counts)
             out["pending"] = self._pending
         return out
 
