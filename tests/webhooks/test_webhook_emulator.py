@@ -3,6 +3,7 @@ verifies them; duplicates, replays and forgeries on demand; the CLI sender and t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -183,3 +184,18 @@ def test_the_blaster_cli_reports_latency_and_writes_json(
                           "wrong", "--webhook-rate", "50", "--webhook-duration", "0.2"],
                          capture_output=True, env=_env(), timeout=60)
     assert bad.returncode == 1 and b'"401": 10' in bad.stdout
+
+
+def test_the_blaster_counts_refused_connections_as_errors() -> None:
+    from webhook_helpers import free_port
+
+    from ciotrack.webhooks.blast import blast, configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args([f"http://127.0.0.1:{free_port()}/nobody", "--webhook-rate", "100",
+                              "--webhook-duration", "0.1"])
+    report = blast(args)
+    assert report["requests"] == 10 and report["by_status"] == {"error": 10} and report["unexpected"] == 10
+    with pytest.raises(ValueError):
+        blast(parser.parse_args(["https://127.0.0.1:1/x"]))

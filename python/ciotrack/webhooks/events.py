@@ -269,12 +269,21 @@ EVENT_CLASSES: Final[dict[str, type[Event]]] = {
 
 def event_from_dict(payload: dict[str, Any]) -> Event:
     """The typed event of a decoded payload. Only ``event_id`` is required (it is the dedup key);
-    ``ValueError`` if it is missing or not a string."""
+    ``ValueError`` if it is missing or not a string. On the hot path of ``verify()``: the checks
+    are ``__class__`` comparisons and dict lookups, nothing that walks ``data``."""
     event_id = payload.get("event_id")
-    if not isinstance(event_id, str) or not event_id:
+    if event_id.__class__ is not str or not event_id:
         raise ValueError("the payload has no event_id")
     object_type = payload.get("object_type")
-    object_type = object_type if isinstance(object_type, str) else ""
+    if object_type.__class__ is str:
+        cls = EVENT_CLASSES.get(object_type, GenericEvent)
+    else:
+        cls, object_type = GenericEvent, ""
+    metric = payload.get("metric")
+    if metric.__class__ is str:
+        metric = _METRICS.get(metric, metric)
+    else:
+        metric = metric_of(metric)
     timestamp = payload.get("timestamp")
     if timestamp.__class__ is not int:
         try:
@@ -285,8 +294,7 @@ def event_from_dict(payload: dict[str, Any]) -> Event:
     if data.__class__ is not dict:
         data = {} if data is None else {"value": data}
     extra = {k: v for k, v in payload.items() if k not in _TOP_LEVEL} if not _TOP_LEVEL.issuperset(payload) else {}
-    cls = EVENT_CLASSES.get(object_type, GenericEvent)
-    return cls(event_id, object_type, metric_of(payload.get("metric")), timestamp, data, extra)
+    return cls(event_id, object_type, metric, timestamp, data, extra)  # type: ignore[arg-type]
 
 
 __all__ = [
