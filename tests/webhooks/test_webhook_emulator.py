@@ -199,3 +199,26 @@ def test_the_blaster_counts_refused_connections_as_errors() -> None:
     assert report["requests"] == 10 and report["by_status"] == {"error": 10} and report["unexpected"] == 10
     with pytest.raises(ValueError):
         blast(parser.parse_args(["https://127.0.0.1:1/x"]))
+
+
+def test_a_spawned_emulator_reports_the_tracked_messages(
+        endpoint: tuple[str, WebhookHandler, list[Event]]) -> None:
+    from ciotrack.tracker import Tracker
+
+    url, handler, received = endpoint
+    emulator = Emulator.spawn(workspaces={"spawned": "key-s"}, webhooks={"url": url, "secret": SECRET, "rate": 300})
+    try:
+        tracker = Tracker("spawned", "key-s", endpoint=emulator.url, flush_interval=0.02, rate_limit=0)
+        try:
+            for n in range(5):
+                tracker.identify(f"user-{n}", {"email": f"user-{n}@example.com"})
+                tracker.track(f"user-{n}", "welcome")
+            assert tracker.flush(10)
+        finally:
+            tracker.close(5)
+        assert wait_until(lambda: len(received) >= 15, 20), handler.stats()
+    finally:
+        emulator.stop()
+    assert {(e.customer_id, e.metric) for e in received} == {
+        (f"user-{n}", metric) for n in range(5) for metric in (Metric.SENT, Metric.DELIVERED, Metric.OPENED)}
+    assert all(isinstance(e, EmailEvent) and e.recipient == f"{e.customer_id}@example.com" for e in received)
