@@ -188,3 +188,42 @@ def test_redis_dedup_fails_open_or_closed_when_redis_is_gone() -> None:
     closed = RedisDedup(dead, fail_open=False)
     with pytest.raises(redis.ConnectionError):
         closed.claim("x")
+
+
+def test_dispatch_to_a_redis_stream_then_consume_it_in_a_group(redis_url: str) -> None:
+    import redis
+
+    from ciotrack.webhooks.streams import RedisStreamDispatch, ensure_group, read_events
+
+    client = redis.Redis.from_url(redis_url)
+    stream = f"test:webhooks:{time.monotonic_ns()}"
+    handler = WebhookHandler(SECRET, dispatch=RedisStreamDispatch(url=redis_url, stream=stream),
+                             dedup=RedisDedup(client, prefix=stream + ":seen:", ttl=60))
+    payloads = [event_payload("email", "delivered", event_id=f"s-{n}", extra_field=n) for n in range(5)]
+    for payload in payloads + payloads[:2]:  # two retries from Customer.io
+        assert handler.handle(*signed(payload)).status == 200
+    assert handler.stats()["dispatched"] == 5 and handler.stats()["duplicates"] == 2
+    ensure_group(client, "workers", stream)
+    ensure_group(client, "workers", stream)  # idempotent
+    got = list(read_events(client, "workers", "w1", stream=stream, block_ms=100))
+    assert [e.event_id for _, e in got] == [f"s-{n}" for n in range(5)]
+    assert got[3][1].to_dict() == payloads[3] and got[3][1].data["extra_field"] == 3
+    client.xack(stream, "workers", *[entry for entry, _ in got])
+    assert client.xpending(stream, "workers")["pending"] == 0
+
+
+def test_a_failed_dispatch_answers_503_and_lets_the_retry_through() -> None:
+    attempts: list[str] = []
+
+    def flaky_queue(event: Event) -> None:
+        attempts.append(event.event_id)
+        if len(attempts) == 1:
+            raise ConnectionError("queue unreachable")
+
+    handler = WebhookHandler(SECRET, dispatch=flaky_queue)
+    payload = event_payload(event_id="d-1")
+    assert handler.handle(*signed(payload)).status == 503
+    assert handler.handle(*signed(payload)).status == 200
+    assert attempts == ["d-1", "d-1"] and handler.stats()["dispatch_failed"] == 1
+    with pytest.raises(ValueError):
+        WebhookHandler(SECRET)

@@ -88,8 +88,16 @@ class _Throttled:
         logger.warning(message + suffix, *args)
 
 
+def _no_handler(event: Event) -> None:
+    raise RuntimeError("this WebhookHandler dispatches events; it has no local handler")
+
+
 class WebhookHandler:
     """Verify + dedup + fast-ack dispatch of reporting webhooks to ``handler(event)``.
+
+    ``dispatch``: instead of the thread pool, hand each event to this callable in the request
+    (a durable queue, e.g. ``RedisStreamDispatch``: another process runs ``handler``); if it
+    raises, the answer is 503 and the event is not marked seen, so Customer.io's retry is taken.
 
     ``secret``: the signing key or several (rotation). ``dedup``: a ``MemoryDedup`` by default,
     a ``RedisDedup`` for a fleet, or None for none. ``workers``: handler threads. ``max_pending``:
@@ -100,7 +108,7 @@ class WebhookHandler:
     def __init__(
         self,
         secret: Secrets,
-        handler: EventHandler,
+        handler: EventHandler | None = None,
         *,
         dedup: Dedup | None | bool = True,
         workers: int = 4,
@@ -113,9 +121,12 @@ class WebhookHandler:
         now: Clock | None = None,
         on_parked: Callable[[Parked], object] | None = None,
         keep_parked: int = 1000,
+        dispatch: Callable[[Event], object] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if (handler is None) == (dispatch is None):
+            raise ValueError("give either handler (run here, in a thread pool) or dispatch (a durable hand-off)")
         if isinstance(secret, str | bytes):
             secrets: Secrets = secret
         else:
@@ -123,7 +134,7 @@ class WebhookHandler:
         if not secrets:
             raise ValueError("no webhook signing secret given")
         self._secret = secrets
-        self.handler = handler
+        self.handler: EventHandler = handler if handler is not None else _no_handler
         self.dedup: Dedup | None = MemoryDedup() if dedup is True else (None if dedup is False else dedup)
         self.workers = workers
         self.max_pending = max_pending
@@ -134,6 +145,7 @@ class WebhookHandler:
         self.tolerance = tolerance
         self.now = now
         self.on_parked = on_parked
+        self.dispatch = dispatch
         self.parked: collections.deque[Parked] = collections.deque(maxlen=keep_parked)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -166,6 +178,8 @@ class WebhookHandler:
         if self.dedup is not None and not self.dedup.claim(event.event_id):
             self._count("received", "duplicates")
             return _DUPLICATE
+        if self.dispatch is not None:
+            return self._dispatch(event)
         if self.inline:
             self._count("received")
             if self._process(event, inline=True):
@@ -186,6 +200,21 @@ class WebhookHandler:
             self._count("busy")
             return _BUSY
         self._pool().submit(self._run_pooled, event)
+        return _OK
+
+    def _dispatch(self, event: Event) -> Response:
+        # A durable hand-off (e.g. XADD to a Redis stream). If it fails we have not taken the event:
+        # give the claim back and answer 503, so Customer.io retries it later.
+        try:
+            self.dispatch(event)  # type: ignore[misc]
+        except Exception as exc:
+            if self.dedup is not None:
+                self.dedup.release(event.event_id)
+            self._count("busy", "dispatch_failed")
+            self._log.warning("dispatch", "webhook hand-off failed (%s: %s); answered 503 so Customer.io retries",
+                              type(exc).__name__, exc)
+            return _BUSY
+        self._count("received", "dispatched")
         return _OK
 
     # -- the background side -----------------------------------------------------------------
@@ -253,7 +282,7 @@ class WebhookHandler:
         busy, failed (inline), and ``pending`` (accepted, not yet handled)."""
         with self._lock:
             out = dict.fromkeys(("received", "handled", "retried", "parked", "duplicates", "rejected", "busy",
-                                 "failed"), 0)
+                                 "failed", "dispatched"), 0)
             out.update(self._counts)
             out["pending"] = self._pending
         return out
