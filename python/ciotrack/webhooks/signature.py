@@ -125,6 +125,17 @@ def _signature_and_timestamp(headers: Any) -> tuple[str, str]:
                 sig = _scan(headers.items(), "x-cio-signature", "HTTP_X_CIO_SIGNATURE")
             if not ts:
                 ts = _scan(headers.items(), "x-cio-timestamp", "HTTP_X_CIO_TIMESTAMP")
+    elif type(headers) is list:
+        # An ASGI scope's header pairs (lower-case byte names by the spec; any case accepted): one pass.
+        sig, ts = [], []
+        for pair in headers:
+            name = pair[0]
+            if len(name) == 15:
+                name = name.lower()
+                if name == b"x-cio-signature" or name == "x-cio-signature":
+                    sig.append(pair[1])
+                elif name == b"x-cio-timestamp" or name == "x-cio-timestamp":
+                    ts.append(pair[1])
     else:
         sig = header_values(headers, SIGNATURE_HEADER)
         ts = header_values(headers, TIMESTAMP_HEADER)
