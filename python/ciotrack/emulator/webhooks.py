@@ -90,6 +90,7 @@ class WebhookSender:
         self._history: collections.deque[SentWebhook] = collections.deque(maxlen=1000)  # for dups/replays
         self._counts: collections.Counter[str] = collections.Counter()
         self._covered: dict[tuple[str, str], int] = {}  # (site_id, cio_id) -> events already reported
+        self._stored_seen: dict[str, int] = {}  # site_id -> events_stored at the last scan
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,6 +196,12 @@ class WebhookSender:
         assert self.source is not None
         for site_id in self.source.workspace_ids():
             ws = self.source.workspace(site_id)
+            # Scan the people (under the workspace's lock, which the server needs too) only when
+            # the workspace stored events since the last scan.
+            stored = ws.events_stored
+            if self._stored_seen.get(site_id) == stored:
+                continue
+            self._stored_seen[site_id] = stored
             with ws.lock:
                 people = [(p.cio_id, p.key(), len(p.events), p.attributes.get("email"), bool(p.devices))
                           for p in ws.people.values()]
