@@ -227,3 +227,30 @@ def test_a_failed_dispatch_answers_503_and_lets_the_retry_through() -> None:
     assert attempts == ["d-1", "d-1"] and handler.stats()["dispatch_failed"] == 1
     with pytest.raises(ValueError):
         WebhookHandler(SECRET)
+
+
+def test_a_forked_child_gets_a_pool_of_its_own() -> None:
+    import os
+
+    recorder = Recorder()
+    handler = WebhookHandler(SECRET, recorder)
+    assert handler.handle(*signed(event_payload(event_id="parent"))).status == 200
+    assert handler.drain(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its pool's threads were not copied by fork()
+        code = 1
+        try:
+            os.close(read_end)
+            ok = handler.handle(*signed(event_payload(event_id="child"))).status == 200 and handler.drain(5)
+            ids = ",".join(e.event_id for e in recorder.events)
+            os.write(write_end, f"{ok}:{ids}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and answer == "True:parent,child"
+    handler.close(5)

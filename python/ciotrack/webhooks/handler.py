@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -152,6 +153,7 @@ class WebhookHandler:
         self._pending = 0
         self._counts: collections.Counter[str] = collections.Counter()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
         self._closed = False
         self._log = _Throttled()
 
@@ -221,8 +223,14 @@ class WebhookHandler:
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         executor = self._executor
-        if executor is None:
+        if executor is None or self._pool_pid != os.getpid():
             with self._lock:
+                if self._pool_pid != os.getpid():
+                    # Forked (a pre-loading server): the parent's threads do not exist here, and
+                    # its pending count is the parent's; start over with a pool of our own.
+                    self._executor = None
+                    self._pending = 1  # the event being submitted (counted before this call)
+                    self._pool_pid = os.getpid()
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
                         self.workers, thread_name_prefix="ciotrack-webhooks")
