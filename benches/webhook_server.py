@@ -9,7 +9,7 @@ and uvloop), ``wsgi`` (the plain WSGI adapter) and ``flask`` (under gunicorn, on
 The user handler does nothing: the figure is the adapter's answer (verify + dedup + hand-off +
 response), not downstream work. A wrapper around the whole app times each webhook request inside
 the server (from the app being called to its answer handed back, framework routing included) and
-serves the percentiles at ``GET /_timings``, so the bench can show the server's side apart from
+serves the percentiles (and the process's CPU seconds so far) at ``GET /_timings``, so the bench can show the server's side apart from
 the network, the HTTP server and the client.
 """
 
@@ -27,12 +27,13 @@ _timings: list[float] = []
 def _percentiles() -> bytes:
     values = sorted(_timings)
     if not values:
-        return b"{}"
+        return json.dumps({"n": 0, "cpu_s": time.process_time()}).encode()
 
     def pick(p: float) -> float:
         return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
 
-    return json.dumps({"n": len(values), "p50": pick(50), "p99": pick(99), "max": values[-1] * 1000}).encode()
+    return json.dumps({"n": len(values), "p50": pick(50), "p99": pick(99), "max": values[-1] * 1000,
+                       "cpu_s": time.process_time()}).encode()
 
 
 def timed_wsgi(app: Any) -> Any:

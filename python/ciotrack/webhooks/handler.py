@@ -14,7 +14,6 @@ Framework adapters (``ciotrack.webhooks.adapters``) only move bytes and headers 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from ciotrack.webhooks.signature import (
     parse_body,
     verify_signature,
 )
+from ciotrack.webhooks.workers import Workers
 
 logger = logging.getLogger("ciotrack.webhooks")
 
@@ -104,7 +104,9 @@ class WebhookHandler:
     a ``RedisDedup`` for a fleet, or None for none. ``workers``: handler threads. ``max_pending``:
     events accepted but not yet handled; beyond it ``handle()`` answers 503 and gives the claim
     back, so Customer.io retries later instead of the process growing without bound. ``retries``
-    and ``retry_backoff`` (seconds, doubled per attempt) before an event is parked."""
+    and ``retry_backoff`` (seconds, doubled per attempt) before an event is parked. ``linger``:
+    how long a woken handler thread waits for more events before it starts (fewer wake-ups; see
+    ``ciotrack.webhooks.workers``)."""
 
     def __init__(
         self,
@@ -123,6 +125,7 @@ class WebhookHandler:
         on_parked: Callable[[Parked], object] | None = None,
         keep_parked: int = 1000,
         dispatch: Callable[[Event], object] | None = None,
+        linger: float = 0.002,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -147,12 +150,13 @@ class WebhookHandler:
         self.now = now
         self.on_parked = on_parked
         self.dispatch = dispatch
+        self.linger = linger
         self.parked: collections.deque[Parked] = collections.deque(maxlen=keep_parked)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._counts: collections.Counter[str] = collections.Counter()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: Workers[Event] | None = None
         self._pool_pid = os.getpid()
         self._closed = False
         self._log = _Throttled()
@@ -201,7 +205,7 @@ class WebhookHandler:
                 self.dedup.release(event.event_id)
             self._count("busy")
             return _BUSY
-        self._pool().submit(self._run_pooled, event)
+        self._pool().submit(event)
         return _OK
 
     def _dispatch(self, event: Event) -> Response:
@@ -221,7 +225,7 @@ class WebhookHandler:
 
     # -- the background side -----------------------------------------------------------------
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> Workers[Event]:
         executor = self._executor
         if executor is None or self._pool_pid != os.getpid():
             with self._lock:
@@ -232,8 +236,7 @@ class WebhookHandler:
                     self._pending = 1  # the event being submitted (counted before this call)
                     self._pool_pid = os.getpid()
                 if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        self.workers, thread_name_prefix="ciotrack-webhooks")
+                    self._executor = Workers(self.workers, self._run_pooled, linger=self.linger)
                 executor = self._executor
         return executor
 
@@ -313,7 +316,7 @@ class WebhookHandler:
         drained = self.drain(timeout)
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=drained)
+            executor.stop(timeout if drained else 0.0)
         return drained
 
     def __enter__(self) -> WebhookHandler:
