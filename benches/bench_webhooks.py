@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import io
 import json
 import os
 import socket
@@ -136,3 +137,101 @@ def test_adapter_answer_latency_at_1000_per_second(kind: str, bench_report: Any,
                      "HTTP server + framework + adapter, all threads (load-independent)")
     bench_report.keep(f"webhooks_{kind}", {**report, "server_side_ms": server_side, "server_cpu_us": cpu_us})
     assert report["unexpected"] == 0, report["by_status"]  # correctness, not speed
+
+
+def _wsgi_environ(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/hook", "SCRIPT_NAME": "", "QUERY_STRING": "",
+                               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+                               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+                               "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+                               "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+                               "wsgi.run_once": False}
+    for name, value in headers.items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "flask", "asgi"])
+def test_adapter_answer_in_process_at_1000_per_second(kind: str, bench_report: Any, quick: bool) -> None:
+    """The adapter alone, called in this process at 1,000/s (no HTTP server, no socket): wall time
+    per answer (p50/p99) and this thread's CPU time per answer. What the library adds to a request."""
+    import asyncio
+
+    from ciotrack.webhooks import Event, WebhookHandler
+
+    def process(event: Event) -> None:
+        pass
+
+    handler = WebhookHandler(SECRET, process)
+    n = 1000 if quick else 5000
+    bodies = [json.dumps(event_payload("email", "delivered", pad_to=2048), separators=(",", ":")).encode()
+              for _ in range(n)]
+    wall: list[float] = []
+    cpu = 0.0
+    statuses: list[str] = []
+    if kind == "asgi":
+        from ciotrack.webhooks.adapters.asgi import make_asgi_app
+
+        app = make_asgi_app(handler)
+
+        async def drive() -> float:
+            spent = 0.0
+            start = time.perf_counter()
+            for i, body in enumerate(bodies):
+                delay = start + i / 1000 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                headers = [(k.lower().encode(), v.encode()) for k, v in signed_headers(body, SECRET).items()]
+                scope = {"type": "http", "method": "POST", "path": "/hook", "headers": headers}
+                messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+                async def receive() -> dict[str, Any]:
+                    return messages.pop()
+
+                async def send(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        statuses.append(str(message["status"]))
+
+                c0, t0 = time.thread_time(), time.perf_counter()
+                await app(scope, receive, send)
+                wall.append(time.perf_counter() - t0)
+                spent += time.thread_time() - c0
+            return spent
+
+        cpu = asyncio.run(drive())
+    else:
+        if kind == "flask":
+            import flask
+
+            from ciotrack.webhooks.adapters.flask import blueprint
+
+            flask_app = flask.Flask("bench")
+            flask_app.register_blueprint(blueprint(handler, "/hook"))
+            wsgi_app: Any = flask_app
+        else:
+            from ciotrack.webhooks.adapters.wsgi import make_wsgi_app
+
+            wsgi_app = make_wsgi_app(handler)
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+            statuses.append(status.split()[0])
+
+        start = time.perf_counter()
+        for i, body in enumerate(bodies):
+            delay = start + i / 1000 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            environ = _wsgi_environ(body, signed_headers(body, SECRET))
+            c0, t0 = time.thread_time(), time.perf_counter()
+            b"".join(wsgi_app(environ, start_response))
+            wall.append(time.perf_counter() - t0)
+            cpu += time.thread_time() - c0
+    assert handler.close(10)
+    ms = sorted(v * 1000 for v in wall)
+    p50, p99 = ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {kind} adapter in process, {n} webhooks at 1000/s: answer ms "
+          f"p50 {p50:.3f} p99 {p99:.3f} max {ms[-1]:.3f}; CPU {cpu / n * 1e6:.1f} us per answer")
+    bench_report.add("webhooks", f"{kind} adapter alone p50 / p99 at 1000/s", f"{p50:.3f} / {p99:.3f} ms",
+                     "called in process, no server or socket")
+    bench_report.add("webhooks", f"{kind} adapter alone CPU per answer", f"{cpu / n * 1e6:.1f} us", "thread CPU time")
+    assert set(statuses) == {"200"}  # correctness, not speed
