@@ -188,6 +188,14 @@ def test_redis_dedup_fails_open_or_closed_when_redis_is_gone() -> None:
     closed = RedisDedup(dead, fail_open=False)
     with pytest.raises(redis.ConnectionError):
         closed.claim("x")
+    # Behind a handler: open processes the webhook, closed answers 503 (Customer.io retries later).
+    received: list[Event] = []
+    with WebhookHandler(SECRET, received.append, dedup=open_dedup) as handler:
+        assert handler.handle(*signed(event_payload(event_id="r-1"))).status == 200
+    with WebhookHandler(SECRET, received.append, dedup=closed) as handler:
+        assert handler.handle(*signed(event_payload(event_id="r-2"))).status == 503
+        assert handler.stats()["dedup_failed"] == 1
+    assert [e.event_id for e in received] == ["r-1"]
 
 
 def test_dispatch_to_a_redis_stream_then_consume_it_in_a_group(redis_url: str) -> None:

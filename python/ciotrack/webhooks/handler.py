@@ -105,8 +105,8 @@ class WebhookHandler:
     events accepted but not yet handled; beyond it ``handle()`` answers 503 and gives the claim
     back, so Customer.io retries later instead of the process growing without bound. ``retries``
     and ``retry_backoff`` (seconds, doubled per attempt) before an event is parked. ``linger``:
-    how long a woken handler thread waits for more events before it starts (fewer wake-ups; see
-    ``ciotrack.webhooks.workers``)."""
+    under load, how long the one napping handler thread sleeps between looks at the queue, so an
+    event waits at most this long and no thread is woken per webhook (see ``webhooks.workers``)."""
 
     def __init__(
         self,
@@ -181,9 +181,17 @@ class WebhookHandler:
             self._count("received")
             self._park(Parked(None, raw, str(err), 0))
             return _PARKED
-        if self.dedup is not None and not self.dedup.claim(event.event_id):
-            self._count("received", "duplicates")
-            return _DUPLICATE
+        if self.dedup is not None:
+            try:
+                first = self.dedup.claim(event.event_id)
+            except Exception as exc:  # a shared dedup store that fails closed (RedisDedup(fail_open=False))
+                self._count("busy", "dedup_failed")
+                self._log.warning("dedup", "webhook dedup failed (%s: %s); answered 503 so Customer.io retries",
+                                  type(exc).__name__, exc)
+                return _BUSY
+            if not first:
+                self._count("received", "duplicates")
+                return _DUPLICATE
         if self.dispatch is not None:
             return self._dispatch(event)
         if self.inline:
