@@ -195,3 +195,30 @@ def test_body_types_and_a_signed_but_unreadable_payload() -> None:
         with pytest.raises(WebhookVerificationError) as err:
             verify(bad_body, bad_headers, SECRET, now=NOW)
         assert err.value.reason == "malformed_payload"
+
+
+def test_framework_header_objects_directly() -> None:
+    from django.http.request import HttpHeaders
+    from requests.structures import CaseInsensitiveDict
+    from starlette.datastructures import Headers as StarletteHeaders
+    from werkzeug.datastructures import Headers as WerkzeugHeaders
+
+    body, headers = signed(event_payload(timestamp=NOW), timestamp=NOW)
+    sig, ts = headers["X-CIO-Signature"], headers["X-CIO-Timestamp"]
+    good: list[object] = [
+        WerkzeugHeaders([("X-Cio-Signature", sig), ("x-cio-timestamp", ts)]),
+        StarletteHeaders(raw=[(b"x-cio-signature", sig.encode()), (b"x-cio-timestamp", ts.encode())]),
+        HttpHeaders({"HTTP_X_CIO_SIGNATURE": sig, "HTTP_X_CIO_TIMESTAMP": ts}),
+        CaseInsensitiveDict({"x-cio-signature": sig, "X-CIO-TIMESTAMP": ts}),
+    ]
+    for shape in good:
+        assert verify(body, shape, SECRET, now=NOW).event_id, shape
+    doubled: list[object] = [
+        WerkzeugHeaders([("X-CIO-Signature", sig), ("X-CIO-Signature", sig), ("X-CIO-Timestamp", ts)]),
+        StarletteHeaders(raw=[(b"x-cio-signature", sig.encode()), (b"x-cio-signature", sig.encode()),
+                              (b"x-cio-timestamp", ts.encode())]),
+    ]
+    for shape in doubled:
+        with pytest.raises(WebhookVerificationError) as err:
+            verify(body, shape, SECRET, now=NOW)
+        assert err.value.reason == "duplicate_header", shape
