@@ -185,7 +185,7 @@ def test_adapter_answer_in_process_at_1000_per_second(kind: str, bench_report: A
                 scope = {"type": "http", "method": "POST", "path": "/hook", "headers": headers}
                 messages = [{"type": "http.request", "body": body, "more_body": False}]
 
-                async def receive() -> dict[str, Any]:
+                async def receive(messages: list[dict[str, Any]] = messages) -> dict[str, Any]:
                     return messages.pop()
 
                 async def send(message: Any) -> None:
