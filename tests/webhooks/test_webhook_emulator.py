@@ -18,6 +18,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+import requests
 from webhook_helpers import SECRET
 
 from ciotrack.emulator import Emulator
@@ -217,6 +218,13 @@ def test_a_spawned_emulator_reports_the_tracked_messages(
         finally:
             tracker.close(5)
         assert wait_until(lambda: len(received) >= 15, 20), handler.stats()
+        # Forged ones on demand, through the child's control endpoint.
+        assert emulator.send_forged_webhook("stale") == 401
+        assert emulator.send_forged_webhook("tampered") == 401
+        stats = emulator.webhook_stats()
+        assert len(stats) == 1 and stats[0]["forged"] == 2 and stats[0]["status:200"] == 15
+        with pytest.raises(requests.HTTPError):
+            emulator.send_forged_webhook("no-such-forgery")
     finally:
         emulator.stop()
     assert {(e.customer_id, e.metric) for e in received} == {

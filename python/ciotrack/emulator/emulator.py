@@ -360,6 +360,14 @@ class Emulator:
             if name == "requests" and method == "GET":
                 return 200, orjson.dumps([{**r, "body": r.get("body", b"").decode("utf-8", "replace")}
                                           for r in self.requests()])
+            if name == "webhooks" and method == "GET":
+                return 200, orjson.dumps([sender.stats() for sender in self._webhook_senders])
+            if name == "webhooks/forge" and method == "POST":
+                if not self._webhook_senders:
+                    return 409, b'{"error":"no webhook sender (start with --webhook-url)"}'
+                settings = orjson.loads(body) if body.strip() else {}
+                sent = self._webhook_senders[0].send_forged(str(settings.get("how", "bad_signature")))
+                return 200, orjson.dumps({"status": sent.status, "event_id": sent.event_id})
             if name == "health" and method == "GET":
                 return 200, orjson.dumps({"url": self.url, "region": self.region})
         except (ValueError, TypeError, orjson.JSONDecodeError) as err:

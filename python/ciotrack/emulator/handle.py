@@ -142,6 +142,16 @@ class EmulatorProcess:
     def reset(self) -> None:
         self._call("POST", "reset")
 
+    def webhook_stats(self) -> list[dict[str, int]]:
+        """The counters of the child's webhook senders (``WebhookSender.stats()``)."""
+        result: list[dict[str, int]] = self._call("GET", "webhooks")
+        return result
+
+    def send_forged_webhook(self, how: str = "bad_signature") -> int | None:
+        """Have the child send one forged webhook now (see ``WebhookSender.send_forged``); its status."""
+        result: int | None = self._call("POST", "webhooks/forge", {"how": how})["status"]
+        return result
+
     def set_faults(self, **settings: Any) -> None:
         self._call("POST", "faults", settings)
 
