@@ -15,6 +15,7 @@ sends one forged request now. Every request is kept in ``sent()`` with the statu
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import random
@@ -221,8 +222,10 @@ class WebhookSender:
 
     def _one(self) -> None:
         roll = self._random.random()
-        with self._lock:
-            history = list(self._history)[-100:] if self._history else []
+        history: list[SentWebhook] = []
+        if roll < self.duplicate_share + self.replay_share:
+            with self._lock:  # re-send one of the last 100 genuine ones
+                history = list(itertools.islice(reversed(self._history), 100))
         if history and roll < self.duplicate_share:
             original = self._random.choice(history)
             body, headers = self._signed(json.loads(original.body))
