@@ -55,3 +55,18 @@ def test_a_deep_sleeping_worker_is_woken_by_submit() -> None:
     workers.submit("wake up")
     assert done.wait(60)
     workers.stop(5)
+
+
+def test_a_worker_survives_an_item_that_raises_past_its_handler() -> None:
+    done: list[int] = []
+
+    def run(n: int) -> None:
+        if n == 0:
+            raise SystemExit("user code called sys.exit()")
+        done.append(n)
+
+    workers: Workers[int] = Workers(1, run, linger=0.001)
+    for n in range(3):
+        workers.submit(n)
+    workers.stop(5)
+    assert done == [1, 2]

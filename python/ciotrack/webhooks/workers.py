@@ -12,12 +12,14 @@ nap delays only the user's processing, by at most ``linger``.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+logger = logging.getLogger("ciotrack.webhooks")
 
 # Items waiting behind the one a worker just took before it wakes another worker to help.
 HELP_BACKLOG = 16
@@ -69,7 +71,10 @@ class Workers(Generic[T]):
                 if self._deep_sleepers and len(queue) >= HELP_BACKLOG:
                     with self._cond:  # a backlog (a slow handler): bring in another worker
                         self._cond.notify()
-                self._run(item)
+                try:
+                    self._run(item)
+                except BaseException:  # even SystemExit from user code must not cost us a worker
+                    logger.exception("webhook worker: an item raised past its handler")
                 continue
             with self._cond:
                 if self._stopping and not queue:
