@@ -24,9 +24,12 @@ def read_body(environ: dict[str, Any]) -> bytes:
     if length:
         body: bytes = stream.read(int(length))
         return body
-    # No length (chunked): servers that support it give a stream that ends at the body's end.
-    rest: bytes = stream.read()
-    return rest
+    if environ.get("wsgi.input_terminated"):
+        # Chunked, from a server that ends the stream at the body's end (gunicorn, werkzeug).
+        rest: bytes = stream.read()
+        return rest
+    # No length and no terminated stream: reading on would block on a keep-alive socket (PEP 3333).
+    return b""
 
 
 def make_wsgi_app(handler: WebhookHandler) -> WSGIApp:
