@@ -228,3 +228,28 @@ def test_asgi_inline_handler_runs_off_the_event_loop_and_can_ask_for_a_retry() -
         assert request(url + PATH, body=body, headers=list(headers.items())) == (500, {"error": "handler failed"})
     # asyncio.to_thread: the default executor's threads, never the event loop's own.
     assert len(threads) == 2 and UVICORN_THREAD not in threads, threads
+
+
+def test_plain_wsgi_reads_a_chunked_body_from_a_terminated_stream(
+        webhook_handler: tuple[WebhookHandler, list[Event]]) -> None:
+    from werkzeug.serving import make_server as werkzeug_server
+
+    from ciotrack.webhooks.adapters.wsgi import make_wsgi_app
+
+    handler, received = webhook_handler
+    server = werkzeug_server("127.0.0.1", 0, make_wsgi_app(handler), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        body, headers = signed(event_payload("email", "clicked", event_id="chunked-1"))
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        try:
+            # No Content-Length: the body goes as chunks.
+            conn.request("POST", PATH, body=iter([body[:100], body[100:]]), headers=headers, encode_chunked=True)
+            response = conn.getresponse()
+            assert (response.status, json.loads(response.read())) == (200, {"ok": True})
+        finally:
+            conn.close()
+    finally:
+        server.shutdown()
+    assert handler.drain(5) and [e.event_id for e in received] == ["chunked-1"]
