@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
     "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
     "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
+    # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
+    "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
 }
 
 

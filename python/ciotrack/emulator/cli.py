@@ -9,6 +9,7 @@ with ``--exit-on-stdin-eof``, until stdin closes).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -46,6 +47,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--redirect-to", help="answer every Track API request 301 to this base URL")
     faults.add_argument("--seed", type=int, help="seed of the fault RNG")
     faults.add_argument("--faults-json", help=argparse.SUPPRESS)
+    hooks = parser.add_argument_group("reporting webhooks (signed, as Customer.io posts them)")
+    hooks.add_argument("--webhook-url", help="post reporting webhooks for the workspaces' messages here")
+    hooks.add_argument("--webhook-secret", help="signing key (default $CIOTRACK_WEBHOOK_SECRET)")
+    hooks.add_argument("--webhook-rate", type=float, default=100.0, help="webhooks per second at most (default 100)")
+    hooks.add_argument("--webhook-synthetic", action="store_true",
+                       help="make up events of every object type instead of reporting received ones")
+    hooks.add_argument("--webhook-duplicates", type=float, default=0.0, metavar="SHARE",
+                       help="share re-sent with an earlier event_id, freshly signed")
+    hooks.add_argument("--webhook-replays", type=float, default=0.0, metavar="SHARE",
+                       help="share replayed byte for byte (original timestamp and signature)")
+    hooks.add_argument("--webhook-forged", type=float, default=0.0, metavar="SHARE",
+                       help="share sent with a wrong signature")
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -116,6 +129,19 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     emulator.start()
     try:
+        if args.webhook_url:
+            secret = args.webhook_secret or os.environ.get("CIOTRACK_WEBHOOK_SECRET")
+            if not secret:
+                print("ciotrack emulator: --webhook-url needs --webhook-secret or $CIOTRACK_WEBHOOK_SECRET",
+                      file=sys.stderr)
+                return 2
+            try:
+                emulator.send_webhooks(args.webhook_url, secret, rate=args.webhook_rate,
+                                       synthetic=args.webhook_synthetic, duplicate_share=args.webhook_duplicates,
+                                       replay_share=args.webhook_replays, forged_share=args.webhook_forged)
+            except ValueError as err:
+                print(f"ciotrack emulator: {err}", file=sys.stderr)
+                return 2
         print(emulator.url, flush=True)
         if emulator.ca_bundle:
             print(f"ca_bundle={emulator.ca_bundle}", flush=True)

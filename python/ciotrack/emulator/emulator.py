@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -25,6 +25,9 @@ from ciotrack.emulator.server import EmulatorHTTPServer
 from ciotrack.emulator.state import Workspace
 from ciotrack.emulator.transactional import TransactionalLog
 from ciotrack.emulator.validate import json_dumps
+
+if TYPE_CHECKING:
+    from ciotrack.emulator.webhooks import WebhookSender
 
 logger = logging.getLogger("ciotrack.emulator")
 
@@ -93,6 +96,7 @@ class Emulator:
         self._tmpdir: str | None = None
         self.ca_bundle: str | None = None
         self.url = ""
+        self._webhook_senders: list[WebhookSender] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +129,9 @@ class Emulator:
         return context
 
     def stop(self) -> None:
+        senders, self._webhook_senders = self._webhook_senders, []
+        for sender in senders:
+            sender.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -159,6 +166,19 @@ class Emulator:
         return EmulatorProcess.start(host=host, port=port, **kwargs)
 
     # -- inspection and control --------------------------------------------------------------
+
+    def workspace_ids(self) -> list[str]:
+        return list(self._workspaces)
+
+    def send_webhooks(self, url: str, secret: str, **options: Any) -> WebhookSender:
+        """Start posting signed reporting webhooks for this emulator's messages to ``url`` (see
+        ``ciotrack.emulator.webhooks.WebhookSender`` for the options); stopped with the emulator."""
+        from ciotrack.emulator.webhooks import WebhookSender
+
+        options.setdefault("source", None if options.get("synthetic") else self)
+        sender = WebhookSender(url, secret, **options).start()
+        self._webhook_senders.append(sender)
+        return sender
 
     def workspace(self, site_id: str | None = None) -> Workspace:
         return self._workspaces[site_id or self._default_site]
@@ -379,6 +399,14 @@ class Emulator:
             if name == "credentials" and method == "GET":
                 return 200, orjson.dumps([{"site_id": site, "api_key": key, "app_api_key": app_key}
                                           for site, key, app_key in self.credentials()])
+            if name == "webhooks" and method == "GET":
+                return 200, orjson.dumps([sender.stats() for sender in self._webhook_senders])
+            if name == "webhooks/forge" and method == "POST":
+                if not self._webhook_senders:
+                    return 409, b'{"error":"no webhook sender (start with --webhook-url)"}'
+                settings = orjson.loads(body) if body.strip() else {}
+                sent = self._webhook_senders[0].send_forged(str(settings.get("how", "bad_signature")))
+                return 200, orjson.dumps({"status": sent.status, "event_id": sent.event_id})
             if name == "health" and method == "GET":
                 return 200, orjson.dumps({"url": self.url, "region": self.region})
         except (ValueError, TypeError, orjson.JSONDecodeError) as err:
