@@ -9,8 +9,8 @@ and uvloop), ``wsgi`` (the plain WSGI adapter) and ``flask`` (under gunicorn, on
 The user handler does nothing: the figure is the adapter's answer (verify + dedup + hand-off +
 response), not downstream work. A wrapper around the whole app times each webhook request inside
 the server (from the app being called to its answer handed back, framework routing included) and
-serves the percentiles (and the process's CPU seconds so far) at ``GET /_timings``, so the bench can show the server's side apart from
-the network, the HTTP server and the client.
+serves the percentiles (and the process's CPU seconds so far) at ``GET /_timings``, so the bench can
+show the server's side apart from the network, the HTTP server and the client.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def test_every_object_type_has_its_class_and_every_documented_metric_its_enum(ob
 def test_the_ids_of_a_campaign_message_and_the_metric_specific_fields() -> None:
     payload = {"event_id": "01E4C4C6P79C12J5A6KPE6XNFD", "object_type": "email", "metric": "clicked",
                "timestamp": 1613063089,
-               "data": {"action_id": 96, "campaign_id": 23, "customer_id": "user-123", "delivery_id": "RPILAgABcRhIBqSp",
+               "data": {"action_id": 96, "campaign_id": 23, "customer_id": "user-123",
+                        "delivery_id": "RPILAgABcRhIBqSp",
                         "identifiers": {"id": "user-123", "email": "a@example.com", "cio_id": "d9c106000001"},
                         "journey_id": "01E4C4C6P", "parent_action_id": 95, "trigger_event_id": "01E4C4", "recipient":
                         "a@example.com", "subject": "Hi", "href": "https://example.com/x", "link_id": 7,

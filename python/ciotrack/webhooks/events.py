@@ -16,7 +16,7 @@ import enum
 from typing import Any, ClassVar, Final
 
 
-class Metric(str, enum.Enum):
+class Metric(str, enum.Enum):  # noqa: UP042 - str() and format() stay as they are for users
     """The metrics Customer.io documents. ``metric_of`` keeps any other value as a plain str."""
 
     SENT = "sent"
