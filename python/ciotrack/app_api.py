@@ -45,7 +45,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ciotrack._version import __version__
-from ciotrack.compat import CustomerIOException, Region, Regions
+from ciotrack.official import CustomerIOException, Region, Regions
 from ciotrack.retry import RetryPolicy, parse_retry_after
 
 __all__ = [

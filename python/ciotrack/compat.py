@@ -55,22 +55,21 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from ciotrack import _core
+from ciotrack.app_api import (
+    APIClient,
+    SendEmailRequest,
+    SendInAppRequest,
+    SendInboxMessageRequest,
+    SendPushRequest,
+    SendSMSRequest,
+    SendWhatsAppRequest,
+)
 from ciotrack.errors import CiotrackError, LimitError
+from ciotrack.official import CustomerIOException, Region, Regions
 from ciotrack.tracker import Tracker
-
-if TYPE_CHECKING:
-    from ciotrack.app_api import (  # noqa: F401  # noqa: F401
-        APIClient,
-        SendEmailRequest,
-        SendInAppRequest,
-        SendInboxMessageRequest,
-        SendPushRequest,
-        SendSMSRequest,
-        SendWhatsAppRequest,
-    )
 
 __all__ = [
     "CustomerIO", "CustomerIOException", "Region", "Regions",
@@ -79,20 +78,6 @@ __all__ = [
     "SendSMSRequest", "SendWhatsAppRequest",
 ]
 
-
-class CustomerIOException(Exception):
-    """A call was refused before anything was queued (the official client's exception, same name)."""
-
-
-class Region(NamedTuple):
-    name: str
-    track_host: str
-    api_host: str
-
-
-class Regions:
-    US = Region("us", "track.customer.io", "api.customer.io")
-    EU = Region("eu", "track-eu.customer.io", "api-eu.customer.io")
 
 
 _ID_TYPES = frozenset({"id", "email", "cio_id"})
@@ -456,16 +441,3 @@ class CustomerIO:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-# The App API names are resolved on first use (PEP 562): ciotrack.app_api imports this module for
-# CustomerIOException and Regions, so importing it here eagerly would make a cycle.
-_APP_API_NAMES = frozenset(__all__[4:])
-
-
-def __getattr__(name: str) -> Any:
-    if name in _APP_API_NAMES:
-        from ciotrack import app_api
-
-        return getattr(app_api, name)
-    raise AttributeError(f"module 'ciotrack.compat' has no attribute {name!r}")
