@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::batch::{Batch, Origin};
 use crate::clock;
-use crate::dedup::{DedupEntry, DedupPolicy, DedupSet, EventDedup};
+use crate::dedup::DedupSet;
+use crate::dedup_policy::{DedupEntry, DedupPolicy, EventDedup};
 use crate::error::{CoreError, ErrorKind};
 use crate::fork;
 use crate::json::py_repr;

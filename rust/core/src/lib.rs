@@ -9,6 +9,7 @@ pub mod batch;
 pub mod bucket;
 pub mod clock;
 pub mod dedup;
+pub mod dedup_policy;
 pub mod error;
 pub mod fork;
 pub mod intake;

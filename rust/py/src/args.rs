@@ -9,7 +9,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDateTime, PyDict, PyMapping};
 
-use ciotrack_core::dedup::{self, DedupEntry, DedupPolicy};
+use ciotrack_core::dedup_policy::{self, DedupEntry, DedupPolicy};
 use ciotrack_core::json::py_repr;
 use ciotrack_core::ops::{self, Subject};
 use ciotrack_core::{clock, ulid, CoreError, ErrorKind};
@@ -297,7 +297,7 @@ pub fn build_person(
         None => ops::close(out),
     }
     ops::check_op_size(out.len(), || format!("person {}", py_repr(action)))?;
-    Ok((action == "delete").then(|| dedup::identify_key(subject)))
+    Ok((action == "delete").then(|| dedup_policy::identify_key(subject)))
 }
 
 pub fn build_raw(py: Python<'_>, out: &mut Vec<u8>, op: &Bound<'_, PyAny>) -> Result<()> {
