@@ -47,3 +47,49 @@ impl<'py> Iterator for DictEntries<'_, 'py> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DictEntries;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyDict, PyList};
+
+    #[test]
+    fn entries_come_in_insertion_order() {
+        Python::initialize();
+        Python::attach(|py| {
+            let dict = PyDict::new(py);
+            for (key, value) in [("b", 1), ("a", 2), ("c", 3)] {
+                dict.set_item(key, value).unwrap();
+            }
+            let entries: Vec<(String, i64)> = DictEntries::new(&dict)
+                .map(|(k, v)| (k.extract().unwrap(), v.extract().unwrap()))
+                .collect();
+            assert_eq!(entries, [("b".into(), 1), ("a".into(), 2), ("c".into(), 3)]);
+        });
+    }
+
+    #[test]
+    fn a_dict_mutated_mid_iteration_ends_the_walk_safely() {
+        Python::initialize();
+        Python::attach(|py| {
+            let dict = PyDict::new(py);
+            for i in 0..100 {
+                // Values only this dict holds: freed by clear() unless the iterator owns them.
+                dict.set_item(i, PyList::new(py, [i]).unwrap()).unwrap();
+            }
+            let mut entries = DictEntries::new(&dict);
+            let (key, value) = entries.next().unwrap();
+            // What Python code run by the encoder (an Enum's `value`, ...) could do mid-walk.
+            dict.clear();
+            for i in 0..10 {
+                dict.set_item(format!("new{i}"), i).unwrap();
+            }
+            let rest = entries.count();
+            assert!(rest <= 10, "the walk sees at most the new table: {rest}");
+            // The pair taken before the mutation is still alive (strong references).
+            assert_eq!(key.extract::<i64>().unwrap(), 0);
+            assert_eq!(value.extract::<Vec<i64>>().unwrap(), [0]);
+        });
+    }
+}

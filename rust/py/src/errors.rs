@@ -85,3 +85,61 @@ fn core_to_pyerr(py: Python<'_>, err: CoreError) -> PyErr {
     };
     PyErr::from_type(class.bind(py).clone(), err.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+
+    /// ciotrack.errors is pure Python: the source tree's copy serves.
+    fn with_ciotrack_importable(f: impl FnOnce(Python<'_>)) {
+        Python::initialize();
+        Python::attach(|py| {
+            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+            let path = py.import("sys").unwrap().getattr("path").unwrap();
+            path.call_method1("insert", (0, source)).unwrap();
+            f(py)
+        });
+    }
+
+    #[test]
+    fn each_kind_becomes_its_exception_class() {
+        with_ciotrack_importable(|py| {
+            let errors = py.import("ciotrack.errors").unwrap();
+            let raised = |kind: ErrorKind| -> PyErr {
+                Error::Core(CoreError::new(kind, format!("{kind:?}: message"))).into()
+            };
+            let cases = [
+                (ErrorKind::Serialization, "SerializationError"),
+                (ErrorKind::Invalid, "InvalidValueError"),
+                (ErrorKind::Limit, "LimitError"),
+                (ErrorKind::Config, "ConfigError"),
+            ];
+            for (kind, class) in cases {
+                let err = raised(kind);
+                let class = errors.getattr(class).unwrap();
+                assert!(
+                    err.get_type(py).is(&class),
+                    "{kind:?} -> {}",
+                    err.get_type(py)
+                );
+                assert_eq!(err.value(py).to_string(), format!("{kind:?}: message"));
+            }
+            assert!(raised(ErrorKind::Serialization).is_instance_of::<PyTypeError>(py));
+            assert!(raised(ErrorKind::Limit).is_instance_of::<PyValueError>(py));
+            let argument = raised(ErrorKind::Argument);
+            assert!(argument.get_type(py).is(py.get_type::<PyValueError>()));
+            let lane = raised(ErrorKind::NoSuchLane);
+            assert!(lane.get_type(py).is(py.get_type::<PyIndexError>()));
+        });
+    }
+
+    #[test]
+    fn a_python_error_passes_through_unchanged() {
+        with_ciotrack_importable(|py| {
+            let original = PyTypeError::new_err("from Python");
+            let passed: PyErr = Error::from(original.clone_ref(py)).into();
+            assert!(passed.value(py).is(original.value(py)));
+        });
+    }
+}
