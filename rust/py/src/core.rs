@@ -181,6 +181,9 @@ impl Core {
 
     fn requeue(&self, lane: usize, ops: &Bound<'_, PyAny>) -> Result<usize> {
         self.shared.queue(lane)?;
+        if self.shared.forked() {
+            return Ok(0); // as before: a forked child takes nothing, and reads nothing
+        }
         // Every item is checked before the first push, so a bad one leaves the lane untouched.
         let items = ops
             .try_iter()?
