@@ -2,7 +2,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# cargo test links libpython through pyo3: point it at the venv's interpreter.
+# The binding crate (rust/py) links libpython through pyo3 in cargo test/clippy: point it at the
+# venv's interpreter. The core crate (rust/core) has no pyo3 at all: its tests and benches run with
+# PYO3_PYTHON unset, which shows they need no Python.
 export PYO3_PYTHON := $(abspath $(PY))
 
 .PHONY: install build demo test test-rust test-py typecheck wheel bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
@@ -24,7 +26,9 @@ demo: install
 test: install lint-py test-rust test-py typecheck
 
 test-rust: $(STAMP)
-	cargo test --quiet
+	env -u PYO3_PYTHON cargo test --quiet -p ciotrack-core
+	@test "$$(cargo tree -p ciotrack-core | grep -c pyo3)" = 0 || { echo "ciotrack-core depends on pyo3"; exit 1; }
+	cargo test --quiet -p ciotrack-py
 
 test-py: build
 	$(PY) -m pytest -q
@@ -60,7 +64,7 @@ CDP_VENV   := .venv-cdp
 bench: install bench-core bench-py bench-peers
 
 bench-core: $(STAMP)
-	cargo bench --bench core -- --noplot $(if $(QUICK),--warm-up-time 1 --measurement-time 1)
+	env -u PYO3_PYTHON cargo bench -p ciotrack-core --bench core -- --noplot $(if $(QUICK),--warm-up-time 1 --measurement-time 1)
 
 bench-py: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops,rounds $(if $(QUICK),--quick)
@@ -81,8 +85,8 @@ $(CDP_VENV)/.installed:
 	touch $@
 
 lint: $(STAMP) lint-py
-	cargo clippy --all-targets -- -D warnings
-	cargo fmt --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --all --check
 	$(PY) -m mypy --strict
 
 # Python style (pyproject [tool.ruff]): pyflakes, pycodestyle, isort order, bugbear, pyupgrade.
