@@ -21,6 +21,7 @@ pipeline drains (see :meth:`Pipeline.release`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
-from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Verdict
+from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.routes import Route, Router
@@ -40,11 +41,14 @@ __all__ = ["Pipeline"]
 log = logging.getLogger("ciotrack.sender")
 _monotonic = time.monotonic
 _SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
+_IN_FLIGHT = "shutdown_in_flight: still in a request at the close()/exit deadline"
 
 
 class Pipeline:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.pid = os.getpid()
+        """The process this pipeline was built in (after a fork, the child's trackers rebuild once)."""
         routes = config.regions_in_use()
         self.core = Core(
             lanes=len(routes),
@@ -78,7 +82,15 @@ class Pipeline:
         self._min_bytes = max(1, int(config.batch_bytes * 0.9))
         self._linger = config.flush_interval
         self._wait_timeout = config.flush_interval / len(self.routes)
-        self._copied: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
+        # Who reports a batch in flight (see _claim): its delivering thread, once it marked it settling,
+        # or close(), once the deadline passed, which records it here: id -> True (a copy was spooled),
+        # False (reported lost). The thread's late verdict then finishes it quietly.
+        self._settling: set[int] = set()
+        self._abandoned: dict[int, bool] = {}
+        self._pieces = threading.local()  # .owned: the unfinished pieces of the job this thread delivers
+        self._close_done = threading.Event()
+        self._close_result = True
+        self._closer: threading.Thread | None = None
         self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
         self._evictions_seen = 0
         self._evictions_next = 0.0
@@ -149,36 +161,48 @@ class Pipeline:
 
     def _sender_loop(self, number: int) -> None:
         block_exit_signals()
+        turn = number
+        while not self._stop.is_set():
+            try:
+                turn = self._sender_round(turn)
+                if turn < 0:
+                    return
+            except BaseException as exc:
+                # Whatever it is (a bug, a hook's SystemExit that slipped through): the job was put back
+                # (_run_job), this thread goes on; dying would stop background delivery for good.
+                self.losses.log.warning("sender", "ciotrack: sender thread %d: unexpected %s; batch put back, "
+                                        "delivery goes on", number, type(exc).__name__, exc_info=True)
+                self._stop.wait(0.05)  # a bug that repeats must not spin
+
+    def _sender_round(self, turn: int) -> int:
+        """One pass over the lanes; the next turn, or -1 when a draining pipeline is done."""
         routes = self.routes
         count = len(routes)
-        turn = number
         policy = self.config.overflow_policy
-        watch = policy == "spool" or policy == "drop_oldest"
-        try:
-            while not self._stop.is_set():
-                if watch:
-                    self.watch_overflow()
-                served = False
-                force = self._flushing > 0 or self._draining
-                for k in range(count):
-                    route = routes[(turn + k) % count]
-                    batch = self._take(route, force)
-                    if batch is not None:
-                        self._run_job(route, Job(batch), None)
-                        served = True
-                turn += 1
-                if served:
-                    continue
-                if self._draining and self.idle():
-                    return
-                route = routes[turn % count]
-                timeout = self._wait_timeout
-                if len(route.lane):
-                    timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
-                route.lane.wait(self._min_bytes, timeout)
-        except Exception:  # a bug must not go unnoticed, but it must not take the process down either
-            log.exception("ciotrack: sender thread %d crashed; flush()/close() deliver inline from now on", number)
-            self._inline = True
+        if policy == "spool" or policy == "drop_oldest":
+            self.watch_overflow()
+        served = False
+        force = self._flushing > 0 or self._draining
+        for k in range(count):
+            route = routes[(turn + k) % count]
+            job = _unpark(route)  # put back by an interrupted delivery: it goes first
+            if job is None:
+                batch = self._take(route, force)
+                job = Job(batch) if batch is not None else None
+            if job is not None:
+                self._run_job(route, job, None, count_interruption=True)
+                served = True
+        turn += 1
+        if served:
+            return turn
+        if self._draining and self.idle():
+            return -1
+        route = routes[turn % count]
+        timeout = self._wait_timeout
+        if len(route.lane):
+            timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
+        route.lane.wait(self._min_bytes, timeout)
+        return turn
 
     def _take(self, route: Route, force: bool) -> Batch | None:
         lane = route.lane
@@ -198,16 +222,40 @@ class Pipeline:
 
     # -- what a verdict means ---------------------------------------------------------------------
 
-    def _run_job(self, route: Route, job: Job, deadline: float | None) -> bool:
-        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``."""
+    def _run_job(self, route: Route, job: Job, deadline: float | None, *, count_interruption: bool = False) -> bool:
+        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``.
+
+        Interrupted by any exception (a KeyboardInterrupt or a Celery soft time limit during an inline
+        flush, a bug): every piece not finished yet is parked with its retry state before the exception
+        goes on, so a later flush delivers it. ``count_interruption`` (sender threads) counts the
+        interruption as an attempt, so a batch that keeps hitting a bug ends up given up."""
         delivery = self.router.delivery(route)
+        owned = {id(job.batch): job}
+        self._pieces.owned = owned  # _split keeps it current
         finished = True
-        for result in delivery.deliver(job, deadline):
-            verdict = result.verdict
-            batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
-            attempts = result.job.attempts
-            if verdict is Verdict.DELIVERED:
-                failed: list[int] = []
+        try:
+            for result in delivery.deliver(job, deadline):
+                batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
+                if not self._settle(route, result, batch):
+                    finished = False
+                owned.pop(id(batch), None)
+        except BaseException:
+            self._put_back(route, owned, count_interruption)
+            raise
+        finally:
+            self._pieces.owned = None
+        return finished
+
+    def _settle(self, route: Route, result: Result, batch: Batch) -> bool:
+        """Act on one piece's verdict (ack, report, spool, park). False when parked."""
+        verdict = result.verdict
+        if not self._claim(route, batch):
+            self._settle_abandoned(route, batch, verdict)
+            return True
+        attempts = result.job.attempts
+        if verdict is Verdict.DELIVERED:
+            failed: list[int] = []
+            try:
                 if result.failures:
                     ops = batch.ops()
                     by_reason: dict[str, list[bytes]] = {}
@@ -217,19 +265,56 @@ class Pipeline:
                     for why, rejected in by_reason.items():
                         self.losses.fail(Reason.REJECTED, rejected, status=result.status, detail=why,
                                          attempts=attempts + 1, region=route.name)
+            finally:  # even when a hook raised on the main thread: never left in flight
                 # Reported before finished: a flush() that returns True has seen on_error run.
                 self._finish(route, batch, failed)
-            elif verdict is Verdict.FAILED:
-                self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
-            elif verdict is Verdict.EXHAUSTED:
-                reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
-                self._give_up(route, batch, reason, result.status, result.reason, attempts)
-            elif verdict is Verdict.DEADLINE:
+        elif verdict is Verdict.FAILED:
+            self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
+        elif verdict is Verdict.EXHAUSTED:
+            reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
+            self._give_up(route, batch, reason, result.status, result.reason, attempts)
+        elif verdict is Verdict.DEADLINE:
+            with self._cv:
+                self._settling.discard(id(batch))
                 route.parked.append(result.job)
-                finished = False
-            else:  # STOPPED: the pipeline is closing and this piece is not delivered
-                self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
-        return finished
+            return False
+        else:  # STOPPED: the pipeline is closing and this piece is not delivered
+            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
+        return True
+
+    def _claim(self, route: Route, batch: Batch) -> bool:
+        """This thread reports ``batch`` (True), unless close() already did (False: it gave up on this
+        thread at its deadline). Atomic, so a batch is never reported twice."""
+        key = id(batch)
+        with self._cv:
+            if key in self._abandoned:
+                return False
+            self._settling.add(key)
+            return True
+
+    def _settle_abandoned(self, route: Route, batch: Batch, verdict: Verdict) -> None:
+        """The late verdict of a batch close() already spooled a copy of, or reported lost. Not reported
+        again. Delivered after being reported lost: it stays counted ``failed`` (``on_error`` ran) and
+        is counted ``delivered_after_shutdown`` as well, so ``delivered + failed`` still adds up."""
+        spooled = self._abandoned.get(id(batch), False)
+        if verdict is Verdict.DELIVERED:
+            if spooled:  # delivered, and a spooled copy replays later (same event ids: deduplicated)
+                self._finish(route, batch, ())
+                return
+            self.core.incr("delivered_after_shutdown", batch.count)
+            self.losses.log.warning("late", "ciotrack: %d operation(s) reported lost at close() were delivered "
+                                    "after all (counted failed and delivered_after_shutdown)", batch.count)
+        self._finish(route, batch, range(batch.count))
+
+    def _put_back(self, route: Route, owned: dict[int, Job], count_interruption: bool) -> None:
+        """Park the pieces of an interrupted delivery that are still this thread's to finish."""
+        with self._cv:
+            for key, job in owned.items():
+                if key in route.in_flight and key not in self._abandoned:
+                    self._settling.discard(key)
+                    if count_interruption:
+                        job.attempts += 1
+                    route.parked.append(job)
 
     def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
         with self._cv:
@@ -237,23 +322,33 @@ class Pipeline:
             in_flight.pop(id(parent), None)
             in_flight[id(first)] = cast(Batch, first)
             in_flight[id(second)] = cast(Batch, second)
+        owned: dict[int, Job] | None = getattr(self._pieces, "owned", None)  # on the delivering thread
+        if owned is not None:
+            owned.pop(id(parent), None)
+            owned[id(first)] = Job(first)
+            owned[id(second)] = Job(second)
 
     def _finish(self, route: Route, batch: Batch, failed: Sequence[int]) -> None:
         self.core.ack(batch, failed)
+        key = id(batch)
         with self._cv:
-            route.in_flight.pop(id(batch), None)
+            route.in_flight.pop(key, None)
+            self._settling.discard(key)
+            self._abandoned.pop(key, None)
             self._cv.notify_all()
 
     def _fail(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
               attempts: int) -> None:
-        self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
-        self._finish(route, batch, range(batch.count))
+        try:
+            self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
+        finally:  # a hook's KeyboardInterrupt on the main thread goes on, the batch finished (and reported)
+            self._finish(route, batch, range(batch.count))
 
     def _give_up(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
                  attempts: int) -> None:
         """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
         report it failed."""
-        if id(batch) in self._copied or self._to_spool(route, batch.ops()):
+        if self._to_spool(route, batch.ops()):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
@@ -374,7 +469,8 @@ class Pipeline:
             while route.parked:
                 if deadline is not None and _monotonic() >= deadline:
                     return
-                if not self._run_job(route, route.parked.pop(0), deadline):
+                job = _unpark(route)
+                if job is not None and not self._run_job(route, job, deadline):
                     return
             while route.lane.taken() < target:
                 if deadline is not None and _monotonic() >= deadline:
@@ -390,9 +486,31 @@ class Pipeline:
         stop the senders and close the destinations. Idempotent. What could not be delivered is spooled
         or reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
         with self._cv:
-            if self._closed or self._forked_away:
+            if self._forked_away:
                 return True
-            self._closed = True
+            first = not self._closed
+            if first:
+                self._closed = True
+                self._closer = threading.current_thread()
+        if not first:
+            return self._await_close(timeout)
+        try:
+            self._close_result = self._close(timeout)
+        finally:
+            self._close_done.set()
+        return self._close_result
+
+    def _await_close(self, timeout: float | None) -> bool:
+        """A second close() (another thread, the exit handler) waits for the first one, within its own
+        ``timeout``, and returns the same result. From the closing thread itself (a hook called during
+        close) or a sender thread (which the first close() may be waiting for), it cannot wait: the
+        close is in progress, False unless it already finished."""
+        current = threading.current_thread()
+        if current is self._closer or current in self._threads:
+            return self._close_done.is_set() and self._close_result
+        return self._close_done.wait(timeout) and self._close_result
+
+    def _close(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
         if self.replay is not None:
             self.replay.stop_replay()
@@ -418,7 +536,7 @@ class Pipeline:
             while route.parked:
                 job = route.parked.pop(0)
                 self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-        self._spool_stuck()
+        self._abandon_in_flight()
         for route in self.routes:
             leftover = route.lane.drain_ops()
             if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
@@ -429,19 +547,26 @@ class Pipeline:
         self.router.close()
         return flushed
 
-    def _spool_stuck(self) -> None:
+    def _abandon_in_flight(self) -> None:
         """After ``close()`` joined the senders: a batch still in flight belongs to a thread stuck in a
-        request past the deadline. Spool a copy (should that request succeed after all, the replay only
-        repeats event ids, which Customer.io deduplicates) and remember it, so that thread's own
-        give-up does not report it failed."""
-        if self.spool is None or threading.current_thread() in self._threads:
-            return  # close() from a hook: the batch in flight is this very thread's, being finished
+        request past the deadline (a stalled, slow or trickling receiver; an exit under SIGTERM/SIGINT).
+        Nobody else will account for it: spool a copy (should that request succeed after all, the replay
+        only repeats event ids, which Customer.io deduplicates), or report it lost
+        (``shutdown_in_flight``). Either way the thread's late verdict is not reported again (_claim).
+        A batch its thread is settling right now (e.g. close() called from its hook) is left to it."""
         for route in self.routes:
             with self._cv:
-                stuck = list(route.in_flight.values())
+                stuck = [b for key, b in route.in_flight.items()
+                         if key not in self._settling and key not in self._abandoned]
+                for batch in stuck:
+                    self._abandoned[id(batch)] = False
             for batch in stuck:
-                if id(batch) not in self._copied and self._to_spool(route, batch.ops()):
-                    self._copied.add(id(batch))
+                ops = batch.ops()
+                if self._to_spool(route, ops):
+                    self._abandoned[id(batch)] = True
+                else:
+                    self.losses.fail(Reason.SHUTDOWN_IN_FLIGHT, ops, status=None, detail=_IN_FLIGHT, attempts=1,
+                                     region=route.name)
 
     @property
     def closed(self) -> bool:
@@ -476,3 +601,11 @@ class Pipeline:
                                in_flight=in_flight, bucket_tokens=self.router.tokens(),
                                metrics_enabled=self.config.metrics)
 
+
+def _unpark(route: Route) -> Job | None:
+    """The oldest parked job of ``route`` (None: none; list.pop is atomic, senders and an inline flush
+    may race for it)."""
+    try:
+        return route.parked.pop(0)
+    except IndexError:
+        return None
