@@ -32,6 +32,8 @@ from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
+from ciotrack.overflow import OverflowWatch
+from ciotrack.ownership import Ownership, unpark
 from ciotrack.routes import Route, Router
 from ciotrack.spool.replay import SpoolReplay
 from ciotrack.stats import Stats
@@ -41,7 +43,6 @@ __all__ = ["Pipeline"]
 log = logging.getLogger("ciotrack.sender")
 _monotonic = time.monotonic
 _SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
-_IN_FLIGHT = "shutdown_in_flight: still in a request at the close()/exit deadline"
 
 
 class Pipeline:
@@ -82,18 +83,11 @@ class Pipeline:
         self._min_bytes = max(1, int(config.batch_bytes * 0.9))
         self._linger = config.flush_interval
         self._wait_timeout = config.flush_interval / len(self.routes)
-        # Who reports a batch in flight (see _claim): its delivering thread, once it marked it settling,
-        # or close(), once the deadline passed, which records it here: id -> True (a copy was spooled),
-        # False (reported lost). The thread's late verdict then finishes it quietly.
-        self._settling: set[int] = set()
-        self._abandoned: dict[int, bool] = {}
-        self._pieces = threading.local()  # .owned: the unfinished pieces of the job this thread delivers
         self._close_done = threading.Event()
         self._close_result = True
         self._closer: threading.Thread | None = None
-        self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
-        self._evictions_seen = 0
-        self._evictions_next = 0.0
+        self._owners = Ownership(self._cv, self.core, self.losses, self._to_spool, self._finish)
+        self._overflow = OverflowWatch(config.overflow_policy, self.core, self.routes, self.losses, self._to_spool)
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
@@ -167,9 +161,7 @@ class Pipeline:
                 turn = self._sender_round(turn)
                 if turn < 0:
                     return
-            except BaseException as exc:
-                # Whatever it is (a bug, a hook's SystemExit that slipped through): the job was put back
-                # (_run_job), this thread goes on; dying would stop background delivery for good.
+            except BaseException as exc:  # the job was put back (_run_job); dying would stop delivery for good
                 self.losses.log.warning("sender", "ciotrack: sender thread %d: unexpected %s; batch put back, "
                                         "delivery goes on", number, type(exc).__name__, exc_info=True)
                 self._stop.wait(0.05)  # a bug that repeats must not spin
@@ -185,7 +177,7 @@ class Pipeline:
         force = self._flushing > 0 or self._draining
         for k in range(count):
             route = routes[(turn + k) % count]
-            job = _unpark(route)  # put back by an interrupted delivery: it goes first
+            job = unpark(route)  # put back by an interrupted delivery: it goes first
             if job is None:
                 batch = self._take(route, force)
                 job = Job(batch) if batch is not None else None
@@ -230,8 +222,7 @@ class Pipeline:
         goes on, so a later flush delivers it. ``count_interruption`` (sender threads) counts the
         interruption as an attempt, so a batch that keeps hitting a bug ends up given up."""
         delivery = self.router.delivery(route)
-        owned = {id(job.batch): job}
-        self._pieces.owned = owned  # _split keeps it current
+        owned = self._owners.start(job)  # _split keeps it current
         finished = True
         try:
             for result in delivery.deliver(job, deadline):
@@ -240,17 +231,17 @@ class Pipeline:
                     finished = False
                 owned.pop(id(batch), None)
         except BaseException:
-            self._put_back(route, owned, count_interruption)
+            self._owners.put_back(route, owned, count_interruption)
             raise
         finally:
-            self._pieces.owned = None
+            self._owners.end()
         return finished
 
     def _settle(self, route: Route, result: Result, batch: Batch) -> bool:
         """Act on one piece's verdict (ack, report, spool, park). False when parked."""
         verdict = result.verdict
-        if not self._claim(route, batch):
-            self._settle_abandoned(route, batch, verdict)
+        if not self._owners.claim(batch):
+            self._owners.settle_abandoned(route, batch, verdict is Verdict.DELIVERED)
             return True
         attempts = result.job.attempts
         if verdict is Verdict.DELIVERED:
@@ -274,47 +265,11 @@ class Pipeline:
             reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
             self._give_up(route, batch, reason, result.status, result.reason, attempts)
         elif verdict is Verdict.DEADLINE:
-            with self._cv:
-                self._settling.discard(id(batch))
-                route.parked.append(result.job)
+            self._owners.park(route, result.job)
             return False
         else:  # STOPPED: the pipeline is closing and this piece is not delivered
             self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
         return True
-
-    def _claim(self, route: Route, batch: Batch) -> bool:
-        """This thread reports ``batch`` (True), unless close() already did (False: it gave up on this
-        thread at its deadline). Atomic, so a batch is never reported twice."""
-        key = id(batch)
-        with self._cv:
-            if key in self._abandoned:
-                return False
-            self._settling.add(key)
-            return True
-
-    def _settle_abandoned(self, route: Route, batch: Batch, verdict: Verdict) -> None:
-        """The late verdict of a batch close() already spooled a copy of, or reported lost. Not reported
-        again. Delivered after being reported lost: it stays counted ``failed`` (``on_error`` ran) and
-        is counted ``delivered_after_shutdown`` as well, so ``delivered + failed`` still adds up."""
-        spooled = self._abandoned.get(id(batch), False)
-        if verdict is Verdict.DELIVERED:
-            if spooled:  # delivered, and a spooled copy replays later (same event ids: deduplicated)
-                self._finish(route, batch, ())
-                return
-            self.core.incr("delivered_after_shutdown", batch.count)
-            self.losses.log.warning("late", "ciotrack: %d operation(s) reported lost at close() were delivered "
-                                    "after all (counted failed and delivered_after_shutdown)", batch.count)
-        self._finish(route, batch, range(batch.count))
-
-    def _put_back(self, route: Route, owned: dict[int, Job], count_interruption: bool) -> None:
-        """Park the pieces of an interrupted delivery that are still this thread's to finish."""
-        with self._cv:
-            for key, job in owned.items():
-                if key in route.in_flight and key not in self._abandoned:
-                    self._settling.discard(key)
-                    if count_interruption:
-                        job.attempts += 1
-                    route.parked.append(job)
 
     def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
         with self._cv:
@@ -322,19 +277,14 @@ class Pipeline:
             in_flight.pop(id(parent), None)
             in_flight[id(first)] = cast(Batch, first)
             in_flight[id(second)] = cast(Batch, second)
-        owned: dict[int, Job] | None = getattr(self._pieces, "owned", None)  # on the delivering thread
-        if owned is not None:
-            owned.pop(id(parent), None)
-            owned[id(first)] = Job(first)
-            owned[id(second)] = Job(second)
+        self._owners.split(parent, first, second)  # on the delivering thread
 
     def _finish(self, route: Route, batch: Batch, failed: Sequence[int]) -> None:
         self.core.ack(batch, failed)
         key = id(batch)
         with self._cv:
             route.in_flight.pop(key, None)
-            self._settling.discard(key)
-            self._abandoned.pop(key, None)
+            self._owners.finished(key)
             self._cv.notify_all()
 
     def _fail(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
@@ -366,42 +316,13 @@ class Pipeline:
         self.core.incr("spooled", len(ops))
         return True
 
-    # -- overflow policies: the sender-side half --------------------------------------------------
+    # -- overflow policies: the sender-side half (ciotrack.overflow) -----------------------------
 
     def watch_overflow(self, force: bool = False) -> None:
-        """Between batches (and at flush/close): ``spool`` hands what full lanes refused to the spool;
-        ``drop_oldest`` reports the core's evictions (counted on the caller's thread, where calling
-        ``on_drop`` would slow the hot path) to the ledger. ``drop_newest``/``block`` report their drops
-        on the caller's thread (``Tracker._refused``)."""
-        policy = self.config.overflow_policy
-        if policy == "spool":
-            self.drain_overflow()
-        elif policy == "drop_oldest":
-            self._report_evictions(force)
+        self._overflow.watch(force)
 
     def drain_overflow(self) -> None:
-        """Under ``on_full="spool"``: hand operations refused by a full lane to the spool (per lane, so
-        each goes under its own region)."""
-        with self._overflow_lock:
-            for route in self.routes:
-                ops = self.core.take_overflow(route.index)
-                if ops and not self._to_spool(route, ops):
-                    self.losses.drop(Reason.QUEUE_FULL, len(ops), detail="no spool took them")
-
-    def _report_evictions(self, force: bool) -> None:
-        now = _monotonic()
-        if not force and now < self._evictions_next:
-            return
-        if not self._overflow_lock.acquire(blocking=force):
-            return
-        try:
-            self._evictions_next = now + 0.2
-            count = int(self.core.stats()["counters"].get(Reason.EVICTED_OLDEST.counter, 0))
-            new, self._evictions_seen = count - self._evictions_seen, count
-        finally:
-            self._overflow_lock.release()
-        if new > 0:
-            self.losses.drop(Reason.EVICTED_OLDEST, new, counted=True)
+        self._overflow.drain()
 
     # -- flush / close ----------------------------------------------------------------------------
 
@@ -469,7 +390,7 @@ class Pipeline:
             while route.parked:
                 if deadline is not None and _monotonic() >= deadline:
                     return
-                job = _unpark(route)
+                job = unpark(route)
                 if job is not None and not self._run_job(route, job, deadline):
                     return
             while route.lane.taken() < target:
@@ -501,10 +422,8 @@ class Pipeline:
         return self._close_result
 
     def _await_close(self, timeout: float | None) -> bool:
-        """A second close() (another thread, the exit handler) waits for the first one, within its own
-        ``timeout``, and returns the same result. From the closing thread itself (a hook called during
-        close) or a sender thread (which the first close() may be waiting for), it cannot wait: the
-        close is in progress, False unless it already finished."""
+        """A second close() waits for the first, within its own ``timeout``, and returns its result. The
+        closing thread (a hook) or a sender (the first close() may wait for it) cannot wait: False."""
         current = threading.current_thread()
         if current is self._closer or current in self._threads:
             return self._close_done.is_set() and self._close_result
@@ -536,7 +455,7 @@ class Pipeline:
             while route.parked:
                 job = route.parked.pop(0)
                 self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-        self._abandon_in_flight()
+        self._owners.abandon_in_flight(self.routes)
         for route in self.routes:
             leftover = route.lane.drain_ops()
             if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
@@ -546,27 +465,6 @@ class Pipeline:
             self.replay.close()
         self.router.close()
         return flushed
-
-    def _abandon_in_flight(self) -> None:
-        """After ``close()`` joined the senders: a batch still in flight belongs to a thread stuck in a
-        request past the deadline (a stalled, slow or trickling receiver; an exit under SIGTERM/SIGINT).
-        Nobody else will account for it: spool a copy (should that request succeed after all, the replay
-        only repeats event ids, which Customer.io deduplicates), or report it lost
-        (``shutdown_in_flight``). Either way the thread's late verdict is not reported again (_claim).
-        A batch its thread is settling right now (e.g. close() called from its hook) is left to it."""
-        for route in self.routes:
-            with self._cv:
-                stuck = [b for key, b in route.in_flight.items()
-                         if key not in self._settling and key not in self._abandoned]
-                for batch in stuck:
-                    self._abandoned[id(batch)] = False
-            for batch in stuck:
-                ops = batch.ops()
-                if self._to_spool(route, ops):
-                    self._abandoned[id(batch)] = True
-                else:
-                    self.losses.fail(Reason.SHUTDOWN_IN_FLIGHT, ops, status=None, detail=_IN_FLIGHT, attempts=1,
-                                     region=route.name)
 
     @property
     def closed(self) -> bool:
@@ -600,12 +498,3 @@ class Pipeline:
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
                                in_flight=in_flight, bucket_tokens=self.router.tokens(),
                                metrics_enabled=self.config.metrics)
-
-
-def _unpark(route: Route) -> Job | None:
-    """The oldest parked job of ``route`` (None: none; list.pop is atomic, senders and an inline flush
-    may race for it)."""
-    try:
-        return route.parked.pop(0)
-    except IndexError:
-        return None
