@@ -12,7 +12,9 @@ threads, processes and signals: every operation delivered, spooled or reported e
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -27,6 +29,7 @@ from typing import Any
 import pytest
 
 from ciotrack import DeliveryError, Tracker
+from ciotrack.destinations import Outcome
 
 from conftest import API_KEY, SITE_ID, RecordingServer
 
@@ -336,3 +339,61 @@ def test_an_event_tracked_from_an_earlier_at_fork_hook_survives(recorder: Record
     assert "child 0" in out.splitlines() and "child delivered 2" in out.splitlines(), (out, err)
     names = sorted(op["name"] for op in recorder.ops())
     assert names == ["after-fork", "before-fork", "forked"], err
+
+
+class OddOutcomeDestination:
+    """A destination (the plugin API) that posts over a real socket, then answers with an Outcome the
+    delivery loop cannot handle: a 207 whose failure index is not a number."""
+
+    name = "odd"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.odd = True
+
+    def send(self, body: bytes) -> Outcome:
+        host, port = self.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("POST", "/api/v2/batch", body=body, headers={"Content-Type": "application/json"})
+            status = conn.getresponse().status
+        finally:
+            conn.close()
+        if self.odd:
+            self.odd = False
+            return Outcome("partial", status, "partial", failures=(("zero", "invalid"),))  # type: ignore[arg-type]
+        return Outcome.delivered(status)
+
+    def probe(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_answer_the_delivery_loop_cannot_handle_is_a_failure_not_a_crash(recorder: RecordingServer) -> None:
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, destination=OddOutcomeDestination(recorder.url), on_error=errors.append,
+                      flush_interval=0.02, rate_limit=0)
+    for i in range(N):
+        tracker.track(f"user-{i}", "checkout")
+    assert tracker.flush(timeout=10)
+    assert sum(len(e.ops) for e in errors) == N and {e.reason for e in errors} == {"handling_failed: TypeError"}
+    tracker.track("user-x", "after")
+    assert tracker.flush(timeout=10)  # the sender is alive
+    assert recorder.ops()[-1]["name"] == "after" and len(errors) == 1
+    tracker.close()
+
+
+def test_a_207_index_outside_the_batch_is_logged(recorder: RecordingServer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    recorder.responder = lambda rec: (207, {}, b'{"errors":[{"batch_index":99,"reason":"invalid"}]}')
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, on_error=errors.append, flush_interval=0.02,
+                      rate_limit=0)
+    with caplog.at_level(logging.WARNING, logger="ciotrack"):
+        tracker.track("user-0", "checkout")
+        assert tracker.flush(timeout=10)
+    assert errors == []
+    assert [r for r in caplog.records if "outside its batch of 1" in r.getMessage()]
+    tracker.close()
