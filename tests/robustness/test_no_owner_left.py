@@ -190,7 +190,7 @@ def test_a_signal_with_a_batch_in_a_stalled_request_reports_it(held: Callable[..
 @pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
 def test_a_hook_raising_a_base_exception_on_a_sender_does_not_stop_it(
         recorder: RecordingServer, raised: type[BaseException]) -> None:
-    answers = iter([(400, {}, b'{"meta":{"error":"bad"}}')])
+    answers: Iterator[tuple[int, dict[str, str], bytes]] = iter([(400, {}, b'{"meta":{"error":"bad"}}')])
     recorder.responder = lambda rec: next(answers, (200, {}, b"{}"))
     threads: list[str] = []
 
@@ -275,7 +275,8 @@ def test_an_inline_flush_interrupted_mid_request_puts_its_batch_back(
 
 def test_a_hook_interrupting_an_inline_flush_leaves_nothing_in_flight(recorder: RecordingServer) -> None:
     assert threading.current_thread() is threading.main_thread()
-    answers = iter([(207, {}, b'{"errors":[{"batch_index":0,"reason":"invalid"}]}')])
+    answers: Iterator[tuple[int, dict[str, str], bytes]] = iter(
+        [(207, {}, b'{"errors":[{"batch_index":0,"reason":"invalid"}]}')])
     recorder.responder = lambda rec: next(answers, (200, {}, b"{}"))
 
     def on_error(error: DeliveryError) -> None:
