@@ -115,6 +115,8 @@ class Ledger:
         self._on_error = on_error
         self.log = ThrottledLog(logger)
         """The pipeline's throttled warnings (losses, raising hooks, spool trouble)."""
+        self.closing = False
+        """Set by ``close()``: from then on no hook exception propagates, on any thread."""
 
     def lose(self, reason: Reason, count: int, *, ops: Sequence[bytes] | None = None, status: int | None = None,
              detail: str = "", attempts: int = 0, region: str = "", counted: bool = False) -> None:
@@ -163,7 +165,7 @@ class Ledger:
             self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", _hook_name(hook),
                              exc_info=True)
         except BaseException as exc:
-            if threading.current_thread() is threading.main_thread():
+            if threading.current_thread() is threading.main_thread() and not self.closing:
                 raise
             self.log.warning("hook", "ciotrack: hook %s raised %s on a ciotrack thread; ignored (delivery goes on)",
                              _hook_name(hook), type(exc).__name__, exc_info=True)

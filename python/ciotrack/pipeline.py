@@ -215,12 +215,9 @@ class Pipeline:
     # -- what a verdict means ---------------------------------------------------------------------
 
     def _run_job(self, route: Route, job: Job, deadline: float | None, *, count_interruption: bool = False) -> bool:
-        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``.
-
-        Interrupted by any exception (a KeyboardInterrupt or a Celery soft time limit during an inline
-        flush, a bug): every piece not finished yet is parked with its retry state before the exception
-        goes on, so a later flush delivers it. ``count_interruption`` (sender threads) counts the
-        interruption as an attempt, so a batch that keeps hitting a bug ends up given up."""
+        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``. Interrupted
+        by any exception (KeyboardInterrupt, a Celery soft time limit, a bug), unfinished pieces are
+        parked with their retry state first (``count_interruption``: as one more attempt)."""
         delivery = self.router.delivery(route)
         owned = self._owners.start(job)  # _split keeps it current
         finished = True
@@ -439,31 +436,34 @@ class Pipeline:
                 timeout = 0.0
             elif timeout is not None:
                 timeout -= min(0.5, 0.2 * timeout)
-        flushed = self.flush(timeout)
-        self._stop.set()
-        self.core.close()
-        self.router.close_limiters()
-        current = threading.current_thread()
-        for thread in self._threads:
-            if thread is not current:
-                remaining = 1.0 if deadline is None else max(0.05, deadline - _monotonic())
-                thread.join(remaining)
-                if thread.is_alive():
-                    log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
-                                thread.name)
-        for route in self.routes:
-            while route.parked:
-                job = route.parked.pop(0)
-                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-        self._owners.abandon_in_flight(self.routes)
-        for route in self.routes:
-            leftover = route.lane.drain_ops()
-            if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
-                self.losses.drop(Reason.SHUTDOWN, len(leftover))
-        self.watch_overflow(True)
-        if self.replay is not None:
-            self.replay.close()
-        self.router.close()
+        self.losses.closing = True  # a hook's SystemExit must not cut close()'s accounting short
+        flushed = False
+        try:  # even when a KeyboardInterrupt cuts an inline flush short: nothing queued left unaccounted
+            flushed = self.flush(timeout)
+        finally:
+            self._stop.set()
+            self.core.close()
+            self.router.close_limiters()
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    remaining = 1.0 if deadline is None else max(0.05, deadline - _monotonic())
+                    thread.join(remaining)
+                    if thread.is_alive():
+                        log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
+                                    thread.name)
+            for route in self.routes:
+                while route.parked:
+                    job = route.parked.pop(0)
+                    self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
+            self._owners.abandon_in_flight(self.routes)
+            for route in self.routes:
+                leftover = route.lane.drain_ops()
+                if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
+                    self.losses.drop(Reason.SHUTDOWN, len(leftover))
+            self.watch_overflow(True)
+            if self.replay is not None:
+                self.replay.close()
+            self.router.close()
         return flushed
 
     @property

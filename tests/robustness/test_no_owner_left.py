@@ -398,3 +398,23 @@ def test_a_207_index_outside_the_batch_is_logged(recorder: RecordingServer,
     assert errors == []
     assert [r for r in caplog.records if "outside its batch of 1" in r.getMessage()]
     tracker.close()
+
+
+def test_a_hook_calling_sys_exit_during_close_does_not_cut_its_accounting_short(
+        held: Callable[..., HeldServer]) -> None:
+    server = held()
+    errors: list[str] = []
+    drops: list[tuple[str, int]] = []
+
+    def on_error(error: DeliveryError) -> None:
+        errors.append(error.reason.split(":")[0])
+        sys.exit(1)
+
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=server.url, on_error=on_error, timeout=(5.0, 30.0), senders=1,
+                      on_drop=lambda reason, n: drops.append((reason, n)), flush_interval=0.02, rate_limit=0)
+    tracker.track("user-0", "in-flight")
+    assert server.wait_arrived()  # the only sender is stuck in that request
+    for i in range(N):
+        tracker.track(f"user-{i}", "queued")
+    assert tracker.close(timeout=0.5) is False  # no SystemExit out of close(), on the main thread
+    assert errors == ["shutdown_in_flight"] and drops == [("shutdown", N)]
