@@ -28,8 +28,10 @@ from typing import Any
 
 import pytest
 
+import ciotrack.delivery
 from ciotrack import DeliveryError, Tracker
 from ciotrack.destinations import Outcome
+from ciotrack.logs import ThrottledLog
 
 from conftest import API_KEY, SITE_ID, RecordingServer
 
@@ -386,8 +388,10 @@ def test_an_answer_the_delivery_loop_cannot_handle_is_a_failure_not_a_crash(reco
     tracker.close()
 
 
-def test_a_207_index_outside_the_batch_is_logged(recorder: RecordingServer,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_207_index_outside_the_batch_is_logged(recorder: RecordingServer, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh throttle: an earlier test in this process may have logged the same warning moments ago.
+    monkeypatch.setattr(ciotrack.delivery, "_warn", ThrottledLog(ciotrack.delivery.log))
     recorder.responder = lambda rec: (207, {}, b'{"errors":[{"batch_index":99,"reason":"invalid"}]}')
     errors: list[DeliveryError] = []
     tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, on_error=errors.append, flush_interval=0.02,
