@@ -422,3 +422,24 @@ def test_a_hook_calling_sys_exit_during_close_does_not_cut_its_accounting_short(
         tracker.track(f"user-{i}", "queued")
     assert tracker.close(timeout=0.5) is False  # no SystemExit out of close(), on the main thread
     assert errors == ["shutdown_in_flight"] and drops == [("shutdown", N)]
+
+
+def test_a_close_interrupted_mid_request_still_accounts_for_everything(
+        recorder: RecordingServer, interrupt_main: Callable[[], None]) -> None:
+    assert threading.current_thread() is threading.main_thread()
+
+    def respond(rec: Any) -> tuple[int, dict[str, str], bytes]:
+        interrupt_main()
+        time.sleep(0.5)  # the client is gone by then
+        return 200, {}, b"{}"
+
+    recorder.responder = respond
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, on_error=errors.append, sync=True, rate_limit=0)
+    for i in range(N):
+        tracker.track(f"user-{i}", "checkout")
+    with pytest.raises(KeyboardInterrupt):
+        tracker.close(timeout=10)
+    # The interrupted batch was put back, then reported by the rest of close() (no spool here).
+    assert sum(len(e.ops) for e in errors) == N and {e.reason.split(":")[0] for e in errors} == {"shutdown"}
+    assert tracker.stats().in_flight == 0
