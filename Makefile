@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # cargo test links libpython through pyo3: point it at the venv's interpreter.
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: install build demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint clean
+.PHONY: install build wheel demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint clean
 
 install: $(STAMP) build
 
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 
 build: $(STAMP)
 	$(VENV)/bin/maturin develop --release -q
+
+# A release wheel in $(WHEEL_DIR) (the Dockerfile's build step runs exactly this target).
+MATURIN   ?= $(VENV)/bin/maturin
+WHEEL_DIR ?= dist
+wheel:
+	$(MATURIN) build --release --out $(WHEEL_DIR)
 
 demo: install
 	$(PY) -m ciotrack demo
