@@ -47,8 +47,7 @@ if BENCHES not in sys.path:
 from ciotrack import Tracker  # noqa: E402
 from ciotrack.emulator import Emulator  # noqa: E402
 from ciotrack.errors import DeliveryError  # noqa: E402
-from ciotrack.spool import Spool  # noqa: E402
-from ciotrack.spooling import spool_directory  # noqa: E402
+from ciotrack.spool import Spool, spool_directory  # noqa: E402
 
 SITE_ID, API_KEY = "bench-site", "bench-key"
 CHAOS: dict[str, Any] = {"error_rate": 0.2, "reset_rate": 0.05, "apply_then_drop_rate": 0.1,

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ciotrack.destinations.base import Destination
 from ciotrack.errors import ConfigError, DeliveryError
 
-__all__ = ["Config", "DEFAULT_ENDPOINTS", "REGIONS"]
+if TYPE_CHECKING:
+    from ciotrack.ratelimit import Limiter
+
+__all__ = ["Config", "DEFAULT_ENDPOINTS", "REGIONS", "SpoolHook"]
 
 Region = Literal["us", "eu"]
 OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
@@ -43,6 +47,12 @@ _MAX_BATCH_BYTES = 500_000
 RegionFor = Callable[[Any], "str | None"] | Mapping[Any, str]
 ErrorHook = Callable[[DeliveryError], None]
 DropHook = Callable[[str, int], None]
+
+
+class SpoolHook(Protocol):
+    """Where operations go when they cannot be delivered now (``spool_dir``'s disk spool is one)."""
+
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +150,17 @@ class Config:
     and reported (``on_drop("spool_evicted", n)``)."""
     spool_fsync: bool = False
     """fsync every spool write: survives a power loss too, at a large cost per write."""
+    destination: Destination | Callable[[str], Destination] | None = None
+    """Where batches go instead of Customer.io's Track API: a :class:`~ciotrack.destinations.Destination`
+    (every region's batches), or a factory ``region -> Destination`` called once per region in use
+    (``"auto"`` is not looked up then: that lane's factory call gets ``"auto"``). No credentials are
+    needed with one. ``close()`` closes the destinations."""
+    limiter: Callable[[str], Limiter] | None = None
+    """A factory ``region -> Limiter`` (:mod:`ciotrack.ratelimit`) pacing each region's requests instead
+    of the in-process bucket of ``rate_limit``/``rate_burst`` (e.g. a limiter shared through Redis)."""
+    spool: SpoolHook | None = None
+    """Where undeliverable operations go instead of being reported lost, when ``spool_dir`` is not set:
+    any object with ``append(ops, *, region)`` (no replay: the object owns them from then on)."""
     handle_sigterm: bool = True
     """Turn SIGTERM into a normal exit (``SystemExit(143)``) so the exit handler delivers or spools
     what is queued, when no other SIGTERM handler is installed (checked once, in the main thread)."""
@@ -172,7 +193,7 @@ class Config:
                 raise ConfigError(f"unknown option {name!r}")
             if value is not None:
                 values[name] = value
-        if values.get("disabled"):
+        if values.get("disabled") or values.get("destination") is not None:
             values.setdefault("site_id", "")
             values.setdefault("api_key", "")
         for required in ("site_id", "api_key"):
@@ -246,7 +267,12 @@ def _check_url(name: str, url: object) -> None:
 def _validate(config: Config) -> None:
     # Messages name the option and show the offending value, except for the API key, whose value is
     # never shown (not even its type's repr could leak it, but keep the rule simple: never).
-    if not config.disabled:
+    _check(config.destination is None or isinstance(config.destination, Destination) or callable(config.destination),
+           "destination must be a Destination (send, probe, close, name) or a callable region -> Destination")
+    _check(config.limiter is None or callable(config.limiter), "limiter must be a callable region -> Limiter")
+    _check(config.spool is None or callable(getattr(config.spool, "append", None)),
+           "spool must have an append(ops, *, region) method")
+    if not config.disabled and config.destination is None:
         _check(isinstance(config.site_id, str) and config.site_id.strip() != "", "site_id must be a non-empty str")
         _check(isinstance(config.api_key, str) and config.api_key.strip() != "", "api_key must be a non-empty str")
     _check(config.region in ("us", "eu", "auto"), f"region must be 'us', 'eu' or 'auto', got {config.region!r}")

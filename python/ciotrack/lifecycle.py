@@ -39,7 +39,7 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ciotrack.sender import Pipeline
+    from ciotrack.pipeline import Pipeline
 
 __all__ = ["block_exit_signals", "register_pipeline", "register_tracker", "close_all"]
 

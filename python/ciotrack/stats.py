@@ -6,8 +6,8 @@ made (or rebuilt after a fork); histograms too (no sliding window): scrape them 
 Prometheus does.
 
 Counter names in the core are flat (``failed_http_400``, ``requests_207``, ``dropped_closed``); the
-snapshot groups them by prefix into mappings, so a reason added later by the sender shows up here
-without a change to this module. The raw maps stay available as :attr:`Stats.counters`,
+snapshot groups them by prefix into mappings, so a reason added later shows up here without a change
+to this module. The names come from one vocabulary, :class:`ciotrack.losses.Reason`. The raw maps stay available as :attr:`Stats.counters`,
 :attr:`Stats.gauges` and :attr:`Stats.histograms`, and ``stats["counters"]`` still works for code
 written against the earlier dict snapshot.
 
@@ -23,10 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HistogramSummary", "Stats"]
+from ciotrack.losses import drop_reason
 
-# Core drop counters whose suffix differs from the reason ``on_drop`` receives for the same drop.
-_DROP_REASONS = {"full": "queue_full", "oldest": "evicted_oldest"}
+__all__ = ["HistogramSummary", "Stats"]
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -161,7 +160,7 @@ class Stats:
             if group is None or not rest:
                 continue
             if prefix == "dropped":
-                rest = _DROP_REASONS.get(rest, rest)
+                rest = drop_reason(rest)  # the core's dropped_full is on_drop's queue_full
             group[rest] = group.get(rest, 0) + int(value)
         queued_ops: dict[str, int] = {}
         queued_bytes: dict[str, int] = {}

@@ -22,44 +22,26 @@ Deduplication applies as in production (an identical identify within ``dedup_ttl
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from ciotrack.config import Config
+from ciotrack.destinations.capture import Capture, Operation
 from ciotrack.tracker import CustomerId, Tracker
-from ciotrack.transport import DELIVERED, Outcome
 
 __all__ = ["CaptureTracker"]
 
-Operation = dict[str, Any]
-
-
-class _CaptureDestination:
-    """Accepts every batch and hands its decoded operations to the CaptureTracker."""
-
-    def __init__(self, sink: CaptureTracker, region: str) -> None:
-        self.name = region
-        self._sink = sink
-
-    def send(self, body: bytes) -> Outcome:
-        self._sink._record(self.name, json.loads(body)["batch"])
-        return DELIVERED
-
-    def close(self) -> None:
-        pass
-
 
 class CaptureTracker(Tracker):
-    """A Tracker that records instead of sending. Options are the Tracker's (``region_for``,
-    ``dedup_ttl``, ``on_drop``, ...); delivery options are ignored and no environment variable is read.
+    """A Tracker that records instead of sending: ``Tracker(destination=Capture(), sync=True)`` plus
+    read helpers. Options are the Tracker's (``region_for``, ``dedup_ttl``, ``on_drop``, ...); delivery
+    options are ignored and no environment variable is read.
     """
 
     def __init__(self, site_id: str | None = None, api_key: str | None = None, *, region: str | None = None,
                  config: Config | None = None, **options: Any) -> None:
-        self._captured: list[tuple[str, Operation]] = []
-        self._capture_lock = threading.Lock()
+        self.capture = Capture()
+        """The destination factory every region's lane delivers into."""
         if config is None:
             # environ={}: a test must not depend on (or pick up credentials from) CIOTRACK_* variables.
             config = Config.from_env({}, site_id=site_id or "capture", api_key=api_key or "capture",
@@ -69,31 +51,21 @@ class CaptureTracker(Tracker):
                                                   (("site_id", site_id), ("api_key", api_key), ("region", region))
                                                   if v is not None})
         # sync: no thread, delivery happens on read; no rate limit: reading never waits for a token.
-        config = config.replace(sync=True, disabled=False, rate_limit=0.0)
+        # Every lane delivers into the capture (an "auto" one too: an injected destination is never
+        # looked up over the network).
+        config = config.replace(sync=True, disabled=False, rate_limit=0.0, limiter=None, destination=self.capture)
         super().__init__(config=config)
-
-    def _build(self) -> None:
-        super()._build()
-        # Every lane (including an unresolved "auto" one, which would otherwise look its region up
-        # over the network) delivers into this tracker.
-        for route in self._pipeline.routes:
-            route.destination = _CaptureDestination(self, route.region or route.route)
 
     def __enter__(self) -> CaptureTracker:
         return self
 
     def __repr__(self) -> str:
-        return f"<ciotrack.testing.CaptureTracker region={self.config.region!r} captured={len(self._captured)}>"
-
-    def _record(self, region: str, ops: list[Operation]) -> None:
-        with self._capture_lock:
-            self._captured.extend((region, op) for op in ops)
+        return f"<ciotrack.testing.CaptureTracker region={self.config.region!r} captured={len(self.capture)}>"
 
     def _snapshot(self) -> list[tuple[str, Operation]]:
         # Deliver what is queued first, so a read right after a call sees it.
         self.flush()
-        with self._capture_lock:
-            return list(self._captured)
+        return self.capture.snapshot()
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -137,5 +109,4 @@ class CaptureTracker(Tracker):
     def clear(self) -> None:
         """Forget everything captured so far (queued operations included)."""
         self.flush()
-        with self._capture_lock:
-            self._captured.clear()
+        self.capture.clear()

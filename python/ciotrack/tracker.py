@@ -26,7 +26,8 @@ from typing import Any
 from ciotrack import _core, lifecycle
 from ciotrack.config import Config
 from ciotrack.errors import ConfigError, InvalidValueError
-from ciotrack.sender import Pipeline, ThrottledLog, log
+from ciotrack.losses import Reason
+from ciotrack.pipeline import Pipeline
 from ciotrack.stats import Stats
 
 __all__ = ["Tracker"]
@@ -82,7 +83,6 @@ class Tracker:
             raise ConfigError("pass either config= or individual options, not both")
         self._config = config
         self._closed = False
-        self._warn = ThrottledLog(log)
         self._build()
         lifecycle.register_tracker(self)
 
@@ -115,7 +115,7 @@ class Tracker:
     def _start(self) -> bool:
         """First call (start the senders) or a call after close (dropped). True to go on."""
         if self._closed:
-            self._pipeline.drop("closed", 1)
+            self._pipeline.losses.drop(Reason.CLOSED, 1)
             return False
         self._pipeline.start()
         self._running = True
@@ -158,12 +158,10 @@ class Tracker:
             if self._config.disabled:
                 self._core.lane(args[0]).clear()
                 return
-            hook = self._config.on_drop
-            if hook is not None:
-                self._pipeline.call_hook(hook, "queue_full", 1)
-            self._warn.warning("full", "ciotrack: queue full (policy %s); operation dropped", self._config.on_full)
+            # Counted by the core already (dropped_full); the ledger tells the hook and the log.
+            self._pipeline.losses.drop(Reason.QUEUE_FULL, 1, counted=True, detail=f"policy {self._config.on_full}")
         elif code == _FORKED:
-            self._warn.warning("forked", "ciotrack: core still reports FORKED after a rebuild; operation dropped")
+            self._pipeline.losses.log.warning("forked", "ciotrack: core still reports FORKED after a rebuild; operation dropped")
 
     # -- the API ----------------------------------------------------------------------------------
 
@@ -349,7 +347,6 @@ class Tracker:
         old = self._pipeline
         old.forget_after_fork()
         self._finalizer.detach()
-        self._warn = ThrottledLog(log)
         if self._closed:
             return
         self._build()

@@ -2,8 +2,16 @@
 
 :class:`Destination` (``send(body) -> Outcome``, ``probe() -> bool``, ``close()``) and
 :class:`Outcome` are the contract; see :mod:`ciotrack.destinations.base` for a ten-line example.
+Implementations: :class:`~ciotrack.destinations.track_v2.TrackV2Destination` (Customer.io's Track API
+v2, the default) and :class:`~ciotrack.destinations.capture.Capture` (in memory, for tests). Pass
+one (or a factory ``region -> Destination``) as ``Tracker(destination=...)``.
 """
+
+from collections.abc import Callable
 
 from ciotrack.destinations.base import Destination, Outcome, OutcomeKind
 
-__all__ = ["Destination", "Outcome", "OutcomeKind"]
+__all__ = ["Destination", "DestinationFactory", "Outcome", "OutcomeKind"]
+
+DestinationFactory = Callable[[str], Destination]
+"""Makes the destination of one region (``"us"``, ``"eu"``; ``"auto"`` before the region is known)."""

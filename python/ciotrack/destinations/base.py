@@ -39,8 +39,10 @@ OutcomeKind = Literal["delivered", "partial", "retry", "split", "final"]
 class Outcome:
     """The answer to one send. Build it with the constructors (``Outcome.retry(429, 2.0)``).
 
-    ``status`` is the HTTP status (or the destination's own code), None when no answer arrived;
-    ``reason`` a short machine-friendly cause (``http_503``, ``connection_refused``, ...).
+    ``status`` is the HTTP status (or the destination's own code), None when no answer arrived.
+    ``reason`` (and each ``failures`` reason) is ``code`` or ``code: detail``: a short machine-friendly
+    code (``http_503``, ``connection_error``, a 207's ``invalid``) then, optionally, text for humans.
+    The code alone labels the ``stats().failed`` counters; the whole text reaches ``on_error``.
     """
 
     kind: OutcomeKind

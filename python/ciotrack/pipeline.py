@@ -1,9 +1,12 @@
-"""The delivery pipeline behind a Tracker: native core, sender threads, flush/close accounting.
+"""The pipeline behind a Tracker: lanes, sender threads, flush/close/fork accounting, and what a
+delivery verdict means for the operations in a batch (ack, spool, report).
 
-Shape (after OpenTelemetry's BatchProcessor and Sentry's worker): producers push encoded operations into
-the core's lanes (one per region) on their own threads; N sender threads loop
-``wait -> next_batch -> token -> destination.send -> ack | retry | split | fail``. Every sleep is
-an ``Event``/native wait that ``close()`` cuts.
+Shape (after OpenTelemetry's BatchProcessor and Sentry's worker): producers push encoded operations
+into the core's lanes (one per region) on their own threads; N sender threads loop ``wait ->
+next_batch -> Delivery.deliver -> ack | spool | report``. The delivery loop itself (token, send,
+retry, split) is :mod:`ciotrack.delivery`; losses go through :mod:`ciotrack.losses`; the disk spool
+(:mod:`ciotrack.spool`) talks to the pipeline through :class:`SpoolHost`'s few public methods. Every
+sleep is an ``Event``/native wait that ``close()`` cuts.
 
 Flush accounting. Each lane counts operations ever ``pushed()`` and ever ``taken()`` (into a batch, or
 evicted); an operation's take ordinal equals its push ordinal (FIFO). A flush started when a lane had
@@ -17,87 +20,50 @@ pipeline drains (see :meth:`Pipeline.release`).
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import cast
 
-from ciotrack._core import Batch, Bucket, Core, Lane
-from ciotrack.config import Config
-from ciotrack.errors import DeliveryError
+from ciotrack._core import Batch, Core, Lane
+from ciotrack.config import Config, SpoolHook
+from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Delivery, Health, Job, Verdict
+from ciotrack.destinations.base import Destination
+from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.lifecycle import block_exit_signals
+from ciotrack.losses import Ledger, Reason
+from ciotrack.ratelimit import Limiter, local_limiter
 from ciotrack.retry import RetryPolicy
-from ciotrack.overflow import overflow_watcher
-from ciotrack.spooling import SpoolBridge
+from ciotrack.spool.replay import SpoolReplay
 from ciotrack.stats import Stats
-from ciotrack.transport import Destination, TrackV2Destination, lookup_region, make_session
 
-__all__ = ["Pipeline", "SpoolHook"]
+__all__ = ["Pipeline"]
 
 log = logging.getLogger("ciotrack.sender")
 _monotonic = time.monotonic
-
-
-class SpoolHook(Protocol):
-    """Where operations go when they cannot be delivered now (the disk spool plugs in here)."""
-
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None: ...
-
-
-class ThrottledLog:
-    """Logs a warning at most once per ``interval`` seconds per key, counting what it suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
-        now = _monotonic()
-        with self._lock:
-            last, suppressed = self._last.get(key, (-1e18, 0))
-            if now - last < self._interval:
-                self._last[key] = (last, suppressed + 1)
-                return
-            self._last[key] = (now, 0)
-        if suppressed:
-            message += f" ({suppressed} similar messages suppressed)"
-        self._logger.warning(message, *args, exc_info=exc_info)
-
-
-class _Job:
-    """One batch on its way, with its retry state (kept when a sync flush parks it at its deadline)."""
-
-    __slots__ = ("batch", "attempts", "first_attempt")
-
-    def __init__(self, batch: Batch, attempts: int = 0, first_attempt: float | None = None) -> None:
-        self.batch = batch
-        self.attempts = attempts
-        self.first_attempt = first_attempt
+_SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
 
 
 class _Route:
     """A lane of the core plus where its batches go. ``route`` is ``us``, ``eu`` or ``auto``."""
 
-    __slots__ = ("index", "route", "region", "lane", "destination", "bucket", "in_flight", "parked", "last_take")
+    __slots__ = ("index", "route", "region", "lane", "delivery", "in_flight", "parked", "last_take")
 
     def __init__(self, index: int, route: str, lane: Lane) -> None:
         self.index = index
         self.route = route
         self.region: str | None = None if route == "auto" else route
         self.lane = lane
-        self.destination: Destination | None = None
-        self.bucket: Bucket | None = None
-        self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished (sent, retried or split)
-        self.parked: list[_Job] = []
+        self.delivery: Delivery | None = None
+        self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished
+        self.parked: list[Job] = []  # jobs a sync flush left at its deadline, with their retry state
         self.last_take = -1e18
 
-
-# Outcomes of one job attempt loop.
-_DONE, _SPLIT, _PARK, _ABANDON = 0, 1, 2, 3
+    @property
+    def name(self) -> str:
+        return self.region or self.route
 
 
 class Pipeline:
@@ -117,15 +83,14 @@ class Pipeline:
             dedup_events=config.dedup_events,
             metrics=config.metrics,
         )
+        self.losses = Ledger(self.core, on_drop=config.on_drop, on_error=config.on_error, logger=log)
         self.routes = [_Route(i, route, self.core.lane(i)) for i, route in enumerate(routes)]
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
-        self.spool: SpoolHook | None = None  # the disk spool plugs in here (SpoolBridge sets itself)
         self.policy = RetryPolicy(config.max_retries, config.retry_budget, config.backoff_base, config.backoff_cap,
                                   config.retry_after_cap)
         self.session = make_session(config.senders, hosts=len(routes), user_agent_suffix=config.user_agent)
-        self.log = ThrottledLog(log)
         self._destinations: dict[str, Destination] = {}
-        self._buckets: dict[str, Bucket] = {}
+        self._limiters: dict[str, Limiter] = {}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
@@ -139,41 +104,68 @@ class Pipeline:
         self._min_bytes = max(1, int(config.batch_bytes * 0.9))
         self._linger = config.flush_interval
         self._wait_timeout = config.flush_interval / len(self.routes)
-        for route in self.routes:
-            if route.region is not None:
-                self._bind(route, route.region)
+        self._copied: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
         self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
-        self.spooling = SpoolBridge(self) if config.spool_dir is not None and not config.disabled else None
-        self.watch_overflow = overflow_watcher(self)
+        self._evictions_seen = 0
+        self._evictions_next = 0.0
+        # The API health model exists with the disk spool: it decides between replaying and probing.
+        spooling = config.spool_dir is not None and not config.disabled
+        self.health = Health(None) if spooling else None
+        for route in self.routes:
+            if route.region is not None or config.destination is not None:
+                self._bind(route, route.region)
+        if self.health is not None and self.health.destination is None:  # lane 0 is "auto": probe "us"
+            self.health.destination = self._destination("us")
+        self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
+        self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
+        """Where operations go when they cannot be delivered now (None: reported as lost)."""
 
     # -- setup -----------------------------------------------------------------------------------
 
-    def _bind(self, route: _Route, region: str) -> None:
-        route.region = region
+    def _destination(self, region: str) -> Destination:
         destination = self._destinations.get(region)
         if destination is None:
-            c = self.config
-            destination = TrackV2Destination(self.session, c.endpoint_for(region), c.site_id, c.api_key,
-                                             timeout=c.timeout, proxies=c.proxies, verify=c.verify, name=region)
+            injected = self.config.destination
+            if injected is None:
+                destination = TrackV2Destination.from_config(self.config, region, self.session)
+            elif isinstance(injected, Destination):
+                destination = injected
+            else:
+                destination = injected(region)
             self._destinations[region] = destination
-        route.destination = destination
-        if self.config.rate_limit > 0:
-            bucket = self._buckets.get(region)
-            if bucket is None:
-                bucket = self._buckets[region] = Bucket(self.config.rate_limit, self.config.rate_burst)
-            route.bucket = bucket
+        return destination
 
-    def _resolve_auto(self, route: _Route) -> None:
+    def _bind(self, route: _Route, region: str | None) -> Delivery:
+        """Give ``route`` its destination and limiter. ``region`` None: an "auto" route with an injected
+        destination (which has no region to look up): it keeps the name "auto"."""
+        route.region = region
+        name = route.name
+        destination = self._destination(name)
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            c = self.config
+            if c.limiter is not None:
+                limiter = self._limiters[name] = c.limiter(name)
+            elif c.rate_limit > 0:
+                limiter = self._limiters[name] = local_limiter(c.rate_limit, c.rate_burst)
+        if route.index == 0 and self.health is not None:
+            self.health.destination = destination
+        delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self.core,
+                            health=self.health, on_split=functools.partial(self._split, route))
+        route.delivery = delivery
+        return delivery
+
+    def _resolve_auto(self, route: _Route) -> Delivery:
         with self._start_lock:
-            if route.destination is not None:
-                return
+            if route.delivery is not None:
+                return route.delivery
             c = self.config
             region = lookup_region(self.session, c.endpoint_for("us"), c.site_id, c.api_key,
                                    timeout=c.timeout, proxies=c.proxies, verify=c.verify)
             if region is None:
                 log.warning("ciotrack: region='auto' could not determine the account's region; sending to 'us'")
                 region = "us"
-            self._bind(route, region)
+            return self._bind(route, region)
 
     def start(self) -> bool:
         """Start the sender threads (idempotent). False when they cannot start (e.g. at interpreter
@@ -194,9 +186,43 @@ class Pipeline:
                 if not self._threads:
                     self._inline = True
                     return False
-            if self.spooling is not None:
-                self.spooling.start()
+            if self.replay is not None:
+                self.replay.start()
         return True
+
+    # -- the spool's view (SpoolHost) -------------------------------------------------------------
+
+    @property
+    def lane_count(self) -> int:
+        return len(self.routes)
+
+    def lane(self, index: int) -> Lane:
+        return self.routes[index].lane
+
+    def region_of(self, index: int) -> str:
+        return self.routes[index].name
+
+    def lane_for(self, region: str) -> int | None:
+        """The lane serving ``region`` (None: not a region this pipeline serves)."""
+        for route in self.routes:
+            if route.region == region or route.route == region:
+                return route.index
+        # Written before an "auto" route was resolved: the workspace's default region is lane 0.
+        return 0 if region == "auto" else None
+
+    def finished(self, targets: Sequence[int]) -> bool:
+        """Every operation below ``targets[lane]`` (push ordinals) is finished: delivered, failed or spooled."""
+        with self._cv:
+            return self._done(targets)
+
+    def idle(self) -> bool:
+        with self._cv:
+            return all(not r.in_flight and not len(r.lane) for r in self.routes)
+
+    @property
+    def draining(self) -> bool:
+        """The Tracker was collected: senders deliver what is queued, then exit (no new replay)."""
+        return self._draining
 
     # -- sender threads ---------------------------------------------------------------------------
 
@@ -205,9 +231,11 @@ class Pipeline:
         routes = self.routes
         count = len(routes)
         turn = number
+        policy = self.config.overflow_policy
+        watch = policy == "spool" or policy == "drop_oldest"
         try:
             while not self._stop.is_set():
-                if self.watch_overflow is not None:
+                if watch:
                     self.watch_overflow()
                 served = False
                 force = self._flushing > 0 or self._draining
@@ -215,12 +243,12 @@ class Pipeline:
                     route = routes[(turn + k) % count]
                     batch = self._take(route, force)
                     if batch is not None:
-                        self._run_job(route, _Job(batch), None)
+                        self._run_job(route, Job(batch), None)
                         served = True
                 turn += 1
                 if served:
                     continue
-                if self._draining and self._idle():
+                if self._draining and self.idle():
                     return
                 route = routes[turn % count]
                 timeout = self._wait_timeout
@@ -247,114 +275,47 @@ class Pipeline:
             route.last_take = now
         return batch
 
-    def _idle(self) -> bool:
-        with self._cv:
-            return all(not r.in_flight and not len(r.lane) for r in self.routes)
+    # -- what a verdict means ---------------------------------------------------------------------
 
-    # -- one batch --------------------------------------------------------------------------------
-
-    def _run_job(self, route: _Route, job: _Job, deadline: float | None) -> bool:
-        """Deliver ``job`` (and the halves of any 413 split). False when parked at ``deadline``."""
-        stack = [job]
-        while stack:
-            current = stack.pop()
-            result = self._attempt(route, current, deadline)
-            if result == _SPLIT:
-                first, second = current.batch.split()
-                with self._cv:
-                    in_flight = route.in_flight
-                    in_flight.pop(id(current.batch), None)
-                    in_flight[id(first)] = first
-                    in_flight[id(second)] = second
-                self.core.incr("split")
-                stack.append(_Job(second))
-                stack.append(_Job(first))
-            elif result == _PARK:
-                route.parked.append(current)
-                route.parked.extend(reversed(stack))
-                return False
-            elif result == _ABANDON:
-                self._abandon(route, current)
-                for rest in stack:
-                    self._abandon(route, rest)
-                return True
-        return True
-
-    def _attempt(self, route: _Route, job: _Job, deadline: float | None) -> int:
-        if route.destination is None:
-            self._resolve_auto(route)
-        destination = route.destination
-        assert destination is not None
-        core = self.core
-        batch = job.batch
-        spooling = self.spooling
-        while True:
-            if spooling is not None and spooling.api_down:
-                # A batch already ran out of retries and nothing got through since: spool at once (the
-                # spooler's probe finds the API again), rather than hold this one for a retry budget.
-                self._give_up(route, batch, None, "unreachable: Customer.io is down", job.attempts)
-                return _DONE
-            if not self._take_token(route, deadline):
-                return _ABANDON if self._stop.is_set() else _PARK
-            started = time.perf_counter()
-            outcome = destination.send(batch.body)
-            latency = time.perf_counter() - started
-            if job.first_attempt is None:
-                job.first_attempt = _monotonic()
-            core.observe("request_latency_seconds", latency)
-            core.incr(f"requests_{outcome.status}" if outcome.status is not None else "requests_error")
-            kind = outcome.kind
-            if kind == "delivered" or kind == "partial":
-                if self.spooling is not None:
-                    self.spooling.delivered()
-                core.incr("bytes_sent", len(batch.body))
-                core.observe("batch_ops", batch.count)
-                core.observe("batch_bytes", len(batch.body))
-                failures = [(i, why) for i, why in outcome.failures if 0 <= i < batch.count]
-                if failures:
+    def _run_job(self, route: _Route, job: Job, deadline: float | None) -> bool:
+        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``."""
+        delivery = route.delivery or self._resolve_auto(route)
+        finished = True
+        for result in delivery.deliver(job, deadline):
+            verdict = result.verdict
+            batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
+            attempts = result.job.attempts
+            if verdict is Verdict.DELIVERED:
+                failed: list[int] = []
+                if result.failures:
                     ops = batch.ops()
                     by_reason: dict[str, list[bytes]] = {}
-                    for i, why in failures:
+                    for i, why in result.failures:
                         by_reason.setdefault(why, []).append(ops[i])
+                        failed.append(i)
                     for why, rejected in by_reason.items():
-                        self._report(route, rejected, outcome.status, why, job.attempts + 1)
+                        self.losses.fail(Reason.REJECTED, rejected, status=result.status, detail=why,
+                                         attempts=attempts + 1, region=route.name)
                 # Reported before finished: a flush() that returns True has seen on_error run.
-                self._finish(route, batch, [i for i, _ in failures])
-                return _DONE
-            if kind == "split" and batch.count >= 2:
-                return _SPLIT
-            if kind == "final" or kind == "split":
-                self._fail(route, batch, outcome.status, outcome.reason, job.attempts + 1)
-                return _DONE
-            job.attempts += 1
-            if spooling is not None:
-                spooling.failed_attempt(answered=outcome.status is not None)  # is Customer.io down?
-            delay = self.policy.delay(job.attempts, outcome.retry_after)
-            if outcome.status == 429 and route.bucket is not None:
-                # Every sender of this region waits, not only this one: the server said "slow down".
-                route.bucket.pause(delay)
-            if self.policy.gives_up(job.attempts, _monotonic() - job.first_attempt, delay):
-                if self.spooling is not None:
-                    self.spooling.unreachable()
-                self._give_up(route, batch, outcome.status, f"retries exhausted: {outcome.reason}", job.attempts)
-                return _DONE
-            core.incr("retried")
-            if deadline is not None and _monotonic() + delay > deadline:
-                return _PARK
-            if self._stop.wait(delay):
-                return _ABANDON
+                self._finish(route, batch, failed)
+            elif verdict is Verdict.FAILED:
+                self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
+            elif verdict is Verdict.EXHAUSTED:
+                reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
+                self._give_up(route, batch, reason, result.status, result.reason, attempts)
+            elif verdict is Verdict.DEADLINE:
+                route.parked.append(result.job)
+                finished = False
+            else:  # STOPPED: the pipeline is closing and this piece is not delivered
+                self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
+        return finished
 
-    def _take_token(self, route: _Route, deadline: float | None) -> bool:
-        bucket = route.bucket
-        if bucket is None:
-            return not self._stop.is_set()
-        while not self._stop.is_set():
-            wait = 1.0 if deadline is None else min(1.0, deadline - _monotonic())
-            if wait <= 0:
-                return False
-            if bucket.acquire(wait):
-                return True
-        return False
+    def _split(self, route: _Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
+        with self._cv:
+            in_flight = route.in_flight
+            in_flight.pop(id(parent), None)
+            in_flight[id(first)] = cast(Batch, first)
+            in_flight[id(second)] = cast(Batch, second)
 
     def _finish(self, route: _Route, batch: Batch, failed: Sequence[int]) -> None:
         self.core.ack(batch, failed)
@@ -362,62 +323,45 @@ class Pipeline:
             route.in_flight.pop(id(batch), None)
             self._cv.notify_all()
 
-    def _fail(self, route: _Route, batch: Batch, status: int | None, reason: str, attempts: int) -> None:
-        self._report(route, batch.ops(), status, reason, attempts)
+    def _fail(self, route: _Route, batch: Batch, reason: Reason, status: int | None, detail: str,
+              attempts: int) -> None:
+        self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
         self._finish(route, batch, range(batch.count))
 
-    def _abandon(self, route: _Route, job: _Job) -> None:
-        """The pipeline is stopping and ``job`` is not delivered: spool it, or report it failed."""
-        self._give_up(route, job.batch, None, "shutdown: not delivered before close()/exit deadline", job.attempts)
-
-    def _give_up(self, route: _Route, batch: Batch, status: int | None, reason: str, attempts: int) -> None:
-        """No more attempts for ``batch`` (retries exhausted, or stopping): spool it, or report it failed."""
-        if (self.spooling is not None and self.spooling.copied(batch)) or self._to_spool(route, batch.ops()):
+    def _give_up(self, route: _Route, batch: Batch, reason: Reason, status: int | None, detail: str,
+                 attempts: int) -> None:
+        """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
+        report it failed."""
+        if id(batch) in self._copied or self._to_spool(route, batch.ops()):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
-        self._fail(route, batch, status, reason, attempts)
-
-    def _report(self, route: _Route, ops: list[bytes], status: int | None, reason: str, attempts: int) -> None:
-        region = route.region or route.route
-        count = len(ops)
-        self.core.incr("failed", count)
-        self.core.incr("failed_" + _reason_slug(reason), count)
-        self.log.warning("failed:" + region, "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s",
-                         count, region, attempts, reason)
-        hook = self.config.on_error
-        if hook is not None:
-            error = DeliveryError(f"{count} operation(s) failed: {reason}", ops=ops, status=status, reason=reason,
-                                  attempts=attempts, region=region)
-            self.call_hook(hook, error)
-
-    def call_hook(self, hook: Callable[..., object], *args: object) -> None:
-        try:
-            hook(*args)
-        except Exception:
-            # The hook's name, not its repr: a functools.partial's repr would show its bound arguments.
-            name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
-            self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", name, exc_info=True)
-
-    def drop(self, reason: str, count: int) -> None:
-        if count <= 0:
-            return
-        self.core.incr("dropped_" + reason, count)
-        hook = self.config.on_drop
-        if hook is not None:
-            self.call_hook(hook, reason, count)
+        self._fail(route, batch, reason, status, detail, attempts)
 
     def _to_spool(self, route: _Route, ops: list[bytes]) -> bool:
         spool = self.spool
         if spool is None or not ops:
             return False
         try:
-            spool.append(ops, region=route.region or route.route)
+            spool.append(ops, region=route.name)
         except Exception:
-            self.log.warning("spool", "ciotrack: spooling %d operation(s) failed", len(ops), exc_info=True)
+            self.losses.log.warning("spool", "ciotrack: spooling %d operation(s) failed", len(ops), exc_info=True)
             return False
         self.core.incr("spooled", len(ops))
         return True
+
+    # -- overflow policies: the sender-side half --------------------------------------------------
+
+    def watch_overflow(self, force: bool = False) -> None:
+        """Between batches (and at flush/close): ``spool`` hands what full lanes refused to the spool;
+        ``drop_oldest`` reports the core's evictions (counted on the caller's thread, where calling
+        ``on_drop`` would slow the hot path) to the ledger. ``drop_newest``/``block`` report their drops
+        on the caller's thread (``Tracker._refused``)."""
+        policy = self.config.overflow_policy
+        if policy == "spool":
+            self.drain_overflow()
+        elif policy == "drop_oldest":
+            self._report_evictions(force)
 
     def drain_overflow(self) -> None:
         """Under ``on_full="spool"``: hand operations refused by a full lane to the spool (per lane, so
@@ -426,16 +370,29 @@ class Pipeline:
             for route in self.routes:
                 ops = self.core.take_overflow(route.index)
                 if ops and not self._to_spool(route, ops):
-                    self.log.warning("overflow", "ciotrack: queue full and no spool took %d operation(s); dropped",
-                                     len(ops))
-                    self.drop("queue_full", len(ops))
+                    self.losses.drop(Reason.QUEUE_FULL, len(ops), detail="no spool took them")
+
+    def _report_evictions(self, force: bool) -> None:
+        now = _monotonic()
+        if not force and now < self._evictions_next:
+            return
+        if not self._overflow_lock.acquire(blocking=force):
+            return
+        try:
+            self._evictions_next = now + 0.2
+            count = int(self.core.stats()["counters"].get(Reason.EVICTED_OLDEST.counter, 0))
+            new, self._evictions_seen = count - self._evictions_seen, count
+        finally:
+            self._overflow_lock.release()
+        if new > 0:
+            self.losses.drop(Reason.EVICTED_OLDEST, new, counted=True)
 
     # -- flush / close ----------------------------------------------------------------------------
 
     def _targets(self) -> list[int]:
         return [route.lane.pushed() for route in self.routes]
 
-    def _done(self, targets: list[int]) -> bool:
+    def _done(self, targets: Sequence[int]) -> bool:
         # Called with self._cv held.
         for route, target in zip(self.routes, targets):
             if route.lane.taken() < target:
@@ -453,11 +410,10 @@ class Pipeline:
             for route in self.routes:
                 route.lane.clear()
             return True
-        if self.watch_overflow is not None:
-            self.watch_overflow(True)
+        self.watch_overflow(True)
         if self._inline or not any(t.is_alive() for t in self._threads):
-            if self.spooling is not None:  # spooled ops first, as far as the deadline allows
-                return self.spooling.flush_inline(self._flush_inline, deadline)
+            if self.replay is not None:  # spooled ops first, as far as the deadline allows
+                return self.replay.flush_inline(self._flush_inline, deadline)
             return self._flush_inline(targets, deadline)
         if threading.current_thread() in self._threads:
             # Called from a hook on a sender thread: waiting would wait for this very thread.
@@ -505,31 +461,31 @@ class Pipeline:
                 batch = self._take(route, True)
                 if batch is None:
                     break
-                if not self._run_job(route, _Job(batch), deadline):
+                if not self._run_job(route, Job(batch), deadline):
                     return
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (None: until every batch is delivered or has finally failed), then
-        stop the senders and close the Session. Idempotent. What could not be delivered is spooled or
-        reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
+        stop the senders and close the destinations. Idempotent. What could not be delivered is spooled
+        or reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
         with self._cv:
             if self._closed or self._forked_away:
                 return True
             self._closed = True
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
-        if self.spooling is not None:
-            self.spooling.stop_replay()
+        if self.replay is not None:
+            self.replay.stop_replay()
             # Keep part of the budget for spooling what delivery cannot finish; with the API known to
             # be down, waiting is pointless: spool at once.
-            if self.spooling.api_down:
+            if self.health is not None and self.health.down:
                 timeout = 0.0
             elif timeout is not None:
                 timeout -= min(0.5, 0.2 * timeout)
         flushed = self.flush(timeout)
         self._stop.set()
         self.core.close()
-        for bucket in self._buckets.values():
-            bucket.close()
+        for limiter in self._limiters.values():
+            limiter.close()
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current:
@@ -540,22 +496,36 @@ class Pipeline:
                                 thread.name)
         for route in self.routes:
             while route.parked:
-                self._abandon(route, route.parked.pop(0))
-        if self.spooling is not None:
-            self.spooling.spool_stuck()
+                self._give_up(route, cast(Batch, route.parked.pop(0).batch), Reason.SHUTDOWN, None, _SHUTDOWN, 0)
+        self._spool_stuck()
         for route in self.routes:
             leftover = route.lane.drain_ops()
-            if leftover and not self._to_spool(route, leftover):
-                if not self.config.disabled:
-                    self.log.warning("shutdown", "ciotrack: %d queued operation(s) not delivered before the deadline",
-                                     len(leftover))
-                    self.drop("shutdown", len(leftover))
-        if self.watch_overflow is not None:
-            self.watch_overflow(True)
-        if self.spooling is not None:
-            self.spooling.close()
+            if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
+                self.losses.drop(Reason.SHUTDOWN, len(leftover))
+        self.watch_overflow(True)
+        if self.replay is not None:
+            self.replay.close()
+        for destination in self._destinations.values():
+            try:
+                destination.close()
+            except Exception:
+                log.warning("ciotrack: closing destination %r failed", destination, exc_info=True)
         self.session.close()
         return flushed
+
+    def _spool_stuck(self) -> None:
+        """After ``close()`` joined the senders: a batch still in flight belongs to a thread stuck in a
+        request past the deadline. Spool a copy (should that request succeed after all, the replay only
+        repeats event ids, which Customer.io deduplicates) and remember it, so that thread's own
+        give-up does not report it failed."""
+        if self.spool is None or threading.current_thread() in self._threads:
+            return  # close() from a hook: the batch in flight is this very thread's, being finished
+        for route in self.routes:
+            with self._cv:
+                stuck = list(route.in_flight.values())
+            for batch in stuck:
+                if id(batch) not in self._copied and self._to_spool(route, batch.ops()):
+                    self._copied.add(id(batch))
 
     @property
     def closed(self) -> bool:
@@ -568,9 +538,7 @@ class Pipeline:
         if not self._threads or self._inline:
             pending = sum(len(r.lane) for r in self.routes)
             if pending and not self.config.disabled:
-                log.warning("ciotrack: tracker collected with %d undelivered operation(s) (no sender running)",
-                            pending)
-                self.drop("released", pending)
+                self.losses.drop(Reason.RELEASED, pending)
             self._closed = True
             return
         self._draining = True
@@ -581,18 +549,21 @@ class Pipeline:
         touch its locks (a parent thread may have held them at fork time) or its sockets."""
         self._forked_away = True
         self._threads = []
-        if self.spooling is not None:
-            self.spooling.forget_after_fork()
+        if self.replay is not None:
+            self.replay.forget_after_fork()
+
+    def on_sender_thread(self) -> bool:
+        return threading.current_thread() in self._threads
+
+    def sender_threads_alive(self) -> int:
+        """Sender threads running now (0 in sync mode, before the first call, and after close)."""
+        return sum(1 for thread in self._threads if thread.is_alive())
 
     def stats(self) -> Stats:
         # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
         # (also safe from a hook, or after a fork where a parent thread may hold self._cv).
         in_flight = sum(len(route.in_flight) for route in self.routes)
-        tokens = {region: bucket.tokens() for region, bucket in list(self._buckets.items())}
-        return Stats.from_core(self.core.stats(), lane_regions=[r.region or r.route for r in self.routes],
+        tokens = {region: limiter.tokens() for region, limiter in list(self._limiters.items())}
+        return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
                                in_flight=in_flight, bucket_tokens=tokens, metrics_enabled=self.config.metrics)
 
-
-def _reason_slug(reason: str) -> str:
-    head = reason.split(":", 1)[0].strip().lower()
-    return re.sub(r"[^a-z0-9_]+", "_", head)[:40] or "unknown"

@@ -23,7 +23,7 @@ import requests
 
 from ciotrack.emulator import Emulator
 from ciotrack.spool import Spool
-from ciotrack.spooling import spool_directory
+from ciotrack.spool import spool_directory
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, free_port

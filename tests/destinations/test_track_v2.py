@@ -14,7 +14,7 @@ from ciotrack.emulator import Emulator
 from ciotrack.errors import DeliveryError
 from ciotrack.retry import RetryPolicy, parse_retry_after
 from ciotrack.tracker import Tracker
-from ciotrack.transport import TrackV2Destination, classify, make_session, user_agent
+from ciotrack.destinations.track_v2 import TrackV2Destination, classify, make_session, user_agent
 
 from conftest import API_KEY, SITE_ID, RecordingServer, TrackerFactory, all_events, free_port
 

@@ -17,9 +17,11 @@ from ciotrack import _core
 from ciotrack.emulator import Emulator
 from ciotrack.errors import DeliveryError
 from ciotrack.stats import HistogramSummary, Stats
-from ciotrack.transport import Outcome
+from ciotrack.config import Config
+from ciotrack.destinations import Outcome
+from ciotrack.destinations.track_v2 import TrackV2Destination, make_session
 
-from conftest import TrackerFactory
+from conftest import API_KEY, SITE_ID, TrackerFactory
 
 # -- the core's log-linear buckets, restated: 8 sub-buckets per power of two, from 2**-30 ----------
 
@@ -179,6 +181,9 @@ class _TimedDestination:
                 self.end_to_end.extend(answered - self._called_at[op["id"]] for op in ops)
         return outcome
 
+    def probe(self) -> bool:
+        return bool(self._inner.probe())
+
     def close(self) -> None:
         self._inner.close()
 
@@ -187,10 +192,12 @@ def test_histogram_quantiles_within_one_bucket_of_recorded_timings(make_tracker:
                                                                    emulator: Emulator) -> None:
     # Server latency spread over 2..32 ms so the quantiles fall in different buckets.
     emulator.set_faults(latency=0.002, latency_jitter=0.03, seed=5)
-    tracker = make_tracker(batch_bytes=2048, senders=2)
     called_at: dict[str, float] = {}
-    timed = _TimedDestination(tracker._pipeline.routes[0].destination, called_at)
-    tracker._pipeline.routes[0].destination = timed
+    session = make_session(2)  # one connection per sender, as the tracker's own session keeps
+    config = Config(site_id=SITE_ID, api_key=API_KEY, endpoint=emulator.url)
+    # The destination the tracker would build, wrapped and injected: Tracker(destination=...) is the seam.
+    timed = _TimedDestination(TrackV2Destination.from_config(config, "us", session), called_at)
+    tracker = make_tracker(batch_bytes=2048, senders=2, destination=timed)
     for i in range(2000):
         event_id = _core.ulid()
         called_at[event_id] = time.monotonic()
@@ -212,6 +219,7 @@ def test_histogram_quantiles_within_one_bucket_of_recorded_timings(make_tracker:
     exact = exact_quantile(timed.batch_sizes, 0.5)
     assert stats.batch_size.p50 == min(upper_bound(bucket_of(exact)), max(timed.batch_sizes))
     assert stats.request_latency.p50 < stats.request_latency.p99 <= stats.request_latency.max
+    session.close()
 
 
 def test_metrics_off_keeps_counters_and_leaves_histograms_empty(make_tracker: TrackerFactory) -> None:
@@ -265,9 +273,8 @@ class _ListSpool:
 def test_a_batch_abandoned_to_the_spool_counts_as_spooled_not_delivered(make_tracker: TrackerFactory,
                                                                          emulator: Emulator) -> None:
     emulator.set_faults(error_rate=1.0)
-    tracker = make_tracker(max_retries=100, retry_budget=100)
     spool = _ListSpool()
-    tracker._pipeline.spool = spool
+    tracker = make_tracker(max_retries=100, retry_budget=100, spool=spool)
     for i in range(5):
         tracker.track("s", "stranded", {"i": i})
     assert _wait(lambda: tracker.stats().retried >= 1)  # the batch is in its retry loop

@@ -1,4 +1,4 @@
-"""The glue between the delivery pipeline and the disk spool (issue 5: never lose an event).
+"""Spool replay: what the pipeline hands over goes to disk, and comes back while the API is up.
 
 What is written to the spool (``Config.spool_dir``), one record per hand-over, under the region
 of the lane it came from:
@@ -17,13 +17,11 @@ any of its operations is only in memory, and a crash at any point loses nothing 
 it may replay some operations twice, which Customer.io deduplicates by event id (identify and
 device operations are idempotent).
 
-Health. Replay runs while the API is known to be up. It is down once a batch ran out of retries, or
-:data:`DOWN_AFTER` requests in a row got no answer with nothing delivered for :data:`DOWN_QUIET` s;
-batches are then spooled without a request, so an outage holds memory only for a moment. Any
-delivered batch marks it up again at once. While it is down or unknown (at start) and the spool
-holds something, a probe (``GET /api/v1/accounts/region``, in a short-lived thread) checks it with
-backoff from :data:`PROBE_MIN` to :data:`PROBE_MAX` seconds, so an outage does not churn the spool
-through retry loops.
+Health. Replay runs while the destination is known to be up (the delivery loop's
+:class:`~ciotrack.delivery.Health`: down once a batch ran out of retries or requests stopped getting
+answers; batches are then spooled without a request, so an outage holds memory only for a moment).
+While it is down or unknown (at start) and the spool holds something, ``destination.probe()`` (on a
+short-lived thread) checks it with backoff, so an outage does not churn the spool through retry loops.
 
 Order. Operations are requeued in spool order (segments by creation time, records and operations
 in write order). Live calls made meanwhile go to the same lane and may be sent first.
@@ -36,58 +34,62 @@ tracker does not serve is written back for a tracker that does.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import os
-import pathlib
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
-
-import requests
+from typing import TYPE_CHECKING, Protocol
 
 from ciotrack.errors import ConfigError
 from ciotrack.lifecycle import block_exit_signals
-from ciotrack.spool import Segment, Spool
-from ciotrack.transport import make_session
+from ciotrack.losses import Reason
+from ciotrack.spool.segments import Segment, Spool, spool_directory
 
 if TYPE_CHECKING:
-    from ciotrack._core import Batch
-    from ciotrack.sender import Pipeline
+    from ciotrack._core import Core, Lane
+    from ciotrack.config import Config
+    from ciotrack.delivery import Health
+    from ciotrack.losses import Ledger
 
-__all__ = ["SpoolBridge", "spool_directory"]
+__all__ = ["SpoolHost", "SpoolReplay"]
 
 log = logging.getLogger("ciotrack.spooling")
 _monotonic = time.monotonic
 
 TICK = 0.1
 """The spooler thread's period: overflow waits at most this long in memory before it is spooled."""
-PROBE_MIN = 0.5
-PROBE_MAX = 30.0
 RESCAN = 30.0
 """While the API is up, look for segments other (dead) processes left behind this often."""
 MAX_HELD = 4
 """Claimed segments whose operations are in the lanes, waiting to finish (bounds the locks held)."""
 REQUEUE_CHUNK = 4096
-DOWN_AFTER = 3
-DOWN_QUIET = 2.0
-"""The API counts as down after :data:`DOWN_AFTER` requests in a row got no answer at all (refused,
-reset, timed out) and nothing was delivered for :data:`DOWN_QUIET` seconds: batches then go to the
-spool at once instead of each waiting out a retry budget in memory (where a SIGKILL during an outage
-would lose them). The quiet period keeps a flaky but working API (resets between deliveries) up."""
-
-_UNKNOWN, _UP, _DOWN = 0, 1, 2
-_SAFE_SITE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def spool_directory(spool_dir: str | os.PathLike[str], site_id: str) -> pathlib.Path:
-    """The workspace's own subdirectory: replayed operations are sent with the replaying tracker's
-    credentials, so one ``spool_dir`` shared by two workspaces must never mix their records."""
-    name = site_id if _SAFE_SITE.fullmatch(site_id) and not site_id.startswith(".") else (
-        hashlib.sha256(site_id.encode("utf-8", "surrogatepass")).hexdigest()[:24])
-    return pathlib.Path(spool_dir) / f"site-{name}"
+class SpoolHost(Protocol):
+    """What replay needs from the pipeline (:class:`ciotrack.pipeline.Pipeline`): its lanes, whether
+    requeued operations finished, and the overflow hand-over. Nothing else of the pipeline is touched."""
+
+    core: Core
+    losses: Ledger
+
+    @property
+    def lane_count(self) -> int: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def lane(self, index: int) -> Lane: ...
+
+    def lane_for(self, region: str) -> int | None: ...
+
+    def region_of(self, index: int) -> str: ...
+
+    def finished(self, targets: Sequence[int]) -> bool: ...
+
+    def idle(self) -> bool: ...
+
+    def drain_overflow(self) -> None: ...
 
 
 class _Claim:
@@ -102,14 +104,17 @@ class _Claim:
         self.targets = [0] * lanes
 
 
-class SpoolBridge:
-    """Owns the pipeline's :class:`~ciotrack.spool.Spool`; is the pipeline's ``spool`` (SpoolHook)."""
+class SpoolReplay:
+    """Owns a pipeline's :class:`~ciotrack.spool.Spool`: it is the pipeline's ``spool`` (``append``),
+    and its thread requeues spooled operations while ``health`` is up."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        config = pipeline.config
+    def __init__(self, host: SpoolHost, config: Config, health: Health) -> None:
         assert config.spool_dir is not None
-        self._pipeline = pipeline
-        self._core = pipeline.core
+        self._host = host
+        self._core = host.core
+        self._health = health
+        health.on_up = self._recovered
+        self._spool_overflow = config.on_full == "spool"
         self.directory = spool_directory(config.spool_dir, config.site_id)
         try:
             self.spool = Spool(self.directory, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync,
@@ -123,22 +128,13 @@ class SpoolBridge:
         self._round: Iterator[Segment] | None = None
         self._want_round = True
         self._next_scan = 0.0
-        self._health = _UNKNOWN
-        self._next_probe = 0.0
-        self._probe_delay = PROBE_MIN
-        self._probing = False
-        self._no_answer = 0
-        self._last_delivery = float("-inf")
-        self._probe_session: requests.Session | None = None
-        self._copies: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
         self._append_failed = False
         self._closing = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        pipeline.spool = self
 
-    # -- the SpoolHook and the sender's notifications ---------------------------------------------
+    # -- the SpoolHook ----------------------------------------------------------------------------
 
     def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
         try:
@@ -147,52 +143,18 @@ class SpoolBridge:
             self._append_failed = True
             raise
         self._want_round = True  # replayed once the API is up (and the lane has room)
-        if self._health != _UP:
-            self._next_probe = min(self._next_probe, _monotonic() + self._probe_delay)
+        self._health.expect_probe_soon()
 
-    def delivered(self) -> None:
-        """A batch was delivered: the API is up (cheap; called for every delivered batch)."""
-        self._no_answer = 0
-        self._last_delivery = _monotonic()
-        if self._health != _UP:
-            self._health = _UP
-            self._probe_delay = PROBE_MIN
-            self._want_round = True
-            self._wake.set()
+    def pending(self) -> tuple[int, int]:
+        """``(ops, bytes)`` spooled in this workspace's directory (every process's segments)."""
+        return self.spool.pending()
 
-    def failed_attempt(self, *, answered: bool) -> None:
-        """A request to be retried. Any HTTP answer (429, 5xx) proves the API reachable; requests with
-        no answer are counted (without a lock: an approximate count is enough)."""
-        if answered:
-            self._no_answer = 0
-            return
-        self._no_answer += 1
-        if self._no_answer >= DOWN_AFTER and _monotonic() - self._last_delivery >= DOWN_QUIET:
-            self.unreachable()
-
-    def unreachable(self) -> None:
-        """A batch exhausted its retries: stop replaying until a delivery or a probe succeeds."""
-        if self._health != _DOWN:
-            self._health = _DOWN
-            self._next_probe = _monotonic() + self._probe_delay
-
-    @property
-    def api_down(self) -> bool:
-        return self._health == _DOWN
-
-    def copied(self, batch: Batch) -> bool:
-        """True for a batch :meth:`spool_stuck` already spooled: its thread must not report it."""
-        return id(batch) in self._copies
+    def _recovered(self) -> None:
+        self._want_round = True
+        self._wake.set()
 
     def _evicted(self, count: int) -> None:
-        self._pipeline.drop("spool_evicted", count)
-
-    # -- overflow ---------------------------------------------------------------------------------
-
-    def drain_overflow(self) -> None:
-        """Spool what full lanes refused (``on_full="spool"``), each lane under its own region."""
-        if self._pipeline.config.on_full == "spool":
-            self._pipeline.drain_overflow()
+        self._host.losses.drop(Reason.SPOOL_EVICTED, count)
 
     # -- the spooler thread -----------------------------------------------------------------------
 
@@ -210,13 +172,14 @@ class SpoolBridge:
 
     def _run(self) -> None:
         block_exit_signals()
-        pipeline = self._pipeline
+        host = self._host
         try:
             while not self._stop.is_set():
-                self.drain_overflow()
+                if self._spool_overflow:  # what full lanes refused, each lane under its own region
+                    host.drain_overflow()
                 with self._replay_lock:
                     busy = self._step()
-                    if pipeline._draining and self._released():
+                    if host.draining and self._released():
                         return
                 # While a segment waits for room in its lane, look again soon: the senders free it fast.
                 replaying = bool(self._claims and self._claims[-1].records)
@@ -231,7 +194,7 @@ class SpoolBridge:
         self._settle_locked()
         if self._claims and self._claims[-1].records:
             return self._feed(self._claims[-1], low_water=True)
-        if self._pipeline._draining or len(self._claims) >= MAX_HELD or not self._may_claim():
+        if self._host.draining or len(self._claims) >= MAX_HELD or not self._may_claim():
             return False
         segment = self._next_segment()
         if segment is None:
@@ -240,65 +203,26 @@ class SpoolBridge:
         return True
 
     def _may_claim(self) -> bool:
-        now = _monotonic()
-        if self._health == _UP:
-            return self._round is not None or self._want_round or now >= self._next_scan
+        health = self._health
+        if health.up:
+            return self._round is not None or self._want_round or _monotonic() >= self._next_scan
         self._round = None  # a fresh round after recovery also sees what was spooled meanwhile
-        if self._probing or now < self._next_probe:
+        if not health.probe_due():
             return False
         if not self._pending():
-            self._next_probe = now + RESCAN  # append() brings it forward
+            health.defer_probe(RESCAN)  # append() brings it forward
             return False
-        self._next_probe = now + self._probe_delay
-        self._probing = True
-        try:
-            threading.Thread(target=self._probe_thread, name="ciotrack-spool-probe", daemon=True).start()
-        except RuntimeError:  # interpreter shutdown
-            self._probing = False
+        health.probe_in_background()
         return False
 
     def _released(self) -> bool:
-        """The Tracker was collected (``Pipeline.release``): write back what was not requeued, wait
-        for the rest to finish, then close the spool and end the thread. True when done."""
+        """The Tracker was collected (the pipeline is draining): write back what was not requeued, wait
+        for the rest to finish, then end the thread. True when done."""
         for claim in self._claims:
             self._write_back(claim)
         self._settle_locked()
         # The spool stays open: the exit handler may still close this pipeline and spool leftovers.
-        return not self._claims and self._pipeline._idle()
-
-    # -- probing ----------------------------------------------------------------------------------
-
-    def _probe_thread(self) -> None:
-        block_exit_signals()
-        try:
-            up = self._probe(None)
-        finally:
-            self._probing = False
-        if up:
-            self.delivered()
-
-    def _probe(self, deadline: float | None) -> bool:
-        """One ``GET /api/v1/accounts/region``: any answer but 408/429/5xx means reachable."""
-        pipeline = self._pipeline
-        config = pipeline.config
-        if self._probe_session is None:
-            self._probe_session = make_session(1, user_agent_suffix=config.user_agent)
-        connect, read = config.timeout if isinstance(config.timeout, tuple) else (config.timeout, config.timeout)
-        cap = 5.0 if deadline is None else max(0.05, deadline - _monotonic())
-        route = pipeline.routes[0]
-        url = config.endpoint_for(route.region or "us") + "/api/v1/accounts/region"
-        try:
-            response = self._probe_session.get(url, auth=(config.site_id, config.api_key),
-                                               timeout=(min(connect, cap), min(read, cap)),
-                                               proxies=dict(config.proxies) if config.proxies else None,
-                                               verify=config.verify)
-            up = response.status_code < 500 and response.status_code not in (408, 429)
-        except requests.exceptions.RequestException:
-            up = False
-        if not up:
-            self._health = _DOWN
-            self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
-        return up
+        return not self._claims and self._host.idle()
 
     def _pending(self) -> bool:
         try:
@@ -318,22 +242,10 @@ class SpoolBridge:
             self._round = None
         return segment
 
-    def _lane_for(self, region: str) -> int | None:
-        routes = self._pipeline.routes
-        for route in routes:
-            if route.region == region or route.route == region:
-                return route.index
-        # Written before an "auto" route was resolved: the workspace's default region is lane 0.
-        return 0 if region == "auto" else None
-
-    def _region_of(self, lane: int) -> str:
-        route = self._pipeline.routes[lane]
-        return route.region or route.route
-
     def _open(self, segment: Segment) -> _Claim:
         records: collections.deque[tuple[int, list[bytes]]] = collections.deque()
         for region, ops in segment.records():
-            lane = self._lane_for(region)
+            lane = self._host.lane_for(region)
             if lane is None:
                 # Not a region this tracker serves: keep it for one that does.
                 self.spool.append(ops, region=region)
@@ -342,7 +254,7 @@ class SpoolBridge:
                 records.append((lane, ops))
         if segment.skipped_records:
             self._core.incr("spool_damaged_records", segment.skipped_records)
-        claim = _Claim(segment, records, len(self._pipeline.routes))
+        claim = _Claim(segment, records, self._host.lane_count)
         self._claims.append(claim)
         return claim
 
@@ -350,10 +262,10 @@ class SpoolBridge:
         """Requeue ``claim``'s records in order; True when all went in. ``low_water``: only while the
         lane is under half full, so live calls keep the other half."""
         core = self._core
-        routes = self._pipeline.routes
+        host = self._host
         while claim.records:
             index, ops = claim.records[0]
-            lane = routes[index].lane
+            lane = host.lane(index)
             if low_water and (lane.queued_bytes() >= self._half_bytes or len(lane) >= self._half_ops):
                 return False
             chunk = ops[:REQUEUE_CHUNK]
@@ -373,9 +285,7 @@ class SpoolBridge:
         """Delete every claimed segment whose operations all finished."""
         if not self._claims:
             return
-        pipeline = self._pipeline
-        with pipeline._cv:
-            finished = [c for c in self._claims if not c.records and pipeline._done(c.targets)]
+        finished = [c for c in self._claims if not c.records and self._host.finished(c.targets)]
         for claim in finished:
             self._claims.remove(claim)
             self._finish(claim, delete=True)
@@ -397,7 +307,7 @@ class SpoolBridge:
         """Append the records not requeued yet to the spool again (a new segment)."""
         while claim.records:
             index, ops = claim.records[0]
-            self.spool.append(ops, region=self._region_of(index))
+            self.spool.append(ops, region=self._host.region_of(index))
             claim.records.popleft()
 
     def flush_inline(self, deliver: Callable[[list[int] | None, float | None], bool],
@@ -406,29 +316,29 @@ class SpoolBridge:
         spooled operations as far as the lanes take them, deliver (``deliver(None, deadline)`` counts
         its targets after the requeue), delete the finished segments; again while replay progresses."""
         while True:
-            progressed = self._replay_inline(deadline)
+            progressed = self._replay_inline()
             done = deliver(None, deadline)
             self.settle()
             if not done or not progressed:
                 return done
 
-    def _replay_inline(self, deadline: float | None) -> bool:
+    def _replay_inline(self) -> bool:
         """True when something was requeued."""
         if self._closing:
             return False
         with self._replay_lock:
             self._settle_locked()
-            if self._health != _UP:
-                now = _monotonic()
-                if now < self._next_probe or not self._pending():
+            health = self._health
+            if not health.up:
+                if not health.probe_due() or not self._pending():
                     return False
-                self._next_probe = now + self._probe_delay
-                if not self._probe(deadline):
+                health.defer_probe()
+                if not health.probe():
                     return False
-                self._health = _UP
-            before = sum(route.lane.pushed() for route in self._pipeline.routes)
+            host = self._host
+            before = sum(host.lane(i).pushed() for i in range(host.lane_count))
             self._fill_inline()
-            return sum(route.lane.pushed() for route in self._pipeline.routes) != before
+            return sum(host.lane(i).pushed() for i in range(host.lane_count)) != before
 
     def _fill_inline(self) -> None:
         for claim in self._claims:
@@ -450,21 +360,6 @@ class SpoolBridge:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-
-    def spool_stuck(self) -> None:
-        """After ``close()`` joined the senders: a batch still in flight belongs to a thread stuck in a
-        request past the deadline. Spool a copy (should that request succeed after all, the replay only
-        repeats event ids, which Customer.io deduplicates) and remember it, so that thread's own
-        give-up does not report it failed."""
-        pipeline = self._pipeline
-        if threading.current_thread() in pipeline._threads:
-            return  # close() from a hook: the batch in flight is this very thread's, being finished
-        for route in pipeline.routes:
-            with pipeline._cv:
-                stuck: list[Batch] = list(route.in_flight.values())
-            for batch in stuck:
-                if id(batch) not in self._copies and pipeline._to_spool(route, batch.ops()):
-                    self._copies.add(id(batch))
 
     def close(self) -> None:
         """Last step of ``Pipeline.close``, after every lane was delivered, spooled or dropped: write
@@ -488,8 +383,6 @@ class SpoolBridge:
             self._claims.clear()
             self._round = None
         self.spool.close()
-        if self._probe_session is not None:
-            self._probe_session.close()
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent keeps its segments, claims and thread. Close our copies of its

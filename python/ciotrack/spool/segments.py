@@ -45,9 +45,11 @@ nothing ``append`` returned from; a kernel crash or power loss can lose the unsy
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import pathlib
+import re
 import struct
 import threading
 import time
@@ -57,10 +59,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, NamedTuple
 
-__all__ = ["HEADER_BYTES", "MAGIC", "VERSION", "Segment", "Spool", "encode_record"]
+__all__ = ["HEADER_BYTES", "MAGIC", "SEGMENT_BYTES", "VERSION", "Segment", "Spool", "encode_record", "spool_directory"]
 
 log = logging.getLogger("ciotrack.spool")
 
+SEGMENT_BYTES = 16 << 20
+"""A segment is rotated once it holds this many bytes (the default of ``Spool(segment_bytes=)``): the
+grain of replay (a segment is deleted once all of it is delivered) and of size-cap eviction."""
 MAGIC: Final = b"\xc1S"
 VERSION: Final = 1
 _CHECKED = struct.Struct(">2sBBIII")  # the header fields covered by the header CRC
@@ -271,8 +276,10 @@ class Spool:
     """A directory of segment files, shared safely by threads and by processes."""
 
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30,
-                 segment_bytes: int = 16 << 20, fsync: bool = False,
+                 segment_bytes: int | None = None, fsync: bool = False,
                  on_evict: Callable[[int], None] | None = None) -> None:
+        if segment_bytes is None:
+            segment_bytes = SEGMENT_BYTES
         if max_bytes <= 0 or segment_bytes <= 0:
             raise ValueError("max_bytes and segment_bytes must be positive")
         self.directory = pathlib.Path(directory)
@@ -531,3 +538,14 @@ class Spool:
                     os.unlink(self.directory / name)
             finally:
                 os.close(fd)
+
+
+_SAFE_SITE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def spool_directory(spool_dir: str | os.PathLike[str], site_id: str) -> pathlib.Path:
+    """The workspace's own subdirectory: replayed operations are sent with the replaying tracker's
+    credentials, so one ``spool_dir`` shared by two workspaces must never mix their records."""
+    name = site_id if _SAFE_SITE.fullmatch(site_id) and not site_id.startswith(".") else (
+        hashlib.sha256(site_id.encode("utf-8", "surrogatepass")).hexdigest()[:24])
+    return pathlib.Path(spool_dir) / f"site-{name}"

@@ -12,17 +12,19 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ciotrack
-from ciotrack import sender
+from ciotrack import logs
 from ciotrack.config import Config
 from ciotrack.emulator import Emulator
 from ciotrack.errors import ConfigError, DeliveryError
-from ciotrack.sender import ThrottledLog
+from ciotrack.destinations.track_v2 import TrackV2Destination
+from ciotrack.logs import ThrottledLog
 from ciotrack.testing import CaptureTracker
 from ciotrack.tracker import Tracker
 
@@ -103,7 +105,7 @@ def test_the_package_adds_no_handler_while_it_runs() -> None:
 def test_throttled_log_says_once_per_interval_and_counts_what_it_held_back(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(sender, "_monotonic", lambda: now[0])
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
     throttled = ThrottledLog(logging.getLogger("ciotrack.test"), interval=10.0)
     with caplog.at_level(logging.WARNING, logger="ciotrack"):
         for n in range(5):
@@ -143,6 +145,7 @@ def test_raising_hooks_are_logged_throttled_and_delivery_goes_on(make_tracker: T
         calls["on_drop"] += 1
         raise ValueError("on_drop hook bug")
 
+    before = set(threading.enumerate())
     tracker = make_tracker(on_error=on_error, on_drop=on_drop, flush_interval=5.0, max_queue_ops=3)
     with caplog.at_level(logging.WARNING, logger="ciotrack"):
         for round_ in range(5):
@@ -159,8 +162,8 @@ def test_raising_hooks_are_logged_throttled_and_delivery_goes_on(make_tracker: T
     hook_records = [r for r in caplog.records if "hook" in r.getMessage()]
     assert len(hook_records) == 1, [r.getMessage() for r in hook_records]  # 10 raises, one line per interval
     assert hook_records[0].exc_info is not None and "delivery goes on" in hook_records[0].getMessage()
-    threads = tracker._pipeline._threads  # the sender survived every raise
-    assert len(threads) == 1 and threads[0].is_alive()
+    senders = [t for t in set(threading.enumerate()) - before if t.name.startswith("ciotrack-sender")]
+    assert len(senders) == 1 and senders[0].is_alive()  # the sender survived every raise
 
 
 # -- the API key ------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def test_the_key_is_in_no_repr_str_or_config_error() -> None:
     config = Config(site_id=SITE_ID, api_key=API_KEY, endpoint="http://127.0.0.1:9")
     tracker = Tracker(config=config)
     capture = CaptureTracker(SITE_ID, API_KEY)
-    destination = tracker._pipeline.routes[0].destination
+    destination = TrackV2Destination.from_config(config, "us")  # what the tracker sends through
     texts = [repr(config), str(config), repr(tracker), str(tracker), repr(capture), repr(destination),
              repr(tracker.stats()), tracker.stats().format()]
     messages: list[str] = []

@@ -18,8 +18,7 @@ import pytest
 
 from ciotrack import _core
 from ciotrack.emulator import Emulator
-from ciotrack.spool import Spool
-from ciotrack.spooling import spool_directory
+from ciotrack.spool import Spool, spool_directory
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, free_port
@@ -164,13 +163,15 @@ def test_two_processes_sharing_a_spool_dir_never_replay_one_file_twice(tmp_path:
     with Emulator(workspaces={SITE_ID: API_KEY}, faults={"latency": 0.005}) as emulator:
         script = f"""
             import pathlib
+            from ciotrack.spool import Spool, spool_directory
             tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={emulator.url!r}, spool_dir={str(tmp_path)!r},
                                        rate_limit=0, batch_bytes=8192)
+            pending = Spool(spool_directory({str(tmp_path)!r}, SITE_ID))  # reads the directory every process shares
             while not pathlib.Path({str(go)!r}).exists():
                 time.sleep(0.005)
             while True:  # until no segment is left for this process to claim
                 assert tracker.flush(timeout=30)
-                if tracker._pipeline.spooling.spool.pending()[1] == 0:
+                if pending.pending()[1] == 0:
                     break
                 time.sleep(0.01)
             print("replayed", tracker.stats().replayed, flush=True)

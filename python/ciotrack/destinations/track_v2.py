@@ -1,10 +1,10 @@
-"""Destinations: where a ready batch body goes, and what its answer means for the sender.
+"""Customer.io's Track API v2 as a destination: ``POST {endpoint}/api/v2/batch``.
 
-A :class:`Destination` takes the exact bytes of one batch and answers with an :class:`Outcome`:
-delivered, partial (some operations rejected), retry (maybe after a server-given delay), split (too
-large) or final (will never succeed). The sender, the token bucket, the retry policy and the metrics do
-not care which destination they feed (the roadmap adds a Redis stream, the CDP batch API and an
-in-memory capture). :class:`TrackV2Destination` is Customer.io's Track API v2 ``/api/v2/batch``.
+:class:`TrackV2Destination` maps each answer to an :class:`~ciotrack.destinations.Outcome` through
+:func:`classify` (pure, unit-tested without a server) and checks health with the cheapest
+authenticated call there is, ``GET /api/v1/accounts/region``. :func:`make_session` builds the one
+pooled ``requests.Session`` every sender thread (and region) shares; :func:`lookup_region` resolves
+``region="auto"``.
 """
 
 from __future__ import annotations
@@ -12,47 +12,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from ciotrack._version import __version__
+from ciotrack.destinations.base import Outcome
 from ciotrack.retry import parse_retry_after
 
-__all__ = ["Destination", "Outcome", "TrackV2Destination", "lookup_region", "make_session", "user_agent"]
+if TYPE_CHECKING:
+    from ciotrack.config import Config
+
+__all__ = ["TrackV2Destination", "classify", "lookup_region", "make_session", "user_agent"]
 
 log = logging.getLogger("ciotrack.transport")
 
-OutcomeKind = Literal["delivered", "partial", "retry", "split", "final"]
 Timeout = float | tuple[float, float]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer to one send. ``status`` is the HTTP status, or None when no response arrived."""
-
-    kind: OutcomeKind
-    status: int | None = None
-    reason: str = ""
-    retry_after: float | None = None
-    """For ``retry``: the server's ``Retry-After`` in seconds, when it sent one."""
-    failures: tuple[tuple[int, str], ...] = ()
-    """For ``partial``: ``(batch_index, reason)`` of each rejected operation."""
-
-
-DELIVERED = Outcome("delivered", 200)
-
-
-class Destination(Protocol):
-    """Receives batch bodies. ``send`` must not raise for delivery problems: it answers an Outcome."""
-
-    name: str
-
-    def send(self, body: bytes) -> Outcome: ...
-
-    def close(self) -> None: ...
+PROBE_TIMEOUT_CAP = 5.0
+"""A health probe waits at most this long (connect and read), whatever ``timeout`` says."""
 
 
 def user_agent(suffix: str | None = None) -> str:
@@ -86,11 +64,20 @@ class TrackV2Destination:
     environment's ``REQUESTS_CA_BUNDLE``/``HTTPS_PROXY`` for this request). Status table:
     200/2xx delivered; 207 partial (``errors[].batch_index``); 429, 408, 5xx, connection errors and
     timeouts retry; 413 split; TLS verification failures and other 4xx are final.
+
+    ``session`` is shared by every destination of a tracker and closed by its owner; with None the
+    destination makes (and closes) its own.
     """
+
+    @classmethod
+    def from_config(cls, config: Config, region: str, session: requests.Session | None = None) -> TrackV2Destination:
+        """The destination a Tracker built from ``config`` sends ``region``'s batches to."""
+        return cls(session, config.endpoint_for(region), config.site_id, config.api_key, timeout=config.timeout,
+                   proxies=config.proxies, verify=config.verify, name=region)
 
     def __init__(
         self,
-        session: requests.Session,
+        session: requests.Session | None,
         endpoint: str,
         site_id: str,
         api_key: str,
@@ -102,7 +89,9 @@ class TrackV2Destination:
     ) -> None:
         self.name = name
         self.url = endpoint.rstrip("/") + "/api/v2/batch"
-        self._session = session
+        self._probe_url = endpoint.rstrip("/") + "/api/v1/accounts/region"
+        self._owns_session = session is None
+        self._session = make_session(1) if session is None else session
         self._auth = (site_id, api_key)
         self._timeout = timeout
         self._proxies = dict(proxies) if proxies else None
@@ -118,30 +107,43 @@ class TrackV2Destination:
             )
         except requests.exceptions.SSLError as exc:
             # A certificate that does not verify will not verify on the next try either.
-            return Outcome("final", None, f"tls_error: {_short(exc)}")
+            return Outcome.final(None, f"tls_error: {_short(exc)}")
         except requests.exceptions.Timeout as exc:
-            return Outcome("retry", None, f"timeout: {type(exc).__name__}")
+            return Outcome.retry(reason=f"timeout: {type(exc).__name__}")
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            return Outcome("retry", None, f"connection_error: {_short(exc)}")
+            return Outcome.retry(reason=f"connection_error: {_short(exc)}")
         except requests.exceptions.RequestException as exc:
-            return Outcome("final", None, f"request_error: {type(exc).__name__}: {_short(exc)}")
+            return Outcome.final(None, f"request_error: {type(exc).__name__}: {_short(exc)}")
         return classify(response.status_code, response.headers.get("Retry-After"), response.content)
 
+    def probe(self) -> bool:
+        """One ``GET /api/v1/accounts/region``: any answer but 408/429/5xx means reachable."""
+        connect, read = self._timeout if isinstance(self._timeout, tuple) else (self._timeout, self._timeout)
+        try:
+            response = self._session.get(self._probe_url, auth=self._auth,
+                                         timeout=(min(connect, PROBE_TIMEOUT_CAP), min(read, PROBE_TIMEOUT_CAP)),
+                                         proxies=self._proxies, verify=self._verify)
+        except requests.exceptions.RequestException:
+            return False
+        status = response.status_code
+        return status < 500 and status not in (408, 429)
+
     def close(self) -> None:
-        pass  # the Session is shared; its owner closes it
+        if self._owns_session:
+            self._session.close()
 
 
 def classify(status: int, retry_after: str | None, content: bytes) -> Outcome:
     """Map one Track API v2 batch answer to an Outcome (pure, unit-tested without a server)."""
     if status == 207:
-        return Outcome("partial", status, "partial", failures=_batch_errors(content))
+        return Outcome.partial(_batch_errors(content), status)
     if 200 <= status < 300:
-        return Outcome("delivered", status)
+        return Outcome.delivered(status)
     if status == 429 or status == 408 or 500 <= status < 600:
-        return Outcome("retry", status, f"http_{status}", retry_after=parse_retry_after(retry_after))
+        return Outcome.retry(status, parse_retry_after(retry_after))
     if status == 413:
-        return Outcome("split", status, "http_413")
-    return Outcome("final", status, f"http_{status}: {_error_text(content)}")
+        return Outcome.split(status)
+    return Outcome.final(status, f"http_{status}: {_error_text(content)}")
 
 
 def _batch_errors(content: bytes) -> tuple[tuple[int, str], ...]:

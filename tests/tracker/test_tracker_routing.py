@@ -10,6 +10,7 @@ import pytest
 
 from ciotrack.emulator import Emulator
 from ciotrack.errors import ConfigError
+from ciotrack.ratelimit import Limiter, local_limiter
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events
@@ -137,7 +138,18 @@ def test_each_region_has_its_own_bucket(us_eu: tuple[Emulator, Emulator]) -> Non
     us, eu = us_eu
     with Tracker(SITE_ID, API_KEY, endpoints={"us": us.url, "eu": eu.url}, rate_limit=50, rate_burst=1,
                  flush_interval=0.02) as tracker:
-        pipeline = tracker._pipeline
-        buckets = {route.region: route.bucket for route in pipeline.routes}
-        assert set(buckets) == {"us", "eu"} and buckets["us"] is not buckets["eu"]
-        assert all(b is not None for b in buckets.values())
+        assert set(tracker.stats().bucket_tokens) == {"us", "eu"}  # one in-process bucket per region
+    made: dict[str, Limiter] = {}
+
+    def limiter(region: str) -> Limiter:  # the same seam, with a limiter factory: called once per region
+        assert region not in made
+        made[region] = local_limiter(50, 1)
+        return made[region]
+
+    with Tracker(SITE_ID, API_KEY, endpoints={"us": us.url, "eu": eu.url}, limiter=limiter,
+                 flush_interval=0.02) as tracker:
+        tracker.track("1", "paced", region="us")
+        tracker.track("2", "paced", region="eu")
+        assert tracker.flush(timeout=5)
+        assert set(made) == {"us", "eu"} and made["us"] is not made["eu"]
+    assert made["us"].acquire(0) is False  # close() closed each region's limiter

@@ -312,10 +312,9 @@ class _ListSpool:
 def test_spool_seam_receives_overflow_and_undeliverable_ops(make_tracker: TrackerFactory,
                                                             emulator: Emulator) -> None:
     drops: list[tuple[str, int]] = []
-    tracker = make_tracker(on_full="spool", max_queue_ops=5, flush_interval=5.0,
-                           on_drop=lambda r, n: drops.append((r, n)))
     spool = _ListSpool()
-    tracker._pipeline.spool = spool  # the seam the disk spool plugs into
+    tracker = make_tracker(on_full="spool", max_queue_ops=5, flush_interval=5.0,
+                           on_drop=lambda r, n: drops.append((r, n)), spool=spool)  # the seam the disk spool plugs into
     for i in range(12):
         tracker.track("s", "overflow", {"i": i})
     assert tracker.flush(timeout=5)

@@ -17,8 +17,7 @@ from ciotrack import _core
 from ciotrack.config import Config
 from ciotrack.emulator import Emulator
 from ciotrack.errors import DeliveryError
-from ciotrack.spool import Spool
-from ciotrack.spooling import spool_directory
+from ciotrack.spool import Spool, segments, spool_directory
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, flush_async_counting_loop_ticks, free_port
@@ -214,14 +213,13 @@ def test_recovery_without_traffic_is_found_by_the_probe(make_tracker: TrackerFac
 
 
 def test_spool_size_cap_evicts_oldest_first_and_counts_it(make_tracker: TrackerFactory, emulator: Emulator,
-                                                          tmp_path: pathlib.Path) -> None:
+                                                          tmp_path: pathlib.Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     drops: list[tuple[str, int]] = []
     emulator.set_faults(error_rate=1.0)
+    monkeypatch.setattr(segments, "SEGMENT_BYTES", 16384)  # small segments, so eviction has a grain
     tracker = make_tracker(spool_dir=tmp_path, spool_max_bytes=65536, retry_budget=0.05, batch_bytes=8192,
                            on_drop=lambda r, n: drops.append((r, n)))
-    spooling = tracker._pipeline.spooling
-    assert spooling is not None
-    spooling.spool.segment_bytes = 16384  # small segments, so eviction has a grain
     for i in range(2000):
         tracker.track("cap", "e", {"i": i, "pad": "x" * 40})
     assert tracker.flush(timeout=30)

@@ -1,0 +1,152 @@
+"""The loss ledger: every operation that will not reach the destination goes through one door.
+
+Two kinds of loss, one vocabulary (:class:`Reason`):
+
+* a **drop** happens before sending (a full queue, a call after ``close()``, the exit deadline):
+  counted as ``dropped_<reason>`` and reported to ``on_drop(reason, count)``;
+* a **final failure** happens to operations that were sent (a 4xx, a 207 rejection, retries run out,
+  abandoned at shutdown): counted as ``failed`` and ``failed_<label>``, and reported to
+  ``on_error(DeliveryError)`` with the operations themselves.
+
+Both log a throttled warning (one line per reason per interval, however many operations). The
+counter names are the ones :class:`~ciotrack.stats.Stats` and the Prometheus collector group by, so a
+reason has one spelling from the core to a scrape. Two drop counters are kept by the native core
+on the caller's thread (``dropped_full``, ``dropped_oldest``): :attr:`Reason.counter` names them, so
+the Python side counts the same reason under the same name.
+
+The label of a failure is its reason (``retries_exhausted``, ``unreachable``, ``shutdown``), except
+for :attr:`Reason.REJECTED`, where it is the destination's code: ``Outcome.reason`` is
+``code[: detail]`` by contract (``http_400: ...``, a 207's ``invalid: id: ...``, ``tls_error: ...``),
+and :func:`failure_label` takes that code, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ciotrack.errors import DeliveryError
+from ciotrack.logs import ThrottledLog
+
+if TYPE_CHECKING:
+    from ciotrack.delivery import Recorder
+
+__all__ = ["Ledger", "Reason", "drop_reason", "failure_label"]
+
+
+class Reason(str, enum.Enum):
+    """Why operations were lost. The values are the strings ``on_drop`` receives and the labels of
+    ``stats().dropped`` / ``stats().failed`` (documented in :class:`~ciotrack.config.Config`)."""
+
+    # Drops: never sent.
+    QUEUE_FULL = "queue_full"
+    """``drop_newest``, ``block`` past ``block_timeout``, or ``spool`` with no spool to take it."""
+    EVICTED_OLDEST = "evicted_oldest"
+    """``drop_oldest`` made room for a newer operation."""
+    CLOSED = "closed"
+    """A call after ``close()``."""
+    SHUTDOWN = "shutdown"
+    """Still queued at the close/exit deadline (a drop), or in a batch abandoned then (a failure)."""
+    RELEASED = "released"
+    """The Tracker was garbage-collected with no sender running."""
+    SPOOL_EVICTED = "spool_evicted"
+    """The spool's size cap evicted its oldest segments."""
+    # Final failures: sent, never accepted.
+    REJECTED = "rejected"
+    """The destination's final answer (a 4xx, a 207's per-operation error, a TLS failure)."""
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    """``max_retries``/``retry_budget`` ran out and no spool took the batch."""
+    UNREACHABLE = "unreachable"
+    """The destination is known down (a batch already ran out of retries) and no spool took it."""
+
+    @property
+    def counter(self) -> str:
+        """The core counter of this drop reason (the core's own name for the two it counts)."""
+        return _CORE_DROP_COUNTERS.get(self, "dropped_" + self.value)
+
+
+_CORE_DROP_COUNTERS = {Reason.QUEUE_FULL: "dropped_full", Reason.EVICTED_OLDEST: "dropped_oldest"}
+_BY_COUNTER_SUFFIX = {counter.removeprefix("dropped_"): reason.value for reason, counter in _CORE_DROP_COUNTERS.items()}
+_LABEL_CHARS = re.compile(r"[^a-z0-9_]+")
+
+
+def drop_reason(counter_suffix: str) -> str:
+    """The ``on_drop`` reason of a ``dropped_<suffix>`` counter (``full`` -> ``queue_full``)."""
+    return _BY_COUNTER_SUFFIX.get(counter_suffix, counter_suffix)
+
+
+def failure_label(code_and_detail: str) -> str:
+    """The counter label of a destination's reason ``code[: detail]``: the code, as a metric label."""
+    code = code_and_detail.split(":", 1)[0].strip().lower()
+    return _LABEL_CHARS.sub("_", code)[:40] or "unknown"
+
+
+# What a drop logs, with the count (CLOSED is the caller's own doing: counted and reported, not logged).
+_DROP_MESSAGES: dict[Reason, str] = {
+    Reason.QUEUE_FULL: "queue full; %d operation(s) dropped",
+    Reason.EVICTED_OLDEST: "queue full (policy drop_oldest); %d oldest operation(s) dropped",
+    Reason.SHUTDOWN: "%d queued operation(s) not delivered before the deadline",
+    Reason.RELEASED: "tracker collected with %d undelivered operation(s) (no sender running)",
+    Reason.SPOOL_EVICTED: "spool over its size cap; %d oldest spooled operation(s) evicted",
+}
+
+
+class Ledger:
+    """Counts, reports and logs losses for one pipeline. Thread-safe (the recorder's counters are
+    atomic, hooks run on the reporting thread, the throttled log has its own lock)."""
+
+    def __init__(self, recorder: Recorder, *, on_drop: Callable[[str, int], object] | None,
+                 on_error: Callable[[DeliveryError], object] | None, logger: logging.Logger) -> None:
+        self._recorder = recorder
+        self._on_drop = on_drop
+        self._on_error = on_error
+        self.log = ThrottledLog(logger)
+        """The pipeline's throttled warnings (losses, raising hooks, spool trouble)."""
+
+    def lose(self, reason: Reason, count: int, *, ops: Sequence[bytes] | None = None, status: int | None = None,
+             detail: str = "", attempts: int = 0, region: str = "", counted: bool = False) -> None:
+        """The one door. Without ``ops``: a drop of ``count`` operations (``counted``: the core already
+        counted it). With ``ops``: a final failure of those operations, ``detail`` being the reason
+        ``on_error`` sees (``retries exhausted: http_503``, ``http_401: ...``)."""
+        if count <= 0:
+            return
+        if ops is None:
+            if not counted:
+                self._recorder.incr(reason.counter, count)
+            message = _DROP_MESSAGES.get(reason)
+            if message is not None:
+                suffix = f" ({detail.replace('%', '%%')})" if detail else ""
+                self.log.warning(reason.value, "ciotrack: " + message + suffix, count)
+            if self._on_drop is not None:
+                self.call_hook(self._on_drop, reason.value, count)
+            return
+        label = failure_label(detail) if reason is Reason.REJECTED else reason.value
+        self._recorder.incr("failed", count)
+        self._recorder.incr("failed_" + label, count)
+        self.log.warning("failed:" + region, "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s",
+                         count, region, attempts, detail)
+        if self._on_error is not None:
+            error = DeliveryError(f"{count} operation(s) failed: {detail}", ops=list(ops), status=status,
+                                  reason=detail, attempts=attempts, region=region)
+            self.call_hook(self._on_error, error)
+
+    def drop(self, reason: Reason, count: int, *, counted: bool = False, detail: str = "") -> None:
+        """Operations lost before sending (see :meth:`lose`)."""
+        self.lose(reason, count, counted=counted, detail=detail)
+
+    def fail(self, reason: Reason, ops: Sequence[bytes], *, status: int | None, detail: str, attempts: int,
+             region: str) -> None:
+        """Operations that were sent and will never be accepted (see :meth:`lose`)."""
+        self.lose(reason, len(ops), ops=ops, status=status, detail=detail, attempts=attempts, region=region)
+
+    def call_hook(self, hook: Callable[..., object], *args: object) -> None:
+        """Run a user hook; what it raises is logged (throttled), never propagated."""
+        try:
+            hook(*args)
+        except Exception:
+            # The hook's name, not its repr: a functools.partial's repr would show its bound arguments.
+            name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+            self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", name, exc_info=True)
