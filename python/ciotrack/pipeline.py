@@ -565,5 +565,6 @@ class Pipeline:
         in_flight = sum(len(route.in_flight) for route in self.routes)
         tokens = {region: limiter.tokens() for region, limiter in list(self._limiters.items())}
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
-                               in_flight=in_flight, bucket_tokens=tokens, metrics_enabled=self.config.metrics)
+                               in_flight=in_flight, bucket_tokens=tokens, metrics_enabled=self.config.metrics,
+                               destination=self.config.destination_kind)
 

@@ -32,7 +32,7 @@ from ciotrack.ratelimit import local_limiter
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["RedisLimiter"]
+__all__ = ["RedisLimiter", "RedisLimiters"]
 
 log = logging.getLogger("ciotrack.fleet")
 
@@ -161,3 +161,21 @@ class RedisLimiter:
     def close(self) -> None:
         self._closed.set()
         self._fallback.close()
+
+
+class RedisLimiters:
+    """``Tracker(rate_limit_redis_url=...)``'s limiter factory: ``region -> RedisLimiter``."""
+
+    def __init__(self, url: str, site_id: str, rate: float, burst: float) -> None:
+        self._url = url
+        self._site_id = site_id
+        self._rate = rate
+        self._burst = burst
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"RedisLimiters(site_id={self._site_id!r}, rate={self._rate}, burst={self._burst})"
+
+    def __call__(self, region: str) -> RedisLimiter:
+        from ciotrack.fleet.producer import connect
+
+        return RedisLimiter(connect(self._url, socket_timeout=2.0), self._site_id, region, self._rate, self._burst)

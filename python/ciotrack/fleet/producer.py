@@ -30,7 +30,7 @@ from ciotrack.fleet.streams import StreamKeys, encode_entry, ensure_group
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["RedisStreamDestination", "connect"]
+__all__ = ["RedisStreamDestination", "RedisStreams", "connect"]
 
 log = logging.getLogger("ciotrack.fleet")
 
@@ -176,3 +176,25 @@ def _retry_for(exc: BaseException) -> Outcome:
     # LOADING, BUSY, OOM, MISCONF, READONLY (a failover), NOGROUP ...: all pass with time. Retrying
     # (then spooling) never loses a batch; a final answer would.
     return Outcome.retry(None, reason=f"redis_{code.lower()}"[:40])
+
+
+class RedisStreams:
+    """``Tracker(redis_url=...)``'s destination factory: ``region -> RedisStreamDestination``, all on
+    one Redis client (its connection pool reconnects by itself, also after a fork)."""
+
+    def __init__(self, url: str, site_id: str) -> None:
+        self._url = url
+        self._site_id = site_id
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"RedisStreams(site_id={self._site_id!r})"
+
+    def __call__(self, region: str) -> RedisStreamDestination:
+        with self._lock:
+            if self._client is None:
+                self._client = connect(self._url)
+            client = self._client
+        # "auto" (no region lookup without credentials): the worker's --region decides.
+        return RedisStreamDestination(client, self._site_id, region=region)
