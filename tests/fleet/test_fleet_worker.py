@@ -38,3 +38,77 @@ def test_producers_and_workers_deliver_every_event_once(redis_server, spawned_em
     assert wait_until(lambda: client.xlen(KEYS.work) == 0, 10)  # acknowledged and deleted
     assert [w.terminate() for w in workers] == [0, 0]
     assert client.xinfo_groups(KEYS.work)[0]["pending"] == 0
+
+
+def _assert_all_once(emulator, producers: int, per_producer: int) -> Counter[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    counts = Counter(stored_events(emulator))
+    expected = {(p, i) for p in range(producers) for i in range(per_producer)}
+    missing = expected - set(counts)
+    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
+    assert set(counts) == expected and set(counts.values()) == {1}
+    return counts
+
+
+def _all_values(client) -> bytes:  # type: ignore[no-untyped-def]
+    """Every key name and every value in Redis, concatenated."""
+    out = bytearray()
+    for key in client.scan_iter(count=1000):
+        out += key
+        kind = client.type(key)
+        if kind == b"stream":
+            for entry_id, fields in client.xrange(key):
+                out += entry_id + b"".join(k + v for k, v in fields.items())
+            for group in client.xinfo_groups(key):
+                out += group["name"]
+        elif kind == b"hash":
+            out += b"".join(k + v for k, v in client.hgetall(key).items())
+        elif kind == b"string":
+            out += client.get(key) or b""
+        else:
+            raise AssertionError(f"unexpected key type {kind!r} for {key!r}")
+    return bytes(out)
+
+
+def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The emulator enforces 100 req/s (burst 10) and answers after 50 ms; the fleet shares 95 req/s.
+    with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
+        em.set_faults(latency=0.05)
+        logs = [tmp_path / f"w{i}.log" for i in range(3)]
+        workers = [WorkerProcess(redis_server.url, em.url, "--rate-limit", "95", "--burst", "5",
+                                 log=logs[i]) for i in range(3)]
+        producers = [spawn_producer(redis_server.url, p, 1500, 3.0) for p in range(4)]
+        outputs = [wait_producer(p) for p in producers]
+        assert all(o.startswith("flushed True 1500 redis") for o in outputs), outputs
+        assert wait_until(lambda: len(stored_events(em)) >= 6000, 60)
+        _assert_all_once(em, 4, 1500)
+        stats = em.stats()
+        assert int(stats["by_status"].get("429", 0)) <= 1, stats["by_status"]
+        assert [w.terminate() for w in workers] == [0, 0, 0]
+        client = connect(redis_server.url)
+        assert client.xlen(KEYS.work) == 0 and client.xlen(KEYS.dead) == 0
+        # The API key is nowhere in Redis (keys, fields, values) nor in the workers' logs.
+        assert API_KEY.encode() not in _all_values(client)
+        assert all(API_KEY.encode() not in log.read_bytes() for log in logs)
+
+
+def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(redis_server, spawned_emulator,
+                                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = connect(redis_server.url)
+    ensure_group(client, KEYS)
+    poison = b'{"batch":[{"type":"person"}x]}'  # not JSON: the Track API answers 400 for the whole batch
+    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 27),)))  # type: ignore[arg-type]
+    producer = spawn_producer(redis_server.url, 0, 400, 0.5)
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "3",
+                           log=tmp_path / "w.log")
+    assert wait_producer(producer).startswith("flushed True 400")
+    assert wait_until(lambda: len(stored_events(spawned_emulator)) >= 400 and client.xlen(KEYS.dead) == 1, 30)
+    _assert_all_once(spawned_emulator, 1, 400)
+    [(dead_id, fields)] = client.xrange(KEYS.dead)
+    assert fields[b"source_id"] == poison_id and fields[b"tries"] == b"3" and fields[b"body"] == poison
+    assert fields[b"error"].startswith(b"400")
+    assert worker.terminate() == 0
+    assert client.xlen(KEYS.work) == 0 and client.hlen(KEYS.tries) == 0
+    # Each try reached the emulator: three 400s, then nothing more for it.
+    assert int(spawned_emulator.stats()["by_status"].get("400", 0)) == 3

@@ -137,6 +137,7 @@ class Worker:
         self._session: Any = None
         self._delete_if_empty = self.redis.register_script(_DELETE_IF_EMPTY)
         self._last_warning: dict[str, float] = {}
+        self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
 
     def __repr__(self) -> str:
         return f"Worker(consumer={self.consumer!r}, stream={self.keys.work!r})"
@@ -212,7 +213,8 @@ class Worker:
                 if now >= next_janitor:
                     next_janitor = now + max(60.0, config.visibility_timeout)
                     self._remove_idle_consumers()
-                if now >= next_claim:
+                if now >= next_claim or self._claim_soon:
+                    self._claim_soon = False
                     next_claim = now + claim_every
                     self._claim()
                 slots = self._take_slots(1.0)
@@ -371,9 +373,12 @@ class Worker:
             self._redis_call(lambda: self.redis.hset(self.keys.tries, f"{entry.entry_id}:err",
                                                      f"{failed[-1].status}: {reason}"[:1000]))
             if not unfinished and tries >= config.max_deliveries:
-                ops = [op for r in failed for op in r.job.batch.ops()] + rejected
-                self.metrics.ops_failed.labels("dead_letter").inc(len(ops))
-                self._dead_letter(entry, StoredBatch.from_ops(ops), f"{failed[-1].status}: {reason}", tries)
+                whole = len(results) == 1 and results[0].job.batch is entry.batch
+                # The whole entry failed: keep its exact bytes (what an operator needs to see).
+                batch = entry.batch if whole else StoredBatch.from_ops(
+                    [op for r in failed for op in r.job.batch.ops()] + rejected)
+                self.metrics.ops_failed.labels("dead_letter").inc(batch.count)
+                self._dead_letter(entry, batch, f"{failed[-1].status}: {reason}", tries)
                 return
         else:
             # Not a try: Customer.io did not answer for good (retries ran out, deadline, drain).
@@ -500,6 +505,7 @@ class Worker:
 
         try:
             self._redis_call(release, attempts=5)
+            self._claim_soon = True
         except Exception:
             self._warn("release", "could not release entry %s; it is claimed after the visibility timeout",
                        entry.entry_id)
