@@ -107,8 +107,8 @@ class WorkerConfig:
         if self.delivery_deadline < 1.0:
             raise ValueError("visibility_timeout must exceed request_timeout + 6 s (a live worker's entries "
                              "must never be claimed)")
-        if self.block_ms / 1000.0 >= self.request_timeout:
-            raise ValueError("the XREADGROUP block must stay below the Redis socket timeout")
+        if not 0 < self.block_ms <= 30_000:
+            raise ValueError("block_ms must be in (0, 30000]")
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be >= 1")
 
@@ -121,8 +121,9 @@ class Worker:
         self.config = config
         self.keys = StreamKeys.for_site(config.site_id, config.prefix)
         self.consumer = config.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        # Socket timeout well above the BLOCK (redis-py raises TimeoutError otherwise).
-        self.redis = connect(config.redis_url, socket_timeout=max(config.request_timeout, config.block_ms / 500.0))
+        # The socket timeout stays well above the XREADGROUP BLOCK: redis-py raises TimeoutError on a
+        # block longer than socket_timeout (redis/redis-py#2807).
+        self.redis = connect(config.redis_url, socket_timeout=config.block_ms / 1000.0 + 5.0)
         self.metrics = metrics or WorkerMetrics()
         self.probes = Probes(stall=max(30.0, config.block_ms / 1000.0 * 10))
         self._draining = threading.Event()
