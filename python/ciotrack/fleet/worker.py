@@ -127,6 +127,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.probes = Probes(stall=max(30.0, config.block_ms / 1000.0 * 10))
         self._draining = threading.Event()
+        self._drain_started: float | None = None
         self._stop_delivery = threading.Event()  # set at the drain deadline: in-flight deliveries give up
         self._slots = threading.Semaphore(config.threads)
         self._work: queue.Queue[WorkEntry | None] = queue.Queue()
@@ -159,11 +160,14 @@ class Worker:
 
     def drain(self) -> None:
         """Stop reading (signal-safe: only sets a flag); ``run()`` then finishes in-flight work."""
+        if not self._draining.is_set():
+            self._drain_started = time.monotonic()
         self._draining.set()
         self.probes.draining = True
 
     def _finish(self) -> None:
-        deadline = time.monotonic() + max(0.0, self.config.drain_timeout - 1.0)
+        started = self._drain_started if self._drain_started is not None else time.monotonic()
+        deadline = started + max(0.0, self.config.drain_timeout - 1.0)
         # Entries read but not started: hand them back at once, peers take them.
         while True:
             try:
@@ -178,9 +182,17 @@ class Worker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
-            self._stop_delivery.set()  # Delivery answers STOPPED; the threads release their entries
+            # Drain deadline: deliveries waiting for a token or a backoff stop now (and release their
+            # entries); those stuck in a request are released from here, so a peer takes them at once
+            # and this process exits within its grace period. A request that still lands later only
+            # makes a duplicate, which the event ids make harmless.
+            self._stop_delivery.set()
             for thread in self._threads:
-                thread.join(5.0)
+                thread.join(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+            with self._in_flight_lock:
+                stuck = list(self._in_flight.values())
+            for entry in stuck:
+                self._release(entry, "drain_timeout", uncount_try=True)
         with self._deliveries_lock:
             for delivery in self._deliveries.values():
                 if delivery.limiter is not None:
@@ -496,13 +508,17 @@ class Worker:
         self._redis_call(swap)
         self.metrics.released.labels("split_rest").inc()
 
-    def _release(self, entry: WorkEntry, reason: str) -> None:
+    def _release(self, entry: WorkEntry, reason: str, uncount_try: bool = False) -> None:
         """Hand an unfinished entry back: claimable at once (its idle time set past the timeout)."""
         idle = int(self.config.visibility_timeout * 1000) + 1
 
         def release() -> None:
-            self.redis.xclaim(self.keys.work, self.keys.group, self.consumer, 0, [entry.entry_id], idle=idle,
-                              justid=True)
+            pipe = self.redis.pipeline(transaction=True)
+            # JUSTID: no delivery-count bump; IDLE: claimable by anyone's next XAUTOCLAIM.
+            pipe.xclaim(self.keys.work, self.keys.group, self.consumer, 0, [entry.entry_id], idle=idle, justid=True)
+            if uncount_try:
+                pipe.hincrby(self.keys.tries, entry.entry_id, -1)
+            pipe.execute()
 
         try:
             self._redis_call(release, attempts=5)
