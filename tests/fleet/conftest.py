@@ -101,3 +101,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_fleet_process_outlives_its_test() -> Iterator[None]:
+    from .fleet_procs import kill_leftovers
+
+    yield
+    kill_leftovers()

@@ -24,6 +24,10 @@ def env() -> dict[str, str]:
     return out
 
 
+STARTED: list[subprocess.Popen[Any]] = []
+"""Every process these helpers started: the tests' autouse fixture kills what a failed test left."""
+
+
 class WorkerProcess:
     def __init__(self, redis_url: str, endpoint: str, *extra: str, log: Path | None = None) -> None:
         args = [sys.executable, "-m", "ciotrack", "worker", "--redis-url", redis_url, "--site-id", SITE_ID,
@@ -32,6 +36,7 @@ class WorkerProcess:
         self._log = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(args, env=env(), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log)
+        STARTED.append(self.proc)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -54,8 +59,18 @@ class WorkerProcess:
 
 
 def spawn_producer(redis_url: str, index: int, n: int, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(HERE / "fleet_producer.py"), redis_url, SITE_ID, str(index),
+    proc = subprocess.Popen([sys.executable, str(HERE / "fleet_producer.py"), redis_url, SITE_ID, str(index),
                              str(n), str(seconds)], env=env(), stdout=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_producer(proc: subprocess.Popen[str], timeout: float = 120.0) -> str:

@@ -1,0 +1,93 @@
+"""`ciotrack deadletter`, the idle-consumer janitor, and Tracker's fleet options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ciotrack.config import Config
+from ciotrack.errors import ConfigError
+from ciotrack.fleet.producer import connect
+from ciotrack.fleet.streams import StreamKeys, decode_entry, encode_entry, ensure_group
+from ciotrack.fleet.worker import Worker, WorkerConfig
+
+from .fleet_procs import SITE_ID, env
+
+KEYS = StreamKeys.for_site(SITE_ID)
+
+
+def _cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ciotrack", "deadletter", *args, "--redis-url", redis_url,
+                           "--site-id", SITE_ID], env=env(), capture_output=True, text=True, timeout=60)
+
+
+def test_deadletter_list_replay_purge(redis_server) -> None:  # type: ignore[no-untyped-def]
+    client = connect(redis_server.url)
+    ensure_group(client, KEYS)
+    bodies = [b'{"batch":[{"n":%d}]}' % i for i in range(3)]
+    ids = []
+    for i, body in enumerate(bodies):
+        fields = {**encode_entry(body, "eu", "p"), "error": f"400: bad {i}".encode(), "tries": b"5",
+                  "source_id": b"1-%d" % i}
+        ids.append(client.xadd(KEYS.dead, fields).decode())  # type: ignore[arg-type]
+    listed = _cli(redis_server.url, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ids
+    assert lines[1].split("\t")[1:] == ["eu", "1", "tries=5", "400: bad 1"]
+    replayed = _cli(redis_server.url, "replay", "--id", ids[0])
+    assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
+    [(work_id, fields)] = client.xrange(KEYS.work)
+    entry = decode_entry(work_id, fields)
+    assert entry.batch.body == bodies[0] and entry.region == "eu" and b"error" not in fields
+    assert client.xlen(KEYS.dead) == 2
+    purged = _cli(redis_server.url, "purge")
+    assert purged.returncode == 0 and "purged 2" in purged.stdout and client.xlen(KEYS.dead) == 0
+
+
+def test_janitor_removes_only_idle_consumers_without_pending_entries(redis_server) -> None:  # type: ignore[no-untyped-def]
+    client = connect(redis_server.url)
+    ensure_group(client, KEYS)
+    client.xadd(KEYS.work, encode_entry(b'{"batch":[{"a":1}]}', "us", "p"))  # type: ignore[arg-type]
+    client.xreadgroup(KEYS.group, "dead-with-pending", {KEYS.work: ">"}, count=1)
+    client.xgroup_createconsumer(KEYS.work, KEYS.group, "dead-empty")
+    worker = Worker(WorkerConfig(redis_server.url, SITE_ID, "k", visibility_timeout=16, request_timeout=1,
+                                 consumer="janitor"))
+    worker.config.visibility_timeout = 0.0001  # "idle for ten visibility timeouts" is now any idle time
+    time.sleep(0.05)
+    worker._remove_idle_consumers()
+    names = {c["name"] for c in client.xinfo_consumers(KEYS.work, KEYS.group)}
+    # The consumer with a pending entry is kept (deleting it would orphan the entry).
+    assert names == {b"dead-with-pending"}
+    assert client.xinfo_groups(KEYS.work)[0]["pending"] == 1
+    worker.redis.close()
+
+
+def test_tracker_fleet_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIOTRACK_REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+    config = Config.from_env(site_id="site-1")  # no API key needed for a producer
+    assert config.destination_kind == "redis" and config.rate_limit == 0
+    assert "s3cret" not in repr(config) and "s3cret" not in repr(config.destination)
+    with pytest.raises(ConfigError):
+        Config.from_env(site_id="site-1", redis_url="http://nope")
+    monkeypatch.delenv("CIOTRACK_REDIS_URL")
+    with pytest.raises(ConfigError):
+        Config(site_id="", api_key="", redis_url="redis://127.0.0.1:1/0")
+    shared = Config(site_id="s", api_key="k", rate_limit_redis_url="redis://127.0.0.1:1/0", rate_limit=50)
+    assert shared.limiter is not None and shared.destination_kind == "track_api"
+    assert os.environ.get("CIOTRACK_REDIS_URL") is None
+
+
+def test_tracker_shares_a_redis_rate_limit(redis_server, make_tracker, emulator) -> None:  # type: ignore[no-untyped-def]
+    tracker = make_tracker(rate_limit=5, rate_burst=2, rate_limit_redis_url=redis_server.url)
+    for i in range(3):
+        tracker.track("u1", "e", {"i": i})
+    assert tracker.flush(timeout=10)
+    assert emulator.stats()["events"] == 3
+    # The limiter state lives in Redis (a GCRA key for the workspace and region).
+    keys = {k.decode() for k in connect(redis_server.url).scan_iter("ciotrack:*")}
+    assert any(k.endswith(":gcra") for k in keys), keys
