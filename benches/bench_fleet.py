@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.fleet.conftest import RedisServer  # noqa: E402
+from tests.fleet.conftest import RedisServer  # noqa: E402 (after the sys.path insert)
 from tests.fleet.fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, wait_producer  # noqa: E402
 
 

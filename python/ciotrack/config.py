@@ -36,7 +36,7 @@ from ciotrack.errors import ConfigError, DeliveryError
 if TYPE_CHECKING:
     from ciotrack.ratelimit import Limiter
 
-__all__ = ["Config", "DEFAULT_ENDPOINTS", "REGIONS", "SpoolHook"]
+__all__ = ["DEFAULT_ENDPOINTS", "REGIONS", "Config", "SpoolHook"]
 
 Region = Literal["us", "eu"]
 OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]

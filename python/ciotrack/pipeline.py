@@ -29,9 +29,20 @@ from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
-from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Delivery, Health, Job, Verdict
+from ciotrack.delivery import (
+    DESTINATION_DOWN,
+    Deliverable,
+    Delivery,
+    Health,
+    Job,
+    Verdict,
+)
 from ciotrack.destinations.base import Destination
-from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
+from ciotrack.destinations.track_v2 import (
+    TrackV2Destination,
+    lookup_region,
+    make_session,
+)
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.ratelimit import Limiter, local_limiter
@@ -49,7 +60,7 @@ _SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
 class _Route:
     """A lane of the core plus where its batches go. ``route`` is ``us``, ``eu`` or ``auto``."""
 
-    __slots__ = ("index", "route", "region", "lane", "delivery", "in_flight", "parked", "last_take")
+    __slots__ = ("delivery", "in_flight", "index", "lane", "last_take", "parked", "region", "route")
 
     def __init__(self, index: int, route: str, lane: Lane) -> None:
         self.index = index

@@ -96,3 +96,10 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def redis_client(url: str) -> Any:
+    """A redis-py client typed loosely: its stubs describe RESP3 unions the tests do not need."""
+    from ciotrack.fleet.producer import connect
+
+    return connect(url)

@@ -6,16 +6,16 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
-
 from ciotrack.config import Config
 from ciotrack.errors import ConfigError
-from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys, decode_entry, encode_entry, ensure_group
 from ciotrack.fleet.worker import Worker, WorkerConfig
 
-from .fleet_procs import SITE_ID, env
+from .conftest import RedisServer
+from .fleet_procs import SITE_ID, env, redis_client
 
 KEYS = StreamKeys.for_site(SITE_ID)
 
@@ -25,15 +25,15 @@ def _cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
                            "--site-id", SITE_ID], env=env(), capture_output=True, text=True, timeout=60)
 
 
-def test_deadletter_list_replay_purge(redis_server) -> None:  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
+def test_deadletter_list_replay_purge(redis_server: RedisServer) -> None:
+    client = redis_client(redis_server.url)
     ensure_group(client, KEYS)
     bodies = [b'{"batch":[{"n":%d}]}' % i for i in range(3)]
     ids = []
     for i, body in enumerate(bodies):
         fields = {**encode_entry(body, "eu", "p"), "error": f"400: bad {i}".encode(), "tries": b"5",
                   "source_id": b"1-%d" % i}
-        ids.append(client.xadd(KEYS.dead, fields).decode())  # type: ignore[arg-type]
+        ids.append(client.xadd(KEYS.dead, fields).decode())
     listed = _cli(redis_server.url, "list")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
@@ -49,10 +49,10 @@ def test_deadletter_list_replay_purge(redis_server) -> None:  # type: ignore[no-
     assert purged.returncode == 0 and "purged 2" in purged.stdout and client.xlen(KEYS.dead) == 0
 
 
-def test_janitor_removes_only_idle_consumers_without_pending_entries(redis_server) -> None:  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
+def test_janitor_removes_only_idle_consumers_without_pending_entries(redis_server: RedisServer) -> None:
+    client = redis_client(redis_server.url)
     ensure_group(client, KEYS)
-    client.xadd(KEYS.work, encode_entry(b'{"batch":[{"a":1}]}', "us", "p"))  # type: ignore[arg-type]
+    client.xadd(KEYS.work, encode_entry(b'{"batch":[{"a":1}]}', "us", "p"))
     client.xreadgroup(KEYS.group, "dead-with-pending", {KEYS.work: ">"}, count=1)
     client.xgroup_createconsumer(KEYS.work, KEYS.group, "dead-empty")
     worker = Worker(WorkerConfig(redis_server.url, SITE_ID, "k", visibility_timeout=16, request_timeout=1,
@@ -82,12 +82,12 @@ def test_tracker_fleet_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ.get("CIOTRACK_REDIS_URL") is None
 
 
-def test_tracker_shares_a_redis_rate_limit(redis_server, make_tracker, emulator) -> None:  # type: ignore[no-untyped-def]
+def test_tracker_shares_a_redis_rate_limit(redis_server: RedisServer, make_tracker: Any, emulator: Any) -> None:
     tracker = make_tracker(rate_limit=5, rate_burst=2, rate_limit_redis_url=redis_server.url)
     for i in range(3):
         tracker.track("u1", "e", {"i": i})
     assert tracker.flush(timeout=10)
     assert emulator.stats()["events"] == 3
     # The limiter state lives in Redis (a GCRA key for the workspace and region).
-    keys = {k.decode() for k in connect(redis_server.url).scan_iter("ciotrack:*")}
+    keys = {k.decode() for k in redis_client(redis_server.url).scan_iter("ciotrack:*")}
     assert any(k.endswith(":gcra") for k in keys), keys

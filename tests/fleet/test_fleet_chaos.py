@@ -10,10 +10,19 @@ from collections import Counter
 from pathlib import Path
 
 from ciotrack.emulator import Emulator
-from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys, ensure_group
 
-from .fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, stored_events, wait_producer, wait_until
+from .conftest import RedisServer
+from .fleet_procs import (
+    API_KEY,
+    SITE_ID,
+    WorkerProcess,
+    redis_client,
+    spawn_producer,
+    stored_events,
+    wait_producer,
+    wait_until,
+)
 
 KEYS = StreamKeys.for_site(SITE_ID)
 # Short claims for a short test: a delivery may take visibility - request timeout - 5 s = 1 s.
@@ -37,7 +46,7 @@ def _diagnose(client, em: Emulator, logs: Path) -> str:  # type: ignore[no-untyp
     return "\n".join(lines)
 
 
-def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         em.set_faults(latency=0.2)  # long requests: a kill lands mid-delivery
         n = 0
@@ -47,7 +56,7 @@ def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server, tmp_path: Pat
             n += 1
             return WorkerProcess(redis_server.url, em.url, *FAST_CLAIMS, log=tmp_path / f"w{n}.log")
 
-        client = connect(redis_server.url)
+        client = redis_client(redis_server.url)
         ensure_group(client, KEYS)  # as the deployment's Job does, before anyone starts
         workers = [worker(), worker()]
         producers = [spawn_producer(redis_server.url, p, 600, 6.0) for p in range(2)]
@@ -73,10 +82,10 @@ def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server, tmp_path: Pat
         assert [w.terminate() for w in workers] == [0, 0]
 
 
-def test_redis_sigkilled_and_restarted_loses_nothing(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_redis_sigkilled_and_restarted_loses_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         em.set_faults(latency=0.05)
-        ensure_group(connect(redis_server.url), KEYS)
+        ensure_group(redis_client(redis_server.url), KEYS)
         workers = [WorkerProcess(redis_server.url, em.url, *FAST_CLAIMS, log=tmp_path / f"w{i}.log")
                    for i in range(2)]
         producers = [spawn_producer(redis_server.url, p, 800, 5.0) for p in range(2)]
@@ -89,7 +98,7 @@ def test_redis_sigkilled_and_restarted_loses_nothing(redis_server, tmp_path: Pat
         assert wait_until(lambda: len(stored_events(em)) >= 1600, 45)
         _check_every_event_once(em, 2, 800)
         assert 0 < stored_before < 1600  # Redis died mid-run
-        client = connect(redis_server.url)
+        client = redis_client(redis_server.url)
         assert wait_until(lambda: client.xlen(KEYS.work) == 0, 20)
         assert all(w.alive() for w in workers)  # reconnected by themselves
         assert [w.terminate() for w in workers] == [0, 0]

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
-
 from ciotrack.fleet.cli import configure_parser
-from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import GROUP, StreamKeys
+
+from .conftest import RedisServer
+from .fleet_procs import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -50,7 +51,7 @@ def _worker_args() -> dict[str, str]:
 
 def test_builtin_kinds_validate_strictly_offline() -> None:
     kinds = set()
-    for filename, doc in _documents():
+    for _, doc in _documents():
         if doc["apiVersion"].startswith("keda.sh/"):
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -117,7 +118,7 @@ def test_redis_is_persistent_and_never_evicts() -> None:
     assert compose["services"]["worker"]["stop_grace_period"] == "30s"
 
 
-def test_group_job_command_creates_the_group_and_is_idempotent(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_group_job_command_creates_the_group_and_is_idempotent(redis_server: RedisServer) -> None:
     job = _find("Job", "ciotrack-create-group")
     container = job["spec"]["template"]["spec"]["containers"][0]
     script = container["args"][0].replace("-h ciotrack-redis", f"-h 127.0.0.1 -p {redis_server.port}")
@@ -125,7 +126,7 @@ def test_group_job_command_creates_the_group_and_is_idempotent(redis_server) -> 
     for _ in range(2):  # created, then BUSYGROUP: both succeed
         done = subprocess.run([*container["command"], script], env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stdout + done.stderr
-    groups = connect(redis_server.url).xinfo_groups(StreamKeys.for_site("site-1").work)
+    groups = redis_client(redis_server.url).xinfo_groups(StreamKeys.for_site("site-1").work)
     assert groups[0]["name"] == GROUP.encode() and groups[0]["last-delivered-id"] == b"0-0"
     bad = script.replace(f"-p {redis_server.port}", "-p 1")  # nothing listens there: the Job must fail
     assert subprocess.run([*container["command"], bad], env=env, capture_output=True, timeout=30).returncode != 0
@@ -133,15 +134,16 @@ def test_group_job_command_creates_the_group_and_is_idempotent(redis_server) -> 
 
 def test_dockerfile_builds_with_make_wheel_and_runs_the_worker_as_non_root() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", dockerfile, re.M)
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", dockerfile, re.MULTILINE)
     assert len(stages) == 2 and stages[0][1] == "build" and stages[1][0] == "python:3.11-slim"
-    runs = re.findall(r"^RUN (.+)$", dockerfile, re.M)
+    runs = re.findall(r"^RUN (.+)$", dockerfile, re.MULTILINE)
     make_line = next(r for r in runs if r.startswith("make wheel"))
     make_args = shlex.split(make_line)
     # What `make wheel` runs with those variables is a maturin release build into the copied dir.
-    dry = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), *make_args[1:]], capture_output=True, text=True, check=True)
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), *make_args[1:]],
+                         capture_output=True, text=True, check=True)
     assert dry.stdout.split() == ["/opt/build/bin/maturin", "build", "--release", "--out", "/wheels"]
     assert "COPY --from=build /wheels /wheels" in dockerfile
-    assert re.search(r"^USER 10001", dockerfile, re.M)
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["ciotrack", "worker"]' in dockerfile
     assert "[fleet]" in dockerfile

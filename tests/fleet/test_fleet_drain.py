@@ -8,12 +8,20 @@ from collections import Counter
 from pathlib import Path
 
 import requests
-
 from ciotrack.emulator import Emulator
-from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys, ensure_group
 
-from .fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, stored_events, wait_producer, wait_until
+from .conftest import RedisServer
+from .fleet_procs import (
+    API_KEY,
+    SITE_ID,
+    WorkerProcess,
+    redis_client,
+    spawn_producer,
+    stored_events,
+    wait_producer,
+    wait_until,
+)
 
 KEYS = StreamKeys.for_site(SITE_ID)
 
@@ -29,10 +37,10 @@ def _get(port: int, path: str) -> requests.Response:
 
 
 def test_sigterm_releases_stuck_entries_within_the_deadline_and_a_peer_delivers_them(
-        redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        redis_server: RedisServer, tmp_path: Path) -> None:
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         em.set_faults(latency=20.0)  # every request hangs far past the drain deadline
-        client = connect(redis_server.url)
+        client = redis_client(redis_server.url)
         ensure_group(client, KEYS)
         port = _free_port()
         first = WorkerProcess(redis_server.url, em.url, "--rate-limit", "0", "--drain-timeout", "3",
@@ -65,7 +73,7 @@ def _ready(port: int) -> bool:
         return False
 
 
-def test_metrics_endpoint_serves_histograms_and_fleet_counters(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_endpoint_serves_histograms_and_fleet_counters(redis_server: RedisServer, tmp_path: Path) -> None:
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         em.set_faults(latency=0.02)
         port = _free_port()

@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.producer import connect
+
+from .conftest import RedisServer
+from .fleet_procs import redis_client
 
 CLIENT = Path(__file__).with_name("limiter_client.py")
 
@@ -59,7 +61,7 @@ def _max_in_window(grants: list[float], window: float) -> int:
     return best
 
 
-def test_processes_sharing_the_limiter_stay_under_the_rate(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_processes_sharing_the_limiter_stay_under_the_rate(redis_server: RedisServer) -> None:
     rate, burst, seconds = 40.0, 4.0, 2.5
     grants, _ = _run_clients(redis_server.url, 4, rate, burst, seconds)
     # Never more than rate*t + burst in any window (a few ms slack for clock reads between processes).
@@ -69,7 +71,7 @@ def test_processes_sharing_the_limiter_stay_under_the_rate(redis_server) -> None
     assert len(grants) >= rate * seconds / 3
 
 
-def test_a_pause_from_one_process_is_honoured_by_all(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_pause_from_one_process_is_honoured_by_all(redis_server: RedisServer) -> None:
     grants, pauses = _run_clients(redis_server.url, 3, 40.0, 4.0, 2.5, pause=(0.8, 1.0))
     assert len(pauses) == 1
     paused_at = pauses[0]
@@ -80,8 +82,8 @@ def test_a_pause_from_one_process_is_honoured_by_all(redis_server) -> None:  # t
     assert any(t > paused_at + 1.0 for t in grants)
 
 
-def test_acquire_that_will_not_wait_reserves_nothing(redis_server) -> None:  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
+def test_acquire_that_will_not_wait_reserves_nothing(redis_server: RedisServer) -> None:
+    client = redis_client(redis_server.url)
     limiter = RedisLimiter(client, "site-1", "us", rate=2.0, burst=1.0)
     assert limiter.acquire(0.0) is True  # the burst slot
     # The next slot is ~0.5 s away: a caller that will not wait gets False and leaves TAT untouched.
@@ -93,8 +95,8 @@ def test_acquire_that_will_not_wait_reserves_nothing(redis_server) -> None:  # t
     assert client.get(limiter.keys[0]) != tat_before
 
 
-def test_pause_extends_never_shortens_and_tokens_gauge(redis_server) -> None:  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
+def test_pause_extends_never_shortens_and_tokens_gauge(redis_server: RedisServer) -> None:
+    client = redis_client(redis_server.url)
     limiter = RedisLimiter(client, "site-1", "eu", rate=10.0, burst=5.0)
     assert limiter.tokens() == pytest.approx(5.0, abs=0.1)
     limiter.pause(5.0)
@@ -105,8 +107,8 @@ def test_pause_extends_never_shortens_and_tokens_gauge(redis_server) -> None:  #
     assert limiter.acquire(0.2) is False
 
 
-def test_close_wakes_a_waiter(redis_server) -> None:  # type: ignore[no-untyped-def]
-    limiter = RedisLimiter(connect(redis_server.url), "site-1", "us", rate=0.2, burst=1.0)
+def test_close_wakes_a_waiter(redis_server: RedisServer) -> None:
+    limiter = RedisLimiter(redis_client(redis_server.url), "site-1", "us", rate=0.2, burst=1.0)
     assert limiter.acquire(0) is True
     results: list[bool] = []
     waiter = threading.Thread(target=lambda: results.append(limiter.acquire(30.0)))
@@ -117,7 +119,7 @@ def test_close_wakes_a_waiter(redis_server) -> None:  # type: ignore[no-untyped-
     assert not waiter.is_alive() and results == [False]
 
 
-def test_redis_unreachable_falls_back_to_a_local_limit(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_redis_unreachable_falls_back_to_a_local_limit(redis_server: RedisServer) -> None:
     limiter = RedisLimiter(connect(redis_server.url, socket_timeout=0.5), "site-1", "us", rate=5.0, burst=2.0)
     redis_server.kill()
     assert limiter.acquire(0) is True and limiter.acquire(0) is True  # the local burst

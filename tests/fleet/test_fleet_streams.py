@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 import redis
-
-from ciotrack.fleet.producer import RedisStreamDestination, connect
+from ciotrack.destinations.base import Outcome
+from ciotrack.fleet.producer import RedisStreamDestination
 from ciotrack.fleet.streams import (
     StoredBatch,
     StreamKeys,
@@ -19,8 +20,11 @@ from ciotrack.fleet.streams import (
     workspace_tag,
 )
 
+from .conftest import RedisServer
+from .fleet_procs import redis_client
 
-def _body(ops: list[dict[str, object]]) -> bytes:
+
+def _body(ops: list[Any]) -> bytes:
     return json.dumps({"batch": ops}, ensure_ascii=False).encode()
 
 
@@ -53,13 +57,13 @@ def test_stored_batch_splits_into_valid_bodies() -> None:
 def test_entry_roundtrip_and_version_check() -> None:
     body = _body([{"a": 1}, {"b": "ü"}])
     fields = encode_entry(body, "eu", "host:1:x")
-    entry = decode_entry(b"1-0", fields)  # type: ignore[arg-type]
+    entry = decode_entry(b"1-0", fields)
     assert entry.region == "eu" and entry.batch.body == body and entry.batch.count == 2
     assert [json.loads(op) for op in entry.batch.ops()] == [{"a": 1}, {"b": "ü"}]
     with pytest.raises(ValueError):
-        decode_entry(b"1-0", {**fields, "v": b"9"})  # type: ignore[dict-item]
+        decode_entry(b"1-0", {**fields, "v": b"9"})
     with pytest.raises(ValueError):
-        decode_entry(b"1-0", {**fields, "offsets": b"\xff\xff\xff\xff" * 4})  # type: ignore[dict-item]
+        decode_entry(b"1-0", {**fields, "offsets": b"\xff\xff\xff\xff" * 4})
 
 
 def test_key_names_never_carry_odd_site_ids_verbatim() -> None:
@@ -68,8 +72,8 @@ def test_key_names_never_carry_odd_site_ids_verbatim() -> None:
     assert "a b" not in odd.work and odd.work.startswith("ciotrack:{h") and workspace_tag("a b:{c}") in odd.dead
 
 
-def test_group_creation_is_idempotent_and_starts_at_zero(redis_server) -> None:  # type: ignore[no-untyped-def]
-    client = connect(redis_server.url)
+def test_group_creation_is_idempotent_and_starts_at_zero(redis_server: RedisServer) -> None:
+    client = redis_client(redis_server.url)
     keys = StreamKeys.for_site("site-1")
     assert ensure_group(client, keys) is True
     assert ensure_group(client, keys) is False
@@ -77,10 +81,10 @@ def test_group_creation_is_idempotent_and_starts_at_zero(redis_server) -> None: 
     assert groups[0]["name"] == keys.group.encode() and groups[0]["last-delivered-id"] == b"0-0"
 
 
-def test_producer_writes_durable_entries_concurrently_and_pipelines(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_producer_writes_durable_entries_concurrently_and_pipelines(redis_server: RedisServer) -> None:
     destination = RedisStreamDestination(redis_server.url, "site-1", region="us")
     bodies = [_body([{"n": i}, {"m": i}]) for i in range(200)]
-    outcomes = []
+    outcomes: list[Outcome] = []
 
     def send(chunk: list[bytes]) -> None:
         outcomes.extend(destination.send(b) for b in chunk)
@@ -91,7 +95,7 @@ def test_producer_writes_durable_entries_concurrently_and_pipelines(redis_server
     for thread in threads:
         thread.join()
     assert all(o.kind == "delivered" for o in outcomes) and len(outcomes) == 200
-    client = connect(redis_server.url)
+    client = redis_client(redis_server.url)
     entries = client.xrange(destination.keys.work)
     assert sorted(decode_entry(i, f).batch.body for i, f in entries) == sorted(bodies)
     assert destination.probe() is True
@@ -100,7 +104,7 @@ def test_producer_writes_durable_entries_concurrently_and_pipelines(redis_server
     destination.close()
 
 
-def test_producer_retries_while_redis_is_down_and_recovers_after_restart(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_producer_retries_while_redis_is_down_and_recovers_after_restart(redis_server: RedisServer) -> None:
     destination = RedisStreamDestination(redis_server.url, "site-1", timeout=1.0)
     assert destination.send(_body([{"before": 1}])).kind == "delivered"
     redis_server.kill()
@@ -110,16 +114,16 @@ def test_producer_retries_while_redis_is_down_and_recovers_after_restart(redis_s
     redis_server.start()
     assert destination.probe() is True
     assert destination.send(_body([{"after": 1}])).kind == "delivered"
-    client = connect(redis_server.url)
+    client = redis_client(redis_server.url)
     bodies = [decode_entry(i, f).batch.body for i, f in client.xrange(destination.keys.work)]
     # The entry acknowledged before the SIGKILL survived it (AOF replay).
     assert bodies == [_body([{"before": 1}]), _body([{"after": 1}])]
 
 
-def test_producer_recreates_a_deleted_stream_with_its_group(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_producer_recreates_a_deleted_stream_with_its_group(redis_server: RedisServer) -> None:
     destination = RedisStreamDestination(redis_server.url, "site-1")
     assert destination.send(_body([{"a": 1}])).kind == "delivered"
-    client = connect(redis_server.url)
+    client = redis_client(redis_server.url)
     client.delete(destination.keys.work)
     outcome = destination.send(_body([{"b": 1}]))
     assert outcome.kind == "retry" and outcome.reason == "redis_stream_missing"

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from ciotrack.emulator import Emulator
-from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys
 
-from .fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, stored_events, wait_producer, wait_until
+from .conftest import RedisServer
+from .fleet_procs import (
+    API_KEY,
+    SITE_ID,
+    WorkerProcess,
+    redis_client,
+    spawn_producer,
+    stored_events,
+    wait_producer,
+    wait_until,
+)
 
 KEYS = StreamKeys.for_site(SITE_ID)
 
 
 @pytest.fixture
-def spawned_emulator():  # type: ignore[no-untyped-def]
+def spawned_emulator() -> Iterator[Any]:
     em = Emulator.spawn(workspaces={SITE_ID: API_KEY})
     try:
         yield em
@@ -25,7 +35,8 @@ def spawned_emulator():  # type: ignore[no-untyped-def]
         em.stop()
 
 
-def test_producers_and_workers_deliver_every_event_once(redis_server, spawned_emulator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_producers_and_workers_deliver_every_event_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
     workers = [WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0",
                              log=tmp_path / f"w{i}.log") for i in range(2)]
     producers = [spawn_producer(redis_server.url, p, 300, 1.0) for p in range(2)]
@@ -34,7 +45,7 @@ def test_producers_and_workers_deliver_every_event_once(redis_server, spawned_em
     assert wait_until(lambda: len(stored_events(spawned_emulator)) >= 600, 30)
     counts = Counter(stored_events(spawned_emulator))
     assert set(counts) == {(p, i) for p in range(2) for i in range(300)} and set(counts.values()) == {1}
-    client = connect(redis_server.url)
+    client = redis_client(redis_server.url)
     assert wait_until(lambda: client.xlen(KEYS.work) == 0, 10)  # acknowledged and deleted
     assert [w.terminate() for w in workers] == [0, 0]
     assert client.xinfo_groups(KEYS.work)[0]["pending"] == 0
@@ -69,7 +80,7 @@ def _all_values(client) -> bytes:  # type: ignore[no-untyped-def]
     return bytes(out)
 
 
-def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server: RedisServer, tmp_path: Path) -> None:
     # The emulator enforces 100 req/s (burst 10) and answers after 50 ms; the fleet shares 95 req/s.
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
         em.set_faults(latency=0.05)
@@ -84,28 +95,28 @@ def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server,
         stats = em.stats()
         assert int(stats["by_status"].get("429", 0)) <= 1, stats["by_status"]
         assert [w.terminate() for w in workers] == [0, 0, 0]
-        client = connect(redis_server.url)
+        client = redis_client(redis_server.url)
         assert client.xlen(KEYS.work) == 0 and client.xlen(KEYS.dead) == 0
         # The API key is nowhere in Redis (keys, fields, values) nor in the workers' logs.
         assert API_KEY.encode() not in _all_values(client)
         assert all(API_KEY.encode() not in log.read_bytes() for log in logs)
 
 
-def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(redis_server, spawned_emulator,
-                                                                          tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
     from ciotrack.fleet.streams import encode_entry, ensure_group
 
-    client = connect(redis_server.url)
+    client = redis_client(redis_server.url)
     ensure_group(client, KEYS)
     poison = b'{"batch":[{"type":"person"}x]}'  # not JSON: the Track API answers 400 for the whole batch
-    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 27),)))  # type: ignore[arg-type]
+    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 27),)))
     producer = spawn_producer(redis_server.url, 0, 400, 0.5)
     worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "3",
                            log=tmp_path / "w.log")
     assert wait_producer(producer).startswith("flushed True 400")
     assert wait_until(lambda: len(stored_events(spawned_emulator)) >= 400 and client.xlen(KEYS.dead) == 1, 30)
     _assert_all_once(spawned_emulator, 1, 400)
-    [(dead_id, fields)] = client.xrange(KEYS.dead)
+    [(_dead_id, fields)] = client.xrange(KEYS.dead)
     assert fields[b"source_id"] == poison_id and fields[b"tries"] == b"3" and fields[b"body"] == poison
     assert fields[b"error"].startswith(b"400")
     assert worker.terminate() == 0

@@ -117,7 +117,7 @@ def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.
     """Start the metrics/probe server on a daemon thread; returns it (``shutdown()`` to stop)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._answer(200, metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
@@ -137,7 +137,7 @@ def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes every few seconds would flood the log
 
     server = ThreadingHTTPServer((host, port), Handler)

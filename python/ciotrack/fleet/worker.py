@@ -42,10 +42,16 @@ from typing import TYPE_CHECKING, Any
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
-from ciotrack.fleet.streams import EntryFormatError, StoredBatch, StreamKeys, WorkEntry, decode_entry, ensure_group
+from ciotrack.fleet.streams import (
+    EntryFormatError,
+    StoredBatch,
+    StreamKeys,
+    WorkEntry,
+    decode_entry,
+    ensure_group,
+)
 
 if TYPE_CHECKING:
-    import redis
 
     from ciotrack.delivery import Delivery, Result
 
