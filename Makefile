@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # cargo test links libpython through pyo3: point it at the venv's interpreter.
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: install build wheel demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint clean
+.PHONY: install build wheel demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
 
 install: $(STAMP) build
 
@@ -27,7 +27,7 @@ wheel:
 demo: install
 	$(PY) -m ciotrack demo
 
-test: install test-rust test-py typecheck
+test: install lint-py test-rust test-py typecheck
 
 test-rust: $(STAMP)
 	cargo test --quiet
@@ -67,10 +67,14 @@ $(CDP_VENV)/.installed:
 	$(CDP_VENV)/bin/pip install -q 'customerio-cdp-analytics==1.1.0'
 	touch $@
 
-lint: $(STAMP)
+lint: $(STAMP) lint-py
 	cargo clippy --all-targets -- -D warnings
 	cargo fmt --check
 	$(PY) -m mypy --strict
+
+# Python style (pyproject [tool.ruff]): pyflakes, pycodestyle, isort order, bugbear, pyupgrade.
+lint-py: $(STAMP)
+	$(PY) -m ruff check python tests benches
 
 clean:
 	rm -rf target $(VENV) python/ciotrack/*.so

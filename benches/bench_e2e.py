@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from peers import measure
 from peers.clients import BenchClient, CiotrackClient
 

@@ -48,7 +48,8 @@ def make_bodies(count: int, op_bytes: int, seed: int = 7) -> tuple[list[bytes], 
         size = len(b'{"batch":[]}')
         while True:
             op = orjson.dumps({"type": "person", "identifiers": {"id": f"u{n % 5000}"}, "action": "event",
-                               "name": "checkout", "id": _ulid(rng, base_ms + n), "timestamp": 1_700_000_000 + n % 86400,
+                               "name": "checkout", "id": _ulid(rng, base_ms + n),
+                               "timestamp": 1_700_000_000 + n % 86400,
                                "attributes": {"total": n % 997, **({"ref": pad} if pad else {})}})
             if size + len(op) + 1 > MAX_BODY:
                 break

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from peers.clients import CIOTRACK_OPTIONS
 from peers.measure import enqueue, percentile
 from peers.workload import CUSTOMER_IDS, EVENT_NAME, EVENT_POOL, POOL_SIZE, identify_traits

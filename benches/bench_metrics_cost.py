@@ -60,6 +60,6 @@ def test_track_metrics_cost(benchmark: Any, emulator: Any, bench_report: BenchRe
                          f"median of {PAIRS} runs' medians, sender delivering")
         bench_report.add("metrics cost", "track() median, metrics=False", f"{off * 1e9:.0f} ns",
                          "same, histograms off (counters stay)")
-        pairs = [a / b for a, b in zip(_medians["on"], _medians["off"])]
+        pairs = [a / b for a, b in zip(_medians["on"], _medians["off"], strict=False)]
         bench_report.add("metrics cost", "ratio on/off", f"{on / off:.3f}",
                          f"per pair: {', '.join(f'{r:.2f}' for r in pairs)}")

@@ -42,10 +42,9 @@ BENCHES = os.path.dirname(os.path.abspath(__file__))
 if BENCHES not in sys.path:
     sys.path.insert(0, BENCHES)
 
-from peers.workload import CUSTOMER_IDS, EVENT_NAME, EVENT_POOL, POOL_SIZE  # noqa: E402
-
 from ciotrack import Tracker, _core  # noqa: E402
 from ciotrack.emulator import Emulator  # noqa: E402
+from peers.workload import CUSTOMER_IDS, EVENT_NAME, EVENT_POOL, POOL_SIZE  # noqa: E402
 
 SITE_ID, API_KEY = "bench-site", "bench-key"
 RATE_LIMIT = 100.0  # requests/s at the emulator, and ciotrack's default bucket rate

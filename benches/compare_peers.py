@@ -256,14 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     overheads: list[float] = []
     for kind in kinds:
         merged = [dict(main_run, rss=rss_run.get("rss")) for main_run, rss_run in
-                  zip(runs[kind], rss_runs[kind] or [{}] * len(runs[kind]))]
+                  zip(runs[kind], rss_runs[kind] or [{}] * len(runs[kind]), strict=False)]
         _check_runs(kind, merged, notes)
         medians[kind] = {label: _median_of(merged, path) for label, path, *_ in ROWS}
         if runs[kind]:
             versions[kind] = str(runs[kind][0].get("version", ""))
             overheads += [float(r["timer_overhead_ns"]) for r in runs[kind]]
 
-    when = dt.datetime.now(dt.timezone.utc)
+    when = dt.datetime.now(dt.UTC)
     table = render_table(kinds, medians, versions)
     command = "python benches/compare_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"\n## ciotrack vs peers — {when:%Y-%m-%d %H:%M} UTC, {reps} interleaved repetition(s), medians")

@@ -84,7 +84,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             section = figure.section
             write(f"[{section}]")
         write(f"  {figure.name:<44} {figure.value:>16}   {figure.meaning}")
-    when = dt.datetime.now(dt.timezone.utc)
+    when = dt.datetime.now(dt.UTC)
     out = ROOT / ".benchmarks" / f"figures-{when:%Y%m%dT%H%M%S}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"when": when.isoformat(), "figures": [vars(f) for f in _REPORT.figures],
@@ -96,7 +96,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 def emulator() -> Iterator[Any]:
     """The emulator in its own process, so its work never shares the benchmark's GIL."""
     from ciotrack.emulator import Emulator
-
     from peers.measure import pin_receiver
 
     handle = Emulator.spawn(workspaces={SITE_ID: API_KEY})
@@ -109,9 +108,8 @@ def emulator() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def sink() -> Iterator[Any]:
-    from peers.sink import SinkProcess
-
     from peers.measure import pin_receiver
+    from peers.sink import SinkProcess
 
     with SinkProcess() as process:
         pin_receiver(process.pid)

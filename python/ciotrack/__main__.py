@@ -20,6 +20,7 @@ from ciotrack._version import __version__
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
     "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
+    "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
     "worker": ("ciotrack.fleet.cli", "deliver a Redis stream of batches to Customer.io (fleet mode)", "fleet"),
     "deadletter": ("ciotrack.fleet.deadletter", "list, replay or purge fleet mode's dead-letter stream", "fleet"),
 }

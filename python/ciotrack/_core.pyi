@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Self, final
 
-
 __all__ = [
     "__version__",
     "ACCEPTED",

@@ -53,7 +53,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -85,7 +85,6 @@ _OFFICIAL_BACKOFF_FACTOR = 0.02
 # Everything the tracker raises for bad input. The official client wraps every exception of a request,
 # encoding errors included, into CustomerIOException, so the drop-in does the same for its input errors.
 _INPUT_ERRORS = (CiotrackError, TypeError, ValueError)
-_CIO_PREFIX = "cio_"
 
 
 def _blank(value: Any) -> bool:
@@ -95,7 +94,7 @@ def _blank(value: Any) -> bool:
 def _unix(moment: datetime) -> int:
     """Seconds as the official client computes them: a naive datetime is taken as UTC."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 
@@ -120,22 +119,16 @@ def _official_json(value: Any) -> Any:
         return out if changed else value
     if cls is list or cls is tuple:
         items = [_official_json(item) for item in value]
-        return items if any(a is not b for a, b in zip(items, value)) else value
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     return value
 
 
-class _CioId(str):
-    """A person addressed by cio_id (the v1 path rule: ``cio_<x>`` means cio_id x)."""
-
-
-def _customer_key(customer_id: Any) -> str | int | _CioId:
-    """The id for the tracker, or a ``_CioId``. Ids that are neither str nor int are sent as ``str(id)``,
-    as they appear in the official client's URL."""
+def _customer_key(customer_id: Any) -> str | int:
+    """The id for the tracker. Ids that are neither str nor int are sent as ``str(id)``, as they appear in
+    the official client's URL. (``cio_<x>`` needs nothing here: the core addresses it by cio_id x.)"""
     cls = customer_id.__class__
     if cls is not str and cls is not int:
-        customer_id = str(customer_id)
-    if customer_id.__class__ is str and customer_id.startswith(_CIO_PREFIX) and len(customer_id) > len(_CIO_PREFIX):
-        return _CioId(customer_id[len(_CIO_PREFIX):])
+        return str(customer_id)
     return customer_id  # type: ignore[no-any-return]
 
 
@@ -254,15 +247,6 @@ class CustomerIO:
         except _INPUT_ERRORS as err:
             raise CustomerIOException(str(err)) from err
 
-    def _raw(self, cio_id: str, action: str, fields: Mapping[str, Any]) -> Callable[[Any], None]:
-        """A sender of one operation addressed by cio_id (the core's typed calls take ids only)."""
-        def send(payload: Any) -> None:
-            op: dict[str, Any] = {"type": "person", "identifiers": {"cio_id": str(cio_id)}, "action": action, **fields}
-            if payload is not None:
-                op.update(payload)
-            self._live().send_operation(op)
-        return send
-
     # -- the official methods -------------------------------------------------------------------
 
     def identify(self, id: Any, **kwargs: Any) -> None:
@@ -270,21 +254,15 @@ class CustomerIO:
         if _blank(id):
             raise CustomerIOException("id cannot be blank in identify")
         key = _customer_key(id)
-        if not isinstance(key, _CioId) and "cio_relationships" not in kwargs:
+        if "cio_relationships" not in kwargs:
             self._submit(lambda attrs: self._live().identify(key, attrs), kwargs)
             return
         # v2 carries relationships next to the attributes, not inside them; the core's identify has no
-        # slot for them, so this rare shape goes as a raw operation.
+        # slot for them, so this rare shape goes as a person operation with its fields spelled out.
         attributes = dict(kwargs)
-        fields: dict[str, Any] = {"timestamp": int(time.time())}
-        if "cio_relationships" in attributes:
-            fields["cio_relationships"] = attributes.pop("cio_relationships")
-        identifiers = {"cio_id": str(key)} if isinstance(key, _CioId) else {"id": key}
-
-        def send(payload: Any) -> None:
-            op = {"type": "person", "identifiers": identifiers, "action": "identify", **payload}
-            self._live().send_operation(op)
-        self._submit(send, {"attributes": attributes, **fields})
+        fields = {"attributes": attributes, "cio_relationships": attributes.pop("cio_relationships"),
+                  "timestamp": int(time.time())}
+        self._submit(lambda payload: self._live()._person("identify", key, payload, None), fields)
 
     def track(self, customer_id: Any, name: str, data: Mapping[str, Any] | None = None, id: str | None = None,
               timestamp: Any = None) -> None:
@@ -329,12 +307,7 @@ class CustomerIO:
                timestamp: int | None) -> None:
         _check_name(name, "page" if action == "page" else "name")
         key = _customer_key(customer_id)
-        if isinstance(key, _CioId):
-            fields = {"name": name, "id": event_id or _core.ulid(),
-                      "timestamp": int(time.time()) if timestamp is None else timestamp}
-            raw = self._raw(key, action, fields)
-            self._submit(lambda payload: raw({"attributes": payload} if payload else None), data)
-        elif action == "page":
+        if action == "page":
             self._submit(lambda payload: self._live().page(key, name, payload or None, id=event_id,
                                                            timestamp=timestamp), data)
         else:
@@ -359,11 +332,8 @@ class CustomerIO:
 
     def _person(self, action: str, customer_id: Any) -> None:
         key = _customer_key(customer_id)
-        if isinstance(key, _CioId):
-            self._submit(self._raw(key, action, {}), None)
-        else:
-            method = getattr(self._live(), action)
-            self._submit(lambda _: method(key), None)
+        method = getattr(self._live(), action)
+        self._submit(lambda _: method(key), None)
 
     def add_device(self, customer_id: Any, device_id: str, platform: str, **data: Any) -> None:
         """Add or update a push device. ``last_used`` and ``attributes`` keep their meaning; any other keyword
@@ -388,16 +358,8 @@ class CustomerIO:
             raise CustomerIOException(f"attributes must be a dict, got {type(attributes).__name__}")
         merged = {**attributes, **data} if attributes else data
         key = _customer_key(customer_id)
-        if isinstance(key, _CioId):
-            device: dict[str, Any] = {"token": device_id, "platform": platform}
-            if last_used is not None:
-                device["last_used"] = int(last_used)
-            raw = self._raw(key, "add_device", {})
-            self._submit(lambda attrs: raw({"device": {**device, "attributes": attrs} if attrs else device}),
-                         merged)
-        else:
-            self._submit(lambda attrs: self._live().add_device(key, device_id, platform, last_used=last_used,
-                                                               attributes=attrs or None), merged)
+        self._submit(lambda attrs: self._live().add_device(key, device_id, platform, last_used=last_used,
+                                                           attributes=attrs or None), merged)
 
     def delete_device(self, customer_id: Any, device_id: Any) -> None:
         if _blank(customer_id):
@@ -406,10 +368,7 @@ class CustomerIO:
             raise CustomerIOException("device_id cannot be blank in delete_device")
         token = device_id if device_id.__class__ is str else str(device_id)  # it is a URL segment in v1
         key = _customer_key(customer_id)
-        if isinstance(key, _CioId):
-            self._submit(self._raw(key, "delete_device", {"device": {"token": token}}), None)
-        else:
-            self._submit(lambda _: self._live().delete_device(key, token), None)
+        self._submit(lambda _: self._live().delete_device(key, token), None)
 
     def merge_customers(self, primary_id_type: str, primary_id: Any, secondary_id_type: str,
                         secondary_id: Any) -> None:

@@ -152,12 +152,12 @@ class Config:
     and reported (``on_drop("spool_evicted", n)``)."""
     spool_fsync: bool = False
     """fsync every spool write: survives a power loss too, at a large cost per write."""
-    destination: Destination | Callable[[str], Destination] | None = None
+    destination: Destination | Callable[[str], Destination] | None = field(default=None, repr=False)
     """Where batches go instead of Customer.io's Track API: a :class:`~ciotrack.destinations.Destination`
     (every region's batches), or a factory ``region -> Destination`` called once per region in use
     (``"auto"`` is not looked up then: that lane's factory call gets ``"auto"``). No credentials are
     needed with one. ``close()`` closes the destinations."""
-    limiter: Callable[[str], Limiter] | None = None
+    limiter: Callable[[str], Limiter] | None = field(default=None, repr=False)
     """A factory ``region -> Limiter`` (:mod:`ciotrack.ratelimit`) pacing each region's requests instead
     of the in-process bucket of ``rate_limit``/``rate_burst`` (e.g. a limiter shared through Redis)."""
     redis_url: str | None = field(default=None, repr=False)  # may hold a Redis password
@@ -171,7 +171,7 @@ class Config:
     """Share ``rate_limit``/``rate_burst`` with every process sending to this workspace through the
     Redis at this URL (GCRA on Redis' clock, :mod:`ciotrack.fleet.limiter`), instead of a bucket per
     process. Falls back to a local bucket while Redis is unreachable."""
-    spool: SpoolHook | None = None
+    spool: SpoolHook | None = field(default=None, repr=False)
     """Where undeliverable operations go instead of being reported lost, when ``spool_dir`` is not set:
     any object with ``append(ops, *, region)`` (no replay: the object owns them from then on)."""
     handle_sigterm: bool = True
@@ -334,10 +334,12 @@ def _validate(config: Config) -> None:
         _check(len(timeout) == 2 and all(_is_number(t) and t > 0 for t in timeout),
                f"timeout must be a positive number or (connect, read), got {timeout!r}")
     else:
-        _check(_is_number(timeout) and timeout > 0, f"timeout must be a positive number or (connect, read), got {timeout!r}")
+        _check(_is_number(timeout) and timeout > 0,
+               f"timeout must be a positive number or (connect, read), got {timeout!r}")
     _check(config.proxies is None or isinstance(config.proxies, Mapping), "proxies must be a mapping scheme -> URL")
     _check(isinstance(config.verify, (bool, str)), f"verify must be a bool or a CA bundle path, got {config.verify!r}")
-    _check(isinstance(config.senders, int) and 1 <= config.senders <= 64, f"senders must be 1..64, got {config.senders!r}")
+    _check(isinstance(config.senders, int) and 1 <= config.senders <= 64,
+           f"senders must be 1..64, got {config.senders!r}")
     _check(_is_number(config.flush_interval) and 0 < config.flush_interval <= 60,
            f"flush_interval must be in (0, 60] seconds, got {config.flush_interval!r}")
     _check(isinstance(config.batch_bytes, int) and 1024 <= config.batch_bytes <= _MAX_BATCH_BYTES,
@@ -357,7 +359,8 @@ def _validate(config: Config) -> None:
                  "rate_limit", "dedup_ttl"):
         value = getattr(config, name)
         _check(_is_number(value) and value >= 0, f"{name} must be a number >= 0, got {value!r}")
-    _check(_is_number(config.rate_burst) and config.rate_burst >= 1, f"rate_burst must be >= 1, got {config.rate_burst!r}")
+    _check(_is_number(config.rate_burst) and config.rate_burst >= 1,
+           f"rate_burst must be >= 1, got {config.rate_burst!r}")
     for hook in ("on_error", "on_drop"):
         _check(getattr(config, hook) is None or callable(getattr(config, hook)), f"{hook} must be callable")
     _check(config.user_agent is None or isinstance(config.user_agent, str), "user_agent must be a str")

@@ -104,7 +104,8 @@ class Result:
     status: int | None
     """The last answer's status (None when no answer arrived, or no request was made)."""
     reason: str
-    """The last answer's reason, ``retries exhausted: <reason>`` for EXHAUSTED."""
+    """The last answer's reason: ``retries exhausted: <reason>`` (or :data:`DESTINATION_DOWN`, no request
+    made) for EXHAUSTED; ``deadline``/``stopped`` when the wait for a token was cut."""
     failures: tuple[tuple[int, str], ...] = ()
     """For DELIVERED: ``(index, reason)`` of each rejected operation, indexes into ``job.batch``."""
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Ledger", "Reason", "drop_reason", "failure_label"]
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why operations were lost. The values are the strings ``on_drop`` receives and the labels of
     ``stats().dropped`` / ``stats().failed`` (documented in :class:`~ciotrack.config.Config`)."""
 

@@ -87,7 +87,7 @@ class PrometheusCollector:
         self._label_values = tuple((labels or {}).values())
 
     def __repr__(self) -> str:
-        labels = dict(zip(self._label_names, self._label_values))
+        labels = dict(zip(self._label_names, self._label_values, strict=True))
         return f"PrometheusCollector(namespace={self._namespace!r}, labels={labels!r})"
 
     def collect(self) -> Iterator[Metric]:
@@ -117,7 +117,7 @@ class PrometheusCollector:
         def summary(name: str, doc: str, h: HistogramSummary) -> Iterator[Metric]:
             family = SummaryMetricFamily(f"{ns}_{name}", doc, labels=names)
             if h.count:
-                base = dict(zip(names, values))
+                base = dict(zip(names, values, strict=True))
                 for quantile, attr in _QUANTILES:
                     family.add_sample(family.name, {**base, "quantile": quantile}, getattr(h, attr))
             family.add_metric(values, h.count, h.sum)

@@ -20,7 +20,6 @@ pipeline drains (see :meth:`Pipeline.release`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -29,24 +28,10 @@ from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
-from ciotrack.delivery import (
-    DESTINATION_DOWN,
-    Deliverable,
-    Delivery,
-    Health,
-    Job,
-    Verdict,
-)
-from ciotrack.destinations.base import Destination
-from ciotrack.destinations.track_v2 import (
-    TrackV2Destination,
-    lookup_region,
-    make_session,
-)
+from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Verdict
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
-from ciotrack.ratelimit import Limiter, local_limiter
-from ciotrack.retry import RetryPolicy
+from ciotrack.routes import Route, Router
 from ciotrack.spool.replay import SpoolReplay
 from ciotrack.stats import Stats
 
@@ -55,26 +40,6 @@ __all__ = ["Pipeline"]
 log = logging.getLogger("ciotrack.sender")
 _monotonic = time.monotonic
 _SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
-
-
-class _Route:
-    """A lane of the core plus where its batches go. ``route`` is ``us``, ``eu`` or ``auto``."""
-
-    __slots__ = ("delivery", "in_flight", "index", "lane", "last_take", "parked", "region", "route")
-
-    def __init__(self, index: int, route: str, lane: Lane) -> None:
-        self.index = index
-        self.route = route
-        self.region: str | None = None if route == "auto" else route
-        self.lane = lane
-        self.delivery: Delivery | None = None
-        self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished
-        self.parked: list[Job] = []  # jobs a sync flush left at its deadline, with their retry state
-        self.last_take = -1e18
-
-    @property
-    def name(self) -> str:
-        return self.region or self.route
 
 
 class Pipeline:
@@ -95,16 +60,14 @@ class Pipeline:
             metrics=config.metrics,
         )
         self.losses = Ledger(self.core, on_drop=config.on_drop, on_error=config.on_error, logger=log)
-        self.routes = [_Route(i, route, self.core.lane(i)) for i, route in enumerate(routes)]
+        self._stop = threading.Event()
+        # The API health model exists with the disk spool: it decides between replaying and probing.
+        self.health = Health(None) if config.spool_dir is not None and not config.disabled else None
+        self.router = Router(config, self.core, stop=self._stop, health=self.health, on_split=self._split)
+        self.routes = self.router.routes
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
-        self.policy = RetryPolicy(config.max_retries, config.retry_budget, config.backoff_base, config.backoff_cap,
-                                  config.retry_after_cap)
-        self.session = make_session(config.senders, hosts=len(routes), user_agent_suffix=config.user_agent)
-        self._destinations: dict[str, Destination] = {}
-        self._limiters: dict[str, Limiter] = {}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._flushing = 0
         self._draining = False
@@ -119,64 +82,11 @@ class Pipeline:
         self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
         self._evictions_seen = 0
         self._evictions_next = 0.0
-        # The API health model exists with the disk spool: it decides between replaying and probing.
-        spooling = config.spool_dir is not None and not config.disabled
-        self.health = Health(None) if spooling else None
-        for route in self.routes:
-            if route.region is not None or config.destination is not None:
-                self._bind(route, route.region)
-        if self.health is not None and self.health.destination is None:  # lane 0 is "auto": probe "us"
-            self.health.destination = self._destination("us")
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
 
     # -- setup -----------------------------------------------------------------------------------
-
-    def _destination(self, region: str) -> Destination:
-        destination = self._destinations.get(region)
-        if destination is None:
-            injected = self.config.destination
-            if injected is None:
-                destination = TrackV2Destination.from_config(self.config, region, self.session)
-            elif isinstance(injected, Destination):
-                destination = injected
-            else:
-                destination = injected(region)
-            self._destinations[region] = destination
-        return destination
-
-    def _bind(self, route: _Route, region: str | None) -> Delivery:
-        """Give ``route`` its destination and limiter. ``region`` None: an "auto" route with an injected
-        destination (which has no region to look up): it keeps the name "auto"."""
-        route.region = region
-        name = route.name
-        destination = self._destination(name)
-        limiter = self._limiters.get(name)
-        if limiter is None:
-            c = self.config
-            if c.limiter is not None:
-                limiter = self._limiters[name] = c.limiter(name)
-            elif c.rate_limit > 0:
-                limiter = self._limiters[name] = local_limiter(c.rate_limit, c.rate_burst)
-        if route.index == 0 and self.health is not None:
-            self.health.destination = destination
-        delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self.core,
-                            health=self.health, on_split=functools.partial(self._split, route))
-        route.delivery = delivery
-        return delivery
-
-    def _resolve_auto(self, route: _Route) -> Delivery:
-        with self._start_lock:
-            if route.delivery is not None:
-                return route.delivery
-            c = self.config
-            region = lookup_region(self.session, c.endpoint_for("us"), c.site_id, c.api_key,
-                                   timeout=c.timeout, proxies=c.proxies, verify=c.verify)
-            if region is None:
-                log.warning("ciotrack: region='auto' could not determine the account's region; sending to 'us'")
-                region = "us"
-            return self._bind(route, region)
 
     def start(self) -> bool:
         """Start the sender threads (idempotent). False when they cannot start (e.g. at interpreter
@@ -270,7 +180,7 @@ class Pipeline:
             log.exception("ciotrack: sender thread %d crashed; flush()/close() deliver inline from now on", number)
             self._inline = True
 
-    def _take(self, route: _Route, force: bool) -> Batch | None:
+    def _take(self, route: Route, force: bool) -> Batch | None:
         lane = route.lane
         queued = lane.queued_bytes()
         if queued == 0 and not len(lane):
@@ -288,9 +198,9 @@ class Pipeline:
 
     # -- what a verdict means ---------------------------------------------------------------------
 
-    def _run_job(self, route: _Route, job: Job, deadline: float | None) -> bool:
+    def _run_job(self, route: Route, job: Job, deadline: float | None) -> bool:
         """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``."""
-        delivery = route.delivery or self._resolve_auto(route)
+        delivery = self.router.delivery(route)
         finished = True
         for result in delivery.deliver(job, deadline):
             verdict = result.verdict
@@ -321,25 +231,25 @@ class Pipeline:
                 self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
         return finished
 
-    def _split(self, route: _Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
+    def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
         with self._cv:
             in_flight = route.in_flight
             in_flight.pop(id(parent), None)
             in_flight[id(first)] = cast(Batch, first)
             in_flight[id(second)] = cast(Batch, second)
 
-    def _finish(self, route: _Route, batch: Batch, failed: Sequence[int]) -> None:
+    def _finish(self, route: Route, batch: Batch, failed: Sequence[int]) -> None:
         self.core.ack(batch, failed)
         with self._cv:
             route.in_flight.pop(id(batch), None)
             self._cv.notify_all()
 
-    def _fail(self, route: _Route, batch: Batch, reason: Reason, status: int | None, detail: str,
+    def _fail(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
               attempts: int) -> None:
         self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
         self._finish(route, batch, range(batch.count))
 
-    def _give_up(self, route: _Route, batch: Batch, reason: Reason, status: int | None, detail: str,
+    def _give_up(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
                  attempts: int) -> None:
         """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
         report it failed."""
@@ -349,7 +259,7 @@ class Pipeline:
             return
         self._fail(route, batch, reason, status, detail, attempts)
 
-    def _to_spool(self, route: _Route, ops: list[bytes]) -> bool:
+    def _to_spool(self, route: Route, ops: list[bytes]) -> bool:
         spool = self.spool
         if spool is None or not ops:
             return False
@@ -405,7 +315,7 @@ class Pipeline:
 
     def _done(self, targets: Sequence[int]) -> bool:
         # Called with self._cv held.
-        for route, target in zip(self.routes, targets):
+        for route, target in zip(self.routes, targets, strict=False):
             if route.lane.taken() < target:
                 return False
             for batch in route.in_flight.values():
@@ -460,7 +370,7 @@ class Pipeline:
             return True
 
     def _deliver_inline(self, targets: list[int], deadline: float | None) -> None:
-        for route, target in zip(self.routes, targets):
+        for route, target in zip(self.routes, targets, strict=False):
             while route.parked:
                 if deadline is not None and _monotonic() >= deadline:
                     return
@@ -495,8 +405,7 @@ class Pipeline:
         flushed = self.flush(timeout)
         self._stop.set()
         self.core.close()
-        for limiter in self._limiters.values():
-            limiter.close()
+        self.router.close_limiters()
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current:
@@ -507,7 +416,8 @@ class Pipeline:
                                 thread.name)
         for route in self.routes:
             while route.parked:
-                self._give_up(route, cast(Batch, route.parked.pop(0).batch), Reason.SHUTDOWN, None, _SHUTDOWN, 0)
+                job = route.parked.pop(0)
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
         self._spool_stuck()
         for route in self.routes:
             leftover = route.lane.drain_ops()
@@ -516,12 +426,7 @@ class Pipeline:
         self.watch_overflow(True)
         if self.replay is not None:
             self.replay.close()
-        for destination in self._destinations.values():
-            try:
-                destination.close()
-            except Exception:
-                log.warning("ciotrack: closing destination %r failed", destination, exc_info=True)
-        self.session.close()
+        self.router.close()
         return flushed
 
     def _spool_stuck(self) -> None:
@@ -563,19 +468,11 @@ class Pipeline:
         if self.replay is not None:
             self.replay.forget_after_fork()
 
-    def on_sender_thread(self) -> bool:
-        return threading.current_thread() in self._threads
-
-    def sender_threads_alive(self) -> int:
-        """Sender threads running now (0 in sync mode, before the first call, and after close)."""
-        return sum(1 for thread in self._threads if thread.is_alive())
-
     def stats(self) -> Stats:
         # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
         # (also safe from a hook, or after a fork where a parent thread may hold self._cv).
         in_flight = sum(len(route.in_flight) for route in self.routes)
-        tokens = {region: limiter.tokens() for region, limiter in list(self._limiters.items())}
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
-                               in_flight=in_flight, bucket_tokens=tokens, metrics_enabled=self.config.metrics,
-                               destination=self.config.destination_kind)
+                               in_flight=in_flight, bucket_tokens=self.router.tokens(),
+                               metrics_enabled=self.config.metrics, destination=self.config.destination_kind)
 

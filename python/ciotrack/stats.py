@@ -7,9 +7,9 @@ Prometheus does.
 
 Counter names in the core are flat (``failed_http_400``, ``requests_207``, ``dropped_closed``); the
 snapshot groups them by prefix into mappings, so a reason added later shows up here without a change
-to this module. The names come from one vocabulary, :class:`ciotrack.losses.Reason`. The raw maps stay available as :attr:`Stats.counters`,
-:attr:`Stats.gauges` and :attr:`Stats.histograms`, and ``stats["counters"]`` still works for code
-written against the earlier dict snapshot.
+to this module. The names come from one vocabulary, :class:`ciotrack.losses.Reason`. The raw maps
+stay available as :attr:`Stats.counters`, :attr:`Stats.gauges` and :attr:`Stats.histograms`, and
+``stats["counters"]`` still works for code written against the earlier dict snapshot.
 
 Histogram quantiles are the upper bound of the log bucket holding the exact quantile (buckets are
 1/8 of a power of two wide, so at most 12.5 % above it), never above ``max``.

@@ -161,7 +161,8 @@ class Tracker:
             # Counted by the core already (dropped_full); the ledger tells the hook and the log.
             self._pipeline.losses.drop(Reason.QUEUE_FULL, 1, counted=True, detail=f"policy {self._config.on_full}")
         elif code == _FORKED:
-            self._pipeline.losses.log.warning("forked", "ciotrack: core still reports FORKED after a rebuild; operation dropped")
+            self._pipeline.losses.log.warning("forked",
+                                              "ciotrack: core still reports FORKED after a rebuild; operation dropped")
 
     # -- the API ----------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import json
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import customerio  # type: ignore[import-untyped]
@@ -184,7 +184,7 @@ def test_calls_become_v2_batch_operations_with_basic_auth(recorder: Any) -> None
     try:
         client.identify("42", email="a@x.io", created_at=datetime(2024, 1, 2, 3, 4, 5), score=float("nan"))
         client.track("42", "purchase", {"total": 9.5}, id=ULID, timestamp=1_700_000_000)
-        client.track_anonymous("anon-1", "viewed", {"p": "/"}, timestamp=datetime(2023, 1, 1, tzinfo=timezone.utc))
+        client.track_anonymous("anon-1", "viewed", {"p": "/"}, timestamp=datetime(2023, 1, 1, tzinfo=UTC))
         client.pageview("42", "/pricing", ref="ad")
         client.backfill(42, "old", "1500000000", source="import")
         client.add_device("42", "tok", "ios", last_used=1_700_000_100, app_version="1.2",
@@ -245,13 +245,35 @@ def test_calls_become_v2_batch_operations_with_basic_auth(recorder: Any) -> None
     assert len({event_id for event_id, _ in stamps.values()}) == len(stamps)
 
 
+def test_every_call_addresses_a_cio_prefixed_id_by_cio_id(recorder: Any) -> None:
+    # The rule lives in the core (``cio_<x>`` -> ``identifiers: {"cio_id": x}``); the drop-in has no copy.
+    client = CustomerIO(SITE, KEY, endpoint=recorder.url, **FAST)
+    try:
+        client.pageview("cio_9", "/home")
+        client.add_device("cio_9", "tok", "android", last_used=1_700_000_000)
+        client.delete_device("cio_9", "tok")
+        client.suppress("cio_9")
+        client.delete("cio_9")
+        client.identify("cio_9", plan="pro", cio_relationships=[{"identifiers": {"object_type_id": "1",
+                                                                                 "object_id": "a"}}])
+        assert client.flush(timeout=5)
+    finally:
+        client.close(timeout=5)
+    ops = recorder.ops()
+    assert [op["action"] for op in ops] == ["page", "add_device", "delete_device", "suppress", "delete", "identify"]
+    assert all(op["identifiers"] == {"cio_id": "9"} for op in ops)
+    assert ops[1]["device"] == {"token": "tok", "platform": "android", "last_used": 1_700_000_000}
+    assert ops[5]["attributes"] == {"plan": "pro"} and ops[5]["cio_relationships"] == [
+        {"identifiers": {"object_type_id": "1", "object_id": "a"}}]
+
+
 def test_explicit_timestamps_and_event_ids_reach_the_wire(recorder: Any) -> None:
     client = CustomerIO(SITE, KEY, endpoint=recorder.url, **FAST)
     try:
         client.track("1", "a", id=ULID, timestamp=1_700_000_000)
         client.track("1", "b", timestamp=datetime(2023, 1, 1))  # naive: UTC, as the official client reads it
         client.track("1", "c", timestamp=1_600_000_000.9)
-        client.backfill("1", "d", datetime(2020, 1, 1, 1, tzinfo=timezone.utc))
+        client.backfill("1", "d", datetime(2020, 1, 1, 1, tzinfo=UTC))
         assert client.flush(timeout=5)
     finally:
         client.close(timeout=5)

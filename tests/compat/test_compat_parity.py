@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import customerio  # type: ignore[import-untyped]
@@ -38,7 +38,7 @@ def run_sequence(c: Any) -> None:
     c.track("1", "signup", {"via": "ad"}, id=ULID_A, timestamp=1_700_000_000)
     c.track("1", "signup", {"via": "ad"}, id=ULID_A, timestamp=1_700_000_000)  # same id: Customer.io ignores it
     c.track("2", "no-data")
-    c.track("2", "ts-datetime", timestamp=datetime(2023, 1, 1, tzinfo=timezone.utc))
+    c.track("2", "ts-datetime", timestamp=datetime(2023, 1, 1, tzinfo=UTC))
     c.track("2", "ts-naive", {"k": "v"}, timestamp=datetime(2023, 1, 1, 6))
     c.track("2", "ts-garbage", timestamp="garbage")  # dropped by both: receive time
     c.track("2", "ts-str", timestamp="1600000000")

@@ -101,7 +101,7 @@ ODD_OFFSET = dt.timezone(dt.timedelta(hours=-3, minutes=-30, microseconds=-250_0
         ((1, ("x", 2.5)), b'[1,["x",2.5]]'),
         (dt.datetime(2024, 1, 1, 0, 0, 0), b"1704067200"),
         (dt.datetime(2024, 1, 1, 1, 0, 0, tzinfo=PLUS_ONE), b"1704067200"),
-        (dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), b"1704067200"),
+        (dt.datetime(2024, 1, 1, tzinfo=dt.UTC), b"1704067200"),
         (dt.datetime(1970, 1, 1, 0, 0, 1, 999_999), b"1"),
         (dt.datetime(1969, 12, 31, 23, 59, 59, 500_000), b"-1"),
         (dt.datetime(2024, 1, 1, 0, 0, 0, tzinfo=ODD_OFFSET), b"1704079800"),
@@ -286,7 +286,8 @@ def test_person_and_raw_layouts() -> None:
     device = {"token": "tok", "platform": "ios"}
     assert core.person(0, "add_device", "u1", {"device": device}) == ACCEPTED
     assert core.person(0, "delete", "cio_9") == ACCEPTED
-    assert core.raw(0, {"type": "person", "action": "merge", "primary": {"id": "a"}, "secondary": {"id": "b"}}) == ACCEPTED
+    merge = {"type": "person", "action": "merge", "primary": {"id": "a"}, "secondary": {"id": "b"}}
+    assert core.raw(0, merge) == ACCEPTED
     assert core.lane(0).drain_ops() == [
         b'{"type":"person","identifiers":{"id":"u1"},"action":"add_device","device":{"token":"tok","platform":"ios"}}',
         b'{"type":"person","identifiers":{"cio_id":"9"},"action":"delete"}',
@@ -428,7 +429,8 @@ def test_ulids_are_well_formed_time_ordered_and_unique() -> None:
 
 @pytest.mark.parametrize(
     ("value", "valid"),
-    [(ULID_A, True), (ULID_A.lower(), True), ("7ZZZZZZZZZZZZZZZZZZZZZZZZZ", True), ("8ZZZZZZZZZZZZZZZZZZZZZZZZZ", False),
+    [(ULID_A, True), (ULID_A.lower(), True), ("7ZZZZZZZZZZZZZZZZZZZZZZZZZ", True),
+     ("8ZZZZZZZZZZZZZZZZZZZZZZZZZ", False),
      (ULID_A[:-1], False), (ULID_A + "0", False), (ULID_A[:-1] + "U", False), (ULID_A[:-1] + "I", False), ("", False),
      ("\ud800" * 26, False)],
 )

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import requests
 
+from ciotrack.destinations.track_v2 import TrackV2Destination, classify, make_session, user_agent
 from ciotrack.emulator import Emulator
 from ciotrack.errors import DeliveryError
 from ciotrack.retry import RetryPolicy, parse_retry_after
 from ciotrack.tracker import Tracker
-from ciotrack.destinations.track_v2 import TrackV2Destination, classify, make_session, user_agent
 
 from conftest import API_KEY, SITE_ID, RecordingServer, TrackerFactory, all_events, free_port
 
@@ -66,7 +66,8 @@ def test_user_agent_and_pool_size() -> None:
     adapter = session.get_adapter("https://track.customer.io")
     assert adapter._pool_maxsize == 4  # type: ignore[attr-defined]
     assert session.headers["User-Agent"] == user_agent("myapp/1.0")
-    assert session.headers["User-Agent"].startswith("ciotrack/") and session.headers["User-Agent"].endswith(" myapp/1.0")
+    agent = session.headers["User-Agent"]
+    assert isinstance(agent, str) and agent.startswith("ciotrack/") and agent.endswith(" myapp/1.0")
     session.close()
 
 

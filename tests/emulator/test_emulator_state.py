@@ -12,8 +12,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ciotrack.emulator import Emulator
-from ciotrack.emulator import fastpath, v2
+from ciotrack.emulator import Emulator, fastpath, v2
 from ciotrack.emulator.state import Workspace
 
 SITE, KEY = "site-s", "key-s"

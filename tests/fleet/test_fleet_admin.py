@@ -49,6 +49,15 @@ def test_deadletter_list_replay_purge(redis_server: RedisServer) -> None:
     assert purged.returncode == 0 and "purged 2" in purged.stdout and client.xlen(KEYS.dead) == 0
 
 
+def test_worker_create_group_flag_is_idempotent(redis_server: RedisServer) -> None:
+    for expected in ("created", "already there"):
+        done = subprocess.run([sys.executable, "-m", "ciotrack", "worker", "--create-group", "--redis-url",
+                               redis_server.url, "--site-id", SITE_ID], env=env(), capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0 and done.stdout.strip().endswith(expected), done.stderr
+    assert redis_client(redis_server.url).xinfo_groups(KEYS.work)[0]["last-delivered-id"] == b"0-0"
+
+
 def test_janitor_removes_only_idle_consumers_without_pending_entries(redis_server: RedisServer) -> None:
     client = redis_client(redis_server.url)
     ensure_group(client, KEYS)

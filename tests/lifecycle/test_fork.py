@@ -22,8 +22,7 @@ import pytest
 import requests
 
 from ciotrack.emulator import Emulator
-from ciotrack.spool import Spool
-from ciotrack.spool import spool_directory
+from ciotrack.spool import Spool, spool_directory
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events, free_port

@@ -19,7 +19,7 @@ import pytest
 
 from ciotrack.emulator import Emulator
 
-from conftest import API_KEY, SITE_ID, TrackerFactory, all_events
+from conftest import TrackerFactory, all_events
 
 SENDERS = 3
 STORM_SECONDS = 2.0

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from ciotrack import _core
-from ciotrack.emulator import Emulator
-from ciotrack.errors import DeliveryError
-from ciotrack.stats import HistogramSummary, Stats
 from ciotrack.config import Config
 from ciotrack.destinations import Outcome
 from ciotrack.destinations.track_v2 import TrackV2Destination, make_session
+from ciotrack.emulator import Emulator
+from ciotrack.errors import DeliveryError
+from ciotrack.stats import HistogramSummary, Stats
 
 from conftest import API_KEY, SITE_ID, TrackerFactory
 

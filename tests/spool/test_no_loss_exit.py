@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -45,7 +44,8 @@ def wait_line(proc: subprocess.Popen[str], prefix: str) -> str:
     for line in proc.stdout:  # the child prints promptly; a crash ends the loop (EOF)
         if line.startswith(prefix):
             return line.strip()
-    raise AssertionError(f"child exited before printing {prefix!r}: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+    stderr = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"child exited before printing {prefix!r}: {proc.wait()} {stderr}")
 
 
 def spooled_ops(spool_dir: pathlib.Path) -> list[dict[str, Any]]:

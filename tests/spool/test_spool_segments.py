@@ -7,10 +7,10 @@ import logging
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
-import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -375,7 +375,7 @@ def test_append_from_8_threads_never_interleaves(tmp_path: pathlib.Path) -> None
         records = replay(spool)
     assert len(records) == threads_n * per_thread
     seen_per_thread: dict[int, list[int]] = {}
-    for region, ops in records:
+    for _region, ops in records:
         numbers = [json.loads(o)["n"] for o in ops]
         t, i = divmod(numbers[0], 10_000)
         i //= 10

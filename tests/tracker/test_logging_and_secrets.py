@@ -21,9 +21,9 @@ import pytest
 import ciotrack
 from ciotrack import logs
 from ciotrack.config import Config
+from ciotrack.destinations.track_v2 import TrackV2Destination
 from ciotrack.emulator import Emulator
 from ciotrack.errors import ConfigError, DeliveryError
-from ciotrack.destinations.track_v2 import TrackV2Destination
 from ciotrack.logs import ThrottledLog
 from ciotrack.testing import CaptureTracker
 from ciotrack.tracker import Tracker

@@ -23,7 +23,6 @@ from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, all_events
 
-
 # The hostile objects below fail only while a Tracker method runs: hypothesis itself must still be
 # able to repr a failing example, or its report hides the real error behind theirs.
 _hostile = threading.local()
@@ -134,8 +133,8 @@ EXAMPLES = int(os.environ.get("CIOTRACK_FUZZ_EXAMPLES", "600"))  # raise it for 
 
 
 def call(method: str, args: st.SearchStrategy[tuple[Any, ...]],
-         kwargs: st.SearchStrategy[dict[str, Any]] = st.just({})) -> st.SearchStrategy[Call]:
-    return st.tuples(st.just(method), args, kwargs)
+         kwargs: st.SearchStrategy[dict[str, Any]] | None = None) -> st.SearchStrategy[Call]:
+    return st.tuples(st.just(method), args, st.just({}) if kwargs is None else kwargs)
 
 
 def optional(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:

@@ -34,9 +34,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--latency-jitter", type=float, help="random extra seconds, up to this")
     faults.add_argument("--reset-rate", type=float, help="probability of resetting the connection mid-request")
     faults.add_argument("--slow-read", type=float, help="seconds to stall before answering 503 (not applied)")
-    faults.add_argument("--apply-then-drop-rate", type=float, help="probability of applying, then dropping the connection")
+    faults.add_argument("--apply-then-drop-rate", type=float,
+                        help="probability of applying, then dropping the connection")
     faults.add_argument("--storm-429", type=float, metavar="SECONDS", help="answer 429 to everything for this long")
     faults.add_argument("--storm-retry-after", type=int, help="Retry-After of the storm's 429s (default 1)")
+    faults.add_argument("--clock-skew", type=float, help="seconds added to the Date header of every answer")
+    faults.add_argument("--redirect-to", help="answer every Track API request 301 to this base URL")
     faults.add_argument("--seed", type=int, help="seed of the fault RNG")
     faults.add_argument("--faults-json", help=argparse.SUPPRESS)
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
@@ -59,7 +62,7 @@ def _workspaces(args: argparse.Namespace) -> dict[str, str] | None:
 def _faults(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = orjson.loads(args.faults_json) if args.faults_json else {}
     for name in ("error_rate", "latency", "latency_jitter", "reset_rate", "slow_read", "apply_then_drop_rate",
-                 "seed"):
+                 "clock_skew", "redirect_to", "seed"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.error_statuses:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-FAULT_NAMES = ("error", "reset", "storm_429", "slow_read", "latency", "apply_then_drop", "rate_limited")
+FAULT_NAMES = ("error", "reset", "storm_429", "slow_read", "latency", "apply_then_drop", "rate_limited", "redirect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,11 @@ class Faults:
     storm_429_retry_after: int = 1
     slow_read: float = 0.0
     apply_then_drop_rate: float = 0.0
+    clock_skew: float = 0.0
+    """Seconds added to the ``Date`` header of every answer (a server whose clock is off, for doctor)."""
+    redirect_to: str = ""
+    """When set, every Track API request is answered ``301`` with this ``Location`` (an http->https
+    redirect, a proxy's login page) and nothing is applied."""
     seed: int | None = None
 
     @classmethod
@@ -51,6 +56,10 @@ class Faults:
         for name in ("error_rate", "reset_rate", "apply_then_drop_rate"):
             if name in values and not 0.0 <= _number(values[name], name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if "clock_skew" in values:
+            _number(values["clock_skew"], "clock_skew")
+        if "redirect_to" in values and not isinstance(values["redirect_to"], str):
+            raise ValueError("redirect_to must be a URL string ('' for none)")
         for name in ("latency", "latency_jitter", "slow_read", "storm_429_until"):
             if name in values and _number(values[name], name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -19,8 +19,6 @@ from typing import IO, Any
 import orjson
 import requests
 
-import ciotrack.emulator as _package
-
 
 class EmulatorStartError(RuntimeError):
     pass
@@ -81,7 +79,7 @@ class EmulatorProcess:
             args += ["--faults-json", orjson.dumps(dict(faults)).decode()]
         env = dict(os.environ)
         # The child must import this same ciotrack, installed or not.
-        source_root = os.path.dirname(os.path.dirname(os.path.abspath(_package.__file__)))
+        source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above ciotrack/
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
         assert proc.stdout is not None

@@ -11,6 +11,7 @@ client cannot stall other clients.
 
 from __future__ import annotations
 
+import email.utils
 import io
 import logging
 import math
@@ -37,7 +38,8 @@ HANDSHAKE_TIMEOUT = 10.0
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
 # Bodies from this size up are read straight from the socket (see RequestHandler._read_large).
 LARGE_BODY = 64 * 1024
-REASONS = {200: "OK", 207: "Multi-Status", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+REASONS = {200: "OK", 207: "Multi-Status", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+           404: "Not Found",
            405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -132,8 +134,10 @@ class RequestHandler(BaseHTTPRequestHandler):
     # -- answers -----------------------------------------------------------------------------
 
     def _send(self, status: int, payload: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Content-Type: application/json",
-                 f"Content-Length: {len(payload)}"]
+        # Every real server sends Date; clients (and ``ciotrack doctor``'s clock check) read it.
+        date = email.utils.formatdate(time.time() + self.server.app.fault_state.faults.clock_skew, usegmt=True)
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", f"Date: {date}",
+                 "Content-Type: application/json", f"Content-Length: {len(payload)}"]
         lines.extend(f"{k}: {v}" for k, v in headers)
         if self.close_connection:
             lines.append("Connection: close")
@@ -212,6 +216,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             app.count_fault("reset")
             record["fault"] = "reset"
             self._reset()
+        if faults.redirect_to:
+            app.count_bytes(self._drain(length))
+            app.count_fault("redirect")
+            record["fault"] = "redirect"
+            self._answer(app, record, 301, b"", (("Location", faults.redirect_to + path),))
+            return
         if faults.storm_429_until > time.time():
             app.count_bytes(self._drain(length))
             app.count_fault("storm_429")

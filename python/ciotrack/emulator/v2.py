@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import orjson
+
 from ciotrack.emulator.state import Workspace, _relationships
 from ciotrack.emulator.validate import (
     MAX_ENTITY_BYTES,

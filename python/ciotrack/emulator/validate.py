@@ -167,7 +167,8 @@ def person_attributes(attributes: dict[str, Any], field: str = "attributes") -> 
             raise OpError(f"{field}.{name}", "too_long", f"attribute value over {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
 
 
-def device_fields(device: Any, token_key: str, field: str = "device") -> tuple[str, str | None, int | None, dict[str, Any]]:
+def device_fields(device: Any, token_key: str,
+                  field: str = "device") -> tuple[str, str | None, int | None, dict[str, Any]]:
     """(token, platform, last_used, attributes). Keys other than the known ones join ``attributes``
     because the official Python client puts its ``**kwargs`` directly inside the v1 device object."""
     if device.__class__ is not dict:

@@ -48,6 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seconds to finish in-flight entries after SIGTERM (keep < the pod's grace period)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="HTTP request timeout, seconds")
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
+    parser.add_argument("--create-group", action="store_true",
+                        help="create the stream and its consumer group (at 0, idempotent), then exit")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         print("ciotrack worker: --redis-url or CIOTRACK_REDIS_URL is required", file=sys.stderr)
         return 2
+    if args.create_group:
+        return _create_group(args.redis_url, args.site_id)
     config = WorkerConfig(
         redis_url=args.redis_url, site_id=args.site_id or "", api_key=api_key or "", endpoint=args.endpoint,
         region=args.region, rate_limit=args.rate_limit, burst=args.burst, concurrency=args.concurrency,
@@ -84,3 +88,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+
+
+def _create_group(redis_url: str, site_id: str | None) -> int:
+    """For a deploy-time Job or initContainer: the group must exist before producers and KEDA."""
+    from ciotrack.fleet.producer import connect
+    from ciotrack.fleet.streams import StreamKeys, ensure_group
+
+    if not site_id:
+        print("ciotrack worker: --site-id or CIOTRACK_SITE_ID is required", file=sys.stderr)
+        return 2
+    keys = StreamKeys.for_site(site_id)
+    client = connect(redis_url)
+    try:
+        created = ensure_group(client, keys)
+    finally:
+        client.close()
+    print(f"consumer group {keys.group} on {keys.work}: {'created' if created else 'already there'}")
+    return 0

@@ -9,26 +9,7 @@ so names sort in creation order across processes and replay goes oldest first. A
 as ``.{name}.creating``, locked, then renamed, so no claimer ever sees it before its writer holds
 the lock. Files are 0600: they hold personal data.
 
-Record format (integers big-endian)::
-
-    0   2  magic b"\xc1S"  (0xC1 never occurs in UTF-8: easy to spot in a hexdump)
-    2   1  version (1)
-    3   1  flags (0, reserved)
-    4   4  op count
-    8   4  payload length
-    12  4  CRC32 of the payload
-    16  4  CRC32 of bytes 0..15 (the header check)
-    20  n  payload: region + b"\n" + op + b"\n" + op ...   (ops never hold a raw newline)
-
-Damage policy of ``Segment.records`` (every skip is counted on the segment and logged once):
-
-* Torn tail (short header, or payload past end of file: a crash mid-write): skipped; every
-  record before it is returned.
-* Damaged header (magic or header CRC wrong): its length cannot be trusted, so nothing after it can
-  be framed: reading stops; earlier records are returned.
-* Bad payload CRC or op count under a good header: the header CRC vouches for the length, so only
-  that record is skipped and reading goes on. One lost record beats losing every later good one.
-* Good header, unknown version or flags (a newer writer): skipped by length.
+Records are framed by :mod:`ciotrack.spool.records` (the format and its damage policy).
 
 Locking (``flock``, so local filesystems only): a writer holds ``LOCK_EX`` on its segment until it
 rotates or closes. ``claim`` takes ``LOCK_EX|LOCK_NB`` and then checks that the path still names
@@ -50,14 +31,24 @@ import logging
 import os
 import pathlib
 import re
-import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, NamedTuple
+from typing import Final
+
+from ciotrack.spool.records import (
+    HEADER_BYTES,
+    MAGIC,
+    VERSION,
+    Header,
+    HeaderScan,
+    encode_record,
+    parse_header,
+    scan_headers,
+)
 
 __all__ = ["HEADER_BYTES", "MAGIC", "SEGMENT_BYTES", "VERSION", "Segment", "Spool", "encode_record", "spool_directory"]
 
@@ -66,69 +57,10 @@ log = logging.getLogger("ciotrack.spool")
 SEGMENT_BYTES = 16 << 20
 """A segment is rotated once it holds this many bytes (the default of ``Spool(segment_bytes=)``): the
 grain of replay (a segment is deleted once all of it is delivered) and of size-cap eviction."""
-MAGIC: Final = b"\xc1S"
-VERSION: Final = 1
-_CHECKED = struct.Struct(">2sBBIII")  # the header fields covered by the header CRC
-HEADER_BYTES: Final = _CHECKED.size + 4
 SEGMENT_SUFFIX: Final = ".spool"
 _CREATING_SUFFIX: Final = ".creating"
 # How stale our view of other processes' spool bytes may get before append re-reads the directory.
 _RESCAN_SECONDS: Final = 1.0
-
-
-class _Header(NamedTuple):
-    ops: int
-    length: int
-    payload_crc: int
-    readable: bool  # False: a version/flags this reader does not know; skip by length
-
-
-def _parse_header(raw: bytes) -> _Header | None:
-    """None when the header is short or damaged (its length field cannot be trusted)."""
-    if len(raw) < HEADER_BYTES:
-        return None
-    magic, version, flags, ops, length, payload_crc = _CHECKED.unpack_from(raw)
-    (header_crc,) = struct.unpack_from(">I", raw, _CHECKED.size)
-    if magic != MAGIC or zlib.crc32(raw[: _CHECKED.size]) != header_crc:
-        return None
-    return _Header(ops, length, payload_crc, version == VERSION and flags == 0)
-
-
-def encode_record(region: str, ops: Sequence[bytes]) -> bytes:
-    """One record as written to disk (exposed for tests and tools)."""
-    if not region or "\n" in region:
-        raise ValueError(f"spool region must be a non-empty string without newlines, got {region!r}")
-    payload = b"\n".join((region.encode(), *ops))
-    if payload.count(b"\n") != len(ops):
-        bad = next(i for i, op in enumerate(ops) if b"\n" in op)
-        raise ValueError(f"ops[{bad}] contains a raw newline; spooled ops must be compact JSON")
-    checked = _CHECKED.pack(MAGIC, VERSION, 0, len(ops), len(payload), zlib.crc32(payload))
-    return checked + struct.pack(">I", zlib.crc32(checked)) + payload
-
-
-@dataclass
-class _HeaderScan:
-    """How far the headers of one segment have been walked, for ``pending`` and eviction counts."""
-
-    offset: int = 0
-    ops: int = 0
-    stopped: bool = False  # hit a damaged header: nothing after it will ever be framed
-
-
-def _scan_headers(fd: int, scan: _HeaderScan, size: int) -> None:
-    # Only complete records advance the scan, so a segment another process is still writing is
-    # re-walked from its last complete record next time.
-    while not scan.stopped and scan.offset + HEADER_BYTES <= size:
-        header = _parse_header(os.pread(fd, HEADER_BYTES, scan.offset))
-        if header is None:
-            scan.stopped = True
-            return
-        end = scan.offset + HEADER_BYTES + header.length
-        if end > size:
-            return
-        if header.readable:
-            scan.ops += header.ops
-        scan.offset = end
 
 
 def _lock_existing(path: pathlib.Path) -> int | None:
@@ -191,7 +123,7 @@ class Segment:
             with stream:
                 while offset < size:
                     raw = stream.read(HEADER_BYTES)
-                    header = _parse_header(raw)
+                    header = parse_header(raw)
                     if header is None or offset + HEADER_BYTES + header.length > size:
                         # A short header or a payload past EOF is torn; a full header that fails
                         # its check is damaged. Either way nothing after it can be framed.
@@ -213,7 +145,7 @@ class Segment:
                             self.path.name, problem, self.skipped_records, self.dropped_tail_bytes)
 
     @staticmethod
-    def _decode(header: _Header, payload: bytes) -> tuple[str, list[bytes]] | None:
+    def _decode(header: Header, payload: bytes) -> tuple[str, list[bytes]] | None:
         if not header.readable or len(payload) != header.length or zlib.crc32(payload) != header.payload_crc:
             return None
         region, *ops = payload.split(b"\n")
@@ -293,7 +225,7 @@ class Spool:
         self._writer: _Writer | None = None
         self._seq = 0
         self._last_ns = 0
-        self._scans: dict[str, _HeaderScan] = {}
+        self._scans: dict[str, HeaderScan] = {}
         self._claimed: set[Segment] = set()
         self._estimated_bytes = 0  # bytes in the directory as of the last scan, plus our appends since
         self._scanned_at = float("-inf")
@@ -403,11 +335,11 @@ class Spool:
             path = self.directory / name
             try:
                 size = os.stat(path).st_size
-                scan = self._scans.setdefault(name, _HeaderScan())
+                scan = self._scans.setdefault(name, HeaderScan())
                 if scan.offset < size and not scan.stopped:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     try:
-                        _scan_headers(fd, scan, size)
+                        scan_headers(fd, scan, size)
                     finally:
                         os.close(fd)
             except FileNotFoundError:  # replayed or evicted by someone else just now
@@ -452,8 +384,8 @@ class Spool:
         if fd is None:
             return None
         try:
-            scan = self._scans.pop(name, None) or _HeaderScan()
-            _scan_headers(fd, scan, os.fstat(fd).st_size)
+            scan = self._scans.pop(name, None) or HeaderScan()
+            scan_headers(fd, scan, os.fstat(fd).st_size)
             os.unlink(path)
         finally:
             os.close(fd)
@@ -485,7 +417,7 @@ class Spool:
             self._close_writer()
             raise
         writer.size += len(record)
-        scan = self._scans.setdefault(writer.name, _HeaderScan())
+        scan = self._scans.setdefault(writer.name, HeaderScan())
         scan.offset, scan.ops = writer.size, scan.ops + ops
         self._estimated_bytes += len(record)
 
@@ -510,7 +442,7 @@ class Spool:
                 raise
             if self.fsync:
                 _fsync_dir(self.directory)
-            self._scans[name] = _HeaderScan()
+            self._scans[name] = HeaderScan()
             return _Writer(fd, name)
         assert error is not None
         raise error

@@ -1,0 +1,178 @@
+"""Adaptive send concurrency: enough requests in flight to fill the workspace limit, and no more.
+
+Customer.io is 50-300 ms away and allows about 100 requests/s per workspace, so by Little's law a
+sender needs ``rate x latency`` requests in flight (10 at 100 ms, 30 at 300 ms) to use the limit; one
+request at a time reaches a tenth of it. The right level moves with the latency and is unknown up
+front, so :class:`AdaptiveConcurrency` finds it the way TCP finds a congestion window, after
+Netflix's ``Gradient2Limit`` and Envoy's adaptive concurrency filter:
+
+* **grow** by one slot per completed request (additive) while there is *demand* (full batches wait),
+  the sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
+  tokens, i.e. concurrency, not the rate limit, is what holds throughput back;
+* **hold** once the limiter is the bottleneck (no tokens left): more slots would only wait for tokens
+  and open sockets;
+* **shrink** with the latency gradient ``long_rtt / short_rtt`` (clamped to [0.5, 1], with a
+  tolerance so network jitter does not count) when requests get slower than their baseline, a sign
+  that we are queueing at the receiver; and **halve** on a 429 (at most once per round trip, so one
+  burst of 429s is one decrease).
+
+The controller is pure arithmetic plus a lock: it neither sleeps nor sends, and it takes the time
+from an injectable clock, so its decisions are unit-tested with a fake clock. The pipeline asks
+:meth:`try_acquire` before it takes a batch and calls :meth:`release` with the request's outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["AdaptiveConcurrency", "ConcurrencyState", "FixedConcurrency"]
+
+DEFAULT_MAX_IN_FLIGHT = 32
+"""Enough for 100 requests/s at 300 ms (30 in flight), and a bound on sockets and threads."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyState:
+    """A snapshot for stats and metrics."""
+
+    limit: int
+    in_flight: int
+    short_rtt: float
+    long_rtt: float
+    adaptive: bool
+
+
+class AdaptiveConcurrency:
+    """Concurrency limit of one destination (one region's Track API, or one worker's deliveries).
+
+    ``initial`` slots at start (at least ``min_limit``), never more than ``max_limit``. ``tolerance``:
+    how much slower than the long-term baseline the recent latency may be before the limit shrinks
+    (2.0: twice as slow). ``long_window``: samples in the baseline's exponential average.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_limit: int = DEFAULT_MAX_IN_FLIGHT,
+        min_limit: int = 1,
+        initial: int = 2,
+        tolerance: float = 2.0,
+        long_window: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit}, {max_limit}")
+        self.max_limit = max_limit
+        self.min_limit = min_limit
+        self._limit = float(max(min_limit, min(max_limit, initial)))
+        self._tolerance = tolerance
+        self._long_alpha = 2.0 / (long_window + 1)
+        self._short_alpha = 0.5  # the last couple of samples: what latency is like right now
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._short_rtt = 0.0
+        self._long_rtt = 0.0
+        self._no_decrease_before = float("-inf")
+
+    # -- the pipeline's side --------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take a slot for one request; False when ``limit`` requests are already in flight."""
+        with self._lock:
+            if self._in_flight >= int(self._limit):
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
+                rate_bound: bool = False) -> None:
+        """A request finished. ``rtt``: its duration (None when it never reached the receiver: no
+        latency sample). ``throttled``: the answer was a 429. ``demand``: more batches are waiting.
+        ``rate_bound``: the rate limiter had no token to spare (the limit, not concurrency, binds)."""
+        with self._lock:
+            in_flight = self._in_flight
+            self._in_flight = max(0, in_flight - 1)
+            now = self._clock()
+            if throttled:
+                if now >= self._no_decrease_before:
+                    self._limit = max(float(self.min_limit), self._limit / 2)
+                    self._no_decrease_before = now + max(self._short_rtt, 0.05)
+                return
+            if rtt is None or rtt < 0:
+                return
+            self._sample(rtt)
+            limit = self._limit
+            # The gradient: 1 while recent requests are as fast as the baseline (within tolerance),
+            # down to 0.5 when they are much slower (queueing at the receiver).
+            gradient = 1.0
+            if self._short_rtt > 0:
+                gradient = max(0.5, min(1.0, self._tolerance * self._long_rtt / self._short_rtt))
+            grow = demand and not rate_bound and in_flight >= limit / 2
+            new = limit * gradient + (1.0 if grow and gradient >= 1.0 else 0.0)
+            if new < limit:
+                new = limit - 0.2 * (limit - new)  # shrink smoothly: one slow outlier is not a trend
+            self._limit = max(float(self.min_limit), min(float(self.max_limit), new))
+
+    def _sample(self, rtt: float) -> None:
+        if self._long_rtt == 0.0:
+            self._long_rtt = self._short_rtt = rtt
+            return
+        self._short_rtt += self._short_alpha * (rtt - self._short_rtt)
+        self._long_rtt += self._long_alpha * (rtt - self._long_rtt)
+        # After a long slow period the baseline lags far above the recent latency: pull it down
+        # faster than the average would, so the next slowdown is measured against today's latency.
+        if self._long_rtt > 2 * self._short_rtt:
+            self._long_rtt *= 0.9
+        # A latency that stays high becomes the new baseline (a farther receiver, not queueing):
+        # the average moves towards it, the gradient returns to 1 and growth resumes.
+
+    # -- gauges ---------------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return int(self._limit)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def state(self) -> ConcurrencyState:
+        return ConcurrencyState(int(self._limit), self._in_flight, self._short_rtt, self._long_rtt, True)
+
+
+class FixedConcurrency:
+    """``senders=N``: exactly N requests in flight at most, whatever happens (the same interface)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.max_limit = self.min_limit = limit
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._in_flight >= self.max_limit:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
+                rate_bound: bool = False) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    @property
+    def limit(self) -> int:
+        return self.max_limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def state(self) -> ConcurrencyState:
+        return ConcurrencyState(self.max_limit, self._in_flight, 0.0, 0.0, False)

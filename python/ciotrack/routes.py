@@ -1,0 +1,141 @@
+"""Routes: each queue lane of a pipeline with where its batches go (destination, limiter, delivery loop).
+
+A lane serves one region (``us``, ``eu``) or ``auto`` (resolved by ``GET /api/v1/accounts/region``
+at the first send). Each region gets one destination and one limiter, shared by every sender thread
+and by every lane of that region: a 429 pauses the region's limiter for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ciotrack._core import Batch, Core, Lane
+from ciotrack.config import Config
+from ciotrack.delivery import Deliverable, Delivery, Health, Job
+from ciotrack.destinations.base import Destination
+from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
+from ciotrack.ratelimit import Limiter, local_limiter
+from ciotrack.retry import RetryPolicy
+
+__all__ = ["Route", "Router"]
+
+log = logging.getLogger("ciotrack.sender")
+
+SplitHook = Callable[["Route", Deliverable, Deliverable, Deliverable], None]
+
+
+class Route:
+    """A lane of the core plus where its batches go. ``route`` is ``us``, ``eu`` or ``auto``."""
+
+    __slots__ = ("index", "route", "region", "lane", "delivery", "in_flight", "parked", "last_take")
+
+    def __init__(self, index: int, route: str, lane: Lane) -> None:
+        self.index = index
+        self.route = route
+        self.region: str | None = None if route == "auto" else route
+        self.lane = lane
+        self.delivery: Delivery | None = None
+        self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished
+        self.parked: list[Job] = []  # jobs a sync flush left at its deadline, with their retry state
+        self.last_take = -1e18
+
+    @property
+    def name(self) -> str:
+        return self.region or self.route
+
+
+class Router:
+    """Builds and owns the destinations, limiters and delivery loops of a pipeline's routes."""
+
+    def __init__(self, config: Config, core: Core, *, stop: threading.Event, health: Health | None,
+                 on_split: SplitHook) -> None:
+        self.config = config
+        routes = config.regions_in_use()
+        self.routes = [Route(i, route, core.lane(i)) for i, route in enumerate(routes)]
+        self.session = make_session(config.senders, hosts=len(routes), user_agent_suffix=config.user_agent)
+        self.policy = RetryPolicy(config.max_retries, config.retry_budget, config.backoff_base, config.backoff_cap,
+                                  config.retry_after_cap)
+        self.destinations: dict[str, Destination] = {}
+        self.limiters: dict[str, Limiter] = {}
+        self._core = core
+        self._stop = stop
+        self._health = health
+        self._on_split = on_split
+        self._lock = threading.Lock()
+        for route in self.routes:
+            # An injected destination has no region to look up: an "auto" lane keeps the name "auto".
+            if route.region is not None or config.destination is not None:
+                self.bind(route, route.region)
+        if health is not None and health.destination is None:  # lane 0 is "auto": probe "us" meanwhile
+            health.destination = self.destination("us")
+
+    def destination(self, region: str) -> Destination:
+        destination = self.destinations.get(region)
+        if destination is None:
+            injected = self.config.destination
+            if injected is None:
+                destination = TrackV2Destination.from_config(self.config, region, self.session)
+            elif isinstance(injected, Destination):
+                destination = injected
+            else:
+                destination = injected(region)
+            self.destinations[region] = destination
+        return destination
+
+    def bind(self, route: Route, region: str | None) -> Delivery:
+        """Give ``route`` its region's destination, limiter and delivery loop."""
+        route.region = region
+        name = route.name
+        destination = self.destination(name)
+        limiter = self.limiters.get(name)
+        if limiter is None:
+            c = self.config
+            if c.limiter is not None:
+                limiter = self.limiters[name] = c.limiter(name)
+            elif c.rate_limit > 0:
+                limiter = self.limiters[name] = local_limiter(c.rate_limit, c.rate_burst)
+        if route.index == 0 and self._health is not None:
+            self._health.destination = destination
+        on_split = self._on_split
+
+        def split(parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
+            on_split(route, parent, first, second)
+
+        delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
+                            health=self._health, on_split=split)
+        route.delivery = delivery
+        return delivery
+
+    def delivery(self, route: Route) -> Delivery:
+        """The route's delivery loop; an "auto" route looks its region up first (once)."""
+        delivery = route.delivery
+        if delivery is not None:
+            return delivery
+        with self._lock:
+            if route.delivery is not None:
+                return route.delivery
+            c = self.config
+            region = lookup_region(self.session, c.endpoint_for("us"), c.site_id, c.api_key,
+                                   timeout=c.timeout, proxies=c.proxies, verify=c.verify)
+            if region is None:
+                log.warning("ciotrack: region='auto' could not determine the account's region; sending to 'us'")
+                region = "us"
+            return self.bind(route, region)
+
+    def close_limiters(self) -> None:
+        """Wake every sender waiting for a token (with False): the pipeline is stopping."""
+        for limiter in self.limiters.values():
+            limiter.close()
+
+    def close(self) -> None:
+        for destination in self.destinations.values():
+            try:
+                destination.close()
+            except Exception:
+                log.warning("ciotrack: closing destination %r failed", destination, exc_info=True)
+        self.session.close()
+
+    def tokens(self) -> dict[str, float]:
+        return {region: limiter.tokens() for region, limiter in list(self.limiters.items())}

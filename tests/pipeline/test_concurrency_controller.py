@@ -1,0 +1,153 @@
+"""The adaptive concurrency controller's decisions, driven by a simulated receiver and a fake clock.
+
+The simulation is a discrete-event model of what the pipeline does: whenever the controller grants a
+slot and the token bucket has a token, a request starts; it completes ``latency`` seconds later (a 429
+when the receiver's own limit is exceeded). No thread, no sleep: the clock is the simulation's.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import pytest
+
+from ciotrack.concurrency import AdaptiveConcurrency, FixedConcurrency
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Simulation:
+    """A sender with endless demand against a receiver of ``latency`` s behind a ``rate``/s bucket."""
+
+    def __init__(self, controller: AdaptiveConcurrency, clock: FakeClock, *, rate: float, burst: float,
+                 latency: Callable[[float], float], throttle: Callable[[float], bool] = lambda t: False) -> None:
+        self.c = controller
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.latency = latency
+        self.throttle = throttle
+        self.done: list[tuple[float, bool, float]] = []  # (time, throttled, rtt)
+        self.max_seen = 0
+        self._events: list[tuple[float, float, bool]] = []  # (end, rtt, throttled)
+
+    def run(self, until: float, step: float = 0.001) -> None:
+        clock = self.clock
+        while clock.now < until:
+            clock.now += step
+            self.tokens = min(self.burst, self.tokens + self.rate * step)
+            while self._events and self._events[0][0] <= clock.now:
+                _, rtt, throttled = heapq.heappop(self._events)
+                self.c.release(rtt, throttled=throttled, demand=True, rate_bound=self.tokens < 1)
+                self.done.append((clock.now, throttled, rtt))
+            while self.tokens >= 1 and self.c.try_acquire():
+                self.tokens -= 1
+                self.max_seen = max(self.max_seen, self.c.in_flight)
+                rtt = self.latency(clock.now)
+                heapq.heappush(self._events, (clock.now + rtt, rtt, self.throttle(clock.now)))
+
+    def rate_between(self, start: float, end: float) -> float:
+        ok = sum(1 for t, throttled, _ in self.done if start <= t < end and not throttled)
+        return ok / (end - start)
+
+
+@pytest.mark.parametrize("latency", [0.001, 0.1, 0.3])
+def test_grows_until_the_rate_limit_binds(latency: float) -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock)
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: latency)
+    sim.run(10.0)
+    # Little's law: 100/s x latency in flight are needed; the controller found them.
+    assert sim.rate_between(5.0, 10.0) >= 97
+    assert controller.limit >= min(controller.max_limit, int(100 * latency))
+    # ... and did not run away: once the bucket binds it holds.
+    assert controller.limit <= int(100 * latency * 2) + 4
+
+
+def test_never_exceeds_max_in_flight() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, max_limit=8)
+    sim = Simulation(controller, clock, rate=1000, burst=50, latency=lambda t: 0.3)
+    sim.run(5.0)
+    assert sim.max_seen == 8
+    assert controller.limit == 8
+    assert sim.rate_between(2.0, 5.0) == pytest.approx(8 / 0.3, rel=0.05)
+
+
+def test_follows_a_latency_step() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock)
+
+    def latency(t: float) -> float:
+        return 0.3 if 10.0 <= t < 20.0 else 0.03
+
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=latency)
+    sim.run(10.0)
+    before = controller.limit
+    sim.run(20.0)
+    slow = controller.limit
+    sim.run(30.0)
+    # At 30 ms three or four slots fill 100/s; at 300 ms thirty are needed, then few again.
+    assert before <= 10
+    assert slow >= 30
+    assert sim.rate_between(14.0, 20.0) >= 95
+    assert sim.rate_between(24.0, 30.0) >= 95
+
+
+def test_backs_off_when_latency_rises_without_demand_for_more() -> None:
+    """Queueing at the receiver (latency grows with what we send) makes the gradient shrink the limit."""
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=20, tolerance=1.5)
+    for _ in range(50):  # a baseline at 20 ms
+        assert controller.try_acquire()
+        clock.now += 0.02
+        controller.release(0.02, demand=False)
+    assert controller.limit == 20
+    for _ in range(10):  # now ten times slower
+        controller.try_acquire()
+        clock.now += 0.2
+        controller.release(0.2, demand=False)
+    assert controller.limit < 20
+
+
+def test_halves_on_429_once_per_round_trip() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=16)
+    for _ in range(10):
+        controller.try_acquire()
+    controller.release(0.1)  # a latency sample sets the round trip
+    limit = controller.limit
+    controller.release(None, throttled=True)
+    assert controller.limit == limit // 2
+    controller.release(None, throttled=True)  # the same burst of 429s: no second halving
+    assert controller.limit == limit // 2
+    clock.now += 1.0
+    controller.release(None, throttled=True)
+    assert controller.limit == limit // 4
+
+
+def test_a_429_storm_then_recovery_costs_few_429s() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock)
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: 0.1,
+                     throttle=lambda t: 5.0 <= t < 7.0)
+    sim.run(15.0)
+    after_storm = [t for t, throttled, _ in sim.done if throttled and t >= 7.2]
+    assert after_storm == []
+    assert sim.rate_between(10.0, 15.0) >= 95
+
+
+def test_fixed_concurrency_is_a_hard_cap() -> None:
+    fixed = FixedConcurrency(3)
+    assert [fixed.try_acquire() for _ in range(4)] == [True, True, True, False]
+    fixed.release(0.1, throttled=True)
+    assert fixed.limit == 3 and fixed.in_flight == 2
+    assert fixed.try_acquire()
