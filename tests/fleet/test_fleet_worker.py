@@ -123,3 +123,26 @@ def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(
     assert client.xlen(KEYS.work) == 0 and client.hlen(KEYS.tries) == 0
     # Each try reached the emulator: three 400s, then nothing more for it.
     assert int(spawned_emulator.stats()["by_status"].get("400", 0)) == 3
+
+
+def test_rejected_operations_of_a_207_are_dead_lettered_and_the_rest_delivered(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    import json
+
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    good = {"type": "person", "action": "event", "identifiers": {"id": "u1"}, "name": "ok",
+            "attributes": {"p": 7, "seq": 1}}
+    bad = {"type": "person", "action": "event", "identifiers": {"cio_id": "nobody"}, "name": "lost",
+           "attributes": {"p": 7, "seq": 2}}
+    body = json.dumps({"batch": [good, bad]}).encode()
+    client.xadd(KEYS.work, encode_entry(body, "us", "test"))
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", log=tmp_path / "w.log")
+    assert wait_until(lambda: client.xlen(KEYS.dead) == 1 and client.xlen(KEYS.work) == 0, 30)
+    assert stored_events(spawned_emulator) == [(7, 1)]
+    [(_, fields)] = client.xrange(KEYS.dead)
+    assert fields[b"count"] == b"1" and json.loads(fields[b"body"])["batch"] == [bad]
+    assert fields[b"error"].startswith(b"rejected: not_found")
+    assert worker.terminate() == 0

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION", "GROUP", "StoredBatch", "StreamKeys", "decode_entry", "encode_entry", "ensure_group",
-    "op_offsets",
+    "entry_time", "op_offsets", "remove_idle_consumers",
 ]
 
 FORMAT_VERSION = b"1"
@@ -91,6 +91,37 @@ def ensure_group(client: redis.Redis, keys: StreamKeys) -> bool:
         if "BUSYGROUP" in str(exc):
             return False
         raise
+
+
+# Deletes a consumer only when its PEL is empty, atomically: XGROUP DELCONSUMER drops a consumer's
+# pending entries with it, which would orphan them.
+_DELETE_IF_EMPTY = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+
+def remove_idle_consumers(client: redis.Redis, keys: StreamKeys, idle_ms: int, keep: str) -> list[str]:
+    """Delete the group's consumers idle for more than ``idle_ms`` with no pending entries (a restarted
+    pod leaves one behind each time); never ``keep`` (the caller). Returns the names removed."""
+    delete_if_empty = client.register_script(_DELETE_IF_EMPTY)
+    removed = []
+    consumers: Any = client.xinfo_consumers(keys.work, keys.group)
+    for info in consumers:
+        name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+        if name != keep and not info.get("pending") and int(info.get("idle") or 0) > idle_ms:
+            if delete_if_empty(keys=[keys.work], args=[keys.group, name]) != -1:
+                removed.append(name)
+    return removed
+
+
+def entry_time(entry_id: str) -> float:
+    """The XADD time (Redis' clock, seconds) encoded in a stream entry id."""
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1000.0
+    except ValueError:
+        return time.time()
 
 
 _WRAPPER_OPEN = b'{"batch":['

@@ -30,94 +30,35 @@ consumer that still has pending entries is never deleted: that would orphan them
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
+from ciotrack.fleet.settings import DEFAULT_ENDPOINTS, WorkerConfig
 from ciotrack.fleet.streams import (
     EntryFormatError,
     StoredBatch,
     StreamKeys,
     WorkEntry,
     decode_entry,
+    encode_entry,
     ensure_group,
+    entry_time,
+    remove_idle_consumers,
 )
 
 if TYPE_CHECKING:
-
     from ciotrack.delivery import Delivery, Result
 
 __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("ciotrack.fleet")
-
-DEFAULT_ENDPOINTS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
-
-# Deletes a consumer only when its PEL is empty, atomically (XGROUP DELCONSUMER drops pending entries).
-_DELETE_IF_EMPTY = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #pending > 0 then return -1 end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"""
-
-
-@dataclass
-class WorkerConfig:
-    redis_url: str
-    site_id: str
-    api_key: str
-    endpoint: str | None = None
-    """One base URL for every region (an emulator); None: Customer.io's US/EU endpoint per entry."""
-    region: str = "us"
-    """Where entries with an unknown region go."""
-    rate_limit: float = 100.0
-    burst: float = 10.0
-    concurrency: int | None = None
-    """Delivery threads; None: enough for the rate limit at ~100 ms per request (rate * 0.1 + 2)."""
-    visibility_timeout: float = 60.0
-    max_deliveries: int = 5
-    drain_timeout: float = 25.0
-    request_timeout: float = 10.0
-    block_ms: int = 2000
-    claim_interval: float | None = None
-    stats_interval: float = 5.0
-    consumer: str | None = None
-    prefix: str = "ciotrack"
-
-    def __repr__(self) -> str:  # the API key stays out of every repr
-        return (f"WorkerConfig(site_id={self.site_id!r}, endpoint={self.endpoint!r}, rate_limit={self.rate_limit}, "
-                f"concurrency={self.threads}, visibility_timeout={self.visibility_timeout})")
-
-    @property
-    def threads(self) -> int:
-        if self.concurrency is not None:
-            return max(1, self.concurrency)
-        return max(2, math.ceil(self.rate_limit * 0.1) + 2) if self.rate_limit > 0 else 12
-
-    @property
-    def delivery_deadline(self) -> float:
-        """How long one entry may be held: a request in flight at the deadline still ends in time."""
-        return self.visibility_timeout - self.request_timeout - 5.0
-
-    def validate(self) -> None:
-        if not self.site_id or not self.api_key:
-            raise ValueError("a site id and an API key are needed (--site-id/--api-key or CIOTRACK_*)")
-        if self.delivery_deadline < 1.0:
-            raise ValueError("visibility_timeout must exceed request_timeout + 6 s (a live worker's entries "
-                             "must never be claimed)")
-        if not 0 < self.block_ms <= 30_000:
-            raise ValueError("block_ms must be in (0, 30000]")
-        if self.max_deliveries < 1:
-            raise ValueError("max_deliveries must be >= 1")
-
 
 class Worker:
     """Consumes one workspace's stream (see the module docstring). ``run()`` blocks until drained."""
@@ -143,7 +84,6 @@ class Worker:
         self._in_flight_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._session: Any = None
-        self._delete_if_empty = self.redis.register_script(_DELETE_IF_EMPTY)
         self._last_warning: dict[str, float] = {}
         self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
 
@@ -330,13 +270,9 @@ class Worker:
         self.metrics.dead_length.set(self.redis.xlen(self.keys.dead))
 
     def _remove_idle_consumers(self) -> None:
-        idle_limit = int(self.config.visibility_timeout * 10 * 1000)
-        for info in self.redis.xinfo_consumers(self.keys.work, self.keys.group):
-            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
-            if name != self.consumer and not info.get("pending") and int(info.get("idle") or 0) > idle_limit:
-                removed = self._delete_if_empty(keys=[self.keys.work], args=[self.keys.group, name])
-                if removed != -1:
-                    log.info("ciotrack worker: removed idle consumer %s (no pending entries)", name)
+        idle_ms = int(self.config.visibility_timeout * 10 * 1000)
+        for name in remove_idle_consumers(self.redis, self.keys, idle_ms, keep=self.consumer):
+            log.info("ciotrack worker: removed idle consumer %s (no pending entries)", name)
 
     # -- delivering ---------------------------------------------------------------------------
 
@@ -459,12 +395,10 @@ class Worker:
 
         self._redis_call(ack)
         self.metrics.batches_delivered.inc()
-        self.metrics.delivery_latency.observe(max(0.0, time.time() - _entry_time(entry.entry_id)))
+        self.metrics.delivery_latency.observe(max(0.0, time.time() - entry_time(entry.entry_id)))
 
     def _dead_letter(self, entry: WorkEntry, batch: StoredBatch, error: str, tries: int) -> None:
         fields: dict[Any, Any] = {k: v for k, v in entry.fields.items() if k not in (b"body", b"offsets", b"count")}
-        from ciotrack.fleet.streams import encode_entry
-
         fields.update(encode_entry(batch.body, entry.region, entry.fields.get(b"producer", b"?").decode(),
                                    batch.offsets, int(entry.created_ms)))
         fields.update({b"error": error.encode("utf-8", "replace")[:2000], b"tries": str(tries).encode(),
@@ -494,8 +428,6 @@ class Worker:
         self._warn("dead", "entry %s is unreadable, moved to the dead-letter stream: %s", ident, error)
 
     def _requeue(self, entry: WorkEntry, rest: StoredBatch, tries: int) -> None:
-        from ciotrack.fleet.streams import encode_entry
-
         fields = encode_entry(rest.body, entry.region, entry.fields.get(b"producer", b"?").decode(), rest.offsets,
                               entry.created_ms)
 
@@ -560,11 +492,3 @@ class Worker:
         if now - self._last_warning.get(key, float("-inf")) >= 10.0:
             self._last_warning[key] = now
             log.warning("ciotrack worker: " + message, *args, exc_info=exc_info)
-
-
-def _entry_time(entry_id: str) -> float:
-    """The XADD time (Redis' clock, ms) encoded in a stream entry id."""
-    try:
-        return int(entry_id.split("-", 1)[0]) / 1000.0
-    except ValueError:
-        return time.time()
