@@ -8,7 +8,6 @@ the environment: a command line is visible in ``ps``); the Redis URL from ``--re
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -50,12 +49,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
     parser.add_argument("--create-group", action="store_true",
                         help="create the stream and its consumer group (at 0, idempotent), then exit")
-    parser.add_argument("--log-level", default="INFO")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # No logging configuration here (ciotrack never adds handlers): warnings reach stderr through
+    # Python's last-resort handler; a deployment that wants more configures logging itself.
     api_key = args.api_key or os.environ.get("CIOTRACK_API_KEY")
     if not args.redis_url:
         print("ciotrack worker: --redis-url or CIOTRACK_REDIS_URL is required", file=sys.stderr)
@@ -81,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logging.getLogger("ciotrack.fleet").info("ciotrack worker %s: %r", worker.consumer, config)
-    print(f"ciotrack worker {worker.consumer} reading {worker.keys.work}", file=sys.stderr, flush=True)
+    print(f"ciotrack worker {worker.consumer} reading {worker.keys.work}: {config!r}", file=sys.stderr, flush=True)
     try:
         return worker.run()
     finally:
