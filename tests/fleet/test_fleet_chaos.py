@@ -59,21 +59,25 @@ def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server: RedisServer, 
         client = redis_client(redis_server.url)
         ensure_group(client, KEYS)  # as the deployment's Job does, before anyone starts
         workers = [worker(), worker()]
-        producers = [spawn_producer(redis_server.url, p, 600, 6.0) for p in range(2)]
+        producers = [spawn_producer(redis_server.url, p, 800, 8.0) for p in range(2)]
         kills = pending_at_kill = 0
-        deadline = time.monotonic() + 9
-        while time.monotonic() < deadline:
-            time.sleep(3.0)
+
+        def pending_of(proc: WorkerProcess) -> int:
+            name = f"{socket.gethostname()}-{proc.proc.pid}".encode()
+            return sum(c["pending"] for c in client.xinfo_consumers(KEYS.work, KEYS.group) if c["name"] == name)
+
+        for _ in range(3):
+            # Kill the oldest worker while it holds entries (mid-delivery), then start a replacement.
             victim = workers.pop(0)
-            name = f"{socket.gethostname()}-{victim.proc.pid}".encode()
-            pending_at_kill += sum(c["pending"] for c in client.xinfo_consumers(KEYS.work, KEYS.group)
-                                   if c["name"] == name)
+            wait_until(lambda: pending_of(victim) > 0, 30, interval=0.02)
+            pending_at_kill += pending_of(victim)
             victim.kill()  # SIGKILL: its in-flight entries stay pending under its name
             kills += 1
             workers.append(worker())
-        assert all(wait_producer(p).startswith("flushed True 600") for p in producers)
-        assert wait_until(lambda: len(stored_events(em)) >= 1200, 45), _diagnose(client, em, tmp_path)
-        _check_every_event_once(em, 2, 600)
+            time.sleep(1.0)
+        assert all(wait_producer(p).startswith("flushed True 800") for p in producers)
+        assert wait_until(lambda: len(stored_events(em)) >= 1600, 45), _diagnose(client, em, tmp_path)
+        _check_every_event_once(em, 2, 800)
         assert kills >= 3 and pending_at_kill > 0  # the kills did hit entries being delivered
         assert wait_until(lambda: client.xlen(KEYS.work) == 0, 20)
         # Entries were claimed from the killed consumers (their PELs are empty now).
