@@ -64,9 +64,11 @@ def _max_in_window(grants: list[float], window: float) -> int:
 def test_processes_sharing_the_limiter_stay_under_the_rate(redis_server: RedisServer) -> None:
     rate, burst, seconds = 40.0, 4.0, 2.5
     grants, _ = _run_clients(redis_server.url, 4, rate, burst, seconds)
-    # Never more than rate*t + burst in any window (a few ms slack for clock reads between processes).
-    assert len(grants) <= rate * seconds + burst + 2
-    assert _max_in_window(grants, 1.0) <= rate * 1.0 + burst + 2
+    # Slots come from Redis' clock: never more than rate*t + burst. The loop asks until `seconds` and an
+    # acquire may wait 0.5 s more; a process stalled by a busy machine records its grants late, so a
+    # 1 s window of *recorded* times gets a generous 25 % slack (it would be 4x without a shared limit).
+    assert len(grants) <= rate * (seconds + 0.5) + burst
+    assert _max_in_window(grants, 1.0) <= rate * 1.25 + burst
     # Loose: four eager processes together got at least a third of the rate (slots are handed out).
     assert len(grants) >= rate * seconds / 3
 
@@ -75,9 +77,10 @@ def test_a_pause_from_one_process_is_honoured_by_all(redis_server: RedisServer) 
     grants, pauses = _run_clients(redis_server.url, 3, 40.0, 4.0, 2.5, pause=(0.8, 1.0))
     assert len(pauses) == 1
     paused_at = pauses[0]
-    # Slots reserved just before the pause may still fire (at most a burst of them, within ~0.1 s);
+    # Slots reserved just before the pause may still fire (a burst of them, within ~0.1 s, recorded a
+    # little later on a busy machine);
     # after that nobody gets a slot until the pause is over.
-    during = [t for t in grants if paused_at + 0.15 < t < paused_at + 0.9]
+    during = [t for t in grants if paused_at + 0.35 < t < paused_at + 0.9]
     assert during == []
     assert any(t > paused_at + 1.0 for t in grants)
 
