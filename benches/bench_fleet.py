@@ -104,8 +104,11 @@ def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
 
     keys = StreamKeys.for_site(SITE_ID)
     client = connect(redis_url)
+    # 1 -> 2 -> 4 workers of 4 threads at 100 ms (4 / 0.1 s = 40 req/s each at most), then enough threads
+    # for the limit to bind at 100 ms, then the setting (3 workers, 50 ms).
     for n_workers, concurrency, latency, rate, burst in ((1, 4, 0.1, 95, 5), (2, 4, 0.1, 95, 5),
-                                                          (4, 4, 0.1, 95, 5), (3, 12, 0.05, 95, 5)):
+                                                          (4, 4, 0.1, 95, 5), (4, 12, 0.1, 95, 5),
+                                                          (3, 12, 0.05, 95, 5)):
         client.delete(keys.work, keys.dead, keys.tries)
         _preload(redis_url, int(110 * (seconds + 6)), 5)
         with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
