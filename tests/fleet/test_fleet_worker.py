@@ -146,3 +146,26 @@ def test_rejected_operations_of_a_207_are_dead_lettered_and_the_rest_delivered(
     assert fields[b"count"] == b"1" and json.loads(fields[b"body"])["batch"] == [bad]
     assert fields[b"error"].startswith(b"rejected: not_found")
     assert worker.terminate() == 0
+
+
+def test_a_restarted_consumer_delivers_its_own_pending_entries_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    import json
+
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    for i in range(30):  # events without ids: a second delivery would be stored twice
+        op = {"type": "person", "action": "event", "identifiers": {"id": "u"}, "name": "e",
+              "attributes": {"p": 0, "seq": i}}
+        client.xadd(KEYS.work, encode_entry(json.dumps({"batch": [op]}).encode(), "us", "test"))
+    # A previous life of consumer "pod-0" read them all and died before acknowledging any.
+    assert len(client.xreadgroup(KEYS.group, "pod-0", {KEYS.work: ">"}, count=100)[0][1]) == 30
+    # Back with the same name, two threads, and a visibility timeout no claim will reach in this test:
+    # only its own-pending pass (page by page) can deliver them.
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--consumer", "pod-0",
+                           "--concurrency", "2", "--visibility-timeout", "600", log=tmp_path / "w.log")
+    assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
+    assert sorted(stored_events(spawned_emulator)) == [(0, i) for i in range(30)]
+    assert worker.terminate() == 0

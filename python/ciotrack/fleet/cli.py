@@ -31,8 +31,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="env CIOTRACK_API_KEY (preferred: not shown by ps)")
     parser.add_argument("--endpoint", default=os.environ.get("CIOTRACK_ENDPOINT"),
                         help="base URL for every region (an emulator); default: Customer.io US/EU")
-    parser.add_argument("--region", default=os.environ.get("CIOTRACK_REGION", "us"), choices=("us", "eu"),
-                        help="region for entries that name none")
+    env_region = os.environ.get("CIOTRACK_REGION", "us").strip().lower()
+    parser.add_argument("--region", default=env_region if env_region in ("us", "eu") else "us", choices=("us", "eu"),
+                        help="where entries go whose producer did not know its region ('auto'); default us")
     parser.add_argument("--rate-limit", type=float, default=_env_float("CIOTRACK_RATE_LIMIT", 100.0),
                         help="requests/s for the whole fleet (shared in Redis; 0 disables)")
     parser.add_argument("--burst", type=float, default=10.0, help="burst of the shared limiter")

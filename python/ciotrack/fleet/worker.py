@@ -21,10 +21,8 @@ seconds, after which the entry is released. A live worker therefore never holds 
 to be claimed, and there is no extra thread whose stall could make a live worker look dead (or a dead
 one look alive). Released entries are made claimable at once by ``XCLAIM ... IDLE <visibility>``.
 
-**SIGTERM** (:meth:`Worker.drain`): stop reading, let in-flight deliveries finish until
-``drain_timeout - 1`` s, then stop them and release what is unfinished; exit 0. Consumers with no
-pending entries and idle for ten visibility timeouts are removed (a Lua check-and-delete, so a
-consumer that still has pending entries is never deleted: that would orphan them).
+**SIGTERM** (:meth:`Worker.drain`): stop reading, finish in-flight deliveries until ``drain_timeout -
+1`` s, release the rest; exit 0. Idle consumers are removed only when their pending list is empty.
 """
 
 from __future__ import annotations
@@ -157,6 +155,7 @@ class Worker:
         claim_every = config.claim_interval or max(1.0, min(10.0, config.visibility_timeout / 4))
         next_claim = next_stats = next_janitor = 0.0
         own_pending = True  # first our own PEL (a previous life of this consumer), then new entries
+        pending_cursor = "0"
         group_ready = False
         backoff = 0.1
         while not self._draining.is_set():
@@ -183,14 +182,20 @@ class Worker:
                 try:
                     reply: Any
                     if own_pending:
-                        reply = self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.work: "0"},
-                                                      count=slots)
+                        # Our PEL from a previous life, page by page: an id returns pending entries
+                        # after it, so the cursor keeps us from re-reading what we now deliver.
+                        reply = self.redis.xreadgroup(self.keys.group, self.consumer,
+                                                      {self.keys.work: pending_cursor}, count=slots)
                     else:
                         reply = self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.work: ">"},
                                                       count=slots, block=config.block_ms)
                     entries = reply[0][1] if reply else []
-                    if own_pending and not entries:
-                        own_pending = False
+                    if own_pending:
+                        if entries:
+                            last = entries[-1][0]
+                            pending_cursor = last.decode() if isinstance(last, bytes) else str(last)
+                        else:
+                            own_pending = False
                     used = self._dispatch(entries)
                 finally:
                     for _ in range(slots - used):
@@ -204,8 +209,8 @@ class Worker:
                 self._draining.wait(min(backoff, 2.0))
                 backoff *= 2
             except redis_module.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    group_ready = False
+                if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                    group_ready = False  # the stream or its group was deleted: create them again
                 self.probes.redis_ok = False
                 self._warn("read", "Redis answered %s; retrying", str(exc)[:120])
                 self._draining.wait(min(backoff, 2.0))
