@@ -13,6 +13,10 @@ import signal
 import sys
 from types import FrameType
 
+# Imported here, not lazily: when the fleet extra is missing, `ciotrack worker` says which to install.
+import prometheus_client  # noqa: F401
+import redis  # noqa: F401
+
 from ciotrack.fleet.metrics import WorkerMetrics, serve
 from ciotrack.fleet.worker import Worker, WorkerConfig
 

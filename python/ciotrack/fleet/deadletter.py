@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+import redis  # noqa: F401  (imported here: a missing fleet extra is named by `ciotrack deadletter`)
+
 from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys, ensure_group
 

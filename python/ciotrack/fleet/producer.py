@@ -183,6 +183,12 @@ class RedisStreams:
     one Redis client (its connection pool reconnects by itself, also after a fork)."""
 
     def __init__(self, url: str, site_id: str) -> None:
+        try:
+            import redis  # noqa: F401
+        except ModuleNotFoundError:
+            from ciotrack.errors import ConfigError
+
+            raise ConfigError("redis_url needs redis-py: pip install 'ciotrack[fleet]'") from None
         self._url = url
         self._site_id = site_id
         self._client: redis.Redis | None = None
