@@ -15,7 +15,7 @@ from ciotrack.fleet.streams import StreamKeys, decode_entry, encode_entry, ensur
 from ciotrack.fleet.worker import Worker, WorkerConfig
 
 from .conftest import RedisServer
-from .fleet_procs import SITE_ID, env, redis_client
+from .fleet_procs import SITE_ID, env, redis_client, wait_until
 
 KEYS = StreamKeys.for_site(SITE_ID)
 
@@ -100,3 +100,30 @@ def test_tracker_shares_a_redis_rate_limit(redis_server: RedisServer, make_track
     # The limiter state lives in Redis (a GCRA key for the workspace and region).
     keys = {k.decode() for k in redis_client(redis_server.url).scan_iter("ciotrack:*")}
     assert any(k.endswith(":gcra") for k in keys), keys
+
+
+def test_a_redis_outage_spools_and_replays_into_the_stream(redis_server: RedisServer, tmp_path: Any) -> None:
+    import json
+
+    from ciotrack import Tracker
+
+    client = redis_client(redis_server.url)
+    tracker = Tracker(SITE_ID, redis_url=redis_server.url, spool_dir=str(tmp_path / "spool"), flush_interval=0.02,
+                      max_retries=2, backoff_base=0.01, backoff_cap=0.05, handle_sigterm=False)
+    try:
+        tracker.track("u", "before", {"i": 0})
+        assert tracker.flush(timeout=10) and client.xlen(KEYS.work) == 1
+        redis_server.kill()
+        for i in range(1, 51):
+            tracker.track("u", "during", {"i": i})
+        assert tracker.flush(timeout=30)  # retries ran out: the batches went to the disk spool
+        assert tracker.stats().spooled == 50
+        redis_server.start()  # PING answers again: the spool replays into the stream
+        assert wait_until(lambda: client.xlen(KEYS.work) >= 2 and tracker.stats().replayed == 50, 30)
+    finally:
+        tracker.close(timeout=10)
+    seen = []
+    for entry_id, fields in client.xrange(KEYS.work):
+        for op in decode_entry(entry_id, fields).batch.ops():
+            seen.append(json.loads(op)["attributes"]["i"])
+    assert sorted(seen) == list(range(51))
