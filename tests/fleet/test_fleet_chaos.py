@@ -69,7 +69,7 @@ def test_workers_sigkilled_mid_delivery_lose_nothing(redis_server: RedisServer, 
         for _ in range(3):
             # Kill the oldest worker while it holds entries (mid-delivery), then start a replacement.
             victim = workers.pop(0)
-            wait_until(lambda: pending_of(victim) > 0, 30, interval=0.02)
+            wait_until(lambda v=victim: pending_of(v) > 0, 30, interval=0.02)
             pending_at_kill += pending_of(victim)
             victim.kill()  # SIGKILL: its in-flight entries stay pending under its name
             kills += 1
