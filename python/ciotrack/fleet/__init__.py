@@ -9,3 +9,15 @@ them under one workspace-wide rate limit (``pip install 'ciotrack[fleet]'``).
 
 Nothing here is imported by ``import ciotrack``: ``redis`` is an optional dependency.
 """
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def require_extra(*modules: str) -> None:
+    """ModuleNotFoundError (which ``ciotrack``'s CLI turns into "pip install 'ciotrack[fleet]'") when one
+    of ``modules`` is not installed; nothing is imported (importing redis would create its loggers)."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)

@@ -13,14 +13,15 @@ import signal
 import sys
 from types import FrameType
 
-# Imported here, not lazily: when the fleet extra is missing, `ciotrack worker` says which to install.
-import prometheus_client  # noqa: F401
-import redis  # noqa: F401
-
+from ciotrack.fleet import require_extra
 from ciotrack.fleet.metrics import WorkerMetrics, serve
 from ciotrack.fleet.worker import Worker, WorkerConfig
 
 __all__ = ["configure_parser", "run"]
+
+# Checked (not imported: importing redis creates its loggers) when the command is chosen, so a missing
+# fleet extra is named by `ciotrack worker` at once.
+require_extra("redis", "prometheus_client")
 
 
 def _env_float(name: str, default: float) -> float:

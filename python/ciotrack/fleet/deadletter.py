@@ -13,12 +13,13 @@ import os
 import sys
 from typing import Any
 
-import redis  # noqa: F401  (imported here: a missing fleet extra is named by `ciotrack deadletter`)
-
+from ciotrack.fleet import require_extra
 from ciotrack.fleet.producer import connect
 from ciotrack.fleet.streams import StreamKeys, ensure_group
 
 __all__ = ["configure_parser", "replay", "run"]
+
+require_extra("redis")  # a missing fleet extra is named by `ciotrack deadletter` at once
 
 _WORK_FIELDS = (b"v", b"region", b"count", b"body", b"offsets", b"producer", b"created")
 
