@@ -20,6 +20,14 @@ $(STAMP): pyproject.toml
 build: $(STAMP)
 	$(VENV)/bin/maturin develop --release -q
 
+# A release wheel in $(WHEEL_DIR) (the Dockerfile's build step runs exactly this target), for the
+# interpreter WHEEL_PYTHON (not the dev venv's, which a Docker build stage does not have).
+MATURIN      ?= $(VENV)/bin/maturin
+WHEEL_DIR    ?= dist
+WHEEL_PYTHON ?= python3
+wheel:
+	PYO3_PYTHON=$(WHEEL_PYTHON) $(MATURIN) build --release --out $(WHEEL_DIR) --interpreter $(WHEEL_PYTHON)
+
 demo: install
 	$(PY) -m ciotrack demo
 

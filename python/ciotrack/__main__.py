@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
     # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
     "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
+    "worker": ("ciotrack.fleet.cli", "deliver a Redis stream of batches to Customer.io (fleet mode)", "fleet"),
+    "deadletter": ("ciotrack.fleet.deadletter", "list, replay or purge fleet mode's dead-letter stream", "fleet"),
 }
 
 

@@ -14,6 +14,8 @@ the default. Environment variables read by :meth:`Config.from_env`:
 ``CIOTRACK_DISABLED``      ``disabled`` (``1``/``true``/``yes``: calls validate but send nothing)
 ``CIOTRACK_SYNC``          ``sync``
 ``CIOTRACK_SPOOL_DIR``     ``spool_dir``
+``CIOTRACK_REDIS_URL``     ``redis_url`` (fleet mode: batches go to a Redis stream)
+``CIOTRACK_RATE_LIMIT_REDIS_URL``  ``rate_limit_redis_url`` (one rate limit shared through Redis)
 =========================  =========================================================
 
 The API key is a secret: it is excluded from ``repr``/``str`` and never appears in a log line or an
@@ -34,7 +36,7 @@ from ciotrack.errors import ConfigError, DeliveryError
 if TYPE_CHECKING:
     from ciotrack.ratelimit import Limiter
 
-__all__ = ["Config", "DEFAULT_ENDPOINTS", "REGIONS", "SpoolHook"]
+__all__ = ["DEFAULT_ENDPOINTS", "REGIONS", "Config", "SpoolHook"]
 
 Region = Literal["us", "eu"]
 OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
@@ -168,6 +170,17 @@ class Config:
     limiter: Callable[[str], Limiter] | None = field(default=None, repr=False)
     """A factory ``region -> Limiter`` (:mod:`ciotrack.ratelimit`) pacing each region's requests instead
     of the in-process bucket of ``rate_limit``/``rate_burst`` (e.g. a limiter shared through Redis)."""
+    redis_url: str | None = field(default=None, repr=False)  # may hold a Redis password
+    """Fleet mode (``pip install 'ciotrack[fleet]'``): batches go to the workspace's Redis stream
+    (``redis://host:6379/0``), and ``ciotrack worker`` processes deliver them to Customer.io under one
+    shared rate limit. ``flush()`` returning True then means *durable in Redis*, not delivered;
+    ``stats().destination`` says ``"redis"``. Writes to Redis are not paced by ``rate_limit`` (the
+    workers pace the requests), a Redis outage is retried then spooled like a Customer.io outage, and
+    the API key is not needed here and never written to Redis."""
+    rate_limit_redis_url: str | None = field(default=None, repr=False)
+    """Share ``rate_limit``/``rate_burst`` with every process sending to this workspace through the
+    Redis at this URL (GCRA on Redis' clock, :mod:`ciotrack.fleet.limiter`), instead of a bucket per
+    process. Falls back to a local bucket while Redis is unreachable."""
     spool: SpoolHook | None = field(default=None, repr=False)
     """Where undeliverable operations go instead of being reported lost, when ``spool_dir`` is not set:
     any object with ``append(ops, *, region)`` (no replay: the object owns them from then on)."""
@@ -179,6 +192,23 @@ class Config:
         if self.on_full is None:
             object.__setattr__(self, "on_full", "spool" if self.spool_dir is not None else "drop_newest")
         _validate(self)
+        if self.redis_url is not None and self.destination is None:
+            from ciotrack.fleet.producer import RedisStreams
+
+            object.__setattr__(self, "destination", RedisStreams(self.redis_url, self.site_id))
+            object.__setattr__(self, "rate_limit", 0.0)  # the workers pace requests, not the producers
+        if self.rate_limit_redis_url is not None and self.limiter is None and self.rate_limit > 0:
+            from ciotrack.fleet.limiter import RedisLimiters
+
+            object.__setattr__(self, "limiter", RedisLimiters(self.rate_limit_redis_url, self.site_id,
+                                                              self.rate_limit, self.rate_burst))
+
+    @property
+    def destination_kind(self) -> str:
+        """``"redis"`` (fleet mode), ``"custom"`` (an injected destination) or ``"track_api"``."""
+        if self.redis_url is not None:
+            return "redis"
+        return "track_api" if self.destination is None else "custom"
 
     @property
     def overflow_policy(self) -> OverflowPolicy:
@@ -206,6 +236,8 @@ class Config:
         if values.get("disabled") or values.get("destination") is not None:
             values.setdefault("site_id", "")
             values.setdefault("api_key", "")
+        if values.get("redis_url"):
+            values.setdefault("api_key", "")  # the workers hold the key; producers never need it
         for required in ("site_id", "api_key"):
             if required not in values:
                 var = _ENV_OPTIONS[required][0]
@@ -257,6 +289,8 @@ _ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "disabled": ("CIOTRACK_DISABLED", _parse_bool),
     "sync": ("CIOTRACK_SYNC", _parse_bool),
     "spool_dir": ("CIOTRACK_SPOOL_DIR", str),
+    "redis_url": ("CIOTRACK_REDIS_URL", str),
+    "rate_limit_redis_url": ("CIOTRACK_RATE_LIMIT_REDIS_URL", str),
 }
 
 
@@ -282,7 +316,14 @@ def _validate(config: Config) -> None:
     _check(config.limiter is None or callable(config.limiter), "limiter must be a callable region -> Limiter")
     _check(config.spool is None or callable(getattr(config.spool, "append", None)),
            "spool must have an append(ops, *, region) method")
-    if not config.disabled and config.destination is None:
+    for name in ("redis_url", "rate_limit_redis_url"):
+        url = getattr(config, name)
+        _check(url is None or (isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://"))),
+               f"{name} must be a redis://, rediss:// or unix:// URL")
+    if config.redis_url is not None or config.rate_limit_redis_url is not None:
+        _check(isinstance(config.site_id, str) and config.site_id.strip() != "",
+               "site_id must be a non-empty str (it names the Redis keys)")
+    if not config.disabled and config.destination is None and config.redis_url is None:
         _check(isinstance(config.site_id, str) and config.site_id.strip() != "", "site_id must be a non-empty str")
         _check(isinstance(config.api_key, str) and config.api_key.strip() != "", "api_key must be a non-empty str")
         # Basic auth travels as latin-1: a pasted zero-width space or a typographic quote would make

@@ -495,4 +495,5 @@ class Pipeline:
         in_flight = sum(len(route.in_flight) for route in self.routes)
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
                                in_flight=in_flight, bucket_tokens=self.router.tokens(),
-                               concurrency=self.router.concurrency(), metrics_enabled=self.config.metrics)
+                               concurrency=self.router.concurrency(), metrics_enabled=self.config.metrics,
+                               destination=self.config.destination_kind)

@@ -120,6 +120,10 @@ class Stats:
     delivery_latency: HistogramSummary
     """Seconds from the call to Customer.io's acknowledgement, per delivered operation."""
 
+    destination: str = "track_api"
+    """Where batches go: ``"track_api"`` (Customer.io), ``"redis"`` (fleet mode: ``delivered`` and a
+    True ``flush()`` mean *durable in the Redis stream*; the workers report delivery to Customer.io) or
+    ``"custom"`` (an injected destination)."""
     metrics_enabled: bool = True
     """False with ``metrics=False``: histograms stay empty, counters are still kept."""
     taken_at: float = field(default_factory=time.time)
@@ -155,6 +159,7 @@ class Stats:
         bucket_tokens: Mapping[str, float] | None = None,
         concurrency: Mapping[str, ConcurrencyState] | None = None,
         metrics_enabled: bool = True,
+        destination: str = "track_api",
     ) -> Stats:
         """Build from ``Core.stats()``; ``lane_regions[i]`` names lane ``i`` (two lanes may share one)."""
         counters: Mapping[str, int] = raw.get("counters", {})
@@ -204,6 +209,7 @@ class Stats:
             requests_in_flight=_frozen({r: c.in_flight for r, c in (concurrency or {}).items()}),
             overflow_ops=int(gauges.get("overflow_ops", 0)),
             metrics_enabled=metrics_enabled,
+            destination=destination,
             counters=_frozen(counters),
             gauges=_frozen(gauges),
             histograms=_frozen({name: _frozen(h) for name, h in histograms.items()}),

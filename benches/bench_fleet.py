@@ -1,0 +1,149 @@
+"""Fleet mode figures: producer-side ``track()`` latency with the Redis destination, end-to-end events/s
+through Redis without a rate limit, and fleet throughput as workers go 1 -> 2 -> 4 at 100 ms latency
+until the workspace limit binds. Needs ``redis-server`` on PATH (started here on a free port).
+
+* ``python -m pytest benches/bench_fleet.py --benchmark-only`` — ``track()`` latency (pytest-benchmark
+  median per call, 2000 rounds x 100 calls), the same harness as bench_track.py but with
+  ``redis_url=``: the call never waits for Redis.
+* ``python benches/bench_fleet.py [--quick]`` — the end-to-end and scaling figures, printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.fleet.conftest import RedisServer  # noqa: E402 (after the sys.path insert)
+from tests.fleet.fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, wait_producer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def test_track_with_redis_destination(benchmark: Any, redis_url: str) -> None:
+    import ciotrack
+
+    tracker = ciotrack.Tracker(SITE_ID, redis_url=redis_url)
+    data = {"total": 12.5, "currency": "EUR", "items": 3, "first": True, "cart": {"sku": "sku-1", "qty": 2}}
+    tracker.track("warm-up", "checkout", data)
+    try:
+        benchmark.pedantic(tracker.track, args=("user-42", "checkout", data), rounds=2000, iterations=100,
+                           warmup_rounds=5)
+        assert tracker.flush(timeout=120)
+    finally:
+        tracker.close(timeout=30)
+    stats = tracker.stats()
+    assert stats.destination == "redis" and stats.delivered == stats.accepted
+
+
+# -- the printed figures -------------------------------------------------------------------------
+
+
+def _requests(em: Any) -> int:
+    return sum(int(v) for v in em.stats()["by_status"].values())
+
+
+def end_to_end(redis_url: str, events_per_producer: int, log_dir: Path) -> None:
+    from ciotrack.emulator import Emulator
+
+    with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
+        workers = [WorkerProcess(redis_url, em.url, "--rate-limit", "0", log=log_dir / f"e2e{i}.log")
+                   for i in range(2)]
+        time.sleep(2.0)  # worker start-up is not part of the figure
+        total = 2 * events_per_producer
+        producers = [spawn_producer(redis_url, p, events_per_producer, 0.0) for p in range(2)]
+        # From the first event stored to the last (producer process start-up is not part of the figure).
+        em.wait_for(lambda: em.stats()["events"] > 0, timeout=120)
+        first = time.monotonic()
+        for proc in producers:
+            wait_producer(proc, timeout=600)
+        em.wait_events(total, timeout=600)
+        elapsed = time.monotonic() - first
+        for worker in workers:
+            worker.terminate()
+        print(f"end to end, no rate limit: {total} events in {elapsed:.2f} s = {total / elapsed:,.0f} events/s "
+              f"(2 producer processes -> Redis -> 2 workers -> emulator; {_requests(em)} requests)")
+
+
+def _preload(redis_url: str, batches: int, ops_per_batch: int) -> None:
+    import json
+
+    from ciotrack.fleet.producer import RedisStreamDestination
+
+    destination = RedisStreamDestination(redis_url, SITE_ID)
+    for b in range(batches):
+        ops = [{"type": "person", "action": "event", "identifiers": {"id": f"u{b}"}, "name": "bench",
+                "attributes": {"b": b, "i": i}} for i in range(ops_per_batch)]
+        outcome = destination.send(json.dumps({"batch": ops}).encode())
+        assert outcome.kind == "delivered", outcome
+    destination.close()
+
+
+def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
+    from ciotrack.emulator import Emulator
+    from ciotrack.fleet.producer import connect
+    from ciotrack.fleet.streams import StreamKeys
+
+    keys = StreamKeys.for_site(SITE_ID)
+    client = connect(redis_url)
+    # 1 -> 2 -> 4 workers of 4 threads at 100 ms (4 / 0.1 s = 40 req/s each at most), then enough threads
+    # for the limit to bind at 100 ms, then the issue's setting (3 workers, 50 ms).
+    for n_workers, concurrency, latency, rate, burst in ((1, 4, 0.1, 95, 5), (2, 4, 0.1, 95, 5),
+                                                          (4, 4, 0.1, 95, 5), (4, 12, 0.1, 95, 5),
+                                                          (3, 12, 0.05, 95, 5)):
+        client.delete(keys.work, keys.dead, keys.tries)
+        _preload(redis_url, int(110 * (seconds + 6)), 5)
+        with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
+            em.set_faults(latency=latency)
+            workers = [WorkerProcess(redis_url, em.url, "--rate-limit", str(rate), "--burst", str(burst),
+                                     "--concurrency", str(concurrency), log=log_dir / f"s{n_workers}-{i}.log")
+                       for i in range(n_workers)]
+            time.sleep(4.0)  # start-up and the initial burst are not part of the figure
+            before, t0 = _requests(em), time.monotonic()
+            time.sleep(seconds)
+            done, t1 = _requests(em), time.monotonic()
+            rps = (done - before) / (t1 - t0)
+            rejected = int(em.stats()["by_status"].get("429", 0))
+            for worker in workers:
+                worker.terminate()
+        print(f"{n_workers} worker(s) x {concurrency} threads at {latency * 1000:.0f} ms: {rps:6.1f} requests/s = "
+              f"{rps:5.1f} % of the 100 req/s ceiling (workers share {rate}/s burst {burst}; 429s: {rejected})")
+    client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        try:
+            version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+            print(f"redis-server {version.removeprefix('v=')}, appendfsync always; python {sys.version.split()[0]}")
+            end_to_end(server.url, 10_000 if args.quick else 50_000, Path(directory))
+            scaling(server.url, 4.0 if args.quick else 10.0, Path(directory))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

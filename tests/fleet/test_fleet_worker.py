@@ -1,0 +1,172 @@
+"""``ciotrack worker`` over real processes: Redis, the emulator, producers using Tracker(redis_url=...)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ciotrack.emulator import Emulator
+from ciotrack.fleet.streams import StreamKeys
+
+from .conftest import RedisServer
+from .fleet_procs import (
+    API_KEY,
+    SITE_ID,
+    WorkerProcess,
+    redis_client,
+    spawn_producer,
+    stored_events,
+    wait_producer,
+    wait_until,
+)
+
+KEYS = StreamKeys.for_site(SITE_ID)
+
+
+@pytest.fixture
+def spawned_emulator() -> Iterator[Any]:
+    em = Emulator.spawn(workspaces={SITE_ID: API_KEY})
+    try:
+        yield em
+    finally:
+        em.stop()
+
+
+def test_producers_and_workers_deliver_every_event_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    workers = [WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0",
+                             log=tmp_path / f"w{i}.log") for i in range(2)]
+    producers = [spawn_producer(redis_server.url, p, 300, 1.0) for p in range(2)]
+    outputs = [wait_producer(p) for p in producers]
+    assert all(o.startswith("flushed True 300 redis") for o in outputs), outputs
+    assert wait_until(lambda: len(stored_events(spawned_emulator)) >= 600, 30)
+    counts = Counter(stored_events(spawned_emulator))
+    assert set(counts) == {(p, i) for p in range(2) for i in range(300)} and set(counts.values()) == {1}
+    client = redis_client(redis_server.url)
+    assert wait_until(lambda: client.xlen(KEYS.work) == 0, 10)  # acknowledged and deleted
+    assert [w.terminate() for w in workers] == [0, 0]
+    assert client.xinfo_groups(KEYS.work)[0]["pending"] == 0
+
+
+def _assert_all_once(emulator, producers: int, per_producer: int) -> Counter[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    counts = Counter(stored_events(emulator))
+    expected = {(p, i) for p in range(producers) for i in range(per_producer)}
+    missing = expected - set(counts)
+    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
+    assert set(counts) == expected and set(counts.values()) == {1}
+    return counts
+
+
+def _all_values(client) -> bytes:  # type: ignore[no-untyped-def]
+    """Every key name and every value in Redis, concatenated."""
+    out = bytearray()
+    for key in client.scan_iter(count=1000):
+        out += key
+        kind = client.type(key)
+        if kind == b"stream":
+            for entry_id, fields in client.xrange(key):
+                out += entry_id + b"".join(k + v for k, v in fields.items())
+            for group in client.xinfo_groups(key):
+                out += group["name"]
+        elif kind == b"hash":
+            out += b"".join(k + v for k, v in client.hgetall(key).items())
+        elif kind == b"string":
+            out += client.get(key) or b""
+        else:
+            raise AssertionError(f"unexpected key type {kind!r} for {key!r}")
+    return bytes(out)
+
+
+def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server: RedisServer, tmp_path: Path) -> None:
+    # The emulator enforces 100 req/s (burst 10) and answers after 50 ms; the fleet shares 95 req/s.
+    with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
+        em.set_faults(latency=0.05)
+        logs = [tmp_path / f"w{i}.log" for i in range(3)]
+        workers = [WorkerProcess(redis_server.url, em.url, "--rate-limit", "95", "--burst", "5",
+                                 log=logs[i]) for i in range(3)]
+        producers = [spawn_producer(redis_server.url, p, 1500, 3.0) for p in range(4)]
+        outputs = [wait_producer(p) for p in producers]
+        assert all(o.startswith("flushed True 1500 redis") for o in outputs), outputs
+        assert wait_until(lambda: len(stored_events(em)) >= 6000, 60)
+        _assert_all_once(em, 4, 1500)
+        stats = em.stats()
+        assert int(stats["by_status"].get("429", 0)) <= 1, stats["by_status"]
+        assert [w.terminate() for w in workers] == [0, 0, 0]
+        client = redis_client(redis_server.url)
+        assert client.xlen(KEYS.work) == 0 and client.xlen(KEYS.dead) == 0
+        # The API key is nowhere in Redis (keys, fields, values) nor in the workers' logs.
+        assert API_KEY.encode() not in _all_values(client)
+        assert all(API_KEY.encode() not in log.read_bytes() for log in logs)
+
+
+def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    poison = b'{"batch":[{"type":"person"}x]}'  # not JSON: the Track API answers 400 for the whole batch
+    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 27),)))
+    producer = spawn_producer(redis_server.url, 0, 400, 0.5)
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "3",
+                           log=tmp_path / "w.log")
+    assert wait_producer(producer).startswith("flushed True 400")
+    assert wait_until(lambda: len(stored_events(spawned_emulator)) >= 400 and client.xlen(KEYS.dead) == 1, 30)
+    _assert_all_once(spawned_emulator, 1, 400)
+    [(_dead_id, fields)] = client.xrange(KEYS.dead)
+    assert fields[b"source_id"] == poison_id and fields[b"tries"] == b"3" and fields[b"body"] == poison
+    assert fields[b"error"].startswith(b"400")
+    assert worker.terminate() == 0
+    assert client.xlen(KEYS.work) == 0 and client.hlen(KEYS.tries) == 0
+    # Each try reached the emulator: three 400s, then nothing more for it.
+    assert int(spawned_emulator.stats()["by_status"].get("400", 0)) == 3
+
+
+def test_rejected_operations_of_a_207_are_dead_lettered_and_the_rest_delivered(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    import json
+
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    good = {"type": "person", "action": "event", "identifiers": {"id": "u1"}, "name": "ok",
+            "attributes": {"p": 7, "seq": 1}}
+    bad = {"type": "person", "action": "event", "identifiers": {"cio_id": "nobody"}, "name": "lost",
+           "attributes": {"p": 7, "seq": 2}}
+    body = json.dumps({"batch": [good, bad]}).encode()
+    client.xadd(KEYS.work, encode_entry(body, "us", "test"))
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", log=tmp_path / "w.log")
+    assert wait_until(lambda: client.xlen(KEYS.dead) == 1 and client.xlen(KEYS.work) == 0, 30)
+    assert stored_events(spawned_emulator) == [(7, 1)]
+    [(_, fields)] = client.xrange(KEYS.dead)
+    assert fields[b"count"] == b"1" and json.loads(fields[b"body"])["batch"] == [bad]
+    assert fields[b"error"].startswith(b"rejected: not_found")
+    assert worker.terminate() == 0
+
+
+def test_a_restarted_consumer_delivers_its_own_pending_entries_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    import json
+
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    for i in range(30):  # events without ids: a second delivery would be stored twice
+        op = {"type": "person", "action": "event", "identifiers": {"id": "u"}, "name": "e",
+              "attributes": {"p": 0, "seq": i}}
+        client.xadd(KEYS.work, encode_entry(json.dumps({"batch": [op]}).encode(), "us", "test"))
+    # A previous life of consumer "pod-0" read them all and died before acknowledging any.
+    assert len(client.xreadgroup(KEYS.group, "pod-0", {KEYS.work: ">"}, count=100)[0][1]) == 30
+    # Back with the same name, two threads, and a visibility timeout no claim will reach in this test:
+    # only its own-pending pass (page by page) can deliver them.
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--consumer", "pod-0",
+                           "--concurrency", "2", "--visibility-timeout", "600", log=tmp_path / "w.log")
+    assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
+    assert sorted(stored_events(spawned_emulator)) == [(0, i) for i in range(30)]
+    assert worker.terminate() == 0
