@@ -5,10 +5,10 @@ FROM rust:1-slim-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev make \
  && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/build && /opt/build/bin/pip install --no-cache-dir 'maturin>=1.7,<2'
 WORKDIR /src
 COPY . .
-RUN make wheel MATURIN=/opt/build/bin/maturin WHEEL_DIR=/wheels
+# The same target as on a laptop: a manylinux2014 wheel (maturin + zig from PyPI, in /opt/build).
+RUN make wheel VENV=/opt/build WHEEL_DIR=/wheels
 
 FROM python:3.11-slim
 RUN groupadd --gid 10001 ciotrack && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin ciotrack

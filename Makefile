@@ -20,14 +20,6 @@ $(STAMP): pyproject.toml
 build: $(STAMP)
 	$(VENV)/bin/maturin develop --release -q
 
-# A release wheel in $(WHEEL_DIR) (the Dockerfile's build step runs exactly this target), for the
-# interpreter WHEEL_PYTHON (not the dev venv's, which a Docker build stage does not have).
-MATURIN      ?= $(VENV)/bin/maturin
-WHEEL_DIR    ?= dist
-WHEEL_PYTHON ?= python3
-wheel:
-	PYO3_PYTHON=$(WHEEL_PYTHON) $(MATURIN) build --release --out $(WHEEL_DIR) --interpreter $(WHEEL_PYTHON)
-
 demo: install
 	$(PY) -m ciotrack demo
 
@@ -57,12 +49,16 @@ $(WHEEL_TOOLS):
 	$(PY) -m pip install -q 'maturin>=1.7,<2' 'ziglang>=0.11'
 	touch $@
 
+# WHEEL_DIR: where the wheel and sdist go (the Dockerfile's build stage runs this very target with
+# VENV=/opt/build WHEEL_DIR=/wheels).
+WHEEL_DIR ?= dist
+
 wheel: $(WHEEL_TOOLS)
-	rm -f dist/ciotrack-*.whl dist/ciotrack-*.tar.gz
+	rm -f $(WHEEL_DIR)/ciotrack-*.whl $(WHEEL_DIR)/ciotrack-*.tar.gz
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --compatibility manylinux2014 \
-		--zig --interpreter $(PY) --out dist
-	$(VENV)/bin/maturin sdist --out dist
-	ls -l dist
+		--zig --interpreter $(PY) --out $(WHEEL_DIR)
+	$(VENV)/bin/maturin sdist --out $(WHEEL_DIR)
+	ls -l $(WHEEL_DIR)
 
 # Peers live in venvs of their own: customerio-cdp-analytics installs the module `customerio` too and
 # would shadow the official client (see benches/README.md).
