@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
     # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
     "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
+    "loadtest": ("ciotrack.loadtest.cli", "k6-style ramping load test (emulator, --endpoint, or --real)", "loadtest"),
 }
 
 

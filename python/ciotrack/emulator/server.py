@@ -250,7 +250,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                          b'"message":"slow read injected by the emulator; not applied"}]}')
             return
         if faults.latency > 0 or faults.latency_jitter > 0:
-            delay = faults.latency + (faults_state.uniform(faults.latency_jitter) if faults.latency_jitter else 0)
+            delay = faults_state.latency()
             app.count_fault("latency")
             app.stopping.wait(delay)
 
