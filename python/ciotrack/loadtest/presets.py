@@ -26,7 +26,7 @@ from ciotrack.loadtest.stages import Stage
 __all__ = ["PRESETS", "Preset", "build_preset"]
 
 PRESETS = ("guide", "peak")
-PEAK_PAYLOAD_BYTES = 2000
+PEAK_PAYLOAD_BYTES = 8000
 # (seconds, fraction of the ceiling) at --duration-scale 1: about 45 s of load, then the drain.
 _PEAK_SHAPE = ((8.0, 0.5), (7.0, 1.0), (5.0, 1.5), (5.0, 1.5), (5.0, 1.0), (10.0, 0.5), (5.0, 0.0))
 CeilingFn = Callable[[Scenario], float]

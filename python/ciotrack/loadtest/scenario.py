@@ -74,11 +74,21 @@ class Scenario:
         return 130 + len(self.event_name) + _payload_json_bytes(self.payload_bytes)
 
 
-def _payload(payload_bytes: int, rng: random.Random) -> dict[str, Any]:
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _payload(payload_bytes: int, rng: random.Random, text: str) -> dict[str, Any]:
+    """A data dict of about ``payload_bytes`` of JSON; ``text`` is random letters to slice from."""
     base: dict[str, Any] = {"total": round(rng.uniform(1, 500), 2), "currency": "EUR", "items": rng.randint(1, 9)}
     pad = payload_bytes - 50
-    if pad > 0:
-        base["note"] = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(pad))
+    n = 0
+    while pad > 0:
+        # Customer.io allows 1000 bytes per attribute value: pad with several short fields.
+        size = min(pad, 900)
+        start = rng.randrange(len(text) - size)
+        base[f"note{n}" if n else "note"] = text[start:start + size]
+        pad -= size + 12
+        n += 1
     return base
 
 
@@ -162,6 +172,7 @@ class CallLoop:
         self._identify_again = identify_again
         kinds = list(scenario.mix)
         weights = [float(scenario.mix[k]) for k in kinds]
+        text = "".join(rng.choices(_LETTERS, k=8192))
         pool: list[tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = []
         dedup_flags: list[bool] = []
         for _ in range(_POOL_SIZE):
@@ -171,7 +182,7 @@ class CallLoop:
                 dedup_flags.append(True)
                 continue
             kind = rng.choices(kinds, weights)[0]
-            data = _payload(scenario.payload_bytes, rng)
+            data = _payload(scenario.payload_bytes, rng, text)
             if kind == "track":
                 pool.append((tracker.track, customer, scenario.event_name, data))
             elif kind == "page":

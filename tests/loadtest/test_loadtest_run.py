@@ -1,0 +1,150 @@
+"""Real load runs (each a few seconds): the CLI drives a tracker against a spawned emulator over
+real sockets, and what it reports is checked against the emulator's own counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from ciotrack.__main__ import main
+from ciotrack.emulator import Emulator
+from ciotrack.loadtest.report import SCHEMA_PATH
+
+SITE, KEY = "lt-site", "lt-key-SECRET-41d0"
+SHORT = ["--stage", "1s:300", "--stage", "2s:300", "--latency-ms", "20", "--plain"]
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CIOTRACK_SITE_ID", "CIOTRACK_API_KEY", "CIOTRACK_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _report(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+def test_short_run_passes_and_its_report_matches_the_schema(tmp_path: Path) -> None:
+    report_path, summary_path = tmp_path / "report.json", tmp_path / "summary.md"
+    code = main(["loadtest", *SHORT, "--mix", "track=3,identify=1,page=1",
+                 "--threshold", "errors:rate<0.01", "--threshold", "delivery_duration:p(95)<10000",
+                 "--report", str(report_path), "--summary-md", str(summary_path)])
+    assert code == 0
+    report = _report(report_path)
+    with open(SCHEMA_PATH, encoding="utf-8") as handle:
+        jsonschema.validate(report, json.load(handle))
+    totals = report["totals"]
+    assert totals["calls"] == 750 and totals["dropped_iterations"] == 0
+    assert totals["accepted"] == totals["delivered"] == 750
+    assert totals["lost"] == 0 and totals["http_429"] == 0
+    assert totals["receiver"]["operations"] == 750  # what the emulator stored, not what we think we sent
+    assert totals["delivery_duration"]["count"] > 0 and totals["request_duration"]["count"] > 0
+    assert [t["ok"] for t in report["thresholds"]] == [True, True]
+    assert report["result"] == {"exit_code": 0, "status": "passed", "aborted_by": None, "messages": []}
+    assert len(report["intervals"]) >= 3
+    assert sum(i["achieved_rate"] for i in report["intervals"]) == 750
+    assert report["config"]["senders_note"].startswith("auto: ceil(100/s x 20 ms")
+    assert "api_key" not in json.dumps(report["config"])
+    summary = summary_path.read_text()
+    assert "✓ | `errors: rate<0.01`" in summary and "passed (exit 0)" in summary
+
+
+def test_a_failing_threshold_exits_99(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report_path = tmp_path / "report.json"
+    code = main(["loadtest", *SHORT, "--threshold", "delivery_duration:p(95)<1", "--report", str(report_path)])
+    assert code == 99
+    report = _report(report_path)
+    assert report["result"]["status"] == "thresholds_failed"
+    [threshold] = report["thresholds"]
+    assert threshold["ok"] is False and threshold["value"] > 1
+    assert report["totals"]["lost"] == 0
+    assert "✗ delivery_duration: 'p(95)<1'" in capsys.readouterr().out
+
+
+def test_an_abort_threshold_stops_the_run_early(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    code = main(["loadtest", "--stage", "0s:200", "--stage", "20s:200", "--latency-ms", "20", "--plain",
+                 "--threshold", "delivery_duration:med<1:abort", "--report", str(report_path)])
+    assert code == 99
+    report = _report(report_path)
+    assert report["result"]["status"] == "aborted"
+    assert report["result"]["aborted_by"] == "delivery_duration:med<1:abort"
+    assert report["totals"]["calls"] < 4000  # 20 s were planned
+
+
+def test_receiver_down_mid_run_is_reported_and_nothing_is_lost(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    with Emulator.spawn(workspaces={SITE: KEY}) as emulator:
+        def outage() -> None:
+            time.sleep(1.0)
+            emulator.set_faults(error_rate=1.0, error_statuses=[503])
+            time.sleep(2.0)
+            emulator.clear_faults()
+
+        thread = threading.Thread(target=outage)
+        thread.start()
+        try:
+            code = main(["loadtest", "--stage", "0s:300", "--stage", "4s:300", "--plain", "--endpoint", emulator.url,
+                         "--site-id", SITE, "--api-key", KEY, "--expected-latency-ms", "5",
+                         "--report", str(report_path)])
+        finally:
+            thread.join()
+        stored = emulator.stats()["operations"]
+    assert code == 0
+    report = _report(report_path)
+    totals = report["totals"]
+    assert totals["requests"].get("503", 0) > 0 and totals["retries"] > 0
+    assert any(i["requests"].get("503") for i in report["intervals"])
+    assert totals["lost"] == 0 and totals["delivered"] == totals["calls"] == 1200
+    assert stored == 1200
+    assert report["config"]["target"]["kind"] == "endpoint"
+    assert KEY not in report_path.read_text()
+
+
+def test_real_workspace_is_refused_without_flag_and_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["loadtest", "--real", "--stage", "1s:10"]) == 104
+    assert "--real needs the workspace's credentials" in capsys.readouterr().err
+    code = main(["loadtest", "--endpoint", "https://track.customer.io", "--site-id", SITE, "--api-key", KEY,
+                 "--stage", "1s:10"])
+    assert code == 104
+    err = capsys.readouterr().err
+    assert "refusing to load-test a real workspace without --real" in err and KEY not in err
+
+
+def test_fleet_target_needs_the_fleet_module(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["loadtest", "--redis-url", "redis://127.0.0.1:1/0", "--workers", "2", "--stage", "1s:10"])
+    assert code == 100
+    assert "fleet" in capsys.readouterr().err
+
+
+def test_missing_extra_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "ciotrack.loadtest.cli", raising=False)
+    monkeypatch.setitem(sys.modules, "hdrh", None)  # as if hdrhistogram were not installed
+    with pytest.raises(SystemExit) as info:
+        main(["loadtest", "--stage", "1s:10"])
+    assert "pip install 'ciotrack[loadtest]'" in str(info.value.code)
+
+
+def test_plain_progress_lines_without_a_tty() -> None:
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parents[2] / "python"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "ciotrack", "loadtest", "--stage", "1s:200", "--stage", "1s:200",
+                           "--latency-ms", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          timeout=60, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("t=")]
+    assert len(progress) >= 2 and "achieved=" in progress[0] and "late=" in progress[0]
+    assert "█ TOTAL RESULTS" in done.stdout and "result: passed (exit 0)" in done.stdout
+    assert "\x1b[" not in done.stdout  # no terminal control codes in a CI log
