@@ -135,16 +135,53 @@ def test_missing_extra_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch) -
     assert "pip install 'ciotrack[loadtest]'" in str(info.value.code)
 
 
-def test_plain_progress_lines_without_a_tty() -> None:
+SCENARIOS = """
+latency_ms = 20
+customers = 500
+
+[[scenario]]
+name = "track"
+stages = ["1s:200", "1s:200"]
+mix = { track = 3, page = 1 }
+
+[[scenario]]
+name = "identify"
+stages = ["0s:100", "2s:100"]
+mix = { identify = 1 }
+dedup_share = 0.25
+"""
+
+
+def test_plain_progress_lines_without_a_tty_with_a_scenario_file(tmp_path: Path) -> None:
+    scenario_file = tmp_path / "scenarios.toml"
+    scenario_file.write_text(SCENARIOS.replace("latency_ms = 20\n", ""))
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2] / "python"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-m", "ciotrack", "loadtest", "--stage", "1s:200", "--stage", "1s:200",
-                           "--latency-ms", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          timeout=60, text=True)
-    assert done.returncode == 0, done.stderr
+    report_path = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "ciotrack", "loadtest", "--scenario", str(scenario_file),
+                           "--latency-ms", "20", "--report", str(report_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=60, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     progress = [line for line in lines if line.startswith("t=")]
     assert len(progress) >= 2 and "achieved=" in progress[0] and "late=" in progress[0]
     assert "█ TOTAL RESULTS" in done.stdout and "result: passed (exit 0)" in done.stdout
     assert "\x1b[" not in done.stdout  # no terminal control codes in a CI log
+    totals = _report(report_path)["totals"]
+    # Both scenarios ran (300 + 200 calls); the identify repeats were deduplicated, not lost.
+    assert totals["calls"] == 500
+    assert 20 <= totals["deduplicated"] <= 90
+    assert totals["warm_up_calls"] == 16  # one identify per dedup customer, before the schedule starts
+    assert totals["delivered"] == totals["accepted"] == 500 - totals["deduplicated"] + 16
+    assert totals["lost"] == 0
+
+
+def test_scenario_file_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[scenario]]\nname = "x"\nstages = ["1s:10"]\nmix = { email = 1 }\n')
+    assert main(["loadtest", "--scenario", str(bad)]) == 104
+    assert "unknown call kinds in mix: email" in capsys.readouterr().err
+    bad.write_text('[[scenario]]\nstages = ["1s:10"]\nrate = 5\n')
+    assert main(["loadtest", "--scenario", str(bad)]) == 104
+    assert "unknown keys rate" in capsys.readouterr().err

@@ -136,16 +136,15 @@ class Driver:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        for loop in self.loops:
-            loop.warm_up()
         origin = time.monotonic() + 0.05
+        state = _RunState(self, origin)  # its first snapshot comes before the warm-up calls
         for loop in self.loops:
+            state.warm_up_calls += loop.warm_up()
             loop.origin = origin
         threads = [threading.Thread(target=s.run, kwargs={"started_at": origin}, name=f"ciotrack-loadtest-{sc.name}",
                                     daemon=True) for s, sc in zip(self.schedulers, self.scenarios)]
         for thread in threads:
             thread.start()
-        state = _RunState(self, origin)
         try:
             state.loop(threads)
         except KeyboardInterrupt:
@@ -170,6 +169,7 @@ class _RunState:
         self.interrupted = False
         self.aborted_by: str | None = None
         self.samples_taken = 0
+        self.warm_up_calls = 0
         self.samples_resolved = 0
         self.interval_statuses: Counter[str] = Counter()
         stats = driver.tracker.stats()
@@ -371,6 +371,7 @@ class _RunState:
             "duration_s": elapsed,
             "load_duration_s": load_seconds,
             "calls": calls,
+            "warm_up_calls": self.warm_up_calls,
             "target_calls": round(sum(s.schedule.total for s in d.schedulers), 1),
             "dropped_iterations": sum(s.dropped for s in d.schedulers),
             "achieved_rate": round(calls / load_seconds, 1) if load_seconds else 0.0,

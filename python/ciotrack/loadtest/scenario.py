@@ -193,11 +193,14 @@ class CallLoop:
         self._pool = pool
         self._dedup = dedup_flags
 
-    def warm_up(self) -> None:
-        """Send each dedup customer's identify once, so the run's repeats are deduplicated."""
-        if self.scenario.dedup_share:
-            for customer in self.dedup_customers:
-                self._identify_again(customer, self._dedup_attributes, None)
+    def warm_up(self) -> int:
+        """Send each dedup customer's identify once, so the run's repeats are deduplicated; returns
+        how many calls that made (they are accepted and delivered, outside the schedule)."""
+        if not self.scenario.dedup_share:
+            return 0
+        for customer in self.dedup_customers:
+            self._identify_again(customer, self._dedup_attributes, None)
+        return len(self.dedup_customers)
 
     def issue(self, first: int, count: int) -> None:
         """Run calls ``first .. first + count - 1`` (the scheduler's burst)."""
