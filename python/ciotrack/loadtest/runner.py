@@ -48,7 +48,9 @@ def run_plan(plan: _Plan) -> int:
         target["url"] = emulator.url
         tracker = ciotrack.Tracker(EMULATOR_SITE_ID, EMULATOR_API_KEY, endpoint=emulator.url, **options)
     elif target["kind"] == "none":
-        tracker = ciotrack.Tracker(disabled=True, **options)
+        # A disabled tracker keeps a small queue; dropping the oldest stays on the native fast path
+        # (dropping the newest would take the Python slow path on every call once it is full).
+        tracker = ciotrack.Tracker(disabled=True, **{**options, "on_full": "drop_oldest"})
     elif target["kind"] == "real":
         tracker = ciotrack.Tracker(target["site_id"], target["api_key"], region=target["region"],
                                    endpoint=target.get("endpoint"), **options)
