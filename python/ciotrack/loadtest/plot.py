@@ -1,8 +1,9 @@
 """``--plot FILE.png``: the run over time (matplotlib, the ``plot`` extra, Agg backend: no display).
 
 Three panels sharing the time axis: offered calls/s (target and achieved) and delivered events/s
-with the workspace ceiling as a line; delivery duration p50/p95/p99; the backlog with 429s and
-missed starts (``dropped_iterations``) on a second axis.
+with the workspace ceiling as a line; delivery duration p50/p95/p99 with the generator's worst
+lateness per second; the backlog with 429s and missed starts (``dropped_iterations``) on a second
+axis.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def write_plot(report: Mapping[str, Any], path: str) -> None:
         points = [(r["t"], r[key]) for r in intervals if r[key] is not None]
         if points:
             ax_lat.plot([p[0] for p in points], [p[1] for p in points], label=f"delivery {label}", color=color)
-    ax_lat.set_ylabel("delivery duration (ms)")
+    late = [(r["t"], r["lateness_max_ms"]) for r in intervals if r.get("lateness_max_ms")]
+    if late:
+        ax_lat.plot([p[0] for p in late], [p[1] for p in late], label="generator lateness (max)", color="black",
+                    linestyle=":", linewidth=1)
+    ax_lat.set_ylabel("ms")
     if any(r["delivery_p99"] for r in intervals):
         ax_lat.set_yscale("log")
     ax_lat.legend(loc="upper left", fontsize=8)
