@@ -43,7 +43,7 @@ class PlainDisplay:
 
 
 class RichDisplay:
-    """A table of the latest interval and a progress bar over the stages."""
+    """A progress bar over the stages and the latest interval's figures."""
 
     def __init__(self, title: str, duration: float) -> None:
         from rich.console import Console
@@ -61,18 +61,22 @@ class RichDisplay:
         from rich.console import Group
         from rich.table import Table
 
-        table = Table(show_header=True, header_style="bold", expand=False)
-        for column in ("t", "target/s", "achieved/s", "late ms", "dropped", "delivered/s", "delivery p50/p95/p99 ms",
-                       "backlog", "429", "cpu"):
-            table.add_column(column, justify="right")
+        # Label/value rows rather than one wide row: readable on an 80-column terminal.
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
         if record is not None and progress is not None:
             late = progress["lateness_ms"]
-            style = "red" if record["dropped_iterations"] else ("yellow" if late > 50 else "")
-            table.add_row(f"{record['t']:.0f}s", f"{record['target_rate']:,.0f}", f"{record['achieved_rate']:,}",
-                          f"[{style}]{late:.1f}[/]" if style else f"{late:.1f}", f"{record['dropped_iterations']:,}",
-                          f"{record['delivered_rate']:,}",
-                          f"{_ms(record['delivery_p50'])}/{_ms(record['delivery_p95'])}/{_ms(record['delivery_p99'])}",
-                          f"{record['backlog']:,}", f"{record['http_429']}", f"{record['cpu_percent']:.0f}%")
+            dropped = record["dropped_iterations"]
+            style = "red" if dropped else ("yellow" if late > 50 else "green")
+            table.add_row("calls/s", f"target {record['target_rate']:,.0f}   achieved {record['achieved_rate']:,}")
+            table.add_row("generator", f"[{style}]late {late:.1f} ms   dropped_iterations {dropped:,}[/]")
+            table.add_row("delivered", f"{record['delivered_rate']:,} events/s   backlog {record['backlog']:,} operations")
+            table.add_row("delivery", f"p50 {_ms(record['delivery_p50'])}   p95 {_ms(record['delivery_p95'])}   "
+                                      f"p99 {_ms(record['delivery_p99'])} ms")
+            status = ", ".join(f"{k}: {v:,}" for k, v in sorted(record["requests"].items())) or "-"
+            table.add_row("requests", f"{status}   429s {record['http_429']}   retries {record['retries']}")
+            table.add_row("client cpu", f"{record['cpu_percent']:.0f} %")
         return Group(self.progress, table)
 
     def interval(self, record: Mapping[str, Any], progress: Mapping[str, Any]) -> None:

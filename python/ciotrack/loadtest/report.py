@@ -74,6 +74,10 @@ def outcome(result: RunResult, *, allow_dropped: bool) -> tuple[str, list[str]]:
             status = "generator_behind"
     if totals.get("http_429"):
         messages.append(f"{totals['http_429']:,} request(s) answered 429")
+    failed_requests = {k: v for k, v in totals.get("requests", {}).items() if not k.startswith("2") and k != "429"}
+    if failed_requests:
+        listed = ", ".join(f"{n:,} x {status}" for status, n in sorted(failed_requests.items()))
+        messages.append(f"the receiver failed requests ({listed}); {totals['retries']:,} retries")
     return status, messages
 
 
