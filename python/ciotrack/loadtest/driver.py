@@ -243,6 +243,8 @@ class _RunState:
                     scheduler.stop()
                 return
             if not loading:
+                if not d.measure_delivery:
+                    return  # nothing is sent: there is no backlog to wait for
                 if record["backlog"] == 0 and not self.pending:
                     self.drained_at = record["t"]
                     return
@@ -260,7 +262,7 @@ class _RunState:
         wall = time.monotonic()
         cpu = time.process_time()
         requests = {k: v - prev.requests.get(k, 0) for k, v in stats.requests.items() if v - prev.requests.get(k, 0)}
-        backlog = max(0, stats.accepted - stats.delivered - stats.failed_total - stats.spooled)
+        backlog = max(0, stats.accepted - _finished(stats.counters))
         self.backlog_peak = max(self.backlog_peak, backlog)
         h = self.interval_h
         delivery = summarize(h["delivery_duration"], (50.0, 95.0, 99.0))
@@ -375,6 +377,10 @@ class _RunState:
             "target_calls": round(sum(s.schedule.total for s in d.schedulers), 1),
             "dropped_iterations": sum(s.dropped for s in d.schedulers),
             "achieved_rate": round(calls / load_seconds, 1) if load_seconds else 0.0,
+            # From time 0 to the generator's last call (later than the schedule's end when it lagged).
+            "generator_seconds": round(max((s.finished_at for s in d.schedulers), default=self.origin)
+                                       - self.origin, 3),
+            "schedule_seconds": d.duration,
             "accepted": accepted,
             "deduplicated": stats.deduplicated_total - first.deduplicated_total,
             "invalid": stats.invalid - first.invalid,

@@ -134,6 +134,9 @@ def text_summary(report: Mapping[str, Any]) -> str:
     lines.append(f"  calls              {totals['calls']:,} of {totals['target_calls']:,.0f} due "
                  f"({totals['achieved_rate']:,.0f}/s over {totals['load_duration_s']:.0f} s), "
                  f"dropped_iterations={totals['dropped_iterations']:,}, max lateness {totals['lateness_max_ms']:.1f} ms")
+    overrun = totals["generator_seconds"] - totals["schedule_seconds"]
+    if overrun > 0.05:
+        lines.append(f"  generator          made its last call {overrun:.2f} s after the schedule's end (it lagged)")
     lines.append(f"  delivered          {totals['delivered']:,} of {totals['accepted']:,} accepted, lost={_fmt(totals['lost'])}, "
                  f"failed={totals['failed']:,}, deduplicated={totals['deduplicated']:,}")
     lines.append(f"  requests           {_fmt(totals['requests'])}  http_429={totals['http_429']:,} retries={totals['retries']:,}")

@@ -204,6 +204,8 @@ class Scheduler:
         """Largest ``lateness`` since the reader last reset it to 0."""
         self.bursts = 0
         self.started_at = math.nan
+        self.finished_at = math.nan
+        """Clock time when :meth:`run` returned: the last burst's end, late or not."""
         self.stopped = False
 
     def stop(self) -> None:
@@ -247,3 +249,4 @@ class Scheduler:
                 # At high rates wait a whole tick (one burst per tick); at low rates, until the next call.
                 self._sleep(max(delay, self.tick))
         self.lateness = 0.0
+        self.finished_at = clock()
