@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import sys
+import traceback
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +29,18 @@ from ciotrack.loadtest.thresholds import Threshold, parse_threshold
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+EPILOG = """exit codes: 0 passed; 99 a threshold failed (or an :abort threshold stopped the run); 100 the target
+could not start; 101 events lost; 102 the generator fell behind (dropped_iterations > 0, see --allow-dropped);
+104 invalid configuration or a refused target; 105 interrupted; 107 internal error.
+
+metrics for --threshold: enqueue_duration, delivery_duration, request_duration, schedule_lateness (ms:
+avg, min, med, max, p(N)); errors, http_req_failed (rate); http_429, retries, dropped_iterations, lost,
+calls, delivered (count, rate per second); backlog, achieved_rate, cpu (value, max, min)."""
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     shape = parser.add_argument_group("load shape (an open model: calls start on schedule whatever the system does)")
     shape.add_argument("--stage", action="append", default=[], metavar="DURATION:TARGET",
                        help="ramp linearly to TARGET calls/s over DURATION (30s:5000; 0s:100 jumps); repeatable")
@@ -123,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
         return plan.execute()
     except ConfigError as err:
         return _error(str(err))
+    except KeyboardInterrupt:
+        return _error("interrupted", "interrupted")
+    except Exception:  # the exit code says "our bug", the traceback says where
+        traceback.print_exc()
+        return _error("internal error (traceback above)", "internal_error")
 
 
 def _mix(text: str) -> dict[str, float]:
