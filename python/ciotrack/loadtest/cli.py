@@ -8,6 +8,7 @@ configuration, including a refused target).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import math
 import os
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 import hdrh.histogram  # noqa: F401  (the ``loadtest`` extra: a missing one gets the CLI's install hint)
 
+from ciotrack.config import Config
 from ciotrack.errors import ConfigError
 from ciotrack.loadtest.driver import recommended_senders
 from ciotrack.loadtest.presets import PRESETS, build_preset
@@ -229,6 +231,11 @@ class _Plan:
             self.senders = recommended_senders(args.rate_limit, self.latency_s)
             self.senders_note = (f"auto: ceil({args.rate_limit:g}/s x {self.latency_s * 1000:.0f} ms x 1.3) + 1, "
                                  f"the latency being {latency_source}")
+        # Once the tracker sizes its own concurrency (issue 11: ``max_in_flight`` caps an adaptive
+        # limit, ``senders`` becomes a fixed override), the load test must not pin it.
+        self.adaptive = args.senders is None and "max_in_flight" in {f.name for f in dataclasses.fields(Config)}
+        if self.adaptive:
+            self.senders_note = f"the tracker's adaptive concurrency (Little's law would give {self.senders})"
 
     def _ceiling_for(self, scenario: Scenario) -> float:
         self.ops_bytes = operation_bytes(scenario)

@@ -35,6 +35,8 @@ def run_plan(plan: _Plan) -> int:
         "max_queue_ops": max(1_000_000, (args.max_queue_mb << 20) // 200),
         "handle_sigterm": False,
     }
+    if plan.adaptive:
+        del options["senders"]
     if target["kind"] == "emulator":
         try:
             from ciotrack.emulator import Emulator
