@@ -185,3 +185,38 @@ def test_scenario_file_errors_name_the_problem(tmp_path: Path, capsys: pytest.Ca
     bad.write_text('[[scenario]]\nstages = ["1s:10"]\nrate = 5\n')
     assert main(["loadtest", "--scenario", str(bad)]) == 104
     assert "unknown keys rate" in capsys.readouterr().err
+
+
+def test_live_display_on_a_terminal() -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="100", TERM="xterm")
+    root = Path(__file__).resolve().parents[2] / "python"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-m", "ciotrack", "loadtest", "--stage", "1s:200", "--stage", "1s:200",
+                             "--latency-ms", "20"], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:  # drain the terminal so the child never blocks on a full pty buffer
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        reader.join(10)
+        os.close(master)
+    output = b"".join(chunks).decode("utf-8", "replace")
+    assert "\x1b[" in output  # rich redraws in place on a terminal
+    assert "dropped_iterations" in output and "delivery" in output and "━" in output  # table and progress bar
+    assert "result: passed (exit 0)" in output
