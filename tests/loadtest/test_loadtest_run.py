@@ -50,7 +50,7 @@ def test_short_run_passes_and_its_report_matches_the_schema(tmp_path: Path) -> N
     assert totals["receiver"]["operations"] == 750  # what the emulator stored, not what we think we sent
     assert totals["delivery_duration"]["count"] > 0 and totals["request_duration"]["count"] > 0
     assert [t["ok"] for t in report["thresholds"]] == [True, True]
-    assert report["result"] == {"exit_code": 0, "status": "passed", "aborted_by": None, "messages": []}
+    assert report["result"]["exit_code"] == 0 and report["result"]["status"] == "passed"
     assert len(report["intervals"]) >= 3
     assert sum(i["achieved_rate"] for i in report["intervals"]) == 750
     assert report["config"]["senders_note"].startswith("auto: ceil(100/s x 20 ms")
