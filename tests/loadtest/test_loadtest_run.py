@@ -49,6 +49,10 @@ def test_short_run_passes_and_its_report_matches_the_schema(tmp_path: Path) -> N
     assert totals["lost"] == 0 and totals["http_429"] == 0
     assert totals["receiver"]["operations"] == 750  # what the emulator stored, not what we think we sent
     assert totals["delivery_duration"]["count"] > 0 and totals["request_duration"]["count"] > 0
+    # Every request takes the emulator's 20 ms, and a call is acknowledged only by a request sent
+    # after it: a delivery shorter than that would mean the ordinal method resolved a sample early.
+    assert totals["request_duration"]["min"] >= 20.0
+    assert totals["delivery_duration"]["min"] >= 20.0
     assert [t["ok"] for t in report["thresholds"]] == [True, True]
     assert report["result"]["exit_code"] == 0 and report["result"]["status"] == "passed"
     assert len(report["intervals"]) >= 3
