@@ -24,8 +24,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytest
-
 import ciotrack
 from ciotrack.loadtest.driver import Driver
 from ciotrack.loadtest.scenario import Scenario

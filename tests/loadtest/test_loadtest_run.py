@@ -165,7 +165,7 @@ def test_plain_progress_lines_without_a_tty_with_a_scenario_file(tmp_path: Path)
     report_path = tmp_path / "report.json"
     done = subprocess.run([sys.executable, "-m", "ciotrack", "loadtest", "--scenario", str(scenario_file),
                            "--latency-ms", "20", "--report", str(report_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=60, text=True)
+                          capture_output=True, env=env, timeout=60, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     progress = [line for line in lines if line.startswith("t=")]

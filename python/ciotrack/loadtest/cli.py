@@ -48,7 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="ramp linearly to TARGET calls/s over DURATION (30s:5000; 0s:100 jumps); repeatable")
     shape.add_argument("--start-rate", type=float, default=0.0, help="calls/s at time 0 (k6 startRate; default 0)")
     shape.add_argument("--scenario", metavar="FILE.toml", help="TOML scenarios (several, concurrent; see docs)")
-    shape.add_argument("--preset", choices=PRESETS, help="guide: the guidance's k6 test; peak: 1.5x the ceiling and back")
+    shape.add_argument("--preset", choices=PRESETS,
+                       help="guide: the guidance's k6 test; peak: 1.5x the ceiling and back")
     shape.add_argument("--duration-scale", type=float, default=1.0, help="multiply every stage's duration (e.g. 0.2)")
     shape.add_argument("--mix", default="track=1", help="call mix for --stage, e.g. track=7,identify=2,page=1")
     shape.add_argument("--payload-bytes", type=int, default=200, help="approximate JSON size of each call's data")
@@ -80,21 +81,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     client = parser.add_argument_group("client")
     client.add_argument("--rate-limit", type=float, default=100.0,
-                        help="the workspace limit the client holds, requests/s (default 100; the emulator enforces it too)")
+                        help="the workspace limit the client holds, requests/s "
+                             "(default 100; the emulator enforces it too)")
     client.add_argument("--senders", type=int,
                         help="sender threads (default: ceil(rate x latency x 1.3) + 1, capped at 64)")
     client.add_argument("--expected-latency-ms", type=float, default=100.0,
                         help="request latency assumed for the senders default with --endpoint/--real (default 100)")
-    client.add_argument("--max-queue-mb", type=int, default=512,
-                        help="the tracker's queue bound (default 512 MB: a peak above the ceiling queues ~25 MB/s)")
+    client.add_argument("--max-queue-mb", type=int, default=1024,
+                        help="the tracker's queue bound (default 1024 MB: at 1.5x the ceiling the backlog grows "
+                             "by ~25 MB/s)")
     client.add_argument("--drain-timeout", default="60s", help="longest wait for the backlog after the load ends")
 
     out = parser.add_argument_group("thresholds and outputs")
     out.add_argument("--threshold", action="append", default=[], metavar="METRIC:EXPR[:abort[@DELAY]]",
                      help="k6 expression, e.g. 'delivery_duration:p(95)<500', 'errors:rate<0.01:abort'; repeatable")
     out.add_argument("--no-preset-thresholds", action="store_true", help="drop the preset's own thresholds")
-    out.add_argument("--allow-dropped", action="store_true", help="do not fail (exit 102) when the generator fell behind")
-    out.add_argument("--report", metavar="FILE.json", help="write the JSON report (schema: loadtest/report.schema.json)")
+    out.add_argument("--allow-dropped", action="store_true",
+                     help="do not fail (exit 102) when the generator fell behind")
+    out.add_argument("--report", metavar="FILE.json",
+                     help="write the JSON report (schema: loadtest/report.schema.json)")
     out.add_argument("--plot", metavar="FILE.png", help="write a PNG plot (needs the plot extra: matplotlib)")
     out.add_argument("--summary-md", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     out.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
@@ -308,7 +313,8 @@ class _Plan:
             "drain_timeout_s": self.drain_timeout,
             "max_queue_bytes": self.args.max_queue_mb << 20,
             "thresholds": [t.source for t in self.thresholds],
-            "scenarios": [{"name": s.name, "stages": [{"duration_s": st.duration, "target": st.target} for st in s.stages],
+            "scenarios": [{"name": s.name,
+                           "stages": [{"duration_s": st.duration, "target": st.target} for st in s.stages],
                            "start_rate": s.start_rate, "mix": dict(s.mix), "payload_bytes": s.payload_bytes,
                            "customers": s.customers, "dedup_share": s.dedup_share} for s in self.scenarios],
         }

@@ -122,8 +122,10 @@ class Driver:
     def _install_request_hook(self) -> None:
         # The pipeline's pooled Session is private; the hook only reads each response's elapsed
         # time and status, on the sender thread, and costs nothing measurable at <= 1000 requests/s.
-        session = getattr(getattr(self.tracker, "_pipeline", None), "session", None)
+        pipeline = getattr(self.tracker, "_pipeline", None)
+        session = getattr(getattr(pipeline, "router", None), "session", None) or getattr(pipeline, "session", None)
         if session is None:
+            log.warning("ciotrack loadtest: no requests Session found on the tracker; request_duration stays empty")
             return
         record = self._request_ms.append
 
@@ -142,7 +144,7 @@ class Driver:
             state.warm_up_calls += loop.warm_up()
             loop.origin = origin
         threads = [threading.Thread(target=s.run, kwargs={"started_at": origin}, name=f"ciotrack-loadtest-{sc.name}",
-                                    daemon=True) for s, sc in zip(self.schedulers, self.scenarios)]
+                                    daemon=True) for s, sc in zip(self.schedulers, self.scenarios, strict=False)]
         for thread in threads:
             thread.start()
         try:
@@ -387,7 +389,8 @@ class _RunState:
             "delivered": delivered,
             "delivered_rate": round(delivered / elapsed, 1) if elapsed else 0.0,
             "failed": stats.failed_total - first.failed_total,
-            "dropped": {k: v - first.dropped.get(k, 0) for k, v in stats.dropped.items() if v - first.dropped.get(k, 0)},
+            "dropped": {k: v - first.dropped.get(k, 0) for k, v in stats.dropped.items()
+                        if v - first.dropped.get(k, 0)},
             "lost": lost,
             "http_429": stats.requests.get("429", 0) - first.requests.get("429", 0),
             "retries": stats.retried - first.retried,

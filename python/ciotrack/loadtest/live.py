@@ -51,7 +51,8 @@ class RichDisplay:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = Console()
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[phase]}"),
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[phase]}"),
                                  TimeElapsedColumn(), console=self.console)
         self.task = self.progress.add_task(title, total=max(duration, 1e-9), phase="load")
         self.live = Live(self._render(None, None), console=self.console, refresh_per_second=4, transient=False)
@@ -71,7 +72,8 @@ class RichDisplay:
             style = "red" if dropped else ("yellow" if late > 50 else "green")
             table.add_row("calls/s", f"target {record['target_rate']:,.0f}   achieved {record['achieved_rate']:,}")
             table.add_row("generator", f"[{style}]late {late:.1f} ms   dropped_iterations {dropped:,}[/]")
-            table.add_row("delivered", f"{record['delivered_rate']:,} events/s   backlog {record['backlog']:,} operations")
+            table.add_row("delivered",
+                          f"{record['delivered_rate']:,} events/s   backlog {record['backlog']:,} operations")
             table.add_row("delivery", f"p50 {_ms(record['delivery_p50'])}   p95 {_ms(record['delivery_p95'])}   "
                                       f"p99 {_ms(record['delivery_p99'])} ms")
             status = ", ".join(f"{k}: {v:,}" for k, v in sorted(record["requests"].items())) or "-"
@@ -80,7 +82,8 @@ class RichDisplay:
         return Group(self.progress, table)
 
     def interval(self, record: Mapping[str, Any], progress: Mapping[str, Any]) -> None:
-        self.progress.update(self.task, completed=min(progress["elapsed"], progress["duration"]), phase=progress["phase"])
+        self.progress.update(self.task, completed=min(progress["elapsed"], progress["duration"]),
+                             phase=progress["phase"])
         self.live.update(self._render(record, progress))
 
     def close(self) -> None:

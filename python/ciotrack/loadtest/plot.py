@@ -58,7 +58,8 @@ def write_plot(report: Mapping[str, Any], path: str) -> None:
     ax_lat.legend(loc="upper left", fontsize=8)
     ax_lat.grid(alpha=0.3, which="both")
 
-    ax_backlog.fill_between(t, [r["backlog"] for r in intervals], color="tab:purple", alpha=0.3, label="backlog (operations)")
+    ax_backlog.fill_between(t, [r["backlog"] for r in intervals], color="tab:purple", alpha=0.3,
+                            label="backlog (operations)")
     ax_backlog.set_ylabel("backlog (operations)")
     ax_backlog.set_xlabel("seconds since start")
     ax_backlog.grid(alpha=0.3)

@@ -90,7 +90,7 @@ def build_report(result: RunResult, config: Mapping[str, Any], status: str, mess
     return {
         "schema": "ciotrack.loadtest.report",
         "schema_version": SCHEMA_VERSION,
-        "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "ciotrack_version": __version__,
         "result": {"exit_code": EXIT[status], "status": status, "aborted_by": result.aborted_by,
                    "messages": list(messages)},
@@ -138,13 +138,16 @@ def text_summary(report: Mapping[str, Any]) -> str:
     lines.append("█ TOTAL RESULTS")
     lines.append(f"  calls              {totals['calls']:,} of {totals['target_calls']:,.0f} due "
                  f"({totals['achieved_rate']:,.0f}/s over {totals['load_duration_s']:.0f} s), "
-                 f"dropped_iterations={totals['dropped_iterations']:,}, max lateness {totals['lateness_max_ms']:.1f} ms")
+                 f"dropped_iterations={totals['dropped_iterations']:,}, "
+                 f"max lateness {totals['lateness_max_ms']:.1f} ms")
     overrun = totals["generator_seconds"] - totals["schedule_seconds"]
     if overrun > 0.05:
         lines.append(f"  generator          made its last call {overrun:.2f} s after the schedule's end (it lagged)")
-    lines.append(f"  delivered          {totals['delivered']:,} of {totals['accepted']:,} accepted, lost={_fmt(totals['lost'])}, "
+    lines.append(f"  delivered          {totals['delivered']:,} of {totals['accepted']:,} accepted, "
+                 f"lost={_fmt(totals['lost'])}, "
                  f"failed={totals['failed']:,}, deduplicated={totals['deduplicated']:,}")
-    lines.append(f"  requests           {_fmt(totals['requests'])}  http_429={totals['http_429']:,} retries={totals['retries']:,}")
+    lines.append(f"  requests           {_fmt(totals['requests'])}  http_429={totals['http_429']:,} "
+                 f"retries={totals['retries']:,}")
     drain = totals.get("drain_s")
     lines.append(f"  backlog            peak {totals['backlog_peak']:,} operations"
                  + (f", drained {drain:.0f} s after the load ended" if drain is not None else ""))
