@@ -34,7 +34,9 @@ class LatencyHistogram:
         self._h.record_value(min(max(value, _LOWEST_US), _HIGHEST_US), count)
 
     def add(self, other: LatencyHistogram) -> None:
-        self._h.add(other._h)
+        # hdrh's add() takes the other's min even when it is empty (0): skip empty ones.
+        if other.count:
+            self._h.add(other._h)
 
     @property
     def count(self) -> int:
