@@ -57,7 +57,9 @@ def test_short_run_passes_and_its_report_matches_the_schema(tmp_path: Path) -> N
     assert report["result"]["exit_code"] == 0 and report["result"]["status"] == "passed"
     assert len(report["intervals"]) >= 3
     assert sum(i["achieved_rate"] for i in report["intervals"]) == 750
-    assert report["config"]["senders_note"].startswith("auto: ceil(100/s x 20 ms")
+    # The tracker sizes its own concurrency now: the load test leaves it alone and says so.
+    assert report["config"]["senders"] is None and report["config"]["concurrency"].startswith("adaptive")
+    assert "Little's law would give 4" in report["config"]["senders_note"]  # ceil(100 x 0.02 x 1.3) + 1
     assert "api_key" not in json.dumps(report["config"])
     summary = summary_path.read_text()
     assert "✓ | `errors: rate<0.01`" in summary and "passed (exit 0)" in summary
@@ -65,12 +67,14 @@ def test_short_run_passes_and_its_report_matches_the_schema(tmp_path: Path) -> N
 
 def test_a_failing_threshold_exits_99(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report_path = tmp_path / "report.json"
-    code = main(["loadtest", *SHORT, "--threshold", "delivery_duration:p(95)<1", "--report", str(report_path)])
+    code = main(["loadtest", *SHORT, "--senders", "3", "--threshold", "delivery_duration:p(95)<1",
+                 "--report", str(report_path)])
     assert code == 99
     report = _report(report_path)
     assert report["result"]["status"] == "thresholds_failed"
     [threshold] = report["thresholds"]
     assert threshold["ok"] is False and threshold["value"] > 1
+    assert report["config"]["senders"] == 3 and report["config"]["concurrency"] == "3 senders"
     assert report["totals"]["lost"] == 0
     assert "✗ delivery_duration: 'p(95)<1'" in capsys.readouterr().out
 

@@ -296,6 +296,12 @@ class _Plan:
             return parsed.latency * math.exp(sigma * sigma / 2.0), "the mean of the emulator's lognormal profile"
         return max(parsed.latency, 0.001), "the emulator's fixed latency"
 
+    def concurrency_text(self) -> str:
+        if self.adaptive:
+            cap = next((f.default for f in dataclasses.fields(Config) if f.name == "max_in_flight"), None)
+            return f"adaptive (max_in_flight {cap})"
+        return f"{self.senders} senders"
+
     def config_block(self) -> dict[str, Any]:
         target = {k: v for k, v in self.target.items() if k not in ("api_key",)}
         return {
@@ -303,8 +309,10 @@ class _Plan:
             "preset": self.preset,
             "description": self.description,
             "rate_limit": self.args.rate_limit,
-            "senders": self.senders,
+            # None: the tracker's adaptive concurrency (capped by max_in_flight) chose it at run time.
+            "senders": None if self.adaptive else self.senders,
             "senders_note": self.senders_note,
+            "concurrency": self.concurrency_text(),
             "operation_bytes": round(self.ops_bytes or 0.0, 1),
             "ops_per_batch_estimate": self.ops_per_batch,
             "ceiling_events_per_s": self.ceiling,

@@ -290,6 +290,9 @@ class _RunState:
             "backlog": backlog,
             "queued_ops": sum(stats.queued_ops.values()),
             "in_flight_batches": stats.in_flight,
+            # The adaptive concurrency limit, summed over regions (None before the tracker had one).
+            "concurrency_limit": (sum(stats.concurrency_limit.values())
+                                  if getattr(stats, "concurrency_limit", None) else None),
             "cpu_percent": round(100.0 * (cpu - self.prev_cpu) / max(1e-9, wall - self.prev_wall), 1),
         }
         target = self._target_stats()

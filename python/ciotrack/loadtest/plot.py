@@ -27,7 +27,8 @@ def write_plot(report: Mapping[str, Any], path: str) -> None:
                                                       gridspec_kw={"height_ratios": [3, 2, 2]})
     target = config["target"]
     title = (f"ciotrack loadtest — {config.get('preset') or 'custom'} against {target['kind']}"
-             f" (rate limit {config['rate_limit']:g} req/s, {config['senders']} senders)")
+             f" (rate limit {config['rate_limit']:g} req/s, "
+             f"{config.get('concurrency') or str(config['senders']) + ' senders'})")
     fig.suptitle(title, fontsize=11)
 
     ax_rate.plot(t, [r["target_rate"] for r in intervals], label="target calls/s", color="tab:gray", linestyle="--")

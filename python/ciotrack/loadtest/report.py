@@ -175,7 +175,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
     out = [f"### {icon} ciotrack loadtest: {result['status']} (exit {result['exit_code']})", ""]
     target = config["target"]
     out.append(f"Target: {target['kind']}" + (f" ({target['description']})" if target.get("description") else "")
-               + f"; rate limit {config['rate_limit']:g} requests/s; {config['senders']} senders"
+               + f"; rate limit {config['rate_limit']:g} requests/s; "
+               + (config.get("concurrency") or f"{config['senders']} senders")
                + (f" ({config['senders_note']})" if config.get("senders_note") else "") + ".")
     out.append("")
     for message in result["messages"]:

@@ -74,7 +74,7 @@ def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any]) ->
     peak = sum(s.schedule().peak_rate for s in plan.scenarios)
     ceiling = f", ceiling {plan.ceiling:,.0f} events/s" if plan.ceiling else ""
     print(f"ciotrack loadtest: {plan.description}\n  target: {config['target']['description']}; "
-          f"{plan.senders} senders ({plan.senders_note}){ceiling}\n"
+          f"{plan.concurrency_text()} ({plan.senders_note}){ceiling}\n"
           f"  {duration:.0f} s of load, peak {peak:,.0f} calls/s; thresholds: "
           + (", ".join(t.source for t in plan.thresholds) or "none"), flush=True)
     display = choose_display("loadtest", duration, plain=args.plain, every=args.print_every)
