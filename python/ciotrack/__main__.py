@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
     "worker": ("ciotrack.fleet.cli", "deliver a Redis stream of batches to Customer.io (fleet mode)", "fleet"),
     "deadletter": ("ciotrack.fleet.deadletter", "list, replay or purge fleet mode's dead-letter stream", "fleet"),
+    "loadtest": ("ciotrack.loadtest.cli", "k6-style ramping load test (emulator, --endpoint, or --real)", "loadtest"),
 }
 
 

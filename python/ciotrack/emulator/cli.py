@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from ciotrack.emulator.faults import LATENCY_PROFILES
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
@@ -37,6 +39,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--error-statuses", help="comma-separated statuses (default 500,502,503)")
     faults.add_argument("--latency", type=float, help="seconds added to every answer")
     faults.add_argument("--latency-jitter", type=float, help="random extra seconds, up to this")
+    faults.add_argument("--latency-ms", type=float, help="median latency in ms (fixed unless --latency-p99-ms)")
+    faults.add_argument("--latency-p99-ms", type=float,
+                        help="99th percentile latency in ms: lognormal delays with --latency-ms as median")
+    faults.add_argument("--latency-profile", choices=sorted(LATENCY_PROFILES),
+                        help="a named latency profile (customerio: median 80 ms, p99 300 ms)")
     faults.add_argument("--reset-rate", type=float, help="probability of resetting the connection mid-request")
     faults.add_argument("--slow-read", type=float, help="seconds to stall before answering 503 (not applied)")
     faults.add_argument("--apply-then-drop-rate", type=float,
@@ -79,7 +86,7 @@ def _workspaces(args: argparse.Namespace) -> dict[str, str] | None:
 def _faults(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = orjson.loads(args.faults_json) if args.faults_json else {}
     for name in ("error_rate", "latency", "latency_jitter", "reset_rate", "slow_read", "apply_then_drop_rate",
-                 "clock_skew", "redirect_to", "seed"):
+                 "clock_skew", "redirect_to", "seed", "latency_ms", "latency_p99_ms", "latency_profile"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.error_statuses:

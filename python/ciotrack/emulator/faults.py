@@ -15,6 +15,15 @@ from typing import Any
 
 FAULT_NAMES = ("error", "reset", "storm_429", "slow_read", "latency", "apply_then_drop", "rate_limited", "redirect")
 
+# Named latency profiles: (median seconds, p99 seconds). ``customerio`` is what a client in the same
+# continent sees from track.customer.io (median ~80 ms, a tail to ~300 ms at p99), so tests and the
+# load test can reproduce the round trip that bounds one sender's request rate.
+LATENCY_PROFILES: dict[str, tuple[float, float]] = {
+    "customerio": (0.080, 0.300),
+    "none": (0.0, 0.0),
+}
+_Z99 = 2.3263478740408408  # the standard normal's 99th percentile: p99 = median * exp(sigma * _Z99)
+
 
 @dataclasses.dataclass(frozen=True)
 class Faults:
@@ -22,6 +31,9 @@ class Faults:
     error_statuses: tuple[int, ...] = (500, 502, 503)
     latency: float = 0.0
     latency_jitter: float = 0.0
+    latency_p99: float = 0.0
+    """When above ``latency``: the delay is lognormal with median ``latency`` and this 99th
+    percentile (a real service's tail), instead of fixed (plus the uniform ``latency_jitter``)."""
     reset_rate: float = 0.0
     storm_429_until: float = 0.0
     """``time.time()`` until which every Track API request is answered 429."""
@@ -40,9 +52,21 @@ class Faults:
         """Build from ``set_faults`` keywords / the control endpoint's JSON; unknown keys are errors.
 
         ``storm_429_seconds`` (relative; alias ``storm_429``) is accepted as well as the absolute
-        ``storm_429_until``. The result replaces the whole configuration (``{}`` clears it).
+        ``storm_429_until``; ``latency_ms``/``latency_p99_ms`` as well as the seconds, and
+        ``latency_profile`` (a name of ``LATENCY_PROFILES``) for both. The result replaces the whole
+        configuration (``{}`` clears it).
         """
         values = dict(settings or {})
+        profile = values.pop("latency_profile", None)
+        if profile is not None:
+            if profile not in LATENCY_PROFILES:
+                raise ValueError(f"unknown latency_profile {profile!r} (known: {', '.join(sorted(LATENCY_PROFILES))})")
+            median, p99 = LATENCY_PROFILES[profile]
+            values.setdefault("latency", median)
+            values.setdefault("latency_p99", p99)
+        for ms_name, name in (("latency_ms", "latency"), ("latency_p99_ms", "latency_p99")):
+            if ms_name in values:
+                values[name] = _number(values.pop(ms_name), ms_name) / 1000.0
         seconds = values.pop("storm_429_seconds", None)
         alias = values.pop("storm_429", None)  # set_faults(storm_429=5): the same as storm_429_seconds
         if seconds is None:
@@ -60,7 +84,7 @@ class Faults:
             _number(values["clock_skew"], "clock_skew")
         if "redirect_to" in values and not isinstance(values["redirect_to"], str):
             raise ValueError("redirect_to must be a URL string ('' for none)")
-        for name in ("latency", "latency_jitter", "slow_read", "storm_429_until"):
+        for name in ("latency", "latency_jitter", "latency_p99", "slow_read", "storm_429_until"):
             if name in values and _number(values[name], name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if "error_statuses" in values:
@@ -72,7 +96,10 @@ class Faults:
             retry_after = values["storm_429_retry_after"]
             if not isinstance(retry_after, int) or retry_after < 1:
                 raise ValueError("storm_429_retry_after must be an integer >= 1")
-        return cls(**values)
+        faults = cls(**values)
+        if faults.latency_p99 and faults.latency_p99 < faults.latency:
+            raise ValueError("latency_p99 must not be below latency (the median)")
+        return faults
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -107,6 +134,15 @@ class FaultState:
     def uniform(self, upper: float) -> float:
         with self._lock:
             return self._rng.uniform(0.0, upper)
+
+    def latency(self) -> float:
+        """Seconds to delay one answer: fixed + uniform jitter, or lognormal when ``latency_p99`` is set."""
+        faults = self.faults
+        if faults.latency_p99 > faults.latency > 0:
+            sigma = math.log(faults.latency_p99 / faults.latency) / _Z99
+            with self._lock:
+                return faults.latency * math.exp(self._rng.gauss(0.0, sigma))
+        return faults.latency + (self.uniform(faults.latency_jitter) if faults.latency_jitter else 0.0)
 
 
 class TokenBucket:

@@ -2,8 +2,9 @@
 
 Order of a Track API request (each step answers and stops when it fires; none of them applies
 anything): reset fault -> 429 storm -> error fault -> slow read -> latency -> auth (401) -> rate
-limit (429) -> size (413) -> apply -> apply-then-drop fault -> answer (the App API's ``/v1/send/*``
-branches off after the latency step: Bearer auth, its own rate limit, see ``transactional.py``). The body is always read
+limit (429; its token is taken at arrival, before the latency) -> size (413) -> apply ->
+apply-then-drop fault -> answer (the App API's ``/v1/send/*`` branches off after the latency step:
+Bearer auth, its own rate limit, see ``transactional.py``). The body is always read
 (or drained) before answering so a keep-alive connection stays in sync.
 
 Handshakes run on the connection's thread, never on the accept loop, so a slow or broken TLS
@@ -249,23 +250,27 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._answer(app, record, 503, b'{"errors":[{"reason":"timeout","field":"",'
                          b'"message":"slow read injected by the emulator; not applied"}]}')
             return
+        # The rate limit is taken at arrival, before the latency: a real service's limiter sits at its
+        # edge, so a random processing time must not reorder (and bunch) requests past it.
+        # (The App API's paths have their own auth and limit, after the latency.)
+        track_api = not path.startswith(transactional.PATH_PREFIX)
+        workspace = app.authenticate(self.headers.get("Authorization")) if track_api else None
+        wait = app.rate_limit_wait(workspace) if workspace is not None else 0.0
         if faults.latency > 0 or faults.latency_jitter > 0:
-            delay = faults.latency + (faults_state.uniform(faults.latency_jitter) if faults.latency_jitter else 0)
+            delay = faults_state.latency()
             app.count_fault("latency")
             app.stopping.wait(delay)
 
-        if path.startswith(transactional.PATH_PREFIX):
+        if not track_api:
             self._transactional(app, path, length, record)
             return
 
-        workspace = app.authenticate(self.headers.get("Authorization"))
         record["site_id"] = workspace.site_id if workspace is not None else None
         if workspace is None and path not in v1.NO_AUTH_PATHS:
             app.count_bytes(self._drain(length))
             self._answer(app, record, 401, UNAUTHORIZED)
             return
         if workspace is not None:
-            wait = app.rate_limit_wait(workspace)
             if wait > 0:
                 app.count_bytes(self._drain(length))
                 app.count_fault("rate_limited")

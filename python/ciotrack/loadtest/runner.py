@@ -1,0 +1,101 @@
+"""Start the target, build the tracker, run the driver, write the outputs, pick the exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ciotrack.loadtest.driver import Driver
+from ciotrack.loadtest.live import choose_display
+from ciotrack.loadtest.report import EXIT, build_report, markdown_summary, outcome, text_summary, write_json
+
+if TYPE_CHECKING:
+    from ciotrack.loadtest.cli import _Plan
+
+EMULATOR_SITE_ID = "loadtest-site"
+EMULATOR_API_KEY = "loadtest-key"  # the emulator's own throwaway workspace, not a secret
+
+
+def _say(message: str) -> None:
+    print(f"ciotrack loadtest: {message}", file=sys.stderr, flush=True)
+
+
+def run_plan(plan: _Plan) -> int:
+    import ciotrack
+
+    args = plan.args
+    target = plan.target
+    emulator: Any = None
+    options: dict[str, Any] = {
+        "senders": plan.senders,
+        "rate_limit": args.rate_limit,
+        "max_queue_bytes": args.max_queue_mb << 20,
+        # The byte bound is the one that matters for a backlog; the op bound must not bind first.
+        "max_queue_ops": max(1_000_000, (args.max_queue_mb << 20) // 200),
+        "handle_sigterm": False,
+    }
+    if plan.adaptive:
+        del options["senders"]
+    if target["kind"] == "emulator":
+        try:
+            from ciotrack.emulator import Emulator
+
+            emulator = Emulator.spawn(workspaces={EMULATOR_SITE_ID: EMULATOR_API_KEY},
+                                      rate_limit=args.rate_limit or None,
+                                      burst=target["burst"] if args.rate_limit else None, faults=target["faults"])
+        except Exception as err:
+            _say(f"could not start the emulator: {err}")
+            return EXIT["target_failed"]
+        target["url"] = emulator.url
+        tracker = ciotrack.Tracker(EMULATOR_SITE_ID, EMULATOR_API_KEY, endpoint=emulator.url, **options)
+    elif target["kind"] == "none":
+        # A disabled tracker keeps a small queue; dropping the oldest stays on the native fast path
+        # (dropping the newest would take the Python slow path on every call once it is full).
+        tracker = ciotrack.Tracker(disabled=True, **{**options, "on_full": "drop_oldest"})
+    elif target["kind"] == "real":
+        tracker = ciotrack.Tracker(target["site_id"], target["api_key"], region=target["region"],
+                                   endpoint=target.get("endpoint"), **options)
+    else:
+        tracker = ciotrack.Tracker(target["site_id"], target["api_key"], endpoint=target["endpoint"], **options)
+    config = plan.config_block()
+    try:
+        return _run(plan, tracker, emulator, config)
+    finally:
+        tracker.close(timeout=1.0)
+        if emulator is not None:
+            emulator.stop()
+
+
+def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any]) -> int:
+    args = plan.args
+    target_stats: Callable[[], Mapping[str, Any]] | None = emulator.stats if emulator is not None else None
+    duration = max(s.schedule().duration for s in plan.scenarios)
+    peak = sum(s.schedule().peak_rate for s in plan.scenarios)
+    ceiling = f", ceiling {plan.ceiling:,.0f} events/s" if plan.ceiling else ""
+    print(f"ciotrack loadtest: {plan.description}\n  target: {config['target']['description']}; "
+          f"{plan.concurrency_text()} ({plan.senders_note}){ceiling}\n"
+          f"  {duration:.0f} s of load, peak {peak:,.0f} calls/s; thresholds: "
+          + (", ".join(t.source for t in plan.thresholds) or "none"), flush=True)
+    display = choose_display("loadtest", duration, plain=args.plain, every=args.print_every)
+    driver = Driver(tracker, plan.scenarios, plan.thresholds, display, target_stats=target_stats,
+                    max_lateness=plan.max_lateness, drain_timeout=plan.drain_timeout,
+                    measure_delivery=plan.target["kind"] != "none")
+    try:
+        result = driver.run()
+    finally:
+        display.close()
+    status, messages = outcome(result, allow_dropped=args.allow_dropped)
+    report = build_report(result, config, status, messages)
+    print()
+    print(text_summary(report), flush=True)
+    if args.report:
+        write_json(report, args.report)
+    if args.summary_md:
+        with open(args.summary_md, "a", encoding="utf-8") as handle:
+            handle.write(markdown_summary(report) + "\n")
+    if args.plot:
+        from ciotrack.loadtest.plot import write_plot
+
+        write_plot(report, args.plot)
+    return EXIT[status]

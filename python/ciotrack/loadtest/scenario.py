@@ -1,0 +1,235 @@
+"""Scenarios (load shape + call mix) from flags or a TOML file, and the tight call loop that runs them.
+
+A TOML scenario file holds one or more ``[[scenario]]`` tables; each runs on its own generator
+thread, concurrently, from time 0::
+
+    [[scenario]]
+    name = "track"
+    stages = ["30s:5000", "1m:5000", "10s:0"]   # DURATION:TARGET, as --stage
+    start_rate = 0                               # calls/s at time 0 (k6 startRate)
+    mix = { track = 7, identify = 2, page = 1 }  # relative weights
+    payload_bytes = 200                          # approximate JSON size of each call's data
+    customers = 10000                            # distinct customer ids
+    dedup_share = 0.0                            # share of identify calls repeating one (deduplicated)
+
+Top-level keys (outside ``[[scenario]]``) are defaults for every scenario.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+import tomllib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ciotrack.errors import ConfigError
+from ciotrack.loadtest.stages import ArrivalSchedule, Stage, parse_stage
+
+__all__ = ["CALL_KINDS", "CallLoop", "Scenario", "load_scenarios"]
+
+CALL_KINDS = ("track", "identify", "page", "dedup")
+_POOL_SIZE = 4096  # a power of two: entries are picked with ``index & mask``
+_SCENARIO_KEYS = {"name", "stages", "start_rate", "mix", "payload_bytes", "customers", "dedup_share", "event_name"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stages: tuple[Stage, ...]
+    start_rate: float = 0.0
+    mix: Mapping[str, float] = field(default_factory=lambda: {"track": 1.0})
+    payload_bytes: int = 200
+    customers: int = 10_000
+    dedup_share: float = 0.0
+    """Share of calls that repeat an identify already sent (the tracker's dedup skips them)."""
+    event_name: str = "loadtest"
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError(f"scenario {self.name!r}: no stages")
+        unknown = sorted(set(self.mix) - {"track", "identify", "page"})
+        if unknown:
+            raise ConfigError(f"scenario {self.name!r}: unknown call kinds in mix: {', '.join(unknown)}")
+        if not self.mix or any((not isinstance(w, (int, float))) or w < 0 for w in self.mix.values()) \
+                or sum(self.mix.values()) <= 0:
+            raise ConfigError(f"scenario {self.name!r}: mix needs positive weights")
+        if not 0.0 <= self.dedup_share < 1.0:
+            raise ConfigError(f"scenario {self.name!r}: dedup_share must be in [0, 1)")
+        if not 0 <= self.payload_bytes <= 30_000:
+            raise ConfigError(f"scenario {self.name!r}: payload_bytes must be 0..30000 (an operation is <= 32 KB)")
+        if self.customers < 1:
+            raise ConfigError(f"scenario {self.name!r}: customers must be >= 1")
+
+    def schedule(self) -> ArrivalSchedule:
+        return ArrivalSchedule(self.stages, self.start_rate)
+
+    def example_operation_bytes(self) -> int:
+        """Approximate encoded size of one v2 batch operation of this mix (for the ceiling estimate)."""
+        # identifiers + type/action + timestamp + id wrapper, measured on the core's encoding: ~130 bytes.
+        return 130 + len(self.event_name) + _payload_json_bytes(self.payload_bytes)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _payload(payload_bytes: int, rng: random.Random, text: str) -> dict[str, Any]:
+    """A data dict of about ``payload_bytes`` of JSON; ``text`` is random letters to slice from."""
+    base: dict[str, Any] = {"total": round(rng.uniform(1, 500), 2), "currency": "EUR", "items": rng.randint(1, 9)}
+    pad = payload_bytes - 50
+    n = 0
+    while pad > 0:
+        # Customer.io allows 1000 bytes per attribute value: pad with several short fields.
+        size = min(pad, 900)
+        start = rng.randrange(len(text) - size)
+        base[f"note{n}" if n else "note"] = text[start:start + size]
+        pad -= size + 12
+        n += 1
+    return base
+
+
+def _payload_json_bytes(payload_bytes: int) -> int:
+    return max(payload_bytes, 50)
+
+
+def load_scenarios(path: str) -> list[Scenario]:
+    """Read a TOML scenario file (see the module docstring)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"scenario file {path!r}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"scenario file {path!r}: {err}") from None
+    tables = data.pop("scenario", None)
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"scenario file {path!r}: needs at least one [[scenario]] table")
+    defaults = data
+    unknown = sorted(set(defaults) - _SCENARIO_KEYS)
+    if unknown:
+        raise ConfigError(f"scenario file {path!r}: unknown keys {', '.join(unknown)}")
+    scenarios = []
+    for n, table in enumerate(tables, 1):
+        merged = {**defaults, **table}
+        unknown = sorted(set(merged) - _SCENARIO_KEYS)
+        if unknown:
+            raise ConfigError(f"scenario file {path!r}, scenario {n}: unknown keys {', '.join(unknown)}")
+        stages = merged.pop("stages", None)
+        if not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+            raise ConfigError(f"scenario file {path!r}, scenario {n}: stages must be a list of 'DURATION:TARGET'")
+        merged.setdefault("name", f"scenario-{n}")
+        try:
+            scenarios.append(Scenario(stages=tuple(parse_stage(s) for s in stages), **merged))
+        except TypeError as err:
+            raise ConfigError(f"scenario file {path!r}, scenario {n}: {err}") from None
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"scenario file {path!r}: scenario names must be unique")
+    return scenarios
+
+
+Sample = tuple[float, int, int | None]
+"""``(due_time, enqueue_ns, accepted_ordinal)``: one sampled call. ``due_time`` is on the
+``time.monotonic`` clock; the ordinal is None for a call the tracker is expected to deduplicate."""
+
+
+class CallLoop:
+    """Builds the calls of one scenario and runs bursts of them against a tracker.
+
+    A pool of prepared calls (customer, name, data) is cycled through, so a burst is a tight loop
+    of native calls. Identify attributes get a sequence number per call, or the tracker's identify
+    dedup would skip repeats of a pool entry. One call in ``sample_every`` is timed on its own
+    (``enqueue_duration``) and queued in ``samples`` with its *due* time and the tracker's
+    ``accepted`` count just after it, which the driver turns into ``delivery_duration``.
+    """
+
+    def __init__(self, scenario: Scenario, tracker: Any, schedule: ArrivalSchedule, *, sample_every: int,
+                 accepted_count: Callable[[], int], seed: int = 1) -> None:
+        self.scenario = scenario
+        self.schedule = schedule
+        self.sample_every = max(1, sample_every)
+        self.samples: deque[Sample] = deque()
+        self.origin = math.nan  # monotonic time of the schedule's t = 0, set by the driver
+        self._accepted_count = accepted_count
+        rng = random.Random(seed)
+        seq = itertools.count()
+        identify = tracker.identify
+
+        def identify_fresh(customer: str, attributes: dict[str, Any], _unused: Any) -> None:
+            attributes = dict(attributes)
+            attributes["seq"] = next(seq)
+            identify(customer, attributes)
+
+        def identify_again(customer: str, attributes: dict[str, Any], _unused: Any) -> None:
+            identify(customer, attributes)
+
+        self.dedup_customers = [f"dedup-{scenario.name}-{i}" for i in range(16)]
+        self._dedup_attributes = {"plan": "loadtest", "dedup": True}
+        self._identify_again = identify_again
+        kinds = list(scenario.mix)
+        weights = [float(scenario.mix[k]) for k in kinds]
+        text = "".join(rng.choices(_LETTERS, k=8192))
+        pool: list[tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = []
+        dedup_flags: list[bool] = []
+        for _ in range(_POOL_SIZE):
+            customer = f"lt-{rng.randrange(scenario.customers)}"
+            if scenario.dedup_share and rng.random() < scenario.dedup_share:
+                pool.append((identify_again, rng.choice(self.dedup_customers), self._dedup_attributes, None))
+                dedup_flags.append(True)
+                continue
+            kind = rng.choices(kinds, weights)[0]
+            data = _payload(scenario.payload_bytes, rng, text)
+            if kind == "track":
+                pool.append((tracker.track, customer, scenario.event_name, data))
+            elif kind == "page":
+                pool.append((tracker.page, customer, f"/loadtest/{rng.randrange(500)}", data))
+            else:
+                pool.append((identify_fresh, customer, data, None))
+            dedup_flags.append(False)
+        self._pool = pool
+        self._dedup = dedup_flags
+
+    def warm_up(self) -> int:
+        """Send each dedup customer's identify once, so the run's repeats are deduplicated; returns
+        how many calls that made (they are accepted and delivered, outside the schedule)."""
+        if not self.scenario.dedup_share:
+            return 0
+        for customer in self.dedup_customers:
+            self._identify_again(customer, self._dedup_attributes, None)
+        return len(self.dedup_customers)
+
+    def issue(self, first: int, count: int) -> None:
+        """Run calls ``first .. first + count - 1`` (the scheduler's burst)."""
+        pool = self._pool
+        mask = _POOL_SIZE - 1
+        every = self.sample_every
+        end = first + count
+        i = first
+        while i < end:
+            sampled = -(-i // every) * every  # the next sampled index >= i
+            stop = min(end, sampled)
+            for k in range(i, stop):
+                fn, a, b, c = pool[k & mask]
+                fn(a, b, c)
+            if stop < end:
+                self._sampled_call(stop)
+                stop += 1
+            i = stop
+
+    def _sampled_call(self, index: int) -> None:
+        entry = index & (_POOL_SIZE - 1)
+        fn, a, b, c = self._pool[entry]
+        clock = time.perf_counter_ns
+        t0 = clock()
+        fn(a, b, c)
+        elapsed = clock() - t0
+        ordinal = None if self._dedup[entry] else self._accepted_count()
+        self.samples.append((self.origin + self.schedule.time_of(index), elapsed, ordinal))
+
+
+def single_scenario(stages: Sequence[Stage], **options: Any) -> Scenario:
+    return Scenario(name=options.pop("name", "default"), stages=tuple(stages), **options)
