@@ -90,18 +90,34 @@ def test_a_fork_that_skips_python_hooks_is_caught_by_the_core(make_tracker: Trac
     tracker = make_tracker(flush_interval=5.0)
     tracker.track("raw-parent", "queued-before")
     libc = ctypes.PyDLL(None)
+    # Without Python's after-fork handling, a child inherits a pending "drop the GIL" request from any
+    # parent thread that was waiting for the GIL at fork time (the in-process emulator's threads, the
+    # sender), and would wait forever for a thread that does not exist in it. A long switch interval
+    # keeps every waiting thread from raising that request; the short sleep lets those already
+    # waiting run first. (uWSGI forks before any thread exists, so it never meets this.)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    time.sleep(0.05)
     pid = libc.fork()
     if pid == 0:
         code = 1
         try:
+            sys.setswitchinterval(interval)
             for i in range(50):
                 tracker.track("raw-child", "in-child", {"i": i})  # FORKED -> rebuilt -> queued
             code = 0 if tracker.flush(timeout=10) else 2
             tracker.close(timeout=5)
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    sys.setswitchinterval(interval)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the raw-forked child hung")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert tracker.flush(timeout=10)
     people = events_by_person(emulator)
     assert sorted(e["data"]["i"] for e in people["raw-child"]) == list(range(50))
