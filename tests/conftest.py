@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ciotrack.emulator import Emulator
+from redis_harness import RedisServer
 
 if TYPE_CHECKING:
     from ciotrack.tracker import Tracker
@@ -152,6 +154,30 @@ def recorder() -> Iterator[RecordingServer]:
     yield holder[0]
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: pathlib.Path) -> Iterator[RedisServer]:
+    """A real redis-server with append-only persistence, on a free port, for this test only."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One throwaway redis-server for the whole session (the webhook tests' shared dedup)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

@@ -14,8 +14,8 @@ from ciotrack.config import Config
 from ciotrack.errors import ConfigError
 from ciotrack.fleet.streams import StreamKeys, decode_entry, encode_entry, ensure_group
 from ciotrack.fleet.worker import Worker, WorkerConfig
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import SITE_ID, env, redis_client, wait_until
 
 KEYS = StreamKeys.for_site(SITE_ID)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ciotrack.emulator import Emulator
 from ciotrack.fleet.streams import StreamKeys, ensure_group
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import (
     API_KEY,
     SITE_ID,

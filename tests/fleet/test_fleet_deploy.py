@@ -20,8 +20,8 @@ import yaml
 
 from ciotrack.fleet.cli import configure_parser
 from ciotrack.fleet.streams import GROUP, StreamKeys
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,8 +10,8 @@ import requests
 
 from ciotrack.emulator import Emulator
 from ciotrack.fleet.streams import StreamKeys, ensure_group
+from redis_harness import RedisServer, free_port
 
-from .conftest import RedisServer
 from .fleet_procs import (
     API_KEY,
     SITE_ID,
@@ -27,12 +26,6 @@ from .fleet_procs import (
 KEYS = StreamKeys.for_site(SITE_ID)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(port: int, path: str) -> requests.Response:
     return requests.get(f"http://127.0.0.1:{port}{path}", timeout=5)
 
@@ -43,7 +36,7 @@ def test_sigterm_releases_stuck_entries_within_the_deadline_and_a_peer_delivers_
         em.set_faults(latency=20.0)  # every request hangs far past the drain deadline
         client = redis_client(redis_server.url)
         ensure_group(client, KEYS)
-        port = _free_port()
+        port = free_port()
         first = WorkerProcess(redis_server.url, em.url, "--rate-limit", "0", "--drain-timeout", "3",
                               "--request-timeout", "30", "--visibility-timeout", "120", "--metrics-port", str(port),
                               log=tmp_path / "first.log")
@@ -77,7 +70,7 @@ def _ready(port: int) -> bool:
 def test_metrics_endpoint_serves_histograms_and_fleet_counters(redis_server: RedisServer, tmp_path: Path) -> None:
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         em.set_faults(latency=0.02)
-        port = _free_port()
+        port = free_port()
         worker = WorkerProcess(redis_server.url, em.url, "--rate-limit", "50", "--metrics-port", str(port),
                                log=tmp_path / "w.log")
         assert wait_until(lambda: _ready(port), 20)

@@ -18,8 +18,8 @@ import pytest
 
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.producer import connect
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import redis_client
 
 CLIENT = Path(__file__).with_name("limiter_client.py")

@@ -20,8 +20,8 @@ from ciotrack.fleet.streams import (
     op_offsets,
     workspace_tag,
 )
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import redis_client
 
 

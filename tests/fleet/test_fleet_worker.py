@@ -11,8 +11,8 @@ import pytest
 
 from ciotrack.emulator import Emulator
 from ciotrack.fleet.streams import StreamKeys
+from redis_harness import RedisServer
 
-from .conftest import RedisServer
 from .fleet_procs import (
     API_KEY,
     SITE_ID,
