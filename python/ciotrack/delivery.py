@@ -39,7 +39,7 @@ from ciotrack.logs import ThrottledLog
 from ciotrack.ratelimit import Limiter
 from ciotrack.retry import RetryPolicy
 
-__all__ = ["DESTINATION_DOWN", "Deliverable", "Delivery", "Health", "Job", "Recorder", "Result", "Verdict"]
+__all__ = ["DESTINATION_DOWN", "Deliverable", "Delivery", "Health", "Job", "Recorder", "Result", "Verdict", "Watch"]
 
 log = logging.getLogger("ciotrack.delivery")
 _monotonic = time.monotonic
@@ -61,6 +61,12 @@ class Deliverable(Protocol):
     def ops(self) -> list[bytes]: ...
 
     def split(self) -> tuple[Deliverable, Deliverable]: ...
+
+
+class Watch(Protocol):
+    """Sees each request's answer (:class:`ciotrack.delivery_watch.DeliveryWatch`); must not raise."""
+
+    def answered(self, outcome: Outcome, seconds: float, ops: int, body_bytes: int) -> None: ...
 
 
 class Recorder(Protocol):
@@ -235,7 +241,8 @@ class Delivery:
 
     def __init__(self, destination: Destination, *, limiter: Limiter | None, policy: RetryPolicy,
                  stop: threading.Event, recorder: Recorder | None = None, health: Health | None = None,
-                 on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None) -> None:
+                 on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None,
+                 watch: Watch | None = None) -> None:
         self.destination = destination
         self.limiter = limiter
         self.policy = policy
@@ -243,6 +250,8 @@ class Delivery:
         self._recorder = recorder if recorder is not None else _NO_RECORDER
         self._health = health
         self._on_split = on_split
+        self.watch = watch
+        """Sees every answer (logs the first failure per cause, the recovery; see :mod:`ciotrack.delivery_watch`)."""
 
     def deliver(self, job: Job, deadline: float | None = None) -> Iterator[Result]:
         """Deliver ``job`` (and the halves of any 413 split), one :class:`Result` per finished piece, in
@@ -282,7 +291,7 @@ class Delivery:
                 if self._stop.is_set():
                     return Result(Verdict.STOPPED, job, None, "stopped")
                 return Result(Verdict.DEADLINE, job, None, "deadline")
-            outcome = self._send(batch.body)
+            outcome = self._send(batch.body, batch.count)
             if job.first_attempt is None:
                 job.first_attempt = _monotonic()
             kind = outcome.kind
@@ -317,7 +326,7 @@ class Delivery:
             if self._stop.wait(delay):
                 return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
 
-    def _send(self, body: bytes) -> Outcome:
+    def _send(self, body: bytes, count: int) -> Outcome:
         recorder = self._recorder
         started = _perf_counter()
         try:
@@ -326,8 +335,11 @@ class Delivery:
             _warn.warning("send", "ciotrack: %s.send() raised; retried like a request without an answer",
                           type(self.destination).__name__, exc_info=True)
             outcome = Outcome.retry(reason=f"send_raised: {type(exc).__name__}")
-        recorder.observe("request_latency_seconds", _perf_counter() - started)
+        elapsed = _perf_counter() - started
+        recorder.observe("request_latency_seconds", elapsed)
         recorder.incr(f"requests_{outcome.status}" if outcome.status is not None else "requests_error")
+        if self.watch is not None:
+            self.watch.answered(outcome, elapsed, count, len(body))
         return outcome
 
     def _take_token(self, deadline: float | None) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
+from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
 from ciotrack.destinations.base import Destination
 from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.ratelimit import Limiter, local_limiter
@@ -59,6 +60,10 @@ class Router:
                                   config.retry_after_cap)
         self.destinations: dict[str, Destination] = {}
         self.limiters: dict[str, Limiter] = {}
+        self.watches: dict[str, DeliveryWatch] = {}
+        """One per destination (region): logs what goes wrong as it happens, and the recovery."""
+        if config.debug:
+            enable_debug_lines()
         self._core = core
         self._stop = stop
         self._health = health
@@ -104,9 +109,28 @@ class Router:
             on_split(route, parent, first, second)
 
         delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
-                            health=self._health, on_split=split)
+                            health=self._health, on_split=split, watch=self._watch(name, destination))
         route.delivery = delivery
         return delivery
+
+    def _watch(self, name: str, destination: Destination) -> DeliveryWatch:
+        watch = self.watches.get(name)
+        if watch is None:
+            routes = self.routes
+
+            def queue_depth() -> int:  # queued or in flight, in every lane sending to this region
+                return sum(len(r.lane) + sum(b.count for b in list(r.in_flight.values()))
+                           for r in routes if r.name == name)
+
+            endpoint = str(getattr(destination, "url", "") or f"destination {destination.name!r}")
+            watch = self.watches[name] = DeliveryWatch(endpoint=endpoint, region=name, site_id=self.config.site_id,
+                                                       queue_depth=queue_depth, debug=self.config.debug)
+        return watch
+
+    def problem(self) -> str | None:
+        """What currently keeps delivery from working (``connection refused to http://...``), or None."""
+        problems = [p for p in (w.problem() for w in list(self.watches.values())) if p]
+        return "; ".join(problems) or None
 
     def delivery(self, route: Route) -> Delivery:
         """The route's delivery loop; an "auto" route looks its region up first (once)."""

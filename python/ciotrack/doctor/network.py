@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from ciotrack.doctor.report import Report
+from ciotrack.preflight import credentials_hint
 
 __all__ = ["Target", "check_api", "describe", "hide_credentials"]
 
@@ -139,9 +140,7 @@ def _check_answer(report: Report, response: requests.Response, target: Target) -
     report.add("redirect", "ok", "no redirect")
     if status in (401, 403):
         report.add("credentials", "fail", f"{status}: the Track API refused site id {target.site_id!r} with this "
-                   "API key", "use the workspace's Site ID and Track API key (not an App API key) from "
-                   "Settings > Workspace Settings > API Credentials; CIOTRACK_SITE_ID / CIOTRACK_API_KEY; and the "
-                   "region the workspace lives in")
+                   "API key", credentials_hint(target.region, target.endpoint))
         return False
     if status != 200:
         report.add("credentials", "warn", f"unexpected {status} from {_region_url(target)}",
