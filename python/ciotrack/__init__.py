@@ -24,7 +24,6 @@ from ciotrack._version import __version__
 if TYPE_CHECKING:
     from ciotrack.compat import CustomerIO, CustomerIOException, Regions
     from ciotrack.config import Config
-    from ciotrack.options import TrackerOptions
     from ciotrack.errors import (
         CiotrackError,
         ConfigError,
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
         LimitError,
         SerializationError,
     )
+    from ciotrack.options import TrackerOptions
     from ciotrack.tracker import CustomerId, Timestamp, Tracker
 
 __all__ = [

@@ -396,7 +396,8 @@ class Tracker:
         for region in self._config.regions_in_use():
             target = destination if isinstance(destination, Destination) else self._pipeline.router.destination(region)
             if not target.probe():
-                raise EndpointUnreachableError(f"destination {target.name!r} (region {region}) did not answer its probe")
+                raise EndpointUnreachableError(f"destination {target.name!r} (region {region}) did not answer its "
+                                               "probe")
             if isinstance(destination, Destination):
                 return
 

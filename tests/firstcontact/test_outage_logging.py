@@ -13,6 +13,7 @@ import pytest
 
 from ciotrack.emulator import Emulator
 from ciotrack.tracker import Tracker
+
 from conftest import API_KEY, SITE_ID, RecordingServer, free_port
 
 
@@ -76,6 +77,9 @@ def test_the_shutdown_line_carries_the_cause(caplog: pytest.LogCaptureFixture) -
     for i in range(50):
         tracker.track("u1", "lost_at_exit", {"i": i})
     assert wait_for(lambda: bool(records(caplog, logging.WARNING, "connection refused")))
+    result = tracker.flush_result(timeout=0.3)  # "not finished", and why
+    assert not result.done and not result.ok and result.delivered == 0
+    assert result.problem == f"connection refused to {url}/api/v2/batch"
     tracker.close(timeout=0.5)
     lost = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert lost, [r.getMessage() for r in caplog.records]
