@@ -37,6 +37,9 @@ debug_logger = logging.getLogger("ciotrack.http")
 
 REMIND_EVERY = 30.0
 """While one cause lasts, its WARNING is repeated (with counts) at most this often."""
+QUIET_AFTER_RECOVERY = 10.0
+"""A new episode of a cause warned about less than this long ago stays quiet (and so does its recovery):
+a destination flapping on 429s or 503s gives one WARNING/INFO pair per interval, not one per blip."""
 
 _monotonic = time.monotonic
 
@@ -86,6 +89,7 @@ class DeliveryWatch:
         self._peak_depth = 0
         self._warned: dict[str, float] = {}  # cause -> monotonic time of its last WARNING
         self._auth_reported = False
+        self._announced = False  # this episode logged a WARNING/ERROR: its recovery is logged too
 
     def problem(self) -> str | None:
         """The current cause and where (``connection refused to http://...``), None while delivery works."""
@@ -126,12 +130,14 @@ class DeliveryWatch:
             attempts = self._failed_attempts
             since = now - self._failing_since
             last = self._warned.get(cause)
-            due = last is None or now - last >= REMIND_EVERY
-            if due:
-                self._warned[cause] = now
+            first = last is None or last < self._failing_since  # not yet said in this episode
+            due = last is None or now - last >= (QUIET_AFTER_RECOVERY if first else REMIND_EVERY)
             auth = outcome.status in (401, 403) and not self._auth_reported
             if auth:
                 self._auth_reported = True
+            if due or auth:
+                self._warned[cause] = now
+                self._announced = True
         if auth:
             health_logger.error("ciotrack: %s refused the credentials (HTTP %d) for site id %r. %s",
                                 self.endpoint, outcome.status, self._site_id,
@@ -140,9 +146,10 @@ class DeliveryWatch:
         if not due:
             return
         detail = outcome.reason.split(":", 1)[1].strip()[:200] if ":" in outcome.reason else outcome.reason
-        if last is None:
+        if first:
             health_logger.warning("ciotrack: delivery to %s (region %s) failing: %s (%s); %d operation(s) waiting; "
-                                  "retrying", self.endpoint, self.region, cause, detail, depth)
+                                  "%s", self.endpoint, self.region, cause, detail, depth,
+                                  "retrying" if outcome.kind == "retry" else "batches fail until this is fixed")
         else:
             health_logger.warning("ciotrack: delivery to %s (region %s) still failing after %.0f s: %s; %d failed "
                                   "attempt(s) so far, %d operation(s) waiting", self.endpoint, self.region, since,
@@ -159,8 +166,10 @@ class DeliveryWatch:
             self._cause = None
             self._failed_attempts = 0
             self._peak_depth = 0
-            self._warned.clear()
             self._auth_reported = False
+            announced, self._announced = self._announced, False
+        if not announced:
+            return
         health_logger.info("ciotrack: delivery to %s (region %s) recovered after %.1f s of %s (%d failed attempt(s), "
                            "up to %d operation(s) waiting, %d now)", self.endpoint, self.region, down_for,
                            cause, attempts, peak, self._depth())

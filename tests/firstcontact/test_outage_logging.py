@@ -137,3 +137,20 @@ def test_no_handler_is_added_to_any_ciotrack_logger(recorder: RecordingServer) -
     for name, logger in logging.root.manager.loggerDict.items():
         if name.startswith("ciotrack") and isinstance(logger, logging.Logger):
             assert not logger.handlers, name
+
+
+def test_a_flapping_destination_is_one_warning_and_one_recovery(recorder: RecordingServer,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ciotrack")
+    answers = iter([503, 200] * 4)
+    recorder.responder = lambda rec: (next(answers, 200), {}, b"{}")
+    tracker = patient_tracker(recorder.url)
+    try:
+        for blip in range(4):  # four short outages in a row, each recovering at the next attempt
+            tracker.track("u1", "flap", {"blip": blip})
+            assert tracker.flush(timeout=20)
+    finally:
+        tracker.close(timeout=1)
+    assert tracker.stats().delivered == 4 and tracker.stats().retried == 4
+    assert len(records(caplog, logging.WARNING, "HTTP 503")) == 1
+    assert len(records(caplog, logging.INFO, "recovered")) == 1
