@@ -18,6 +18,7 @@ fix; the API key is never in the message:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import requests
@@ -32,7 +33,7 @@ from ciotrack.errors import (
 if TYPE_CHECKING:
     from ciotrack.config import Config
 
-__all__ = ["REGION_PATH", "check_config", "credentials_hint"]
+__all__ = ["REGION_PATH", "check_config", "credentials_hint", "request_region"]
 
 REGION_PATH = "/api/v1/accounts/region"
 
@@ -44,6 +45,15 @@ def credentials_hint(region: str, endpoint: str) -> str:
             "an EU workspace needs region='eu'). Pass them as Tracker(site_id, api_key, region=...) or set "
             "CIOTRACK_SITE_ID, CIOTRACK_API_KEY and CIOTRACK_REGION (CIOTRACK_ENDPOINT for an emulator or proxy). "
             "tracker.check() or `ciotrack doctor` verifies them")
+
+
+def request_region(session: requests.Session, endpoint: str, site_id: str, api_key: str, *,
+                   timeout: float | tuple[float, float], proxies: Mapping[str, str] | None,
+                   verify: bool | str) -> requests.Response:
+    """The one request of ``check()`` and ``ciotrack doctor``: ``GET {endpoint}/api/v1/accounts/region``,
+    authenticated, redirects not followed (the caller reads the ``Location``)."""
+    return session.get(endpoint.rstrip("/") + REGION_PATH, auth=(site_id, api_key), timeout=timeout,
+                       allow_redirects=False, proxies=dict(proxies) if proxies else None, verify=verify)
 
 
 def check_config(config: Config, timeout: float = 5.0) -> dict[str, str]:
@@ -67,8 +77,8 @@ def _check_region(session: requests.Session, config: Config, region: str, *, exp
     endpoint = config.endpoint_for(region)
     url = endpoint + REGION_PATH
     try:
-        response = session.get(url, auth=(config.site_id, config.api_key), timeout=timeout, allow_redirects=False,
-                               proxies=dict(config.proxies) if config.proxies else None, verify=config.verify)
+        response = request_region(session, endpoint, config.site_id, config.api_key, timeout=timeout,
+                                  proxies=config.proxies, verify=config.verify)
     except requests.exceptions.SSLError as exc:
         raise EndpointUnreachableError(f"TLS failure talking to {url}: {_short(exc)}. Fix the CA bundle (verify=, "
                                        "REQUESTS_CA_BUNDLE) or the proxy that intercepts TLS") from None

@@ -6,6 +6,7 @@ emulator process started on that very port."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -154,3 +155,38 @@ def test_a_flapping_destination_is_one_warning_and_one_recovery(recorder: Record
     assert tracker.stats().delivered == 4 and tracker.stats().retried == 4
     assert len(records(caplog, logging.WARNING, "HTTP 503")) == 1
     assert len(records(caplog, logging.INFO, "recovered")) == 1
+
+
+def test_an_untrusted_certificate_is_named_tls(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="ciotrack")
+    with Emulator(workspaces={SITE_ID: API_KEY}, tls=True) as server:
+        tracker = patient_tracker(server.url)  # verify=True, and the emulator's CA is not trusted
+        try:
+            tracker.track("u1", "over_tls")
+            result = tracker.flush_result(timeout=20)
+        finally:
+            tracker.close(timeout=1)
+    assert result.done and result.failed == 1 and result.problem == f"TLS error to {server.url}/api/v2/batch"
+    [warning] = [r for r in records(caplog, logging.WARNING, "TLS error") if r.name == "ciotrack.health"]
+    assert "CERTIFICATE_VERIFY_FAILED" in warning.getMessage()
+    assert "batches fail until this is fixed" in warning.getMessage()
+    # The loss line says the same cause.
+    assert any("delivery failing: TLS error" in r.getMessage() for r in caplog.records if r.name == "ciotrack.sender")
+
+
+def test_a_silent_server_is_named_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="ciotrack")
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        tracker = Tracker(SITE_ID, API_KEY, endpoint=url, flush_interval=0.02, rate_limit=0, timeout=0.2,
+                          backoff_base=0.01, backoff_cap=0.05, max_retries=100_000, retry_budget=3600.0)
+        try:
+            tracker.track("u1", "into_the_void")
+            assert wait_for(lambda: bool(records(caplog, logging.WARNING, "failing: timeout")))
+            assert tracker.stats().failed_total == 0
+        finally:
+            tracker.close(timeout=0.5)
+    [warning] = records(caplog, logging.WARNING, "failing: timeout")
+    assert f"{url}/api/v2/batch" in warning.getMessage() and "1 operation(s) waiting" in warning.getMessage()

@@ -20,7 +20,7 @@ from typing import Any
 import requests
 
 from ciotrack.doctor.report import Report
-from ciotrack.preflight import credentials_hint
+from ciotrack.preflight import credentials_hint, request_region
 
 __all__ = ["Target", "check_api", "describe", "hide_credentials"]
 
@@ -57,8 +57,8 @@ def _region_url(target: Target) -> str:
 
 
 def _get(session: requests.Session, target: Target) -> requests.Response:
-    return session.get(_region_url(target), auth=(target.site_id, target.api_key), timeout=target.timeout,
-                       proxies=target.proxies, verify=target.verify, allow_redirects=False)
+    return request_region(session, target.endpoint, target.site_id, target.api_key, timeout=target.timeout,
+                          proxies=target.proxies, verify=target.verify)
 
 
 def check_api(report: Report, target: Target) -> None:
