@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         LimitError,
         SerializationError,
     )
+    from ciotrack.flush_outcome import FlushResult
     from ciotrack.options import TrackerOptions
     from ciotrack.tracker import CustomerId, Timestamp, Tracker
 
@@ -42,7 +43,7 @@ __all__ = [
     "CustomerIO", "Regions", "CustomerIOException",
     "init", "get_tracker", "identify", "track", "track_anonymous", "page", "screen", "delete", "add_device",
     "delete_device", "suppress", "unsuppress", "merge_customers", "send_operation", "flush", "close",
-    "check",
+    "check", "flush_result",
 ]
 
 _LAZY = {
@@ -186,3 +187,13 @@ def check(timeout: float = 5.0) -> None:
     a :class:`~ciotrack.errors.CheckError` (wrong credentials, region mismatch, redirect, unreachable).
     Makes the default tracker from ``CIOTRACK_*`` variables if ``init()`` was not called."""
     (_default or get_tracker()).check(timeout)
+
+
+def flush_result(timeout: float | None = None) -> FlushResult:
+    """``Tracker.flush_result()`` on the default tracker (an empty, done result when there is none)."""
+    tracker = _default
+    if tracker is None:
+        from ciotrack.flush_outcome import FlushResult
+
+        return FlushResult(True)
+    return tracker.flush_result(timeout)

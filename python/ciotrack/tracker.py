@@ -17,25 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Unpack
+from typing import Any, Unpack
 
 from ciotrack import _core, lifecycle
+from ciotrack.capturing import active_sink
 from ciotrack.config import Config
 from ciotrack.destinations.base import Destination
 from ciotrack.errors import ConfigError, EndpointUnreachableError, InvalidValueError
-from ciotrack.flush_result import FlushResult, counts
+from ciotrack.flush_outcome import FlushResult, counts
 from ciotrack.losses import Reason
 from ciotrack.options import TrackerOptions
 from ciotrack.pipeline import Pipeline
 from ciotrack.stats import Stats
-
-if TYPE_CHECKING:
-    from ciotrack.destinations.capture import Capture
 
 __all__ = ["Tracker"]
 
@@ -47,28 +44,6 @@ _FULL = _core.FULL
 _FORKED = _core.FORKED
 _PLATFORMS = ("ios", "android")
 _MERGE_ID_TYPES = ("id", "email", "cio_id")
-
-
-class CaptureSink(Protocol):
-    """Where ``ciotrack.testing.capture_all()`` (and ``CIOTRACK_CAPTURE=1``) sends every new Tracker."""
-
-    def new_capture(self) -> Capture: ...
-
-    def adopt(self, tracker: Tracker, capture: Capture) -> None: ...
-
-
-_capture_sinks: list[CaptureSink] = []
-"""Active ``capture_all()`` sessions, innermost last (process-wide: trackers made on any thread count)."""
-
-
-def _capture_sink() -> CaptureSink | None:
-    if _capture_sinks:
-        return _capture_sinks[-1]
-    if os.environ.get("CIOTRACK_CAPTURE", "").strip().lower() in ("1", "true", "yes", "on"):
-        from ciotrack.testing import environment_capture
-
-        return environment_capture()
-    return None
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -115,7 +90,7 @@ class Tracker:
         if config is not None and (site_id is not None or api_key is not None or region is not None
                                    or endpoint is not None or options):
             raise ConfigError("pass either config= or individual options, not both")
-        sink = None if self._records_itself else _capture_sink()
+        sink = None if self._records_itself else active_sink()
         capture = None if sink is None else sink.new_capture()
         if config is None:
             extra: dict[str, Any] = dict(options)
@@ -371,7 +346,7 @@ class Tracker:
         return self._pipeline.flush(timeout)
 
     def flush_result(self, timeout: float | None = None) -> FlushResult:
-        """``flush`` that says how it went: :class:`~ciotrack.flush_result.FlushResult` with ``done`` (what
+        """``flush`` that says how it went: :class:`~ciotrack.flush_outcome.FlushResult` with ``done`` (what
         ``flush`` returns) and the operations delivered, failed, dropped and spooled during the call, plus
         ``problem``, the delivery problem still going on (``connection refused to http://...``), if any.
         ``result.ok`` is True only when everything was delivered. The counts are the tracker's (calls on

@@ -87,10 +87,14 @@ def test_check_passes_and_flush_result_is_ok_with_the_right_credentials(emulator
 
 
 def test_module_level_check_uses_the_default_tracker(emulator_process: EmulatorProcess) -> None:
-    ciotrack.init(SITE_ID, WRONG_KEY, endpoint=url_of(emulator_process))
+    assert ciotrack.flush_result().ok  # no default tracker: nothing to deliver
+    ciotrack.init(SITE_ID, WRONG_KEY, endpoint=url_of(emulator_process), flush_interval=0.02, rate_limit=0)
     try:
         with pytest.raises(CredentialsError):
             ciotrack.check(timeout=5)
+        ciotrack.track("u1", "refused")
+        result = ciotrack.flush_result(timeout=10)
+        assert result.done and result.failed == 1 and not result.ok
     finally:
         ciotrack.close(timeout=1)
 

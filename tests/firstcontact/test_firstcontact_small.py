@@ -55,3 +55,12 @@ def test_two_collectors_with_the_same_names_are_refused(make_tracker: TrackerFac
     exposition = generate_latest(registry).decode()
     assert exposition.count("# TYPE ciotrack_operations_delivered_total counter") == 1
     assert exposition.count("# TYPE ciotrack_web_operations_delivered_total counter") == 1
+
+
+def test_module_level_functions_are_not_shadowed_by_submodules() -> None:
+    import ciotrack
+    import ciotrack.flush_outcome  # noqa: F401  (a submodule import sets a package attribute)
+    import ciotrack.preflight  # noqa: F401
+
+    assert callable(ciotrack.flush_result) and callable(ciotrack.check)
+    assert ciotrack.flush_result.__module__ == "ciotrack" and ciotrack.check.__module__ == "ciotrack"
