@@ -2,10 +2,12 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# cargo test links libpython through pyo3: point it at the venv's interpreter.
+# The binding crate (rust/py) links libpython through pyo3 in cargo test/clippy: point it at the
+# venv's interpreter. The core crate (rust/core) has no pyo3 at all: its tests and benches run with
+# PYO3_PYTHON unset, which shows they need no Python.
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: install build demo test test-rust test-py typecheck bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
+.PHONY: install build demo test test-rust test-py typecheck wheel bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
 
 install: $(STAMP) build
 
@@ -24,7 +26,9 @@ demo: install
 test: install lint-py test-rust test-py typecheck
 
 test-rust: $(STAMP)
-	cargo test --quiet
+	env -u PYO3_PYTHON cargo test --quiet -p ciotrack-core
+	@test "$$(cargo tree -p ciotrack-core | grep -c pyo3)" = 0 || { echo "ciotrack-core depends on pyo3"; exit 1; }
+	cargo test --quiet -p ciotrack-py
 
 test-py: build
 	$(PY) -m pytest -q
@@ -32,6 +36,25 @@ test-py: build
 typecheck: build
 	$(PY) -m mypy --strict
 	$(PY) -m mypy.stubtest ciotrack._core
+
+# Wheels that install on glibc >= 2.17 (Debian 10+, Ubuntu 18.04+, Amazon Linux 2, RHEL 7+): zig links
+# against the manylinux2014 glibc symbols whatever this machine's glibc is (a plain `maturin build`
+# tags the wheel with the build machine's glibc, e.g. manylinux_2_34). Only the build tools are
+# installed for this target (maturin and zig from PyPI), not the dev extra. maturin finds zig as
+# `python3 -m ziglang`, hence the venv's bin first on PATH. One wheel per interpreter: the venv's.
+WHEEL_TOOLS := $(VENV)/.wheel-tools
+
+$(WHEEL_TOOLS):
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q 'maturin>=1.7,<2' 'ziglang>=0.11'
+	touch $@
+
+wheel: $(WHEEL_TOOLS)
+	rm -f dist/ciotrack-*.whl dist/ciotrack-*.tar.gz
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --compatibility manylinux2014 \
+		--zig --interpreter $(PY) --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	ls -l dist
 
 # Peers live in venvs of their own: customerio-cdp-analytics installs the module `customerio` too and
 # would shadow the official client (see benches/README.md).
@@ -41,7 +64,7 @@ CDP_VENV   := .venv-cdp
 bench: install bench-core bench-py bench-peers
 
 bench-core: $(STAMP)
-	cargo bench --bench core -- --noplot $(if $(QUICK),--warm-up-time 1 --measurement-time 1)
+	env -u PYO3_PYTHON cargo bench -p ciotrack-core --bench core -- --noplot $(if $(QUICK),--warm-up-time 1 --measurement-time 1)
 
 bench-py: build
 	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=median,iqr,ops,rounds $(if $(QUICK),--quick)
@@ -62,8 +85,8 @@ $(CDP_VENV)/.installed:
 	touch $@
 
 lint: $(STAMP) lint-py
-	cargo clippy --all-targets -- -D warnings
-	cargo fmt --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --all --check
 	$(PY) -m mypy --strict
 
 # Python style (pyproject [tool.ruff]): pyflakes, pycodestyle, isort order, bugbear, pyupgrade.
@@ -71,4 +94,4 @@ lint-py: $(STAMP)
 	$(PY) -m ruff check python tests benches
 
 clean:
-	rm -rf target $(VENV) python/ciotrack/*.so
+	rm -rf target dist $(VENV) python/ciotrack/*.so

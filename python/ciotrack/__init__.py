@@ -6,7 +6,9 @@
     tracker.track("user-42", "checkout", {"total": 12.5})  # ~1 us, never blocks, never raises for delivery
 
 or the module-level default tracker: ``ciotrack.init(site_id, api_key, **options)``, then
-``ciotrack.track(...)``, ``ciotrack.identify(...)``, ..., ``ciotrack.flush()``, ``ciotrack.close()``.
+``ciotrack.track(...)``, ``ciotrack.identify(...)``, ..., ``ciotrack.flush()`` (``await
+ciotrack.flush_async()``), ``ciotrack.stats()``, ``ciotrack.close()``. Transactional messages (App API):
+``ciotrack.APIClient`` and the ``Send*Request`` types, as in the official ``customerio`` package.
 
 Names are imported lazily (PEP 562), so ``ciotrack.emulator`` and ``ciotrack.errors`` work without the
 native extension having been built.
@@ -22,6 +24,15 @@ from typing import TYPE_CHECKING, Any, Unpack
 from ciotrack._version import __version__
 
 if TYPE_CHECKING:
+    from ciotrack.app_api import (
+        APIClient,
+        SendEmailRequest,
+        SendInAppRequest,
+        SendInboxMessageRequest,
+        SendPushRequest,
+        SendSMSRequest,
+        SendWhatsAppRequest,
+    )
     from ciotrack.compat import CustomerIO, CustomerIOException, Regions
     from ciotrack.config import Config
     from ciotrack.errors import (
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
     )
     from ciotrack.flush_outcome import FlushResult
     from ciotrack.options import TrackerOptions
+    from ciotrack.stats import Stats
     from ciotrack.tracker import CustomerId, Timestamp, Tracker
 
 __all__ = [
@@ -41,9 +53,11 @@ __all__ = [
     "Tracker", "Config",
     "CiotrackError", "ConfigError", "SerializationError", "InvalidValueError", "LimitError", "DeliveryError",
     "CustomerIO", "Regions", "CustomerIOException",
+    "APIClient", "SendEmailRequest", "SendPushRequest", "SendSMSRequest", "SendWhatsAppRequest",
+    "SendInboxMessageRequest", "SendInAppRequest",
     "init", "get_tracker", "identify", "track", "track_anonymous", "page", "screen", "delete", "add_device",
-    "delete_device", "suppress", "unsuppress", "merge_customers", "send_operation", "flush", "close",
-    "check", "flush_result",
+    "delete_device", "suppress", "unsuppress", "merge_customers", "send_operation", "flush", "flush_async",
+    "stats", "close", "check", "flush_result",
 ]
 
 _LAZY = {
@@ -58,6 +72,13 @@ _LAZY = {
     "CustomerIO": "ciotrack.compat",
     "Regions": "ciotrack.compat",
     "CustomerIOException": "ciotrack.compat",
+    "APIClient": "ciotrack.app_api",
+    "SendEmailRequest": "ciotrack.app_api",
+    "SendPushRequest": "ciotrack.app_api",
+    "SendSMSRequest": "ciotrack.app_api",
+    "SendWhatsAppRequest": "ciotrack.app_api",
+    "SendInboxMessageRequest": "ciotrack.app_api",
+    "SendInAppRequest": "ciotrack.app_api",
 }
 
 
@@ -171,6 +192,24 @@ def flush(timeout: float | None = None) -> bool:
     """Flush the default tracker (True when there is none: nothing to deliver)."""
     tracker = _default
     return True if tracker is None else tracker.flush(timeout)
+
+
+async def flush_async(timeout: float | None = None) -> bool:
+    """``flush`` without blocking the event loop (e.g. in a FastAPI lifespan or after a request)."""
+    tracker = _default
+    return True if tracker is None else await tracker.flush_async(timeout)
+
+
+# The submodule ciotrack.stats is loaded first: importing a submodule for the first time sets the
+# package attribute of the same name, which would otherwise replace the function below with the module
+# as soon as anything imports ciotrack.stats (the tracker does). stats.py needs only the stdlib.
+importlib.import_module("ciotrack.stats")
+
+
+def stats() -> Stats:
+    """The default tracker's :class:`ciotrack.stats.Stats` snapshot (``print(ciotrack.stats().format())``).
+    Like ``track()``, makes the default tracker from ``CIOTRACK_*`` variables if ``init()`` was not called."""
+    return (_default or get_tracker()).stats()
 
 
 def close(timeout: float | None = None) -> None:

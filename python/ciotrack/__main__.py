@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
     "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
     "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
+    # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
+    "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
 }
 
 
@@ -28,15 +30,25 @@ class MissingExtra(SystemExit):
     """A subcommand's optional dependency is not installed: one line that says what to install."""
 
 
+def _missing_extra(name: str, exc: ModuleNotFoundError) -> MissingExtra:
+    """The one-line hint for a third-party module that is not installed (ciotrack's own missing
+    modules are bugs and re-raised by the callers)."""
+    extra = COMMANDS[name][2]
+    hint = f"pip install 'ciotrack[{extra}]'" if extra else "reinstall ciotrack"
+    return MissingExtra(f"ciotrack {name}: needs the module {exc.name!r}, which is not installed: {hint}")
+
+
+def _is_third_party(exc: ModuleNotFoundError) -> bool:
+    return exc.name is not None and exc.name.split(".")[0] != "ciotrack"
+
+
 def _load(name: str) -> ModuleType:
-    module, _, extra = COMMANDS[name]
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] == "ciotrack":
+        if not _is_third_party(exc):
             raise
-        hint = f"pip install 'ciotrack[{extra}]'" if extra else "reinstall ciotrack"
-        raise MissingExtra(f"ciotrack {name}: needs the module {exc.name!r}, which is not installed: {hint}") from None
+        raise _missing_extra(name, exc) from None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -65,7 +77,13 @@ def _chosen(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_chosen(args_list)).parse_args(args_list)
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except ModuleNotFoundError as exc:
+        # A command may import its extra's modules only when it runs (``demo`` starts the emulator).
+        if not _is_third_party(exc):
+            raise
+        raise _missing_extra(args.command, exc) from None
     return result
 
 

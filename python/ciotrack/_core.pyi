@@ -79,10 +79,21 @@ class Batch:
     """``{"batch":[...]}``: the exact bytes to POST. Retries send these same bytes (same event ids)."""
     count: int
     """Number of operations in the body."""
-    lane: int
+    lane: int | None
+    """The lane it was taken from; None for a batch made by ``from_ops`` (and its halves)."""
     start: int
-    """Take ordinal of the first operation in its lane: operations ``[start, end)``."""
+    """Take ordinal of the first operation in its lane: operations ``[start, end)``. For a
+    ``from_ops`` batch, positions in that batch instead (``0`` and ``count``; halves keep them)."""
     end: int
+    @staticmethod
+    def from_ops(ops: Sequence[bytes]) -> Batch:
+        """A standalone batch of already-encoded operations (e.g. read back from Redis, to resend or
+        split on a 413): ``body`` is byte-identical to what a lane builds from the same operations,
+        ``ops()`` returns them, ``split()`` works. It belongs to no lane: ``lane`` is None, and
+        ``Core.ack`` refuses it (ValueError) since no core counted its operations as accepted;
+        ``oldest_age()`` counts from this call. Raises ValueError for an empty ``ops``,
+        ``LimitError`` for an operation that is empty or over ``MAX_OP_BYTES``, TypeError for an
+        item that is not bytes."""
     def ops(self) -> list[bytes]:
         """The encoded operations, in order (``ops()[i]`` is ``batch_index`` i of a 207 answer)."""
     def split(self) -> tuple[Batch, Batch]:
@@ -203,7 +214,8 @@ class Core:
         """Record into a log-bucket histogram (request_latency_seconds, batch_ops, batch_bytes, ...)."""
     def ack(self, batch: Batch, failed: Sequence[int] = ()) -> None:
         """The batch is finished: records end-to-end latency for each delivered op and counts
-        ``delivered`` (count minus failed)."""
+        ``delivered`` (count minus failed). Raises ValueError, counting nothing, for a batch this
+        core did not hand out (one made by ``Batch.from_ops``, or taken from another core's lane)."""
 
 @final
 class Bucket:

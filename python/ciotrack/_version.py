@@ -1,4 +1,9 @@
-"""The package version, read from the installed distribution metadata (pyproject.toml is the one source)."""
+"""The package version, read from the installed distribution metadata.
+
+The one source is Cargo.toml's ``[workspace.package] version``: pyproject.toml declares the version
+``dynamic`` and maturin writes the binding crate's version into the metadata (``_core.__version__``
+is the same string, compiled in).
+"""
 
 from __future__ import annotations
 

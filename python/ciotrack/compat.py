@@ -55,28 +55,29 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from ciotrack import _core
+from ciotrack.app_api import (
+    APIClient,
+    SendEmailRequest,
+    SendInAppRequest,
+    SendInboxMessageRequest,
+    SendPushRequest,
+    SendSMSRequest,
+    SendWhatsAppRequest,
+)
 from ciotrack.errors import CiotrackError, LimitError
+from ciotrack.official import CustomerIOException, Region, Regions
 from ciotrack.tracker import Tracker
 
-__all__ = ["CustomerIO", "CustomerIOException", "Region", "Regions"]
+__all__ = [
+    "CustomerIO", "CustomerIOException", "Region", "Regions",
+    # transactional messages (App API), from ciotrack.app_api
+    "APIClient", "SendEmailRequest", "SendInAppRequest", "SendInboxMessageRequest", "SendPushRequest",
+    "SendSMSRequest", "SendWhatsAppRequest",
+]
 
-
-class CustomerIOException(Exception):
-    """A call was refused before anything was queued (the official client's exception, same name)."""
-
-
-class Region(NamedTuple):
-    name: str
-    track_host: str
-    api_host: str
-
-
-class Regions:
-    US = Region("us", "track.customer.io", "api.customer.io")
-    EU = Region("eu", "track-eu.customer.io", "api-eu.customer.io")
 
 
 _ID_TYPES = frozenset({"id", "email", "cio_id"})

@@ -18,7 +18,8 @@ Netflix's ``Gradient2Limit`` and Envoy's adaptive concurrency filter:
 
 The controller is pure arithmetic plus a lock: it neither sleeps nor sends, and it takes the time
 from an injectable clock, so its decisions are unit-tested with a fake clock. The pipeline asks
-:meth:`try_acquire` before it takes a batch and calls :meth:`release` with the request's outcome.
+:meth:`try_acquire` before it takes a batch and :meth:`release` when the batch is finished; the
+delivery loop reports every response to :meth:`observe`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AdaptiveConcurrency", "ConcurrencyState", "FixedConcurrency"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState", "FixedConcurrency"]
 
 DEFAULT_MAX_IN_FLIGHT = 32
 """Enough for 100 requests/s at 300 ms (30 in flight), and a bound on sockets and threads."""
@@ -88,14 +89,18 @@ class AdaptiveConcurrency:
             self._in_flight += 1
             return True
 
-    def release(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
+    def release(self) -> None:
+        """A slot's batch is finished (delivered, failed, spooled or parked)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
                 rate_bound: bool = False) -> None:
-        """A request finished. ``rtt``: its duration (None when it never reached the receiver: no
-        latency sample). ``throttled``: the answer was a 429. ``demand``: more batches are waiting.
-        ``rate_bound``: the rate limiter had no token to spare (the limit, not concurrency, binds)."""
+        """One response. ``rtt``: the request's duration (None when no answer came: no latency sample).
+        ``throttled``: it was a 429. ``demand``: a full batch is waiting. ``rate_bound``: the rate
+        limiter had no token to spare (the rate limit, not concurrency, binds)."""
         with self._lock:
             in_flight = self._in_flight
-            self._in_flight = max(0, in_flight - 1)
             now = self._clock()
             if throttled:
                 if now >= self._no_decrease_before:
@@ -161,10 +166,13 @@ class FixedConcurrency:
             self._in_flight += 1
             return True
 
-    def release(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
-                rate_bound: bool = False) -> None:
+    def release(self) -> None:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
+
+    def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
+                rate_bound: bool = False) -> None:
+        pass  # a fixed limit learns nothing
 
     @property
     def limit(self) -> int:
@@ -176,3 +184,6 @@ class FixedConcurrency:
 
     def state(self) -> ConcurrencyState:
         return ConcurrencyState(self.max_limit, self._in_flight, 0.0, 0.0, False)
+
+
+Concurrency = AdaptiveConcurrency | FixedConcurrency

@@ -8,7 +8,7 @@ the default. Environment variables read by :meth:`Config.from_env`:
 ``CIOTRACK_API_KEY``       ``api_key``
 ``CIOTRACK_REGION``        ``region`` (``us``, ``eu`` or ``auto``)
 ``CIOTRACK_ENDPOINT``      ``endpoint`` (a base URL such as ``http://127.0.0.1:8080``)
-``CIOTRACK_SENDERS``       ``senders``
+``CIOTRACK_SENDERS``       ``senders`` (a fixed concurrency; unset: adaptive)
 ``CIOTRACK_RATE_LIMIT``    ``rate_limit`` (requests/s; ``0`` disables)
 ``CIOTRACK_EXIT_TIMEOUT``  ``exit_timeout`` (seconds)
 ``CIOTRACK_DISABLED``      ``disabled`` (``1``/``true``/``yes``: calls validate but send nothing)
@@ -84,8 +84,14 @@ class Config:
     """``requests`` proxies mapping, e.g. ``{"https": "http://proxy:3128"}``."""
     verify: bool | str = True
     """TLS verification: True, False, or a CA bundle path."""
-    senders: int = 1
-    """Sender threads (concurrent requests), sharing one connection pool and the rate-limit buckets."""
+    senders: int | None = None
+    """A fixed number of requests in flight (sender threads). None (the default): adaptive — the
+    number grows while full batches wait and the rate limit has room, and shrinks when latency rises
+    or a 429 arrives, up to ``max_in_flight`` (see :mod:`ciotrack.concurrency`). Pass ``senders=1``
+    for strictly ordered delivery."""
+    max_in_flight: int = 32
+    """Cap of adaptive concurrency per region (and the connection pool's size): 100 requests/s at
+    300 ms need 30 in flight."""
     flush_interval: float = 0.2
     """Linger: the longest a queued operation waits for its batch to fill before a partial batch goes."""
     batch_bytes: int = _MAX_BATCH_BYTES
@@ -313,8 +319,11 @@ def _validate(config: Config) -> None:
                f"timeout must be a positive number or (connect, read), got {timeout!r}")
     _check(config.proxies is None or isinstance(config.proxies, Mapping), "proxies must be a mapping scheme -> URL")
     _check(isinstance(config.verify, (bool, str)), f"verify must be a bool or a CA bundle path, got {config.verify!r}")
-    _check(isinstance(config.senders, int) and 1 <= config.senders <= 64,
-           f"senders must be 1..64, got {config.senders!r}")
+    _check(config.senders is None or (isinstance(config.senders, int) and not isinstance(config.senders, bool)
+                                      and 1 <= config.senders <= 64),
+           f"senders must be None (adaptive) or 1..64, got {config.senders!r}")
+    _check(isinstance(config.max_in_flight, int) and not isinstance(config.max_in_flight, bool)
+           and 1 <= config.max_in_flight <= 64, f"max_in_flight must be 1..64, got {config.max_in_flight!r}")
     _check(_is_number(config.flush_interval) and 0 < config.flush_interval <= 60,
            f"flush_interval must be in (0, 60] seconds, got {config.flush_interval!r}")
     _check(isinstance(config.batch_bytes, int) and 1024 <= config.batch_bytes <= _MAX_BATCH_BYTES,

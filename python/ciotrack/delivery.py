@@ -242,6 +242,7 @@ class Delivery:
     def __init__(self, destination: Destination, *, limiter: Limiter | None, policy: RetryPolicy,
                  stop: threading.Event, recorder: Recorder | None = None, health: Health | None = None,
                  on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None,
+                 on_response: Callable[[float, Outcome], None] | None = None,
                  watch: Watch | None = None) -> None:
         self.destination = destination
         self.limiter = limiter
@@ -250,6 +251,8 @@ class Delivery:
         self._recorder = recorder if recorder is not None else _NO_RECORDER
         self._health = health
         self._on_split = on_split
+        self._on_response = on_response
+        """Told of every response with its round trip (the adaptive concurrency controller learns here)."""
         self.watch = watch
         """Sees every answer (logs the first failure per cause, the recovery; see :mod:`ciotrack.delivery_watch`)."""
 
@@ -335,11 +338,14 @@ class Delivery:
             _warn.warning("send", "ciotrack: %s.send() raised; retried like a request without an answer",
                           type(self.destination).__name__, exc_info=True)
             outcome = Outcome.retry(reason=f"send_raised: {type(exc).__name__}")
-        elapsed = _perf_counter() - started
-        recorder.observe("request_latency_seconds", elapsed)
+        latency = _perf_counter() - started
+        recorder.observe("request_latency_seconds", latency)
         recorder.incr(f"requests_{outcome.status}" if outcome.status is not None else "requests_error")
+        on_response = self._on_response
+        if on_response is not None:
+            on_response(latency, outcome)
         if self.watch is not None:
-            self.watch.answered(outcome, elapsed, count, len(body))
+            self.watch.answered(outcome, latency, count, len(body))
         return outcome
 
     def _take_token(self, deadline: float | None) -> bool:

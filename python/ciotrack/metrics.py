@@ -36,6 +36,8 @@ Metric names (``ciotrack`` is the default ``namespace``):
 ``ciotrack_queued_bytes{region}``                   gauge       bytes waiting in the queue
 ``ciotrack_in_flight_batches``                      gauge       batches being sent or retried
 ``ciotrack_rate_limit_tokens{region}``              gauge       token bucket level
+``ciotrack_concurrency_limit{region}``              gauge       requests allowed in flight (adaptive)
+``ciotrack_requests_in_flight{region}``             gauge       requests being sent now
 ``ciotrack_overflow_operations``                    gauge       overflow list awaiting the spool
 ``ciotrack_request_latency_seconds``                summary     per HTTP request
 ``ciotrack_delivery_latency_seconds``               summary     call -> acknowledgement, per op
@@ -153,6 +155,10 @@ class PrometheusCollector:
         yield gauge("in_flight_batches", "Batches being sent or waiting to be retried", stats.in_flight)
         yield labelled(GaugeMetricFamily, "rate_limit_tokens", "Requests the rate limit allows now", "region",
                        stats.bucket_tokens)
+        yield labelled(GaugeMetricFamily, "concurrency_limit", "Requests allowed in flight now (adaptive)",
+                       "region", stats.concurrency_limit)
+        yield labelled(GaugeMetricFamily, "requests_in_flight", "Requests being sent now", "region",
+                       stats.requests_in_flight)
         yield gauge("overflow_operations", "Operations refused by a full queue, awaiting the spool",
                     stats.overflow_ops)
         yield from summary("request_latency_seconds", "Seconds per HTTP request", stats.request_latency)

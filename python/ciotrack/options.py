@@ -37,6 +37,7 @@ class TrackerOptions(TypedDict, total=False):
     proxies: Mapping[str, str] | None
     verify: bool | str | None
     senders: int | None
+    max_in_flight: int | None
     flush_interval: float | None
     batch_bytes: int | None
     max_queue_bytes: int | None

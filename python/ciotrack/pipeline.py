@@ -32,6 +32,7 @@ from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Verdic
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.routes import Route, Router
+from ciotrack.senders import SenderPool
 from ciotrack.spool.replay import SpoolReplay
 from ciotrack.stats import Stats
 
@@ -69,7 +70,10 @@ class Pipeline:
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        # A fixed concurrency starts all its threads; adaptive starts one per lane and adds more
+        # as its limits grow.
+        self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
+                                   maximum=config.senders or min(64, config.max_in_flight * len(self.routes)))
         self._flushing = 0
         self._draining = False
         self._closed = False
@@ -92,22 +96,14 @@ class Pipeline:
     def start(self) -> bool:
         """Start the sender threads (idempotent). False when they cannot start (e.g. at interpreter
         shutdown on Python 3.12+): flush()/close() then deliver on the calling thread."""
-        if self._inline or self._threads:
+        if self._inline or self._senders.threads:
             return True
         with self._start_lock:
-            if self._threads or self._closed:
+            if self._senders.threads or self._closed:
                 return True
-            threads = [threading.Thread(target=self._sender_loop, args=(n,), name=f"ciotrack-sender-{n}", daemon=True)
-                       for n in range(self.config.senders)]
-            try:
-                for thread in threads:
-                    thread.start()
-                    self._threads.append(thread)
-            except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
-                log.warning("ciotrack: cannot start sender threads (%s); delivering on the calling thread", exc)
-                if not self._threads:
-                    self._inline = True
-                    return False
+            if not self._senders.start():
+                self._inline = True
+                return False
             if self.replay is not None:
                 self.replay.start()
         return True
@@ -155,6 +151,7 @@ class Pipeline:
         turn = number
         policy = self.config.overflow_policy
         watch = policy == "spool" or policy == "drop_oldest"
+        senders = self._senders
         try:
             while not self._stop.is_set():
                 if watch:
@@ -163,10 +160,22 @@ class Pipeline:
                 force = self._flushing > 0 or self._draining
                 for k in range(count):
                     route = routes[(turn + k) % count]
+                    slots = route.concurrency
+                    if not slots.try_acquire():
+                        continue  # this lane already has as many batches in flight as its limit
                     batch = self._take(route, force)
-                    if batch is not None:
+                    if batch is None:
+                        slots.release()
+                        continue
+                    senders.busy += 1
+                    try:
+                        if route.lane.queued_bytes() >= self._min_bytes and not self._stop.is_set():
+                            senders.grow(slots)
                         self._run_job(route, Job(batch), None)
-                        served = True
+                    finally:
+                        senders.busy -= 1
+                        slots.release()
+                    served = True
                 turn += 1
                 if served:
                     continue
@@ -333,11 +342,11 @@ class Pipeline:
                 route.lane.clear()
             return True
         self.watch_overflow(True)
-        if self._inline or not any(t.is_alive() for t in self._threads):
+        if self._inline or not self._senders.alive():
             if self.replay is not None:  # spooled ops first, as far as the deadline allows
                 return self.replay.flush_inline(self._flush_inline, deadline)
             return self._flush_inline(targets, deadline)
-        if threading.current_thread() in self._threads:
+        if threading.current_thread() in self._senders:
             # Called from a hook on a sender thread: waiting would wait for this very thread.
             deadline = _monotonic()
         with self._cv:
@@ -408,7 +417,7 @@ class Pipeline:
         self.core.close()
         self.router.close_limiters()
         current = threading.current_thread()
-        for thread in self._threads:
+        for thread in self._senders.threads:
             if thread is not current:
                 remaining = 1.0 if deadline is None else max(0.05, deadline - _monotonic())
                 thread.join(remaining)
@@ -435,7 +444,7 @@ class Pipeline:
         request past the deadline. Spool a copy (should that request succeed after all, the replay only
         repeats event ids, which Customer.io deduplicates) and remember it, so that thread's own
         give-up does not report it failed."""
-        if self.spool is None or threading.current_thread() in self._threads:
+        if self.spool is None or threading.current_thread() in self._senders:
             return  # close() from a hook: the batch in flight is this very thread's, being finished
         for route in self.routes:
             with self._cv:
@@ -452,7 +461,7 @@ class Pipeline:
         """The Tracker was garbage-collected: senders deliver what is queued, then exit on their own."""
         if self._closed or self._forked_away:
             return
-        if not self._threads or self._inline:
+        if not self._senders.threads or self._inline:
             pending = sum(len(r.lane) for r in self.routes)
             if pending and not self.config.disabled:
                 self.losses.drop(Reason.RELEASED, pending)
@@ -465,7 +474,7 @@ class Pipeline:
         """In a forked child: this pipeline belongs to the parent (which delivers its queue). Never
         touch its locks (a parent thread may have held them at fork time) or its sockets."""
         self._forked_away = True
-        self._threads = []
+        self._senders.forget()
         if self.replay is not None:
             self.replay.forget_after_fork()
 
@@ -475,5 +484,5 @@ class Pipeline:
         in_flight = sum(len(route.in_flight) for route in self.routes)
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
                                in_flight=in_flight, bucket_tokens=self.router.tokens(),
-                               metrics_enabled=self.config.metrics)
+                               concurrency=self.router.concurrency(), metrics_enabled=self.config.metrics)
 

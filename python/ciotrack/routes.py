@@ -12,10 +12,11 @@ import threading
 from collections.abc import Callable
 
 from ciotrack._core import Batch, Core, Lane
+from ciotrack.concurrency import AdaptiveConcurrency, Concurrency, ConcurrencyState, FixedConcurrency
 from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
 from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
-from ciotrack.destinations.base import Destination
+from ciotrack.destinations.base import Destination, Outcome
 from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.ratelimit import Limiter, local_limiter
 from ciotrack.retry import RetryPolicy
@@ -30,9 +31,9 @@ SplitHook = Callable[["Route", Deliverable, Deliverable, Deliverable], None]
 class Route:
     """A lane of the core plus where its batches go. ``route`` is ``us``, ``eu`` or ``auto``."""
 
-    __slots__ = ("index", "route", "region", "lane", "delivery", "in_flight", "parked", "last_take")
+    __slots__ = ("index", "route", "region", "lane", "delivery", "in_flight", "parked", "last_take", "concurrency")
 
-    def __init__(self, index: int, route: str, lane: Lane) -> None:
+    def __init__(self, index: int, route: str, lane: Lane, concurrency: Concurrency) -> None:
         self.index = index
         self.route = route
         self.region: str | None = None if route == "auto" else route
@@ -41,6 +42,8 @@ class Route:
         self.in_flight: dict[int, Batch] = {}  # id(batch) -> batch: taken, not finished
         self.parked: list[Job] = []  # jobs a sync flush left at its deadline, with their retry state
         self.last_take = -1e18
+        self.concurrency = concurrency
+        """How many of this lane's batches may be in flight at once (fixed, or adaptive)."""
 
     @property
     def name(self) -> str:
@@ -54,8 +57,10 @@ class Router:
                  on_split: SplitHook) -> None:
         self.config = config
         routes = config.regions_in_use()
-        self.routes = [Route(i, route, core.lane(i)) for i, route in enumerate(routes)]
-        self.session = make_session(config.senders, hosts=len(routes), user_agent_suffix=config.user_agent)
+        self.routes = [Route(i, route, core.lane(i), _concurrency(config)) for i, route in enumerate(routes)]
+        self.session = make_session(config.senders or config.max_in_flight, hosts=len(routes),
+                                    user_agent_suffix=config.user_agent)
+        self._full_batch = max(1, int(config.batch_bytes * 0.9))
         self.policy = RetryPolicy(config.max_retries, config.retry_budget, config.backoff_base, config.backoff_cap,
                                   config.retry_after_cap)
         self.destinations: dict[str, Destination] = {}
@@ -108,8 +113,17 @@ class Router:
         def split(parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
             on_split(route, parent, first, second)
 
+        concurrency, lane, full_batch = route.concurrency, route.lane, self._full_batch
+
+        def response(latency: float, outcome: Outcome) -> None:
+            # No answer (refused, reset, timed out) is no latency sample; a 429 halves the limit.
+            concurrency.observe(latency if outcome.status is not None else None, throttled=outcome.status == 429,
+                                demand=lane.queued_bytes() >= full_batch,
+                                rate_bound=limiter is not None and limiter.tokens() < 1.0)
+
         delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
-                            health=self._health, on_split=split, watch=self._watch(name, destination))
+                            health=self._health, on_split=split, on_response=response,
+                            watch=self._watch(name, destination))
         route.delivery = delivery
         return delivery
 
@@ -161,5 +175,14 @@ class Router:
                 log.warning("ciotrack: closing destination %r failed", destination, exc_info=True)
         self.session.close()
 
+    def concurrency(self) -> dict[str, ConcurrencyState]:
+        return {route.name: route.concurrency.state() for route in self.routes}
+
     def tokens(self) -> dict[str, float]:
         return {region: limiter.tokens() for region, limiter in list(self.limiters.items())}
+
+
+def _concurrency(config: Config) -> Concurrency:
+    if config.senders is not None:
+        return FixedConcurrency(config.senders)
+    return AdaptiveConcurrency(max_limit=config.max_in_flight, initial=1)

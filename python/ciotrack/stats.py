@@ -18,11 +18,13 @@ Histogram quantiles are the upper bound of the log bucket holding the exact quan
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ciotrack.concurrency import ConcurrencyState
 from ciotrack.losses import drop_reason
 
 __all__ = ["HistogramSummary", "Stats"]
@@ -101,6 +103,10 @@ class Stats:
     """Batches taken from the queue and not finished yet (being sent, or waiting to be retried)."""
     bucket_tokens: Mapping[str, float]
     """Rate-limit tokens available now, by region (empty with ``rate_limit=0``)."""
+    concurrency_limit: Mapping[str, int]
+    """Requests allowed in flight now, by region: the adaptive controller's current limit (or ``senders``)."""
+    requests_in_flight: Mapping[str, int]
+    """Batches of each region being sent now (each holds one of the ``concurrency_limit`` slots)."""
     overflow_ops: int
     """Operations in the overflow list, not yet taken by the spool."""
 
@@ -147,6 +153,7 @@ class Stats:
         lane_regions: Iterable[str],
         in_flight: int = 0,
         bucket_tokens: Mapping[str, float] | None = None,
+        concurrency: Mapping[str, ConcurrencyState] | None = None,
         metrics_enabled: bool = True,
     ) -> Stats:
         """Build from ``Core.stats()``; ``lane_regions[i]`` names lane ``i`` (two lanes may share one)."""
@@ -193,6 +200,8 @@ class Stats:
             queued_bytes=_frozen(queued_bytes),
             in_flight=in_flight,
             bucket_tokens=_frozen(bucket_tokens or {}),
+            concurrency_limit=_frozen({r: c.limit for r, c in (concurrency or {}).items()}),
+            requests_in_flight=_frozen({r: c.in_flight for r, c in (concurrency or {}).items()}),
             overflow_ops=int(gauges.get("overflow_ops", 0)),
             metrics_enabled=metrics_enabled,
             counters=_frozen(counters),
@@ -214,11 +223,22 @@ class Stats:
         def kv(mapping: Mapping[str, Any]) -> str:
             return ", ".join(f"{k}={v}" for k, v in sorted(mapping.items())) or "-"
 
+        def number(value: float) -> str:
+            # Plain decimals with about three significant digits, never exponent notation (``:.4g``
+            # printed a 10 s latency as ``1e+04 ms``); thousands separated from 1,000 up.
+            magnitude = abs(value)
+            if magnitude >= 100:
+                return f"{value:,.0f}"
+            if magnitude == 0:
+                return "0"
+            decimals = min(9, 2 - math.floor(math.log10(magnitude)))
+            return f"{value:.{decimals}f}"
+
         def hist(name: str, h: HistogramSummary, unit: str, scale: float) -> str:
             if not h.count:
                 return f"{name}: -"
-            return (f"{name}: n={h.count} p50={h.p50 * scale:.4g}{unit} p95={h.p95 * scale:.4g}{unit} "
-                    f"p99={h.p99 * scale:.4g}{unit} max={h.max * scale:.4g}{unit}")
+            return (f"{name}: n={h.count:,} p50={number(h.p50 * scale)}{unit} p95={number(h.p95 * scale)}{unit} "
+                    f"p99={number(h.p99 * scale)}{unit} max={number(h.max * scale)}{unit}")
 
         return "\n".join([
             f"accepted={self.accepted} invalid={self.invalid} delivered={self.delivered} "

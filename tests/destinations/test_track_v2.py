@@ -149,12 +149,35 @@ def test_connections_are_reused(make_tracker: TrackerFactory, emulator: Emulator
         return original(self)
 
     monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_new_conn", counting)
-    tracker = make_tracker(batch_bytes=2048)
+    tracker = make_tracker(batch_bytes=2048, senders=1)
     for i in range(300):
         tracker.track("k", "keepalive", {"i": i})
     assert tracker.flush(timeout=10)
     assert emulator.stats()["batches"] > 5
     assert len(opened) == 1  # one sender, one keep-alive connection for every batch
+
+
+def test_adaptive_concurrency_opens_no_more_connections_than_requests_in_flight(
+        make_tracker: TrackerFactory, emulator: Emulator, monkeypatch: Any) -> None:
+    import urllib3.connectionpool
+
+    opened: list[Any] = []
+    original = urllib3.connectionpool.HTTPConnectionPool._new_conn
+
+    def counting(self: Any) -> Any:
+        opened.append(self)
+        return original(self)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_new_conn", counting)
+    emulator.set_faults(latency=0.02)  # requests overlap: the controller grows past one
+    tracker = make_tracker(batch_bytes=2048, max_in_flight=8)
+    for i in range(3000):
+        tracker.track("k", "keepalive", {"i": i})
+    assert tracker.flush(timeout=30)
+    batches = emulator.stats()["batches"]
+    assert batches > 50
+    # Connections are pooled and kept alive: at most one per request in flight, never one per batch.
+    assert 1 <= len(opened) <= 8 < batches
 
 
 def test_requests_session_is_closed_on_close(make_tracker: TrackerFactory, monkeypatch: Any) -> None:

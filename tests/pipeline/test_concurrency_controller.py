@@ -46,7 +46,8 @@ class Simulation:
             self.tokens = min(self.burst, self.tokens + self.rate * step)
             while self._events and self._events[0][0] <= clock.now:
                 _, rtt, throttled = heapq.heappop(self._events)
-                self.c.release(rtt, throttled=throttled, demand=True, rate_bound=self.tokens < 1)
+                self.c.observe(rtt, throttled=throttled, demand=True, rate_bound=self.tokens < 1)
+                self.c.release()
                 self.done.append((clock.now, throttled, rtt))
             while self.tokens >= 1 and self.c.try_acquire():
                 self.tokens -= 1
@@ -109,12 +110,14 @@ def test_backs_off_when_latency_rises_without_demand_for_more() -> None:
     for _ in range(50):  # a baseline at 20 ms
         assert controller.try_acquire()
         clock.now += 0.02
-        controller.release(0.02, demand=False)
+        controller.observe(0.02, demand=False)
+        controller.release()
     assert controller.limit == 20
     for _ in range(10):  # now ten times slower
         controller.try_acquire()
         clock.now += 0.2
-        controller.release(0.2, demand=False)
+        controller.observe(0.2, demand=False)
+        controller.release()
     assert controller.limit < 20
 
 
@@ -123,14 +126,14 @@ def test_halves_on_429_once_per_round_trip() -> None:
     controller = AdaptiveConcurrency(clock=clock, initial=16)
     for _ in range(10):
         controller.try_acquire()
-    controller.release(0.1)  # a latency sample sets the round trip
+    controller.observe(0.1)  # a latency sample sets the round trip
     limit = controller.limit
-    controller.release(None, throttled=True)
+    controller.observe(None, throttled=True)
     assert controller.limit == limit // 2
-    controller.release(None, throttled=True)  # the same burst of 429s: no second halving
+    controller.observe(None, throttled=True)  # the same burst of 429s: no second halving
     assert controller.limit == limit // 2
     clock.now += 1.0
-    controller.release(None, throttled=True)
+    controller.observe(None, throttled=True)
     assert controller.limit == limit // 4
 
 
@@ -148,6 +151,7 @@ def test_a_429_storm_then_recovery_costs_few_429s() -> None:
 def test_fixed_concurrency_is_a_hard_cap() -> None:
     fixed = FixedConcurrency(3)
     assert [fixed.try_acquire() for _ in range(4)] == [True, True, True, False]
-    fixed.release(0.1, throttled=True)
+    fixed.observe(0.1, throttled=True)
+    fixed.release()
     assert fixed.limit == 3 and fixed.in_flight == 2
     assert fixed.try_acquire()

@@ -35,6 +35,8 @@ FAMILIES = {
     "ciotrack_queued_bytes": "gauge",
     "ciotrack_in_flight_batches": "gauge",
     "ciotrack_rate_limit_tokens": "gauge",
+    "ciotrack_concurrency_limit": "gauge",
+    "ciotrack_requests_in_flight": "gauge",
     "ciotrack_overflow_operations": "gauge",
     "ciotrack_request_latency_seconds": "summary",
     "ciotrack_request_latency_seconds_max": "gauge",
@@ -89,6 +91,8 @@ def test_scrape_parses_and_holds_every_metric_with_the_tracker_values(make_track
     assert samples[("ciotrack_queued_operations", (("region", "us"),))] == 0
     assert samples[("ciotrack_in_flight_batches", ())] == 0
     assert 0 <= samples[("ciotrack_rate_limit_tokens", (("region", "us"),))] <= 100
+    assert samples[("ciotrack_concurrency_limit", (("region", "us"),))] == stats.concurrency_limit["us"] >= 1
+    assert samples[("ciotrack_requests_in_flight", (("region", "us"),))] == 0
     latency = stats.request_latency
     assert samples[("ciotrack_request_latency_seconds_count", ())] == latency.count == sum(stats.requests.values())
     assert samples[("ciotrack_request_latency_seconds_sum", ())] == pytest.approx(latency.sum)

@@ -163,7 +163,8 @@ def test_outage_past_the_retry_budget_spools_and_recovery_replays_in_order(
         make_tracker: TrackerFactory, emulator: Emulator, tmp_path: pathlib.Path) -> None:
     errors: list[DeliveryError] = []
     emulator.set_faults(error_rate=1.0)  # every request answers 5xx: Customer.io is "down"
-    tracker = make_tracker(spool_dir=tmp_path, retry_budget=0.3, batch_bytes=8192, on_error=errors.append)
+    # senders=1: strict order (adaptive concurrency may send the replayed batches side by side).
+    tracker = make_tracker(spool_dir=tmp_path, retry_budget=0.3, batch_bytes=8192, on_error=errors.append, senders=1)
     ids = [_core.ulid() for _ in range(200)]
     for i, event_id in enumerate(ids):
         tracker.track("out", "outage", {"i": i}, id=event_id)
@@ -219,7 +220,7 @@ def test_spool_size_cap_evicts_oldest_first_and_counts_it(make_tracker: TrackerF
     emulator.set_faults(error_rate=1.0)
     monkeypatch.setattr(segments, "SEGMENT_BYTES", 16384)  # small segments, so eviction has a grain
     tracker = make_tracker(spool_dir=tmp_path, spool_max_bytes=65536, retry_budget=0.05, batch_bytes=8192,
-                           on_drop=lambda r, n: drops.append((r, n)))
+                           on_drop=lambda r, n: drops.append((r, n)), senders=1)  # one sender: spooled in order
     for i in range(2000):
         tracker.track("cap", "e", {"i": i, "pad": "x" * 40})
     assert tracker.flush(timeout=30)

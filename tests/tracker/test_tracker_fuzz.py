@@ -233,7 +233,7 @@ def test_the_value_zoo_is_really_hostile() -> None:
             for item in value:
                 walk(item, visited)
 
-    @settings(max_examples=3000, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(values)
     def collect(value: Any) -> None:
         walk(value, set())

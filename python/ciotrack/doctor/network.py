@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from ciotrack.concurrency import DEFAULT_MAX_IN_FLIGHT
 from ciotrack.doctor.report import Report
 from ciotrack.preflight import credentials_hint, request_region
 
@@ -221,10 +222,14 @@ def _recommend_throughput(report: Report, target: Target, rtt: float) -> None:
         return
     needed = max(1, math.ceil(rate * rtt * 1.2))
     ceiling = rate * ops_per_batch
-    report.add("throughput", "ok", f"filling {rate:g} requests/s at {rtt * 1000:.0f} ms needs ~{needed} request(s) "
-               f"in flight; ceiling ~{ceiling:,.0f} events/s at ~{TYPICAL_EVENT_BYTES} B per event "
-               f"({ops_per_batch} per batch)")
-    report.recommend("max_in_flight", max(needed, 2), f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
+    found = f"filling {rate:g} requests/s at {rtt * 1000:.0f} ms needs ~{needed} request(s) in flight; ceiling " \
+            f"~{ceiling:,.0f} events/s at ~{TYPICAL_EVENT_BYTES} B per event ({ops_per_batch} per batch)"
+    if needed <= DEFAULT_MAX_IN_FLIGHT:
+        report.add("throughput", "ok", found + f"; adaptive concurrency (the default, up to "
+                   f"{DEFAULT_MAX_IN_FLIGHT}) reaches it")
+    else:
+        report.add("throughput", "warn", found, f"raise max_in_flight to {min(64, needed)}")
+        report.recommend("max_in_flight", min(64, needed), f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
 
 
 def hide_credentials(url: str) -> str:

@@ -1,12 +1,15 @@
 """``ciotrack emulator ...`` / ``python -m ciotrack.emulator ...``: run the emulator in the foreground.
 
-Prints the URL on stdout once listening (and ``ca_bundle=<path>`` with ``--tls``), then serves
-until SIGINT/SIGTERM (or, with ``--exit-on-stdin-eof``, until stdin closes).
+Prints the URL on stdout once listening (and ``ca_bundle=<path>`` with ``--tls``): programs read
+those first lines. Then, for a person, the workspace credentials (site id, Track API key, App API
+key) and the environment variables that point a tracker at it. Serves until SIGINT/SIGTERM (or,
+with ``--exit-on-stdin-eof``, until stdin closes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -21,6 +24,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     parser.add_argument("--site-id", help="workspace site id (with --api-key; default site-1/key-1)")
     parser.add_argument("--api-key", help="workspace track API key")
+    parser.add_argument("--app-api-key", help="App API key of the first workspace, for /v1/send/* "
+                        "(default: app-<its track API key>)")
     parser.add_argument("--workspace", action="append", default=[], metavar="SITE_ID:API_KEY",
                         help="another workspace (repeatable)")
     parser.add_argument("--region", choices=("us", "eu"), default="us", help="region this server reports")
@@ -42,6 +47,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--redirect-to", help="answer every Track API request 301 to this base URL")
     faults.add_argument("--seed", type=int, help="seed of the fault RNG")
     faults.add_argument("--faults-json", help=argparse.SUPPRESS)
+    hooks = parser.add_argument_group("reporting webhooks (signed, as Customer.io posts them)")
+    hooks.add_argument("--webhook-url", help="post reporting webhooks for the workspaces' messages here")
+    hooks.add_argument("--webhook-secret", help="signing key (default $CIOTRACK_WEBHOOK_SECRET)")
+    hooks.add_argument("--webhook-rate", type=float, default=100.0, help="webhooks per second at most (default 100)")
+    hooks.add_argument("--webhook-synthetic", action="store_true",
+                       help="make up events of every object type instead of reporting received ones")
+    hooks.add_argument("--webhook-duplicates", type=float, default=0.0, metavar="SHARE",
+                       help="share re-sent with an earlier event_id, freshly signed")
+    hooks.add_argument("--webhook-replays", type=float, default=0.0, metavar="SHARE",
+                       help="share replayed byte for byte (original timestamp and signature)")
+    hooks.add_argument("--webhook-forged", type=float, default=0.0, metavar="SHARE",
+                       help="share sent with a wrong signature")
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -74,12 +91,32 @@ def _faults(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def run(args: argparse.Namespace) -> int:
-    from ciotrack.emulator.emulator import Emulator
+def banner(url: str, region: str, credentials: list[tuple[str, str, str]], ca_bundle: str | None) -> str:
+    """What a person needs to point a client at this server (printed after the machine-read lines)."""
+    site_id, api_key, app_key = credentials[0]
+    lines = [f"ciotrack emulator: Customer.io Track API (v1, v2) and App API (/v1/send/*) at {url}, region {region}"]
+    for site, key, app in credentials:
+        lines.append(f"  workspace  site id: {site}  Track API key: {key}  App API key: {app}")
+    lines.append(f"  export CIOTRACK_ENDPOINT={url} CIOTRACK_SITE_ID={site_id} CIOTRACK_API_KEY={api_key}")
+    if ca_bundle:
+        lines.append(f"  export REQUESTS_CA_BUNDLE={ca_bundle}  # the self-signed CA of --tls")
+    lines.append(f"  transactional: APIClient({app_key!r}, url={url!r})")
+    lines.append(f"  what it received: {url}/_emulator/state  (Ctrl-C stops it)")
+    return "\n".join(lines)
 
+
+def run(args: argparse.Namespace) -> int:
+    from ciotrack.emulator.emulator import DEFAULT_WORKSPACES, Emulator
+
+    workspaces = _workspaces(args)
+    app_keys = None
+    if args.app_api_key:
+        first_site = next(iter(workspaces or DEFAULT_WORKSPACES))
+        app_keys = {first_site: args.app_api_key}
     try:
-        emulator = Emulator(args.host, args.port, workspaces=_workspaces(args), rate_limit=args.rate_limit,
-                            burst=args.burst, tls=args.tls, faults=_faults(args), region=args.region)
+        emulator = Emulator(args.host, args.port, workspaces=workspaces, rate_limit=args.rate_limit,
+                            burst=args.burst, tls=args.tls, faults=_faults(args), region=args.region,
+                            app_api_keys=app_keys)
     except ValueError as err:
         print(f"ciotrack emulator: {err}", file=sys.stderr)
         return 2
@@ -92,9 +129,23 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     emulator.start()
     try:
+        if args.webhook_url:
+            secret = args.webhook_secret or os.environ.get("CIOTRACK_WEBHOOK_SECRET")
+            if not secret:
+                print("ciotrack emulator: --webhook-url needs --webhook-secret or $CIOTRACK_WEBHOOK_SECRET",
+                      file=sys.stderr)
+                return 2
+            try:
+                emulator.send_webhooks(args.webhook_url, secret, rate=args.webhook_rate,
+                                       synthetic=args.webhook_synthetic, duplicate_share=args.webhook_duplicates,
+                                       replay_share=args.webhook_replays, forged_share=args.webhook_forged)
+            except ValueError as err:
+                print(f"ciotrack emulator: {err}", file=sys.stderr)
+                return 2
         print(emulator.url, flush=True)
         if emulator.ca_bundle:
             print(f"ca_bundle={emulator.ca_bundle}", flush=True)
+        print(banner(emulator.url, emulator.region, emulator.credentials(), emulator.ca_bundle), flush=True)
         if args.exit_on_stdin_eof:
             def wait_for_eof() -> None:
                 sys.stdin.buffer.read()

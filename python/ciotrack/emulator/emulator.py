@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -23,7 +23,11 @@ import orjson
 from ciotrack.emulator.faults import FAULT_NAMES, Faults, FaultState, TokenBucket
 from ciotrack.emulator.server import EmulatorHTTPServer
 from ciotrack.emulator.state import Workspace
+from ciotrack.emulator.transactional import TransactionalLog
 from ciotrack.emulator.validate import json_dumps
+
+if TYPE_CHECKING:
+    from ciotrack.emulator.webhooks import WebhookSender
 
 logger = logging.getLogger("ciotrack.emulator")
 
@@ -37,6 +41,9 @@ class Emulator:
     ``rate_limit`` (requests/s) and ``burst`` enable a per-workspace token bucket (off by default).
     ``faults`` is a ``Faults`` or a dict of ``set_faults`` keywords. Use ``Emulator.spawn(...)`` for
     a server in a subprocess (so a benchmark client does not share its GIL).
+
+    The App API's transactional sends (``POST /v1/send/...``, see ``transactional.py``) take a Bearer
+    App API key: ``app_api_keys`` maps site_id -> key; a workspace without one gets ``app-<api_key>``.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class Emulator:
         faults: Faults | Mapping[str, Any] | None = None,
         region: str = "us",
         request_log: int = 64,
+        app_api_keys: Mapping[str, str] | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError("rate_limit must be positive (None disables it)")
@@ -67,6 +75,12 @@ class Emulator:
             raise ValueError("at least one workspace is needed")
         self._workspaces = {site: Workspace(site, key, n) for n, (site, key) in enumerate(configured.items(), 1)}
         self._default_site = next(iter(self._workspaces))
+        app_keys = dict(app_api_keys or {})
+        unknown = set(app_keys) - set(configured)
+        if unknown:
+            raise ValueError(f"app_api_keys names unknown workspaces: {sorted(unknown)}")
+        self.app_api_keys = {site: app_keys.get(site) or f"app-{key}" for site, key in configured.items()}
+        self.transactional = TransactionalLog()
         self._auth_cache: dict[str, Workspace] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self.fault_state = FaultState(faults if isinstance(faults, Faults) else Faults.from_settings(
@@ -82,6 +96,7 @@ class Emulator:
         self._tmpdir: str | None = None
         self.ca_bundle: str | None = None
         self.url = ""
+        self._webhook_senders: list[WebhookSender] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,6 +129,9 @@ class Emulator:
         return context
 
     def stop(self) -> None:
+        senders, self._webhook_senders = self._webhook_senders, []
+        for sender in senders:
+            sender.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -148,6 +166,19 @@ class Emulator:
         return EmulatorProcess.start(host=host, port=port, **kwargs)
 
     # -- inspection and control --------------------------------------------------------------
+
+    def workspace_ids(self) -> list[str]:
+        return list(self._workspaces)
+
+    def send_webhooks(self, url: str, secret: str, **options: Any) -> WebhookSender:
+        """Start posting signed reporting webhooks for this emulator's messages to ``url`` (see
+        ``ciotrack.emulator.webhooks.WebhookSender`` for the options); stopped with the emulator."""
+        from ciotrack.emulator.webhooks import WebhookSender
+
+        options.setdefault("source", None if options.get("synthetic") else self)
+        sender = WebhookSender(url, secret, **options).start()
+        self._webhook_senders.append(sender)
+        return sender
 
     def workspace(self, site_id: str | None = None) -> Workspace:
         return self._workspaces[site_id or self._default_site]
@@ -188,11 +219,20 @@ class Emulator:
         with self._stats_lock:
             return [{k: v for k, v in r.items() if k != "logged"} for r in self._requests]
 
+    def credentials(self) -> list[tuple[str, str, str]]:
+        """``(site_id, track_api_key, app_api_key)`` of every workspace, the default one first."""
+        return [(site, ws.api_key, self.app_api_keys[site]) for site, ws in self._workspaces.items()]
+
+    def transactional_sends(self, site_id: str | None = None) -> list[dict[str, Any]]:
+        """Accepted ``/v1/send/*`` requests, oldest first: site_id, kind, delivery_id, queued_at, request."""
+        return self.transactional.sends(site_id)
+
     def reset(self) -> None:
         """Forget all state and counters (faults stay as they are)."""
         for ws in self._workspaces.values():
             with ws.lock:
                 ws.clear()
+        self.transactional.clear()
         self._reset_stats()
 
     def set_faults(self, **settings: Any) -> None:
@@ -251,12 +291,25 @@ class Emulator:
         self._auth_cache[header] = ws
         return ws
 
-    def rate_limit_wait(self, ws: Workspace) -> float:
+    def authenticate_app(self, header: str | None) -> Workspace | None:
+        """The workspace whose App API key is the Bearer token of ``header``."""
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        token_bytes = token.strip().encode()
+        for site, key in self.app_api_keys.items():
+            if hmac.compare_digest(key.encode(), token_bytes):
+                return self._workspaces[site]
+        return None
+
+    def rate_limit_wait(self, ws: Workspace, api: str = "track") -> float:
+        """Seconds until ``ws`` may make a request to ``api`` (``track`` or ``app``: separate limits)."""
         if self.rate_limit is None:
             return 0.0
-        bucket = self._buckets.get(ws.site_id)
+        name = ws.site_id if api == "track" else f"{api}:{ws.site_id}"
+        bucket = self._buckets.get(name)
         if bucket is None:
-            bucket = self._buckets.setdefault(ws.site_id, TokenBucket(self.rate_limit, self.burst or 1.0))
+            bucket = self._buckets.setdefault(name, TokenBucket(self.rate_limit, self.burst or 1.0))
         return bucket.take()
 
     def _reset_stats(self) -> None:
@@ -340,6 +393,20 @@ class Emulator:
             if name == "requests" and method == "GET":
                 return 200, orjson.dumps([{**r, "body": r.get("body", b"").decode("utf-8", "replace")}
                                           for r in self.requests()])
+            if name == "transactional" and method == "GET":
+                site = parse_qs(query).get("site_id", [None])[-1]
+                return 200, orjson.dumps(self.transactional_sends(site))
+            if name == "credentials" and method == "GET":
+                return 200, orjson.dumps([{"site_id": site, "api_key": key, "app_api_key": app_key}
+                                          for site, key, app_key in self.credentials()])
+            if name == "webhooks" and method == "GET":
+                return 200, orjson.dumps([sender.stats() for sender in self._webhook_senders])
+            if name == "webhooks/forge" and method == "POST":
+                if not self._webhook_senders:
+                    return 409, b'{"error":"no webhook sender (start with --webhook-url)"}'
+                settings = orjson.loads(body) if body.strip() else {}
+                sent = self._webhook_senders[0].send_forged(str(settings.get("how", "bad_signature")))
+                return 200, orjson.dumps({"status": sent.status, "event_id": sent.event_id})
             if name == "health" and method == "GET":
                 return 200, orjson.dumps({"url": self.url, "region": self.region})
         except (ValueError, TypeError, orjson.JSONDecodeError) as err:

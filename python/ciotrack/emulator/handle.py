@@ -64,7 +64,10 @@ class EmulatorProcess:
         faults: Mapping[str, Any] | None = None,
         region: str = "us",
         timeout: float = 30.0,
+        webhooks: Mapping[str, Any] | None = None,
     ) -> EmulatorProcess:
+        """``webhooks``: ``url`` and ``secret`` (+ ``rate``, ``synthetic``, ``duplicate_share``,
+        ``replay_share``, ``forged_share``) make the child post signed reporting webhooks."""
         args = [sys.executable, "-m", "ciotrack.emulator", "--host", host, "--port", str(port),
                 "--region", region, "--exit-on-stdin-eof"]
         for site_id, api_key in (workspaces or {}).items():
@@ -78,6 +81,19 @@ class EmulatorProcess:
         if faults:
             args += ["--faults-json", orjson.dumps(dict(faults)).decode()]
         env = dict(os.environ)
+        if webhooks:
+            hooks = dict(webhooks)
+            # The signing key goes through the environment, not the command line (ps shows that).
+            env["CIOTRACK_WEBHOOK_SECRET"] = str(hooks.pop("secret"))
+            args += ["--webhook-url", str(hooks.pop("url"))]
+            if hooks.pop("synthetic", False):
+                args.append("--webhook-synthetic")
+            for name, flag in (("rate", "--webhook-rate"), ("duplicate_share", "--webhook-duplicates"),
+                               ("replay_share", "--webhook-replays"), ("forged_share", "--webhook-forged")):
+                if name in hooks:
+                    args += [flag, str(hooks.pop(name))]
+            if hooks:
+                raise ValueError(f"unknown webhook options: {sorted(hooks)}")
         # The child must import this same ciotrack, installed or not.
         source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above ciotrack/
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
@@ -121,8 +137,27 @@ class EmulatorProcess:
         result: list[dict[str, Any]] = self._call("GET", "requests")
         return result
 
+    def transactional_sends(self, site_id: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "transactional",
+                                                  params={"site_id": site_id} if site_id else None)
+        return result
+
+    def credentials(self) -> list[tuple[str, str, str]]:
+        rows = self._call("GET", "credentials")
+        return [(row["site_id"], row["api_key"], row["app_api_key"]) for row in rows]
+
     def reset(self) -> None:
         self._call("POST", "reset")
+
+    def webhook_stats(self) -> list[dict[str, int]]:
+        """The counters of the child's webhook senders (``WebhookSender.stats()``)."""
+        result: list[dict[str, int]] = self._call("GET", "webhooks")
+        return result
+
+    def send_forged_webhook(self, how: str = "bad_signature") -> int | None:
+        """Have the child send one forged webhook now (see ``WebhookSender.send_forged``); its status."""
+        result: int | None = self._call("POST", "webhooks/forge", {"how": how})["status"]
+        return result
 
     def set_faults(self, **settings: Any) -> None:
         self._call("POST", "faults", settings)

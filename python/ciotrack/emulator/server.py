@@ -2,7 +2,8 @@
 
 Order of a Track API request (each step answers and stops when it fires; none of them applies
 anything): reset fault -> 429 storm -> error fault -> slow read -> latency -> auth (401) -> rate
-limit (429) -> size (413) -> apply -> apply-then-drop fault -> answer. The body is always read
+limit (429) -> size (413) -> apply -> apply-then-drop fault -> answer (the App API's ``/v1/send/*``
+branches off after the latency step: Bearer auth, its own rate limit, see ``transactional.py``). The body is always read
 (or drained) before answering so a keep-alive connection stays in sync.
 
 Handshakes run on the connection's thread, never on the accept loop, so a slow or broken TLS
@@ -24,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from ciotrack.emulator import v1, v2
+from ciotrack.emulator import transactional, v1, v2
 from ciotrack.emulator.validate import MAX_BATCH_BYTES, MAX_ENTITY_BYTES
 
 if TYPE_CHECKING:
@@ -253,6 +254,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             app.count_fault("latency")
             app.stopping.wait(delay)
 
+        if path.startswith(transactional.PATH_PREFIX):
+            self._transactional(app, path, length, record)
+            return
+
         workspace = app.authenticate(self.headers.get("Authorization"))
         record["site_id"] = workspace.site_id if workspace is not None else None
         if workspace is None and path not in v1.NO_AUTH_PATHS:
@@ -307,6 +312,37 @@ class RequestHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             self._close_now()
+        self._answer(app, record, status, payload)
+
+
+    def _transactional(self, app: Emulator, path: str, length: int | None, record: dict[str, Any]) -> None:
+        """The App API's ``/v1/send/*`` (after the faults): Bearer auth, its own rate limit, 1 MB + attachments."""
+        workspace = app.authenticate_app(self.headers.get("Authorization"))
+        record["site_id"] = workspace.site_id if workspace is not None else None
+        if workspace is None:
+            app.count_bytes(self._drain(length))
+            self._answer(app, record, 401, transactional.UNAUTHORIZED)
+            return
+        wait = app.rate_limit_wait(workspace, "app")
+        if wait > 0:
+            app.count_bytes(self._drain(length))
+            app.count_fault("rate_limited")
+            record["fault"] = "rate_limited"
+            self._answer(app, record, 429, transactional.error_body("rate limit exceeded"),
+                         (("Retry-After", str(max(1, math.ceil(wait)))),))
+            return
+        if length is not None and length > transactional.MAX_BODY_BYTES:
+            app.count_bytes(self._drain(length))
+            self._answer(app, record, 413, transactional.error_body("request body too large"))
+            return
+        body = self._read_body(length)
+        app.count_bytes(len(body))
+        record["body"] = body
+        if self.command != "POST":
+            self._answer(app, record, 405, transactional.error_body("use POST"))
+            return
+        status, payload = app.transactional.handle(workspace.site_id, path[len(transactional.PATH_PREFIX):], body,
+                                                   int(time.time()))
         self._answer(app, record, status, payload)
 
 

@@ -14,12 +14,14 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyTimeAccess, PyTzInfoAccess,
+    PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyTimeAccess, PyTzInfoAccess,
 };
 
-use crate::json;
-use crate::ops::{ErrorKind, OpError};
-use crate::py_errors::to_pyerr;
+use ciotrack_core::json;
+use ciotrack_core::{CoreError, ErrorKind};
+
+use crate::dict::DictEntries;
+use crate::errors::Error;
 
 /// Deeper than this is taken for a cycle (a dict containing itself) rather than data.
 pub const MAX_DEPTH: u32 = 64;
@@ -61,10 +63,10 @@ impl EncodeError {
         self
     }
 
-    /// The Python exception, its message starting with `root` and the path: `data['items'][2]: ...`.
-    pub fn into_pyerr(self, py: Python<'_>, root: &str) -> PyErr {
+    /// The error for Python, its message starting with `root` and the path: `data['items'][2]: ...`.
+    pub fn into_error(self, py: Python<'_>, root: &str) -> Error {
         match self {
-            EncodeError::Python(err) => err,
+            EncodeError::Python(err) => Error::Python(err),
             EncodeError::Value(fault) => {
                 let mut message = String::from(root);
                 for segment in fault.path.iter().rev().take(MAX_PATH_SHOWN) {
@@ -87,7 +89,7 @@ impl EncodeError {
                 }
                 message.push_str(": ");
                 message.push_str(&fault.detail);
-                to_pyerr(py, OpError::new(fault.kind, message))
+                Error::Core(CoreError::new(fault.kind, message))
             }
         }
     }
@@ -142,23 +144,28 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 #[inline]
 unsafe fn utf8<'a>(obj: *mut ffi::PyObject) -> Result<&'a [u8], EncodeError> {
     let mut size: ffi::Py_ssize_t = 0;
-    let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut size);
+    // SAFETY: `obj` is a live str (the caller's contract), and the GIL is held.
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj, &mut size) };
     if data.is_null() {
-        ffi::PyErr_Clear();
+        // SAFETY: the GIL is held; this clears the UnicodeEncodeError just set.
+        unsafe { ffi::PyErr_Clear() };
         return Err(EncodeError::new(
             ErrorKind::Invalid,
             "string contains a lone surrogate (not valid UTF-8)",
         ));
     }
-    Ok(std::slice::from_raw_parts(data as *const u8, size as usize))
+    // SAFETY: CPython keeps `size` bytes of UTF-8 at `data` for as long as the str lives (the
+    // cached UTF-8 form is never freed or changed before the object), which the caller
+    // guarantees covers `'a`.
+    Ok(unsafe { std::slice::from_raw_parts(data as *const u8, size as usize) })
 }
 
 /// A str argument as &str, or an InvalidValueError/SerializationError naming `field`.
-pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, OpError> {
+pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, CoreError> {
     // SAFETY: type checked first; the slice borrows from `obj`, which outlives it.
     unsafe {
         if ffi::PyUnicode_Check(obj.as_ptr()) == 0 {
-            return Err(OpError::new(
+            return Err(CoreError::new(
                 ErrorKind::Serialization,
                 format!("{field}: must be a str, not '{}'", type_name(obj)),
             ));
@@ -166,7 +173,7 @@ pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, Op
         match utf8(obj.as_ptr()) {
             // CPython's UTF-8 form is valid UTF-8 by construction.
             Ok(bytes) => Ok(std::str::from_utf8_unchecked(bytes)),
-            Err(_) => Err(OpError::invalid(format!(
+            Err(_) => Err(CoreError::invalid(format!(
                 "{field}: string contains a lone surrogate (not valid UTF-8)"
             ))),
         }
@@ -174,25 +181,34 @@ pub fn str_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> Result<&'a str, Op
 }
 
 /// Writes an int that fits i64 or u64; anything larger is an InvalidValueError.
+///
+/// # Safety
+/// `obj` must be a live int (or subclass), with the GIL held.
 #[inline]
 unsafe fn write_int(out: &mut Vec<u8>, obj: *mut ffi::PyObject) -> Result<(), EncodeError> {
     let mut overflow: c_int = 0;
-    let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+    // SAFETY: `obj` is a live int (the caller's contract); the GIL is held.
+    let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow) };
     if overflow == 0 {
-        if v == -1 && !ffi::PyErr_Occurred().is_null() {
-            ffi::PyErr_Clear();
+        // SAFETY: reads this thread's error indicator; the GIL is held.
+        if v == -1 && !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            // SAFETY: clears the error just read; the GIL is held.
+            unsafe { ffi::PyErr_Clear() };
             return Err(EncodeError::new(ErrorKind::Invalid, "int cannot be read"));
         }
         json::write_i64(out, v);
         return Ok(());
     }
     if overflow > 0 {
-        let u = ffi::PyLong_AsUnsignedLongLong(obj);
-        if u != u64::MAX || ffi::PyErr_Occurred().is_null() {
+        // SAFETY: `obj` is a live int (the caller's contract); the GIL is held.
+        let u = unsafe { ffi::PyLong_AsUnsignedLongLong(obj) };
+        // SAFETY: reads this thread's error indicator; the GIL is held.
+        if u != u64::MAX || unsafe { ffi::PyErr_Occurred() }.is_null() {
             json::write_u64(out, u);
             return Ok(());
         }
-        ffi::PyErr_Clear();
+        // SAFETY: clears the OverflowError just set; the GIL is held.
+        unsafe { ffi::PyErr_Clear() };
     }
     Err(EncodeError::new(
         ErrorKind::Invalid,
@@ -269,21 +285,12 @@ pub(crate) fn write_dict(
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
+    let dict = obj.cast::<PyDict>().map_err(PyErr::from)?;
     out.push(b'{');
-    let mut pos: ffi::Py_ssize_t = 0;
-    let mut key_ptr: *mut ffi::PyObject = std::ptr::null_mut();
-    let mut value_ptr: *mut ffi::PyObject = std::ptr::null_mut();
-    let mut first = true;
-    // SAFETY: PyDict_Next re-checks its position against the current table on every call, so it
-    // stays in bounds even if Python code run by the encoder mutates the dict; key and value are
-    // taken as strong references at once, so they outlive such a mutation.
-    while unsafe { ffi::PyDict_Next(obj.as_ptr(), &mut pos, &mut key_ptr, &mut value_ptr) } != 0 {
-        let key = unsafe { Bound::from_borrowed_ptr(py, key_ptr) };
-        let value = unsafe { Bound::from_borrowed_ptr(py, value_ptr) };
-        if !first {
+    for (i, (key, value)) in DictEntries::new(dict).enumerate() {
+        if i > 0 {
             out.push(b',');
         }
-        first = false;
         write_key(out, &key)?;
         out.push(b':');
         write_value(py, out, &value, depth + 1).map_err(|e| e.at(|| Segment::Key(key.unbind())))?;
@@ -348,9 +355,10 @@ fn write_list(
     out.push(b'[');
     let mut i = 0;
     // The length is re-read each step: Python code run by the encoder could shrink the list.
-    // SAFETY: `i` is checked against the current size before each read; the item is taken as a
-    // strong reference.
+    // SAFETY: `obj` is a live list (type checked by the caller); reading its size is a field read.
     while i < unsafe { ffi::PyList_GET_SIZE(obj.as_ptr()) } {
+        // SAFETY: `i` was checked against the current size just above, with no Python code run
+        // since; the item is taken as a strong reference before any can run.
         let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyList_GET_ITEM(obj.as_ptr(), i)) };
         if i > 0 {
             out.push(b',');
@@ -372,9 +380,11 @@ fn write_tuple(
         return Err(too_deep());
     }
     out.push(b'[');
-    // SAFETY: tuples are immutable; indices are within the size read once.
+    // SAFETY: `obj` is a live tuple (type checked by the caller); reading its size is a field read.
     let len = unsafe { ffi::PyTuple_GET_SIZE(obj.as_ptr()) };
     for i in 0..len {
+        // SAFETY: tuples are immutable, so `i < len` stays in bounds; the item is taken as a
+        // strong reference.
         let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(obj.as_ptr(), i)) };
         if i > 0 {
             out.push(b',');

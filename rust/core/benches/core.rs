@@ -1,12 +1,12 @@
 //! Microbenchmarks of the pure-Rust hot path: queue, batch assembly, dedup, token bucket, histogram.
 //! Run: `cargo bench --bench core -- --noplot --warm-up-time 1 --measurement-time 2`.
 
-use _core::batch::Batch;
-use _core::bucket::TokenBucket;
-use _core::clock::{now_ns, MonotonicClock};
-use _core::dedup::{hash, DedupSet};
-use _core::metrics::Histogram;
-use _core::queue::{Op, OpQueue};
+use ciotrack_core::batch::Batch;
+use ciotrack_core::bucket::TokenBucket;
+use ciotrack_core::clock::{now_ns, MonotonicClock};
+use ciotrack_core::dedup::{hash, DedupSet};
+use ciotrack_core::metrics::Histogram;
+use ciotrack_core::queue::{Op, OpQueue};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::time::Duration;
 

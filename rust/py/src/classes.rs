@@ -1,19 +1,21 @@
 //! The small pyclasses: `Lane` (a view of one queue of a Core), `Batch` (an assembled request
-//! body) and `Bucket` (the token bucket). Every wait releases the GIL.
+//! body) and `Bucket` (the token bucket). Every wait releases the GIL. They wrap ciotrack-core
+//! types only; core.rs builds on them, never the other way round.
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::batch::Batch;
-use crate::bucket::TokenBucket;
-use crate::clock::{self, MonotonicClock};
-use crate::py_core::Shared;
-use crate::queue::OpQueue;
-use crate::seconds_arg;
+use ciotrack_core::batch::Batch;
+use ciotrack_core::bucket::TokenBucket;
+use ciotrack_core::clock::{self, MonotonicClock};
+use ciotrack_core::intake::{seconds_arg, Shared};
+use ciotrack_core::queue::OpQueue;
+use ciotrack_core::CoreError;
+
+use crate::errors::Result;
 
 #[pyclass(frozen, module = "ciotrack._core")]
 pub struct Lane {
@@ -50,8 +52,8 @@ impl Lane {
         self.queue().taken()
     }
 
-    fn wait(&self, py: Python<'_>, min_bytes: usize, timeout: f64) -> PyResult<bool> {
-        let timeout = seconds_arg("timeout", timeout).map_err(PyValueError::new_err)?;
+    fn wait(&self, py: Python<'_>, min_bytes: usize, timeout: f64) -> Result<bool> {
+        let timeout = seconds_arg("timeout", timeout)?;
         let queue = self.queue();
         Ok(py.detach(|| queue.wait(min_bytes.max(1), timeout)))
     }
@@ -62,15 +64,11 @@ impl Lane {
         py: Python<'_>,
         max_bytes: Option<usize>,
         max_ops: Option<usize>,
-    ) -> PyResult<Option<PyBatch>> {
-        let max_bytes = max_bytes.unwrap_or(self.shared.max_batch_bytes);
-        let max_ops = max_ops.unwrap_or(usize::MAX);
-        if max_ops == 0 {
-            return Err(PyValueError::new_err("max_ops: must be at least 1"));
-        }
-        let queue = self.queue();
-        let batch = py.detach(|| queue.next_batch(max_bytes, max_ops));
-        Ok(batch.map(|inner| PyBatch::new(inner, self.index)))
+    ) -> Result<Option<PyBatch>> {
+        let shared = &*self.shared;
+        let index = self.index;
+        let batch = py.detach(|| shared.next_batch(index, max_bytes, max_ops))?;
+        Ok(batch.map(PyBatch::new))
     }
 
     fn drain_ops<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -86,16 +84,14 @@ impl Lane {
 #[pyclass(frozen, name = "Batch", module = "ciotrack._core")]
 pub struct PyBatch {
     pub inner: Batch,
-    lane: usize,
     /// `body` as Python bytes, made on first access (a sender may read it on every retry).
     body: PyOnceLock<Py<PyBytes>>,
 }
 
 impl PyBatch {
-    fn new(inner: Batch, lane: usize) -> Self {
+    fn new(inner: Batch) -> Self {
         PyBatch {
             inner,
-            lane,
             body: PyOnceLock::new(),
         }
     }
@@ -103,6 +99,20 @@ impl PyBatch {
 
 #[pymethods]
 impl PyBatch {
+    /// A standalone batch of already-encoded ops (e.g. read back from a stream): the body a lane
+    /// would have built from them. It belongs to no lane: `lane` is None, `start`/`end` are
+    /// `0`/`count` (positions in this batch, not lane ordinals), and `Core.ack` refuses it.
+    #[staticmethod]
+    fn from_ops(ops: &Bound<'_, PyAny>) -> Result<PyBatch> {
+        let items = ops
+            .try_iter()?
+            .map(|item| Ok(item?.cast_into::<PyBytes>()?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let now = clock::now_ns();
+        let batch = Batch::from_encoded(items.iter().map(|op| op.as_bytes()), now)?;
+        Ok(PyBatch::new(batch))
+    }
+
     #[getter]
     fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         self.body
@@ -117,8 +127,8 @@ impl PyBatch {
     }
 
     #[getter]
-    fn lane(&self) -> usize {
-        self.lane
+    fn lane(&self) -> Option<usize> {
+        self.inner.origin.map(|origin| origin.lane)
     }
 
     #[getter]
@@ -138,17 +148,15 @@ impl PyBatch {
         )
     }
 
-    fn split(&self) -> PyResult<(PyBatch, PyBatch)> {
+    fn split(&self) -> Result<(PyBatch, PyBatch)> {
         if self.inner.count() < 2 {
-            return Err(PyValueError::new_err(
+            return Err(CoreError::argument(
                 "split: a batch of fewer than 2 operations cannot be split",
-            ));
+            )
+            .into());
         }
         let (first, second) = self.inner.split();
-        Ok((
-            PyBatch::new(first, self.lane),
-            PyBatch::new(second, self.lane),
-        ))
+        Ok((PyBatch::new(first), PyBatch::new(second)))
     }
 
     fn oldest_age(&self) -> f64 {
@@ -164,9 +172,13 @@ impl PyBatch {
 
     fn __repr__(&self) -> String {
         // Never the body: it holds customer data.
+        let lane = match self.inner.origin {
+            Some(origin) => origin.lane.to_string(),
+            None => "None".into(),
+        };
         format!(
             "<Batch lane={} ops={} bytes={} [{}, {})>",
-            self.lane,
+            lane,
             self.inner.count(),
             self.inner.body.len(),
             self.inner.start,
@@ -183,17 +195,17 @@ pub struct PyBucket {
 #[pymethods]
 impl PyBucket {
     #[new]
-    fn new(rate: f64, burst: f64) -> PyResult<Self> {
+    fn new(rate: f64, burst: f64) -> Result<Self> {
         if rate.is_nan() || burst.is_nan() {
-            return Err(PyValueError::new_err("rate and burst must be numbers"));
+            return Err(CoreError::argument("rate and burst must be numbers").into());
         }
         Ok(PyBucket {
             inner: TokenBucket::new(rate, burst, MonotonicClock),
         })
     }
 
-    fn acquire(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        let timeout = seconds_arg("timeout", timeout).map_err(PyValueError::new_err)?;
+    fn acquire(&self, py: Python<'_>, timeout: f64) -> Result<bool> {
+        let timeout = seconds_arg("timeout", timeout)?;
         let bucket = &self.inner;
         Ok(py.detach(|| bucket.acquire(timeout)))
     }
@@ -205,8 +217,8 @@ impl PyBucket {
         }
     }
 
-    fn pause(&self, seconds: f64) -> PyResult<()> {
-        let pause = seconds_arg("seconds", seconds).map_err(PyValueError::new_err)?;
+    fn pause(&self, seconds: f64) -> Result<()> {
+        let pause = seconds_arg("seconds", seconds)?;
         self.inner.pause(pause);
         Ok(())
     }

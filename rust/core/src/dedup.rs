@@ -8,6 +8,8 @@
 //! first. Insertion order lives in a ring of `(key, seq)` records; overwriting a key leaves its old
 //! record behind (lazy deletion: a record whose seq no longer matches the entry is skipped), and the
 //! ring is compacted when stale records outnumber live ones, so it stays O(cap) too.
+//!
+//! What is deduplicated, by which key, is the policy's business (`dedup_policy.rs`).
 
 use crate::sync::Mutex;
 use std::collections::{HashMap, VecDeque};

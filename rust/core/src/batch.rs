@@ -3,6 +3,8 @@
 //! A batch remembers where each op sits in its body (`spans`), so the sender can hand out single ops
 //! (a 207 names them by index) and split a batch in two (a 413) without re-encoding anything.
 
+use crate::error::CoreError;
+use crate::ops::MAX_OP_BYTES;
 use crate::queue::OpQueue;
 
 pub const ENVELOPE_HEAD: &[u8] = b"{\"batch\":[";
@@ -20,6 +22,16 @@ pub struct Batch {
     /// Take ordinals of this lane: the batch holds ops `[start, end)`.
     pub start: u64,
     pub end: u64,
+    /// The core and lane this batch was taken from; None for `Batch::from_encoded` (a batch
+    /// rebuilt from ops read back from elsewhere), which no core may ack.
+    pub origin: Option<Origin>,
+}
+
+/// Where a batch was taken from: a core (by its process-unique id) and one of its lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub core: u64,
+    pub lane: usize,
 }
 
 /// Appends ops to a body; `finish` closes the envelope. Spans are u32: a body is bounded by
@@ -65,6 +77,7 @@ impl BatchWriter {
             accepted_ns: self.accepted_ns,
             start,
             end,
+            origin: None,
         }
     }
 }
@@ -105,6 +118,39 @@ impl Batch {
         writer.finish(start)
     }
 
+    /// A standalone batch of already-encoded ops (e.g. read back from a stream to be resent or
+    /// split on a 413): the same body a lane would have built from them, ordinals `[0, count)`,
+    /// accepted at `now_ns`, no origin. Refuses an empty list and an op that is empty or larger
+    /// than `MAX_OP_BYTES` (no lane can hold one, so it was not made by a core).
+    pub fn from_encoded<'a>(
+        ops: impl ExactSizeIterator<Item = &'a [u8]>,
+        now_ns: u64,
+    ) -> Result<Batch, CoreError> {
+        let count = ops.len();
+        if count == 0 {
+            return Err(CoreError::argument(
+                "from_ops: a batch needs at least one operation",
+            ));
+        }
+        let mut writer = BatchWriter::with_capacity(ENVELOPE_LEN + 256 * count, count);
+        for (i, op) in ops.enumerate() {
+            if op.is_empty() || op.len() > MAX_OP_BYTES {
+                return Err(CoreError::limit(format!(
+                    "from_ops: ops[{i}] is {} bytes, an operation is 1..={MAX_OP_BYTES}",
+                    op.len()
+                )));
+            }
+            // Spans are u32 offsets: a body past 4 GiB cannot be described (nor POSTed).
+            if writer.size_with(op.len()) > u32::MAX as usize {
+                return Err(CoreError::limit(
+                    "from_ops: the operations add up to more than 4 GiB",
+                ));
+            }
+            writer.push(op, now_ns);
+        }
+        Ok(writer.finish(0))
+    }
+
     /// The first `count/2` ops and the rest, each a valid body with its own ordinals. Made by
     /// copying the contiguous `op,op,...` stretch of the body, so no per-op work but the spans.
     /// With fewer than 2 ops the second half is empty (`{"batch":[]}`, start == end).
@@ -120,7 +166,9 @@ impl Batch {
     fn sub_batch(&self, from: usize, to: usize) -> Batch {
         let start = self.start + from as u64;
         if from == to {
-            return BatchWriter::with_capacity(ENVELOPE_LEN, 0).finish(start);
+            let mut empty = BatchWriter::with_capacity(ENVELOPE_LEN, 0).finish(start);
+            empty.origin = self.origin;
+            return empty;
         }
         let first = self.spans[from].0 as usize;
         let (last_offset, last_len) = self.spans[to - 1];
@@ -140,6 +188,7 @@ impl Batch {
             accepted_ns: self.accepted_ns[from..to].to_vec(),
             start,
             end: start + (to - from) as u64,
+            origin: self.origin,
         }
     }
 }
@@ -431,5 +480,51 @@ mod tests {
             (queue.pushed(), queue.taken(), queue.len()),
             (TOTAL, TOTAL, 0)
         );
+    }
+
+    #[test]
+    fn from_encoded_matches_a_lane_batch_byte_for_byte() {
+        let ops: Vec<Op> = (0..7).map(|i| json_op(i, 40 + 13 * i as usize)).collect();
+        let copies: Vec<Vec<u8>> = ops.iter().map(|op| op.bytes.to_vec()).collect();
+        let lane = OpQueue::new(100, 1 << 20);
+        for op in ops {
+            lane.push(op).unwrap();
+        }
+        let from_lane = lane.next_batch(usize::MAX, usize::MAX).unwrap();
+        let rebuilt = Batch::from_encoded(copies.iter().map(Vec::as_slice), 99).unwrap();
+        assert_well_formed(&rebuilt);
+        assert_eq!(rebuilt.body, from_lane.body);
+        assert_eq!(rebuilt.spans, from_lane.spans);
+        assert_eq!((rebuilt.start, rebuilt.end, rebuilt.origin), (0, 7, None));
+        assert_eq!(rebuilt.accepted_ns, vec![99; 7]);
+        assert!(rebuilt.ops().eq(copies.iter().map(Vec::as_slice)));
+
+        let (first, second) = rebuilt.split();
+        assert_eq!(
+            (first.start, first.end, second.start, second.end),
+            (0, 3, 3, 7)
+        );
+        assert_eq!((first.origin, second.origin), (None, None));
+        let halves: Vec<&[u8]> = first.ops().chain(second.ops()).collect();
+        assert!(halves.into_iter().eq(copies.iter().map(Vec::as_slice)));
+        assert_well_formed(&first);
+        assert_well_formed(&second);
+    }
+
+    #[test]
+    fn from_encoded_refuses_what_no_lane_could_hold() {
+        use crate::error::ErrorKind;
+        let none: [&[u8]; 0] = [];
+        let err = Batch::from_encoded(none.into_iter(), 0).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Argument);
+        let huge = vec![b'x'; MAX_OP_BYTES + 1];
+        let err = Batch::from_encoded([&b"{}"[..], &huge[..]].into_iter(), 0).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit);
+        assert!(
+            err.message.starts_with("from_ops: ops[1] is 32769 bytes"),
+            "{err}"
+        );
+        let err = Batch::from_encoded([&b""[..]].into_iter(), 0).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit);
     }
 }

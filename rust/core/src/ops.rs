@@ -5,6 +5,7 @@
 //! is fixed (`type`, `identifiers`|`anonymous_id`, `action`, ...) because tests and the emulator
 //! compare bytes.
 
+use crate::error::CoreError;
 use crate::json;
 
 pub const MAX_OP_BYTES: usize = 32_768;
@@ -14,39 +15,6 @@ pub const MAX_ATTRIBUTES: usize = 300;
 pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
 pub const MAX_EVENT_NAME_BYTES: usize = 100;
-
-/// Which Python exception an error becomes (see python/ciotrack/errors.py).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// SerializationError (TypeError): unsupported type, non-str key, nesting too deep.
-    Serialization,
-    /// InvalidValueError (ValueError): a supported type with an unusable value.
-    Invalid,
-    /// LimitError (an InvalidValueError): a Customer.io size limit.
-    Limit,
-}
-
-/// An error whose message already starts with the path of the offending field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl OpError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        OpError {
-            kind,
-            message: message.into(),
-        }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Invalid, message)
-    }
-    pub fn limit(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Limit, message)
-    }
-}
 
 /// Who an operation is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,18 +28,18 @@ pub enum Subject<'a> {
 }
 
 /// Validates a customer id and picks its identifier: `cio_<x>` addresses Customer.io's own id.
-pub fn customer_subject(id: &str) -> Result<Subject<'_>, OpError> {
+pub fn customer_subject(id: &str) -> Result<Subject<'_>, CoreError> {
     if id.is_empty() {
-        return Err(OpError::invalid("customer_id: must not be empty"));
+        return Err(CoreError::invalid("customer_id: must not be empty"));
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "customer_id: {} bytes, Customer.io allows {MAX_ID_BYTES}",
             id.len()
         )));
     }
     match id.strip_prefix("cio_") {
-        Some("") => Err(OpError::invalid(
+        Some("") => Err(CoreError::invalid(
             "customer_id: 'cio_' without a cio_id after it",
         )),
         Some(cio_id) => Ok(Subject::CioId(cio_id)),
@@ -79,12 +47,12 @@ pub fn customer_subject(id: &str) -> Result<Subject<'_>, OpError> {
     }
 }
 
-pub fn anonymous_subject(id: &str) -> Result<Subject<'_>, OpError> {
+pub fn anonymous_subject(id: &str) -> Result<Subject<'_>, CoreError> {
     if id.is_empty() {
-        return Err(OpError::invalid("anonymous_id: must not be empty"));
+        return Err(CoreError::invalid("anonymous_id: must not be empty"));
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "anonymous_id: {} bytes, Customer.io allows {MAX_ID_BYTES}",
             id.len()
         )));
@@ -114,13 +82,13 @@ pub fn write_subject(out: &mut Vec<u8>, subject: Subject<'_>) {
 
 /// The event name as sent: stripped (Customer.io trims it too, and dedup should agree), non-empty,
 /// at most 100 bytes.
-pub fn event_name(name: &str) -> Result<&str, OpError> {
+pub fn event_name(name: &str) -> Result<&str, CoreError> {
     let name = name.trim();
     if name.is_empty() {
-        return Err(OpError::invalid("name: must not be empty"));
+        return Err(CoreError::invalid("name: must not be empty"));
     }
     if name.len() > MAX_EVENT_NAME_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "name: {} bytes, Customer.io allows {MAX_EVENT_NAME_BYTES}",
             name.len()
         )));
@@ -128,18 +96,18 @@ pub fn event_name(name: &str) -> Result<&str, OpError> {
     Ok(name)
 }
 
-pub fn check_attribute_count(root: &str, count: usize) -> Result<(), OpError> {
+pub fn check_attribute_count(root: &str, count: usize) -> Result<(), CoreError> {
     if count > MAX_ATTRIBUTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "{root}: {count} attributes, Customer.io allows {MAX_ATTRIBUTES}"
         )));
     }
     Ok(())
 }
 
-pub fn check_attribute_name(root: &str, name: &str) -> Result<(), OpError> {
+pub fn check_attribute_name(root: &str, name: &str) -> Result<(), CoreError> {
     if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "{root}[{}]: name is {} bytes, Customer.io allows {MAX_ATTRIBUTE_NAME_BYTES}",
             json::py_repr(name),
             name.len()
@@ -148,9 +116,9 @@ pub fn check_attribute_name(root: &str, name: &str) -> Result<(), OpError> {
     Ok(())
 }
 
-pub fn check_attribute_value(root: &str, name: &str, encoded_len: usize) -> Result<(), OpError> {
+pub fn check_attribute_value(root: &str, name: &str, encoded_len: usize) -> Result<(), CoreError> {
     if encoded_len > MAX_ATTRIBUTE_VALUE_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "{root}[{}]: value is {encoded_len} bytes, Customer.io allows {MAX_ATTRIBUTE_VALUE_BYTES}",
             json::py_repr(name)
         )));
@@ -161,9 +129,9 @@ pub fn check_attribute_value(root: &str, name: &str, encoded_len: usize) -> Resu
 /// `what` names the operation for the message, e.g. `event 'Signed Up'`; it is only called (and
 /// allocates) when the limit is exceeded, since this check runs on every call.
 #[inline]
-pub fn check_op_size(len: usize, what: impl FnOnce() -> String) -> Result<(), OpError> {
+pub fn check_op_size(len: usize, what: impl FnOnce() -> String) -> Result<(), CoreError> {
     if len > MAX_OP_BYTES {
-        return Err(OpError::limit(format!(
+        return Err(CoreError::limit(format!(
             "{}: operation is {len} bytes encoded, Customer.io allows {MAX_OP_BYTES}",
             what()
         )));
@@ -173,16 +141,16 @@ pub fn check_op_size(len: usize, what: impl FnOnce() -> String) -> Result<(), Op
 
 /// Unix seconds from a float timestamp, floored (so 1.9 is second 1, like an int conversion of a
 /// positive value, and pre-1970 values stay consistent).
-pub fn timestamp_from_f64(field: &str, v: f64) -> Result<i64, OpError> {
+pub fn timestamp_from_f64(field: &str, v: f64) -> Result<i64, CoreError> {
     if !v.is_finite() {
-        return Err(OpError::invalid(format!(
+        return Err(CoreError::invalid(format!(
             "{field}: {v} is not a finite number"
         )));
     }
     let floored = v.floor();
     // i64::MAX as f64 rounds up to 2^63, so the upper comparison must be strict.
     if floored < i64::MIN as f64 || floored >= i64::MAX as f64 {
-        return Err(OpError::invalid(format!(
+        return Err(CoreError::invalid(format!(
             "{field}: {v} is outside the 64-bit range"
         )));
     }
@@ -263,6 +231,7 @@ pub fn splice_fields(out: &mut Vec<u8>, start: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn text(out: Vec<u8>) -> String {
         String::from_utf8(out).unwrap()

@@ -1,44 +1,22 @@
-//! PyO3 glue for ciotrack's native core (`ciotrack._core`, contract in python/ciotrack/_core.pyi).
-//! Logic lives in the pyo3-free modules; the py_* modules and encode.rs only translate.
-pub mod batch;
-pub mod bucket;
-pub mod clock;
-pub mod dedup;
-pub mod encode;
-pub mod fork;
-pub mod json;
-pub mod metrics;
-pub mod ops;
-pub mod queue;
-pub mod sync;
-pub mod ulid;
+//! The Python binding of ciotrack-core: the extension module `ciotrack._core` (contract in
+//! python/ciotrack/_core.pyi). Only translation lives here: module glue, the Core/Lane/Batch/
+//! Bucket classes, reading arguments (args.rs), the encoder that walks Python objects (encode.rs),
+//! one dict iterator (dict.rs) and the one error conversion (errors.rs). Logic is in ciotrack-core.
 
-mod py_build;
-mod py_core;
-mod py_errors;
-mod py_types;
-
-use std::time::Duration;
+mod args;
+mod classes;
+mod core;
+mod dict;
+mod encode;
+mod errors;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-/// `push` results, shared with Python as module constants.
-pub const ACCEPTED: i32 = 0;
-pub const DEDUPED: i32 = 1;
-pub const FULL: i32 = 2;
-pub const FORKED: i32 = 3;
+use ciotrack_core::intake::{ACCEPTED, DEDUPED, FORKED, FULL};
+use ciotrack_core::{clock, fork, ops, ulid};
 
-/// Waits longer than this (about 31 years) are clamped, so deadline arithmetic cannot overflow.
-const MAX_WAIT_SECONDS: f64 = 1e9;
-
-/// A seconds argument as a Duration: negative means zero, NaN is an error, huge is clamped.
-pub(crate) fn seconds_arg(field: &str, value: f64) -> Result<Duration, String> {
-    if value.is_nan() {
-        return Err(format!("{field}: NaN is not a number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(value.clamp(0.0, MAX_WAIT_SECONDS)))
-}
+use crate::errors::Result;
 
 #[pyfunction(name = "encode")]
 #[pyo3(signature = (value, path = "value"))]
@@ -46,9 +24,9 @@ fn encode_value<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,
     path: &str,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> Result<Bound<'py, PyBytes>> {
     let mut out = Vec::with_capacity(256);
-    encode::write_value(py, &mut out, value, 0).map_err(|e| e.into_pyerr(py, path))?;
+    encode::write_value(py, &mut out, value, 0).map_err(|e| e.into_error(py, path))?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -82,10 +60,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORKED", FORKED)?;
     m.add("MAX_OP_BYTES", ops::MAX_OP_BYTES)?;
     m.add("MAX_BATCH_BYTES", ops::MAX_BATCH_BYTES)?;
-    m.add_class::<py_core::Core>()?;
-    m.add_class::<py_types::Lane>()?;
-    m.add_class::<py_types::PyBatch>()?;
-    m.add_class::<py_types::PyBucket>()?;
+    m.add_class::<core::Core>()?;
+    m.add_class::<classes::Lane>()?;
+    m.add_class::<classes::PyBatch>()?;
+    m.add_class::<classes::PyBucket>()?;
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(new_ulid, m)?)?;
     m.add_function(wrap_pyfunction!(is_ulid, m)?)?;

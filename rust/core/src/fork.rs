@@ -48,10 +48,14 @@ mod tests {
         assert!(pid >= 0);
         if pid == 0 {
             let code = if generation() == before + 1 { 0 } else { 1 };
+            // SAFETY: _exit ends the child at once, running no atexit handlers or destructors that
+            // could touch state copied from the parent's other threads.
             unsafe { libc::_exit(code) };
         }
         let mut status = 0;
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        // SAFETY: waits for our own child; `status` is a valid out-pointer for the call.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
         assert!(libc::WIFEXITED(status));
         assert_eq!(
             libc::WEXITSTATUS(status),
