@@ -134,13 +134,16 @@ class Config:
     """Event dedup: by event id, by customer+name+data, or not at all."""
     on_error: ErrorHook | None = None
     """Called (on a sender thread) with a :class:`~ciotrack.errors.DeliveryError` for operations that
-    finally failed. Exceptions it raises are logged, never propagated."""
+    finally failed. Exceptions it raises are logged, never propagated (except a ``SystemExit`` or
+    ``KeyboardInterrupt`` on the application's own thread, outside ``close()``: the loss is counted,
+    then it goes on)."""
     on_drop: DropHook | None = None
     """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
     (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
     ``spool_evicted`` (the spool's size cap), ``spool_deleted`` (spooled operations whose file
     someone else deleted), ``closed`` (a call after ``close()``), ``shutdown``
-    (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender)."""
+    (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender),
+    ``dead_letter`` (spooled operations that kept failing on replay, set aside in a ``*.dead`` file)."""
     metrics: bool = True
     """Record histograms (counters are always kept: they cost one atomic add)."""
     debug: bool = False

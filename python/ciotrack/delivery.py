@@ -235,6 +235,13 @@ class Health:
 _warn = ThrottledLog(log)
 
 
+class _Again:
+    """The answer of ``Delivery._verdict`` meaning: the backoff passed, send the same bytes again."""
+
+
+_AGAIN = _Again()
+
+
 class Delivery:
     """Delivers jobs to one destination under one limiter (thread-safe: one per destination, shared
     by every sender thread)."""
@@ -281,9 +288,7 @@ class Delivery:
     def _attempt(self, job: Job, deadline: float | None) -> Result | None:
         """Send ``job`` until it finishes; None when it must be split."""
         batch = job.batch
-        recorder = self._recorder
         health = self._health
-        policy = self.policy
         while True:
             if health is not None and health.down:
                 # A batch already ran out of retries and nothing got through since: give this one up
@@ -297,37 +302,61 @@ class Delivery:
             outcome = self._send(batch.body, batch.count)
             if job.first_attempt is None:
                 job.first_attempt = _monotonic()
-            kind = outcome.kind
-            if kind == "delivered" or kind == "partial":
-                if health is not None:
-                    health.delivered()
-                body_bytes = len(batch.body)
-                recorder.incr("bytes_sent", body_bytes)
-                recorder.observe("batch_ops", batch.count)
-                recorder.observe("batch_bytes", body_bytes)
-                count = batch.count
-                failures = tuple((i, why) for i, why in outcome.failures if 0 <= i < count)
-                return Result(Verdict.DELIVERED, job, outcome.status, outcome.reason, failures)
-            if kind == "split" and batch.count >= 2:
-                return None
-            if kind == "final" or kind == "split":
-                return Result(Verdict.FAILED, job, outcome.status, outcome.reason)
-            job.attempts += 1
+            try:
+                result = self._verdict(job, outcome, deadline)
+            except Exception as exc:
+                # Our bug or a destination's odd Outcome (a failures list that raises, a NaN Retry-After):
+                # this attempt failed, with its reason; never an exception out of the delivery loop. Given
+                # up at once (the caller spools or reports it): retrying would most likely raise again.
+                _warn.warning("handling", "ciotrack: handling %s's answer raised %s; the batch is given up",
+                              type(self.destination).__name__, type(exc).__name__, exc_info=True)
+                return Result(Verdict.EXHAUSTED, job, outcome.status, f"handling_failed: {type(exc).__name__}")
+            if not isinstance(result, _Again):
+                return result
+
+    def _verdict(self, job: Job, outcome: Outcome, deadline: float | None) -> Result | _Again | None:
+        """What ``outcome`` means for ``job``: a Result, None (split it), or :data:`_AGAIN` (after the
+        backoff: send again)."""
+        batch = job.batch
+        recorder = self._recorder
+        health = self._health
+        policy = self.policy
+        assert job.first_attempt is not None
+        kind = outcome.kind
+        if kind == "delivered" or kind == "partial":
             if health is not None:
-                health.failed_attempt(answered=outcome.status is not None)
-            delay = policy.delay(job.attempts, outcome.retry_after)
-            if outcome.status == 429 and self.limiter is not None:
-                # Every sender of this limiter waits, not only this one: the server said "slow down".
-                self.limiter.pause(delay)
-            if policy.gives_up(job.attempts, _monotonic() - job.first_attempt, delay):
-                if health is not None:
-                    health.exhausted()
-                return Result(Verdict.EXHAUSTED, job, outcome.status, f"retries exhausted: {outcome.reason}")
-            recorder.incr("retried")
-            if deadline is not None and _monotonic() + delay > deadline:
-                return Result(Verdict.DEADLINE, job, outcome.status, outcome.reason)
-            if self._stop.wait(delay):
-                return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
+                health.delivered()
+            body_bytes = len(batch.body)
+            recorder.incr("bytes_sent", body_bytes)
+            recorder.observe("batch_ops", batch.count)
+            recorder.observe("batch_bytes", body_bytes)
+            count = batch.count
+            failures = tuple((i, why) for i, why in outcome.failures if 0 <= i < count)
+            if len(failures) != len(outcome.failures):
+                _warn.warning("index", "ciotrack: a %s answer named %d batch_index(es) outside its batch of %d "
+                              "operation(s); ignored", outcome.status, len(outcome.failures) - len(failures), count)
+            return Result(Verdict.DELIVERED, job, outcome.status, outcome.reason, failures)
+        if kind == "split" and batch.count >= 2:
+            return None
+        if kind == "final" or kind == "split":
+            return Result(Verdict.FAILED, job, outcome.status, outcome.reason)
+        job.attempts += 1
+        if health is not None:
+            health.failed_attempt(answered=outcome.status is not None)
+        delay = policy.delay(job.attempts, outcome.retry_after)
+        if outcome.status == 429 and self.limiter is not None:
+            # Every sender of this limiter waits, not only this one: the server said "slow down".
+            self.limiter.pause(delay)
+        if policy.gives_up(job.attempts, _monotonic() - job.first_attempt, delay):
+            if health is not None:
+                health.exhausted()
+            return Result(Verdict.EXHAUSTED, job, outcome.status, f"retries exhausted: {outcome.reason}")
+        recorder.incr("retried")
+        if deadline is not None and _monotonic() + delay > deadline:
+            return Result(Verdict.DEADLINE, job, outcome.status, outcome.reason)
+        if self._stop.wait(delay):
+            return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
+        return _AGAIN
 
     def _send(self, body: bytes, count: int) -> Outcome:
         recorder = self._recorder

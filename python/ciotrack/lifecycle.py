@@ -156,7 +156,10 @@ def _after_fork_in_child() -> None:
     # runs its after-fork registry later, so hooking it here still covers this very child).
     if not _mp_hooked and _pipelines:
         _hook_multiprocessing()
+    pid = os.getpid()
     for pipeline in list(_pipelines):
+        if pipeline.pid == pid:
+            continue  # built in this child already (a tracker used by an earlier at-fork hook): keep it
         pipeline.forget_after_fork()
         _pipelines.discard(pipeline)
     for tracker in list(_trackers):

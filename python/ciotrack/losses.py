@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,9 @@ class Reason(enum.StrEnum):
     """A call after ``close()``."""
     SHUTDOWN = "shutdown"
     """Still queued at the close/exit deadline (a drop), or in a batch abandoned then (a failure)."""
+    SHUTDOWN_IN_FLIGHT = "shutdown_in_flight"
+    """In a request still running at the close/exit deadline (a stalled or trickling receiver) and no
+    spool to take a copy: reported as failed, its late verdict is not reported again."""
     RELEASED = "released"
     """The Tracker was garbage-collected with no sender running."""
     SPOOL_EVICTED = "spool_evicted"
@@ -63,6 +67,9 @@ class Reason(enum.StrEnum):
     """``max_retries``/``retry_budget`` ran out and no spool took the batch."""
     UNREACHABLE = "unreachable"
     """The destination is known down (a batch already ran out of retries) and no spool took it."""
+    DEAD_LETTER = "dead_letter"
+    """Spooled operations replayed and failed again too many times: moved to a ``*.dead`` file in the
+    spool directory (kept for inspection, never replayed)."""
 
     @property
     def counter(self) -> str:
@@ -93,6 +100,7 @@ _DROP_MESSAGES: dict[Reason, str] = {
     Reason.SHUTDOWN: "%d queued operation(s) not delivered before the deadline",
     Reason.RELEASED: "tracker collected with %d undelivered operation(s) (no sender running)",
     Reason.SPOOL_EVICTED: "spool over its size cap; %d oldest spooled operation(s) evicted",
+    Reason.DEAD_LETTER: "%d spooled operation(s) kept failing on replay; moved to a dead-letter file",
 }
 
 
@@ -110,6 +118,8 @@ class Ledger:
         self.cause: Callable[[], str | None] | None = None
         """What currently keeps delivery from working (``connection refused to http://...``), appended to
         the loss lines, so "963 operations not delivered" says why (set by the pipeline)."""
+        self.closing = False
+        """Set by ``close()``: from then on no hook exception propagates, on any thread."""
 
     def lose(self, reason: Reason, count: int, *, ops: Sequence[bytes] | None = None, status: int | None = None,
              detail: str = "", attempts: int = 0, region: str = "", counted: bool = False) -> None:
@@ -152,10 +162,22 @@ class Ledger:
         self.lose(reason, len(ops), ops=ops, status=status, detail=detail, attempts=attempts, region=region)
 
     def call_hook(self, hook: Callable[..., object], *args: object) -> None:
-        """Run a user hook; what it raises is logged (throttled), never propagated."""
+        """Run a user hook; what it raises is logged (throttled), never propagated, with one exception:
+        a ``KeyboardInterrupt``/``SystemExit`` (any non-``Exception``) raised on the main thread is the
+        application's own wish to stop, re-raised once the loss is counted. On any other thread (a
+        sender) it would only end that thread: it is logged and delivery goes on."""
         try:
             hook(*args)
         except Exception:
-            # The hook's name, not its repr: a functools.partial's repr would show its bound arguments.
-            name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
-            self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", name, exc_info=True)
+            self.log.warning("hook", "ciotrack: hook %s raised; ignored (delivery goes on)", _hook_name(hook),
+                             exc_info=True)
+        except BaseException as exc:
+            if threading.current_thread() is threading.main_thread() and not self.closing:
+                raise
+            self.log.warning("hook", "ciotrack: hook %s raised %s on a ciotrack thread; ignored (delivery goes on)",
+                             _hook_name(hook), type(exc).__name__, exc_info=True)
+
+
+def _hook_name(hook: Callable[..., object]) -> str:
+    # The hook's name, not its repr: a functools.partial's repr would show its bound arguments.
+    return getattr(hook, "__qualname__", None) or type(hook).__qualname__

@@ -21,6 +21,7 @@ pipeline drains (see :meth:`Pipeline.release`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,9 +29,11 @@ from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
-from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Verdict
+from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
+from ciotrack.overflow import OverflowWatch
+from ciotrack.ownership import Ownership, unpark
 from ciotrack.routes import Route, Router
 from ciotrack.senders import SenderPool
 from ciotrack.spool.replay import SpoolReplay
@@ -46,6 +49,8 @@ _SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
 class Pipeline:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.pid = os.getpid()
+        """The process this pipeline was built in (after a fork, the child's trackers rebuild once)."""
         routes = config.regions_in_use()
         self.core = Core(
             lanes=len(routes),
@@ -70,8 +75,7 @@ class Pipeline:
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
-        # A fixed concurrency starts all its threads; adaptive starts one per lane and adds more
-        # as its limits grow.
+        # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow.
         self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
                                    maximum=config.senders or min(64, config.max_in_flight * len(self.routes)))
         self._flushing = 0
@@ -83,10 +87,11 @@ class Pipeline:
         self._min_bytes = max(1, int(config.batch_bytes * 0.9))
         self._linger = config.flush_interval
         self._wait_timeout = config.flush_interval / len(self.routes)
-        self._copied: set[int] = set()  # id() of in-flight batches spooled at close (their thread was stuck)
-        self._overflow_lock = threading.Lock()  # one drain at a time keeps overflow records in order
-        self._evictions_seen = 0
-        self._evictions_next = 0.0
+        self._close_done = threading.Event()
+        self._close_result = True
+        self._closer: threading.Thread | None = None
+        self._owners = Ownership(self._cv, self.core, self.losses, self._to_spool, self._finish)
+        self._overflow = OverflowWatch(config.overflow_policy, self.core, self.routes, self.losses, self._to_spool)
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
@@ -122,11 +127,7 @@ class Pipeline:
 
     def lane_for(self, region: str) -> int | None:
         """The lane serving ``region`` (None: not a region this pipeline serves)."""
-        for route in self.routes:
-            if route.region == region or route.route == region:
-                return route.index
-        # Written before an "auto" route was resolved: the workspace's default region is lane 0.
-        return 0 if region == "auto" else None
+        return self.router.lane_for(region)
 
     def finished(self, targets: Sequence[int]) -> bool:
         """Every operation below ``targets[lane]`` (push ordinals) is finished: delivered, failed or spooled."""
@@ -146,49 +147,59 @@ class Pipeline:
 
     def _sender_loop(self, number: int) -> None:
         block_exit_signals()
+        turn = number
+        while not self._stop.is_set():
+            try:
+                turn = self._sender_round(turn)
+                if turn < 0:
+                    return
+            except BaseException as exc:  # the job was put back (_run_job); dying would stop delivery for good
+                self.losses.log.warning("sender", "ciotrack: sender thread %d: unexpected %s; batch put back, "
+                                        "delivery goes on", number, type(exc).__name__, exc_info=True)
+                self._stop.wait(0.05)  # a bug that repeats must not spin
+
+    def _sender_round(self, turn: int) -> int:
+        """One pass over the lanes; the next turn, or -1 when a draining pipeline is done."""
         routes = self.routes
         count = len(routes)
-        turn = number
         policy = self.config.overflow_policy
-        watch = policy == "spool" or policy == "drop_oldest"
+        if policy == "spool" or policy == "drop_oldest":
+            self.watch_overflow()
+        served = False
+        force = self._flushing > 0 or self._draining
         senders = self._senders
-        try:
-            while not self._stop.is_set():
-                if watch:
-                    self.watch_overflow()
-                served = False
-                force = self._flushing > 0 or self._draining
-                for k in range(count):
-                    route = routes[(turn + k) % count]
-                    slots = route.concurrency
-                    if not slots.try_acquire():
-                        continue  # this lane already has as many batches in flight as its limit
-                    batch = self._take(route, force)
-                    if batch is None:
-                        slots.release()
-                        continue
-                    senders.busy += 1
-                    try:
-                        if route.lane.queued_bytes() >= self._min_bytes and not self._stop.is_set():
-                            senders.grow(slots)
-                        self._run_job(route, Job(batch), None)
-                    finally:
-                        senders.busy -= 1
-                        slots.release()
-                    served = True
-                turn += 1
-                if served:
-                    continue
-                if self._draining and self.idle():
-                    return
-                route = routes[turn % count]
-                timeout = self._wait_timeout
-                if len(route.lane):
-                    timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
-                route.lane.wait(self._min_bytes, timeout)
-        except Exception:  # a bug must not go unnoticed, but it must not take the process down either
-            log.exception("ciotrack: sender thread %d crashed; flush()/close() deliver inline from now on", number)
-            self._inline = True
+        for k in range(count):
+            route = routes[(turn + k) % count]
+            slots = route.concurrency
+            if not slots.try_acquire():
+                continue  # this lane already has as many batches in flight as its limit
+            job = unpark(route)  # put back by an interrupted delivery: it goes first
+            if job is None:
+                batch = self._take(route, force)
+                job = Job(batch) if batch is not None else None
+            if job is None:
+                slots.release()
+                continue
+            senders.busy += 1
+            try:
+                if route.lane.queued_bytes() >= self._min_bytes and not self._stop.is_set():
+                    senders.grow(slots)
+                self._run_job(route, job, None, count_interruption=True)
+            finally:
+                senders.busy -= 1
+                slots.release()
+            served = True
+        turn += 1
+        if served:
+            return turn
+        if self._draining and self.idle():
+            return -1
+        route = routes[turn % count]
+        timeout = self._wait_timeout
+        if len(route.lane):
+            timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
+        route.lane.wait(self._min_bytes, timeout)
+        return turn
 
     def _take(self, route: Route, force: bool) -> Batch | None:
         lane = route.lane
@@ -208,16 +219,36 @@ class Pipeline:
 
     # -- what a verdict means ---------------------------------------------------------------------
 
-    def _run_job(self, route: Route, job: Job, deadline: float | None) -> bool:
-        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``."""
+    def _run_job(self, route: Route, job: Job, deadline: float | None, *, count_interruption: bool = False) -> bool:
+        """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``. Interrupted
+        by any exception (KeyboardInterrupt, a Celery soft time limit, a bug), unfinished pieces are
+        parked with their retry state first (``count_interruption``: as one more attempt)."""
         delivery = self.router.delivery(route)
+        owned = self._owners.start(job)  # _split keeps it current
         finished = True
-        for result in delivery.deliver(job, deadline):
-            verdict = result.verdict
-            batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
-            attempts = result.job.attempts
-            if verdict is Verdict.DELIVERED:
-                failed: list[int] = []
+        try:
+            for result in delivery.deliver(job, deadline):
+                batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
+                if not self._settle(route, result, batch):
+                    finished = False
+                owned.pop(id(batch), None)
+        except BaseException:
+            self._owners.put_back(route, owned, count_interruption)
+            raise
+        finally:
+            self._owners.end()
+        return finished
+
+    def _settle(self, route: Route, result: Result, batch: Batch) -> bool:
+        """Act on one piece's verdict (ack, report, spool, park). False when parked."""
+        verdict = result.verdict
+        if not self._owners.claim(batch):
+            self._owners.settle_abandoned(route, batch, verdict is Verdict.DELIVERED)
+            return True
+        attempts = result.job.attempts
+        if verdict is Verdict.DELIVERED:
+            failed: list[int] = []
+            try:
                 if result.failures:
                     ops = batch.ops()
                     by_reason: dict[str, list[bytes]] = {}
@@ -227,19 +258,20 @@ class Pipeline:
                     for why, rejected in by_reason.items():
                         self.losses.fail(Reason.REJECTED, rejected, status=result.status, detail=why,
                                          attempts=attempts + 1, region=route.name)
+            finally:  # even when a hook raised on the main thread: never left in flight
                 # Reported before finished: a flush() that returns True has seen on_error run.
                 self._finish(route, batch, failed)
-            elif verdict is Verdict.FAILED:
-                self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
-            elif verdict is Verdict.EXHAUSTED:
-                reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
-                self._give_up(route, batch, reason, result.status, result.reason, attempts)
-            elif verdict is Verdict.DEADLINE:
-                route.parked.append(result.job)
-                finished = False
-            else:  # STOPPED: the pipeline is closing and this piece is not delivered
-                self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
-        return finished
+        elif verdict is Verdict.FAILED:
+            self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
+        elif verdict is Verdict.EXHAUSTED:
+            reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
+            self._give_up(route, batch, reason, result.status, result.reason, attempts)
+        elif verdict is Verdict.DEADLINE:
+            self._owners.park(route, result.job)
+            return False
+        else:  # STOPPED: the pipeline is closing and this piece is not delivered
+            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
+        return True
 
     def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
         with self._cv:
@@ -247,23 +279,28 @@ class Pipeline:
             in_flight.pop(id(parent), None)
             in_flight[id(first)] = cast(Batch, first)
             in_flight[id(second)] = cast(Batch, second)
+        self._owners.split(parent, first, second)  # on the delivering thread
 
     def _finish(self, route: Route, batch: Batch, failed: Sequence[int]) -> None:
         self.core.ack(batch, failed)
+        key = id(batch)
         with self._cv:
-            route.in_flight.pop(id(batch), None)
+            route.in_flight.pop(key, None)
+            self._owners.finished(key)
             self._cv.notify_all()
 
     def _fail(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
               attempts: int) -> None:
-        self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
-        self._finish(route, batch, range(batch.count))
+        try:
+            self.losses.fail(reason, batch.ops(), status=status, detail=detail, attempts=attempts, region=route.name)
+        finally:  # a hook's KeyboardInterrupt on the main thread goes on, the batch finished (and reported)
+            self._finish(route, batch, range(batch.count))
 
     def _give_up(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
                  attempts: int) -> None:
         """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
         report it failed."""
-        if id(batch) in self._copied or self._to_spool(route, batch.ops()):
+        if self._to_spool(route, batch.ops()):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
@@ -281,42 +318,13 @@ class Pipeline:
         self.core.incr("spooled", len(ops))
         return True
 
-    # -- overflow policies: the sender-side half --------------------------------------------------
+    # -- overflow policies: the sender-side half (ciotrack.overflow) -----------------------------
 
     def watch_overflow(self, force: bool = False) -> None:
-        """Between batches (and at flush/close): ``spool`` hands what full lanes refused to the spool;
-        ``drop_oldest`` reports the core's evictions (counted on the caller's thread, where calling
-        ``on_drop`` would slow the hot path) to the ledger. ``drop_newest``/``block`` report their drops
-        on the caller's thread (``Tracker._refused``)."""
-        policy = self.config.overflow_policy
-        if policy == "spool":
-            self.drain_overflow()
-        elif policy == "drop_oldest":
-            self._report_evictions(force)
+        self._overflow.watch(force)
 
     def drain_overflow(self) -> None:
-        """Under ``on_full="spool"``: hand operations refused by a full lane to the spool (per lane, so
-        each goes under its own region)."""
-        with self._overflow_lock:
-            for route in self.routes:
-                ops = self.core.take_overflow(route.index)
-                if ops and not self._to_spool(route, ops):
-                    self.losses.drop(Reason.QUEUE_FULL, len(ops), detail="no spool took them")
-
-    def _report_evictions(self, force: bool) -> None:
-        now = _monotonic()
-        if not force and now < self._evictions_next:
-            return
-        if not self._overflow_lock.acquire(blocking=force):
-            return
-        try:
-            self._evictions_next = now + 0.2
-            count = int(self.core.stats()["counters"].get(Reason.EVICTED_OLDEST.counter, 0))
-            new, self._evictions_seen = count - self._evictions_seen, count
-        finally:
-            self._overflow_lock.release()
-        if new > 0:
-            self.losses.drop(Reason.EVICTED_OLDEST, new, counted=True)
+        self._overflow.drain()
 
     # -- flush / close ----------------------------------------------------------------------------
 
@@ -384,7 +392,8 @@ class Pipeline:
             while route.parked:
                 if deadline is not None and _monotonic() >= deadline:
                     return
-                if not self._run_job(route, route.parked.pop(0), deadline):
+                job = unpark(route)
+                if job is not None and not self._run_job(route, job, deadline):
                     return
             while route.lane.taken() < target:
                 if deadline is not None and _monotonic() >= deadline:
@@ -400,9 +409,29 @@ class Pipeline:
         stop the senders and close the destinations. Idempotent. What could not be delivered is spooled
         or reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
         with self._cv:
-            if self._closed or self._forked_away:
+            if self._forked_away:
                 return True
-            self._closed = True
+            first = not self._closed
+            if first:
+                self._closed = True
+                self._closer = threading.current_thread()
+        if not first:
+            return self._await_close(timeout)
+        try:
+            self._close_result = self._close(timeout)
+        finally:
+            self._close_done.set()
+        return self._close_result
+
+    def _await_close(self, timeout: float | None) -> bool:
+        """A second close() waits for the first, within its own ``timeout``, and returns its result. The
+        closing thread (a hook) or a sender (the first close() may wait for it) cannot wait: False."""
+        current = threading.current_thread()
+        if current is self._closer or current in self._senders:
+            return self._close_done.is_set() and self._close_result
+        return self._close_done.wait(timeout) and self._close_result
+
+    def _close(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
         if self.replay is not None:
             self.replay.stop_replay()
@@ -412,46 +441,29 @@ class Pipeline:
                 timeout = 0.0
             elif timeout is not None:
                 timeout -= min(0.5, 0.2 * timeout)
-        flushed = self.flush(timeout)
-        self._stop.set()
-        self.core.close()
-        self.router.close_limiters()
-        current = threading.current_thread()
-        for thread in self._senders.threads:
-            if thread is not current:
-                remaining = 1.0 if deadline is None else max(0.05, deadline - _monotonic())
-                thread.join(remaining)
-                if thread.is_alive():
-                    log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
-                                thread.name)
-        for route in self.routes:
-            while route.parked:
-                job = route.parked.pop(0)
-                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-        self._spool_stuck()
-        for route in self.routes:
-            leftover = route.lane.drain_ops()
-            if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
-                self.losses.drop(Reason.SHUTDOWN, len(leftover))
-        self.watch_overflow(True)
-        if self.replay is not None:
-            self.replay.close()
-        self.router.close()
+        self.losses.closing = True  # a hook's SystemExit must not cut close()'s accounting short
+        flushed = False
+        try:  # even when a KeyboardInterrupt cuts an inline flush short: nothing queued left unaccounted
+            flushed = self.flush(timeout)
+        finally:
+            self._stop.set()
+            self.core.close()
+            self.router.close_limiters()
+            self._senders.join(deadline)
+            for route in self.routes:
+                while route.parked:
+                    job = route.parked.pop(0)
+                    self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
+            self._owners.abandon_in_flight(self.routes)
+            for route in self.routes:
+                leftover = route.lane.drain_ops()
+                if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
+                    self.losses.drop(Reason.SHUTDOWN, len(leftover))
+            self.watch_overflow(True)
+            if self.replay is not None:
+                self.replay.close()
+            self.router.close()
         return flushed
-
-    def _spool_stuck(self) -> None:
-        """After ``close()`` joined the senders: a batch still in flight belongs to a thread stuck in a
-        request past the deadline. Spool a copy (should that request succeed after all, the replay only
-        repeats event ids, which Customer.io deduplicates) and remember it, so that thread's own
-        give-up does not report it failed."""
-        if self.spool is None or threading.current_thread() in self._senders:
-            return  # close() from a hook: the batch in flight is this very thread's, being finished
-        for route in self.routes:
-            with self._cv:
-                stuck = list(route.in_flight.values())
-            for batch in stuck:
-                if id(batch) not in self._copied and self._to_spool(route, batch.ops()):
-                    self._copied.add(id(batch))
 
     @property
     def closed(self) -> bool:
@@ -485,4 +497,3 @@ class Pipeline:
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
                                in_flight=in_flight, bucket_tokens=self.router.tokens(),
                                concurrency=self.router.concurrency(), metrics_enabled=self.config.metrics)
-

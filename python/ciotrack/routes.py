@@ -175,6 +175,14 @@ class Router:
                 log.warning("ciotrack: closing destination %r failed", destination, exc_info=True)
         self.session.close()
 
+    def lane_for(self, region: str) -> int | None:
+        """The lane serving ``region`` (None: not a region this pipeline serves)."""
+        for route in self.routes:
+            if route.region == region or route.route == region:
+                return route.index
+        # Written before an "auto" route was resolved: the workspace's default region is lane 0.
+        return 0 if region == "auto" else None
+
     def concurrency(self) -> dict[str, ConcurrencyState]:
         return {route.name: route.concurrency.state() for route in self.routes}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from ciotrack.concurrency import Concurrency
@@ -59,6 +60,17 @@ class SenderPool:
             with self._lock:
                 if len(self.threads) < self.maximum:
                     self.add()
+
+    def join(self, deadline: float | None) -> None:
+        """Wait for every thread but the caller's until ``deadline`` (``time.monotonic()``; None: 1 s
+        each); one still inside a request is left to finish on its own, and said so."""
+        current = threading.current_thread()
+        for thread in self.threads:
+            if thread is not current:
+                thread.join(1.0 if deadline is None else max(0.05, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
+                                thread.name)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -407,8 +408,12 @@ class Tracker:
 
     def _rebuild_after_fork(self) -> None:
         """In a forked child: a fresh pipeline (empty queue, new locks and Session, threads on the next
-        call). The parent's queued operations stay the parent's to deliver."""
+        call). The parent's queued operations stay the parent's to deliver. Once per child: a tracker
+        already rebuilt in this process (an event tracked from an at-fork hook that ran before ours)
+        keeps what it queued."""
         old = self._pipeline
+        if old.pid == os.getpid():
+            return
         old.forget_after_fork()
         self._finalizer.detach()
         if self._closed:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Protocol
 from ciotrack.errors import ConfigError
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Reason
+from ciotrack.spool.dead_letter import PoisonWatch
 from ciotrack.spool.segments import Segment, Spool, spool_directory
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class SpoolReplay:
                                on_evict=self._evicted, on_deleted=self._deleted)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"spool_dir {os.fspath(config.spool_dir)!r} cannot be used: {exc}") from None
+        self.poison = PoisonWatch(self.directory, fsync=config.spool_fsync)
         self._half_bytes = config.max_queue_bytes // 2
         self._half_ops = max(1, config.max_queue_ops // 2)
         self._replay_lock = threading.Lock()  # claims and the round; never held while waiting
@@ -137,6 +139,11 @@ class SpoolReplay:
     # -- the SpoolHook ----------------------------------------------------------------------------
 
     def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
+        ops, dead = self.poison.split(ops)
+        if dead:
+            self._dead_letter(dead, region)
+            if not ops:
+                return
         try:
             self.spool.append(ops, region=region)
         except BaseException:
@@ -158,6 +165,17 @@ class SpoolReplay:
 
     def _deleted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_DELETED, count)
+
+    def _dead_letter(self, ops: list[bytes], region: str) -> None:
+        """Set aside operations that kept failing on replay (see :mod:`ciotrack.spool.dead_letter`)."""
+        try:
+            path = self.poison.write(ops, region)
+        except (OSError, ValueError):
+            log.warning("ciotrack: writing %d operation(s) to a dead-letter file failed; spooled again",
+                        len(ops), exc_info=True)
+            self.spool.append(ops, region=region)
+            return
+        self._host.losses.drop(Reason.DEAD_LETTER, len(ops), detail=f"in {path}")
 
     # -- the spooler thread -----------------------------------------------------------------------
 
@@ -275,6 +293,7 @@ class SpoolReplay:
             fitted = core.requeue(index, chunk)
             if fitted:
                 core.incr("replayed", fitted)
+                self.poison.replayed(chunk[:fitted])
                 claim.targets[index] = lane.pushed()
             if fitted < len(ops):
                 claim.records[0] = (index, ops[fitted:])
