@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ciotrack._version import __version__
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
         LimitError,
         SerializationError,
     )
+    from ciotrack.flush_outcome import FlushResult
+    from ciotrack.options import TrackerOptions
     from ciotrack.stats import Stats
     from ciotrack.tracker import CustomerId, Timestamp, Tracker
 
@@ -55,7 +57,7 @@ __all__ = [
     "SendInboxMessageRequest", "SendInAppRequest",
     "init", "get_tracker", "identify", "track", "track_anonymous", "page", "screen", "delete", "add_device",
     "delete_device", "suppress", "unsuppress", "merge_customers", "send_operation", "flush", "flush_async",
-    "stats", "close",
+    "stats", "close", "check", "flush_result",
 ]
 
 _LAZY = {
@@ -99,12 +101,14 @@ _default: Tracker | None = None
 _default_lock = threading.Lock()
 
 
-def init(site_id: str | None = None, api_key: str | None = None, **options: Any) -> Tracker:
-    """Create the default tracker used by ``ciotrack.track()`` and friends (closing a previous one)."""
+def init(site_id: str | None = None, api_key: str | None = None, *, region: str | None = None,
+         endpoint: str | None = None, **options: Unpack[TrackerOptions]) -> Tracker:
+    """Create the default tracker used by ``ciotrack.track()`` and friends (closing a previous one).
+    The options are ``Tracker``'s (typed: :class:`ciotrack.options.TrackerOptions`)."""
     global _default
     from ciotrack.tracker import Tracker
 
-    tracker = Tracker(site_id, api_key, **options)
+    tracker = Tracker(site_id, api_key, region=region, endpoint=endpoint, **options)
     with _default_lock:
         previous, _default = _default, tracker
     if previous is not None:
@@ -215,3 +219,20 @@ def close(timeout: float | None = None) -> None:
         tracker, _default = _default, None
     if tracker is not None:
         tracker.close(timeout)
+
+
+def check(timeout: float = 5.0) -> None:
+    """``Tracker.check()`` on the default tracker: one authenticated read-only request per region, raising
+    a :class:`~ciotrack.errors.CheckError` (wrong credentials, region mismatch, redirect, unreachable).
+    Makes the default tracker from ``CIOTRACK_*`` variables if ``init()`` was not called."""
+    (_default or get_tracker()).check(timeout)
+
+
+def flush_result(timeout: float | None = None) -> FlushResult:
+    """``Tracker.flush_result()`` on the default tracker (an empty, done result when there is none)."""
+    tracker = _default
+    if tracker is None:
+        from ciotrack.flush_outcome import FlushResult
+
+        return FlushResult(True)
+    return tracker.flush_result(timeout)

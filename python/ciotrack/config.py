@@ -13,6 +13,7 @@ the default. Environment variables read by :meth:`Config.from_env`:
 ``CIOTRACK_EXIT_TIMEOUT``  ``exit_timeout`` (seconds)
 ``CIOTRACK_DISABLED``      ``disabled`` (``1``/``true``/``yes``: calls validate but send nothing)
 ``CIOTRACK_SYNC``          ``sync``
+``CIOTRACK_DEBUG``         ``debug`` (one DEBUG line per request on ``ciotrack.http``)
 ``CIOTRACK_SPOOL_DIR``     ``spool_dir``
 ``CIOTRACK_REDIS_URL``     ``redis_url`` (fleet mode: batches go to a Redis stream)
 ``CIOTRACK_RATE_LIMIT_REDIS_URL``  ``rate_limit_redis_url`` (one rate limit shared through Redis)
@@ -25,6 +26,7 @@ error message (tests hold us to it).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +148,9 @@ class Config:
     ``dead_letter`` (spooled operations that kept failing on replay, set aside in a ``*.dead`` file)."""
     metrics: bool = True
     """Record histograms (counters are always kept: they cost one atomic add)."""
+    debug: bool = False
+    """Log one DEBUG line per request on ``ciotrack.http`` (URL, status, ms, operations, bytes; never the key
+    or the body), and set that logger to DEBUG unless the application set its level."""
     disabled: bool = False
     """Validate calls, send nothing (tests, local development). No credentials needed."""
     sync: bool = False
@@ -230,7 +235,9 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         for name, value in overrides.items():
             if name not in known:
-                raise ConfigError(f"unknown option {name!r}")
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else " (see ciotrack.config.Config for every option)"
+                raise ConfigError(f"unknown option {name!r}{hint}")
             if value is not None:
                 values[name] = value
         if values.get("disabled") or values.get("destination") is not None:
@@ -288,6 +295,7 @@ _ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "exit_timeout": ("CIOTRACK_EXIT_TIMEOUT", float),
     "disabled": ("CIOTRACK_DISABLED", _parse_bool),
     "sync": ("CIOTRACK_SYNC", _parse_bool),
+    "debug": ("CIOTRACK_DEBUG", _parse_bool),
     "spool_dir": ("CIOTRACK_SPOOL_DIR", str),
     "redis_url": ("CIOTRACK_REDIS_URL", str),
     "rate_limit_redis_url": ("CIOTRACK_RATE_LIMIT_REDIS_URL", str),

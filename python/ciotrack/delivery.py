@@ -39,7 +39,7 @@ from ciotrack.logs import ThrottledLog
 from ciotrack.ratelimit import Limiter
 from ciotrack.retry import RetryPolicy
 
-__all__ = ["DESTINATION_DOWN", "Deliverable", "Delivery", "Health", "Job", "Recorder", "Result", "Verdict"]
+__all__ = ["DESTINATION_DOWN", "Deliverable", "Delivery", "Health", "Job", "Recorder", "Result", "Verdict", "Watch"]
 
 log = logging.getLogger("ciotrack.delivery")
 _monotonic = time.monotonic
@@ -61,6 +61,12 @@ class Deliverable(Protocol):
     def ops(self) -> list[bytes]: ...
 
     def split(self) -> tuple[Deliverable, Deliverable]: ...
+
+
+class Watch(Protocol):
+    """Sees each request's answer (:class:`ciotrack.delivery_watch.DeliveryWatch`); must not raise."""
+
+    def answered(self, outcome: Outcome, seconds: float, ops: int, body_bytes: int) -> None: ...
 
 
 class Recorder(Protocol):
@@ -243,7 +249,8 @@ class Delivery:
     def __init__(self, destination: Destination, *, limiter: Limiter | None, policy: RetryPolicy,
                  stop: threading.Event, recorder: Recorder | None = None, health: Health | None = None,
                  on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None,
-                 on_response: Callable[[float, Outcome], None] | None = None) -> None:
+                 on_response: Callable[[float, Outcome], None] | None = None,
+                 watch: Watch | None = None) -> None:
         self.destination = destination
         self.limiter = limiter
         self.policy = policy
@@ -253,6 +260,8 @@ class Delivery:
         self._on_split = on_split
         self._on_response = on_response
         """Told of every response with its round trip (the adaptive concurrency controller learns here)."""
+        self.watch = watch
+        """Sees every answer (logs the first failure per cause, the recovery; see :mod:`ciotrack.delivery_watch`)."""
 
     def deliver(self, job: Job, deadline: float | None = None) -> Iterator[Result]:
         """Deliver ``job`` (and the halves of any 413 split), one :class:`Result` per finished piece, in
@@ -290,7 +299,7 @@ class Delivery:
                 if self._stop.is_set():
                     return Result(Verdict.STOPPED, job, None, "stopped")
                 return Result(Verdict.DEADLINE, job, None, "deadline")
-            outcome = self._send(batch.body)
+            outcome = self._send(batch.body, batch.count)
             if job.first_attempt is None:
                 job.first_attempt = _monotonic()
             try:
@@ -349,7 +358,7 @@ class Delivery:
             return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
         return _AGAIN
 
-    def _send(self, body: bytes) -> Outcome:
+    def _send(self, body: bytes, count: int) -> Outcome:
         recorder = self._recorder
         started = _perf_counter()
         try:
@@ -364,6 +373,8 @@ class Delivery:
         on_response = self._on_response
         if on_response is not None:
             on_response(latency, outcome)
+        if self.watch is not None:
+            self.watch.answered(outcome, latency, count, len(body))
         return outcome
 
     def _take_token(self, deadline: float | None) -> bool:

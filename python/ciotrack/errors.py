@@ -19,6 +19,33 @@ class ConfigError(CiotrackError, ValueError):
     """An option or environment variable has an unusable value."""
 
 
+class CheckError(ConfigError):
+    """``Tracker.check()`` found the tracker cannot deliver; the message says why and what to fix (never
+    the API key). The subclasses name the cause."""
+
+
+class CredentialsError(CheckError):
+    """The Track API refused the site id and API key (401/403)."""
+
+
+class RegionMismatchError(CheckError):
+    """The workspace lives in another region than the tracker sends to."""
+
+    account_region: str
+
+    def __init__(self, message: str, *, account_region: str = "") -> None:
+        super().__init__(message)
+        self.account_region = account_region
+
+
+class EndpointRedirectError(CheckError):
+    """The endpoint answered a redirect (ciotrack never follows one: a redirected POST loses its body)."""
+
+
+class EndpointUnreachableError(CheckError):
+    """No usable answer from the endpoint (refused, timed out, TLS failure, DNS, a 5xx)."""
+
+
 class SerializationError(CiotrackError, TypeError):
     """A value cannot be encoded: unsupported type, non-str dict key, or nesting too deep (a cycle)."""
 
@@ -82,8 +109,13 @@ def _rebuild_delivery_error(
 
 
 __all__ = [
+    "CheckError",
     "CiotrackError",
     "ConfigError",
+    "CredentialsError",
+    "EndpointRedirectError",
+    "EndpointUnreachableError",
+    "RegionMismatchError",
     "DeliveryError",
     "InvalidValueError",
     "LimitError",

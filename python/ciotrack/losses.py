@@ -115,6 +115,9 @@ class Ledger:
         self._on_error = on_error
         self.log = ThrottledLog(logger)
         """The pipeline's throttled warnings (losses, raising hooks, spool trouble)."""
+        self.cause: Callable[[], str | None] | None = None
+        """What currently keeps delivery from working (``connection refused to http://...``), appended to
+        the loss lines, so "963 operations not delivered" says why (set by the pipeline)."""
         self.closing = False
         """Set by ``close()``: from then on no hook exception propagates, on any thread."""
 
@@ -131,19 +134,23 @@ class Ledger:
             message = _DROP_MESSAGES.get(reason)
             if message is not None:
                 suffix = f" ({detail.replace('%', '%%')})" if detail else ""
-                self.log.warning(reason.value, "ciotrack: " + message + suffix, count)
+                self.log.warning(reason.value, "ciotrack: " + message + suffix + self._cause_suffix(), count)
             if self._on_drop is not None:
                 self.call_hook(self._on_drop, reason.value, count)
             return
         label = failure_label(detail) if reason is Reason.REJECTED else reason.value
         self._recorder.incr("failed", count)
         self._recorder.incr("failed_" + label, count)
-        self.log.warning("failed:" + region, "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s",
-                         count, region, attempts, detail)
+        self.log.warning("failed:" + region, "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s"
+                         + self._cause_suffix(), count, region, attempts, detail)
         if self._on_error is not None:
             error = DeliveryError(f"{count} operation(s) failed: {detail}", ops=list(ops), status=status,
                                   reason=detail, attempts=attempts, region=region)
             self.call_hook(self._on_error, error)
+
+    def _cause_suffix(self) -> str:
+        cause = self.cause() if self.cause is not None else None
+        return "" if not cause else "; delivery failing: " + cause.replace("%", "%%")
 
     def drop(self, reason: Reason, count: int, *, counted: bool = False, detail: str = "") -> None:
         """Operations lost before sending (see :meth:`lose`)."""

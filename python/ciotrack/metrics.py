@@ -70,9 +70,11 @@ class StatsSource(Protocol):
 class PrometheusCollector:
     """Collects one tracker's stats at every scrape.
 
-    ``namespace`` prefixes every name (use a different one, or different ``labels``, per tracker when
-    a process has several and registers them in one registry). ``labels`` are constant labels added
-    to every sample, e.g. ``{"service": "billing"}``.
+    ``namespace`` prefixes every name: a process with several trackers registers one collector per
+    tracker, each with its own ``namespace``, in one registry (the same names twice would be duplicate
+    series; :meth:`describe` lets every registry refuse that at ``register()`` with a ``ValueError``,
+    not only one with ``auto_describe``). ``labels`` are constant labels added to every sample, e.g.
+    ``{"service": "billing"}``; they do not make names distinct.
     """
 
     def __init__(self, tracker: StatsSource, *, namespace: str = "ciotrack",
@@ -91,6 +93,10 @@ class PrometheusCollector:
     def __repr__(self) -> str:
         labels = dict(zip(self._label_names, self._label_values, strict=True))
         return f"PrometheusCollector(namespace={self._namespace!r}, labels={labels!r})"
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families (what ``register()`` checks for names already taken in its registry)."""
+        return self.collect()
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily

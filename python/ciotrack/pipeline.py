@@ -71,6 +71,7 @@ class Pipeline:
         self.health = Health(None) if config.spool_dir is not None and not config.disabled else None
         self.router = Router(config, self.core, stop=self._stop, health=self.health, on_split=self._split)
         self.routes = self.router.routes
+        self.losses.cause = self.router.problem
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()

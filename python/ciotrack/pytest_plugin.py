@@ -12,30 +12,41 @@ instead of making a real tracker, and ``ciotrack.close()`` flushes it but keeps 
 app's startup and shutdown code can run inside the test. Afterwards the previous default tracker (or
 none) is back. Code that did ``from ciotrack import init`` before the test holds the real ``init``:
 call it as ``ciotrack.init`` to get the swap.
+
+Every other ``Tracker`` constructed during the test (an app's own ``Tracker(site_id, api_key)``) is a
+capture too (:func:`ciotrack.testing.capture_all`): it sends nothing, and the test reads it with
+``ciotrack_capture.of(app.tracker).events(...)`` or ``ciotrack_capture.trackers``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Unpack
 
 import pytest
 
 import ciotrack
 from ciotrack.config import Config
-from ciotrack.testing import CaptureTracker
+from ciotrack.options import TrackerOptions
+from ciotrack.testing import CaptureFixture, CaptureTracker, capture_all
 
 __all__ = ["ciotrack_capture"]
 
 
 @pytest.fixture
-def ciotrack_capture(monkeypatch: pytest.MonkeyPatch) -> Iterator[CaptureTracker]:
-    """A CaptureTracker installed as ciotrack's default tracker for one test."""
-    capture = CaptureTracker()
+def ciotrack_capture(monkeypatch: pytest.MonkeyPatch) -> Iterator[CaptureFixture]:
+    """A CaptureTracker installed as ciotrack's default tracker for one test; every other Tracker the
+    test constructs records too (``ciotrack_capture.of(tracker)``, ``ciotrack_capture.trackers``)."""
+    with capture_all() as session:
+        yield from _installed(monkeypatch, CaptureFixture(session))
 
-    def init(site_id: str | None = None, api_key: str | None = None, **options: Any) -> CaptureTracker:
+
+def _installed(monkeypatch: pytest.MonkeyPatch, capture: CaptureFixture) -> Iterator[CaptureFixture]:
+    def init(site_id: str | None = None, api_key: str | None = None, *, region: str | None = None,
+             endpoint: str | None = None, **options: Unpack[TrackerOptions]) -> CaptureTracker:
         # Validate like the real init (unknown or bad options raise ConfigError), but keep the capture.
-        Config.from_env({}, site_id=site_id or "capture", api_key=api_key or "capture", **options)
+        Config.from_env({}, site_id=site_id or "capture", api_key=api_key or "capture", region=region,
+                        endpoint=endpoint, **options)
         return capture
 
     def close(timeout: float | None = None) -> None:

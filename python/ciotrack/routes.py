@@ -15,6 +15,7 @@ from ciotrack._core import Batch, Core, Lane
 from ciotrack.concurrency import AdaptiveConcurrency, Concurrency, ConcurrencyState, FixedConcurrency
 from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
+from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
 from ciotrack.destinations.base import Destination, Outcome
 from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.ratelimit import Limiter, local_limiter
@@ -64,6 +65,10 @@ class Router:
                                   config.retry_after_cap)
         self.destinations: dict[str, Destination] = {}
         self.limiters: dict[str, Limiter] = {}
+        self.watches: dict[str, DeliveryWatch] = {}
+        """One per destination (region): logs what goes wrong as it happens, and the recovery."""
+        if config.debug:
+            enable_debug_lines()
         self._core = core
         self._stop = stop
         self._health = health
@@ -117,9 +122,29 @@ class Router:
                                 rate_bound=limiter is not None and limiter.tokens() < 1.0)
 
         delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
-                            health=self._health, on_split=split, on_response=response)
+                            health=self._health, on_split=split, on_response=response,
+                            watch=self._watch(name, destination))
         route.delivery = delivery
         return delivery
+
+    def _watch(self, name: str, destination: Destination) -> DeliveryWatch:
+        watch = self.watches.get(name)
+        if watch is None:
+            routes = self.routes
+
+            def queue_depth() -> int:  # queued or in flight, in every lane sending to this region
+                return sum(len(r.lane) + sum(b.count for b in list(r.in_flight.values()))
+                           for r in routes if r.name == name)
+
+            endpoint = str(getattr(destination, "url", "") or f"destination {destination.name!r}")
+            watch = self.watches[name] = DeliveryWatch(endpoint=endpoint, region=name, site_id=self.config.site_id,
+                                                       queue_depth=queue_depth, debug=self.config.debug)
+        return watch
+
+    def problem(self) -> str | None:
+        """What currently keeps delivery from working (``connection refused to http://...``), or None."""
+        problems = [p for p in (w.problem() for w in list(self.watches.values())) if p]
+        return "; ".join(problems) or None
 
     def delivery(self, route: Route) -> Delivery:
         """The route's delivery loop; an "auto" route looks its region up first (once)."""

@@ -18,28 +18,55 @@ no credentials. Captured operations are the decoded Track API v2 operations, exa
 sent (an event's data is under ``"attributes"``, ids are strings, ``id``/``timestamp`` are filled in).
 Deduplication applies as in production (an identical identify within ``dedup_ttl`` is skipped); pass
 ``dedup_ttl=0`` to record every call.
+
+Code that builds its own ``Tracker(site_id, api_key)`` (an app factory, a module-level client) is
+captured too inside :func:`capture_all` (the ``ciotrack_capture`` fixture opens one for its test), or
+in a process started with ``CIOTRACK_CAPTURE=1``: every Tracker constructed then records into memory
+and sends nothing (no socket, no sender thread, nothing to wait for at exit)::
+
+    from ciotrack.testing import capture_all
+
+    def test_app_tracks_signups():
+        with capture_all() as captured:
+            app = create_app()                       # does Tracker(site_id, api_key) somewhere
+            app.test_client().post("/signup", json={"id": "42"})
+        [event] = captured.events(name="signed_up")  # or captured.of(app.tracker).events(...)
+
+A tracker made inside stays a capture after the block (code holding it keeps working, still sending
+nothing). ``CIOTRACK_DISABLED=1`` is the blunter switch: trackers validate calls and drop them, and
+nothing can be read back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from typing import Unpack
 
+from ciotrack.capturing import (
+    CapturedReading,
+    CaptureSession,
+    TrackerCapture,
+    capture_all,
+    environment_capture,
+)
 from ciotrack.config import Config
 from ciotrack.destinations.capture import Capture, Operation
-from ciotrack.tracker import CustomerId, Tracker
+from ciotrack.options import TrackerOptions
+from ciotrack.tracker import Tracker
 
-__all__ = ["CaptureTracker"]
+__all__ = ["CaptureFixture", "CaptureSession", "CaptureTracker", "CapturedReading", "TrackerCapture", "capture_all",
+           "environment_capture"]
 
 
-class CaptureTracker(Tracker):
+class CaptureTracker(CapturedReading, Tracker):
     """A Tracker that records instead of sending: ``Tracker(destination=Capture(), sync=True)`` plus
     read helpers. Options are the Tracker's (``region_for``, ``dedup_ttl``, ``on_drop``, ...); delivery
     options are ignored and no environment variable is read.
     """
 
+    _records_itself = True
+
     def __init__(self, site_id: str | None = None, api_key: str | None = None, *, region: str | None = None,
-                 config: Config | None = None, **options: Any) -> None:
+                 config: Config | None = None, **options: Unpack[TrackerOptions]) -> None:
         self.capture = Capture()
         """The destination factory every region's lane delivers into."""
         if config is None:
@@ -67,46 +94,31 @@ class CaptureTracker(Tracker):
         self.flush()
         return self.capture.snapshot()
 
-    # -- reading ----------------------------------------------------------------------------------
-
-    @property
-    def operations(self) -> list[Operation]:
-        """Every captured operation, in call order (per region, when calls go to several regions)."""
-        return [op for _, op in self._snapshot()]
-
-    def operations_for(self, region: str) -> list[Operation]:
-        """The operations routed to ``region`` (``"us"``/``"eu"``)."""
-        return [op for op_region, op in self._snapshot() if op_region == region]
-
-    def events(self, name: str | None = None, *, customer_id: CustomerId | None = None,
-               anonymous_id: str | None = None, action: str | None = "event") -> list[Operation]:
-        """Events, optionally only those called ``name``, of one person or visitor. ``action``:
-        ``"event"`` (``track``/``track_anonymous``), ``"page"``, ``"screen"``, or None for all three."""
-        actions = ("event", "page", "screen") if action is None else (action,)
-        return [op for op in self._matching(actions, customer_id)
-                if (name is None or op.get("name") == name)
-                and (anonymous_id is None or op.get("anonymous_id") == anonymous_id)]
-
-    def identifies(self, customer_id: CustomerId | None = None) -> list[Operation]:
-        """Identify operations (all, or one person's)."""
-        return list(self._matching(("identify",), customer_id))
-
-    def by_action(self, action: str, customer_id: CustomerId | None = None) -> list[Operation]:
-        """Operations with this ``action`` (``delete``, ``add_device``, ``merge``, ``suppress``, ...)."""
-        return list(self._matching((action,), customer_id))
-
-    def _matching(self, actions: tuple[str, ...], customer_id: CustomerId | None) -> Iterator[Operation]:
-        wanted = None if customer_id is None else str(customer_id)
-        for op in self.operations:
-            if op.get("action") not in actions:
-                continue
-            if wanted is not None:
-                identifiers = op.get("identifiers")
-                if not isinstance(identifiers, dict) or str(identifiers.get("id")) != wanted:
-                    continue
-            yield op
-
     def clear(self) -> None:
         """Forget everything captured so far (queued operations included)."""
         self.flush()
         self.capture.clear()
+
+
+class CaptureFixture(CaptureTracker):
+    """What the ``ciotrack_capture`` pytest fixture yields: the CaptureTracker standing in for the
+    module-level default tracker, plus ``session``, the :class:`CaptureSession` of every other Tracker
+    the test constructs (``trackers``, ``of(tracker)``; ``all_operations`` reads both)."""
+
+    def __init__(self, session: CaptureSession) -> None:
+        super().__init__()
+        self.session = session
+
+    @property
+    def trackers(self) -> list[TrackerCapture]:
+        """Every Tracker the code under test constructed (the default stand-in excluded)."""
+        return self.session.trackers
+
+    def of(self, tracker: Tracker) -> CapturedReading:
+        """What ``tracker`` captured (this fixture itself included)."""
+        return self if tracker is self else self.session.of(tracker)
+
+    @property
+    def all_operations(self) -> list[Operation]:
+        """The default stand-in's operations, then every other tracker's."""
+        return self.operations + self.session.operations

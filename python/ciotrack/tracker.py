@@ -22,12 +22,16 @@ import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 from ciotrack import _core, lifecycle
+from ciotrack.capturing import active_sink
 from ciotrack.config import Config
-from ciotrack.errors import ConfigError, InvalidValueError
+from ciotrack.destinations.base import Destination
+from ciotrack.errors import ConfigError, EndpointUnreachableError, InvalidValueError
+from ciotrack.flush_outcome import FlushResult, counts
 from ciotrack.losses import Reason
+from ciotrack.options import TrackerOptions
 from ciotrack.pipeline import Pipeline
 from ciotrack.stats import Stats
 
@@ -63,10 +67,16 @@ class Tracker:
 
     ``Tracker(site_id, api_key, region="us", endpoint=None, **options)``: arguments left as None come
     from ``CIOTRACK_*`` environment variables (see :class:`ciotrack.config.Config` for every option and
-    its default); ``region`` defaults to ``CIOTRACK_REGION`` or ``"us"``. Sender threads start on the
-    first call. Use it as a context manager, or call :meth:`close` (at interpreter exit, queued
-    operations are delivered within ``exit_timeout`` anyway).
+    its default; the options are typed, :class:`ciotrack.options.TrackerOptions`); ``region`` defaults to
+    ``CIOTRACK_REGION`` or ``"us"``. Sender threads start on the first call. Use it as a context
+    manager, or call :meth:`close` (at interpreter exit, queued operations are delivered within
+    ``exit_timeout`` anyway).
+
+    Inside ``ciotrack.testing.capture_all()`` (the ``ciotrack_capture`` pytest fixture opens one) or
+    with ``CIOTRACK_CAPTURE=1``, a new Tracker records into memory instead: nothing is sent.
     """
+
+    _records_itself = False  # CaptureTracker: already a capture, capture_all() leaves it alone
 
     def __init__(
         self,
@@ -76,16 +86,28 @@ class Tracker:
         region: str | None = None,
         endpoint: str | None = None,
         config: Config | None = None,
-        **options: Any,
+        **options: Unpack[TrackerOptions],
     ) -> None:
-        if config is None:
-            config = Config.from_env(site_id=site_id, api_key=api_key, region=region, endpoint=endpoint, **options)
-        elif site_id is not None or api_key is not None or region is not None or endpoint is not None or options:
+        if config is not None and (site_id is not None or api_key is not None or region is not None
+                                   or endpoint is not None or options):
             raise ConfigError("pass either config= or individual options, not both")
+        sink = None if self._records_itself else active_sink()
+        capture = None if sink is None else sink.new_capture()
+        if config is None:
+            extra: dict[str, Any] = dict(options)
+            if capture is not None:
+                extra["destination"] = capture  # no credentials needed, none sent anywhere
+            config = Config.from_env(site_id=site_id, api_key=api_key, region=region, endpoint=endpoint, **extra)
+        if capture is not None:
+            # Like a CaptureTracker: delivered on read (no thread, nothing at exit), no spool, no pacing.
+            config = config.replace(destination=capture, sync=True, disabled=False, rate_limit=0.0, limiter=None,
+                                    spool_dir=None, spool=None)
         self._config = config
         self._closed = False
         self._build()
         lifecycle.register_tracker(self)
+        if sink is not None and capture is not None:
+            sink.adopt(self, capture)
 
     def _build(self) -> None:
         pipeline = Pipeline(self._config)
@@ -109,7 +131,13 @@ class Tracker:
 
     def __repr__(self) -> str:
         c = self._config
-        return f"<ciotrack.Tracker site_id={c.site_id!r} region={c.region!r} closed={self._closed}>"
+        destination = c.destination
+        if destination is None:
+            where = f"endpoint={c.endpoint_for('us' if c.region == 'auto' else c.region)!r}"
+        else:  # the destination's name, never its repr (a user's object may show its own secrets)
+            name = getattr(destination, "name", None)
+            where = f"destination={name if isinstance(name, str) else type(destination).__name__!r}"
+        return f"<ciotrack.Tracker site_id={c.site_id!r} region={c.region!r} {where} closed={self._closed}>"
 
     # -- slow paths (kept out of the methods so they stay a handful of bytecodes) -----------------
 
@@ -117,6 +145,10 @@ class Tracker:
         """First call (start the senders) or a call after close (dropped). True to go on."""
         if self._closed:
             self._pipeline.losses.drop(Reason.CLOSED, 1)
+            # Throttled (one line per interval however many calls): a call after close() is usually a
+            # shutdown-order bug (a request still running after the app's shutdown hook).
+            self._pipeline.losses.log.warning("closed", "ciotrack: a call on %r after close(); dropped (counted in "
+                                              "stats().dropped['closed'])", self)
             return False
         self._pipeline.start()
         self._running = True
@@ -313,6 +345,37 @@ class Tracker:
         """Deliver what is queued now. True once every operation accepted before the call is delivered
         or finally failed; False if ``timeout`` seconds passed first."""
         return self._pipeline.flush(timeout)
+
+    def flush_result(self, timeout: float | None = None) -> FlushResult:
+        """``flush`` that says how it went: :class:`~ciotrack.flush_outcome.FlushResult` with ``done`` (what
+        ``flush`` returns) and the operations delivered, failed, dropped and spooled during the call, plus
+        ``problem``, the delivery problem still going on (``connection refused to http://...``), if any.
+        ``result.ok`` is True only when everything was delivered. The counts are the tracker's (calls on
+        other threads during the flush count too)."""
+        before = counts(self._pipeline.stats())
+        done = self._pipeline.flush(timeout)
+        return FlushResult.between(before, counts(self._pipeline.stats()), done=done,
+                                   problem=self._pipeline.router.problem())
+
+    def check(self, timeout: float = 5.0) -> None:
+        """One authenticated, read-only request per region (``GET /api/v1/accounts/region``, redirects not
+        followed) for a startup health check. Raises a :class:`~ciotrack.errors.CheckError` (a
+        ``ConfigError``) naming the cause: ``CredentialsError`` (401/403), ``RegionMismatchError``,
+        ``EndpointRedirectError``, ``EndpointUnreachableError``. The API key is never in the message.
+        A ``disabled`` tracker passes; one with an injected destination asks its ``probe()``."""
+        from ciotrack.preflight import check_config
+
+        destination = self._config.destination
+        if self._config.disabled or destination is None:
+            check_config(self._config, timeout)
+            return
+        for region in self._config.regions_in_use():
+            target = destination if isinstance(destination, Destination) else self._pipeline.router.destination(region)
+            if not target.probe():
+                raise EndpointUnreachableError(f"destination {target.name!r} (region {region}) did not answer its "
+                                               "probe")
+            if isinstance(destination, Destination):
+                return
 
     async def flush_async(self, timeout: float | None = None) -> bool:
         """``flush`` in a worker thread, so an event loop keeps running meanwhile."""

@@ -128,7 +128,7 @@ class TrackV2Destination:
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             if watch.disarm(token):
                 return _deadline_outcome(self._deadline)
-            return Outcome.retry(reason=f"connection_error: {_short(exc)}")
+            return Outcome.retry(reason=f"connection_error: {_connection_cause(exc)}")
         except requests.exceptions.RequestException as exc:
             watch.disarm(token)
             return Outcome.final(None, f"request_error: {type(exc).__name__}: {_short(exc)}")
@@ -221,6 +221,23 @@ def _deadline_outcome(seconds: float) -> Outcome:
 def _error_text(content: bytes, limit: int = 300) -> str:
     text = content[:limit].decode("utf-8", "replace").strip()
     return text or "no body"
+
+
+def _connection_cause(exc: BaseException) -> str:
+    """The OS's own words first (``Connection refused``, ``Name or service not known``), then the
+    exception: urllib3's wrapping puts the cause past where ``_short`` cuts."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, requests.exceptions.RequestException) \
+                and type(current).__module__ in ("builtins", "socket") and current.strerror:
+            return f"{current.strerror}: {_short(exc, 160)}"
+        stack.extend((current.__cause__, current.__context__, getattr(current, "reason", None), *current.args))
+    return _short(exc)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

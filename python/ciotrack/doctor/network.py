@@ -21,6 +21,7 @@ import requests
 
 from ciotrack.concurrency import DEFAULT_MAX_IN_FLIGHT
 from ciotrack.doctor.report import Report
+from ciotrack.preflight import credentials_hint, request_region
 
 __all__ = ["Target", "check_api", "describe", "hide_credentials"]
 
@@ -57,8 +58,8 @@ def _region_url(target: Target) -> str:
 
 
 def _get(session: requests.Session, target: Target) -> requests.Response:
-    return session.get(_region_url(target), auth=(target.site_id, target.api_key), timeout=target.timeout,
-                       proxies=target.proxies, verify=target.verify, allow_redirects=False)
+    return request_region(session, target.endpoint, target.site_id, target.api_key, timeout=target.timeout,
+                          proxies=target.proxies, verify=target.verify)
 
 
 def check_api(report: Report, target: Target) -> None:
@@ -140,9 +141,7 @@ def _check_answer(report: Report, response: requests.Response, target: Target) -
     report.add("redirect", "ok", "no redirect")
     if status in (401, 403):
         report.add("credentials", "fail", f"{status}: the Track API refused site id {target.site_id!r} with this "
-                   "API key", "use the workspace's Site ID and Track API key (not an App API key) from "
-                   "Settings > Workspace Settings > API Credentials; CIOTRACK_SITE_ID / CIOTRACK_API_KEY; and the "
-                   "region the workspace lives in")
+                   "API key", credentials_hint(target.region, target.endpoint))
         return False
     if status != 200:
         report.add("credentials", "warn", f"unexpected {status} from {_region_url(target)}",
