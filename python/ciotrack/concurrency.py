@@ -146,44 +146,16 @@ class AdaptiveConcurrency:
         return self._in_flight
 
     def state(self) -> ConcurrencyState:
-        return ConcurrencyState(int(self._limit), self._in_flight, self._short_rtt, self._long_rtt, True)
+        return ConcurrencyState(int(self._limit), self._in_flight, self._short_rtt, self._long_rtt,
+                                self.min_limit != self.max_limit)
 
 
-class FixedConcurrency:
-    """``senders=N``: exactly N requests in flight at most, whatever happens (the same interface)."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self.max_limit = self.min_limit = limit
-        self._lock = threading.Lock()
-        self._in_flight = 0
-
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self._in_flight >= self.max_limit:
-                return False
-            self._in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._in_flight = max(0, self._in_flight - 1)
-
-    def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
-                rate_bound: bool = False) -> None:
-        pass  # a fixed limit learns nothing
-
-    @property
-    def limit(self) -> int:
-        return self.max_limit
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def state(self) -> ConcurrencyState:
-        return ConcurrencyState(self.max_limit, self._in_flight, 0.0, 0.0, False)
+def FixedConcurrency(limit: int) -> AdaptiveConcurrency:  # noqa: N802 - reads as the type it stands for
+    """``senders=N``: exactly N requests in flight at most, whatever happens (a pinned controller:
+    its minimum and maximum are both N, so nothing it observes moves the limit)."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return AdaptiveConcurrency(max_limit=limit, min_limit=limit, initial=limit)
 
 
-Concurrency = AdaptiveConcurrency | FixedConcurrency
+Concurrency = AdaptiveConcurrency

@@ -68,4 +68,6 @@ class TrackerOptions(TypedDict, total=False):
     destination: Destination | Callable[[str], Destination] | None
     limiter: Callable[[str], Limiter] | None
     spool: SpoolHook | None
+    redis_url: str | None
+    rate_limit_redis_url: str | None
     handle_sigterm: bool | None
