@@ -39,6 +39,8 @@ _DEDUPED = _core.DEDUPED
 _FULL = _core.FULL
 _FORKED = _core.FORKED
 _PLATFORMS = ("ios", "android")
+# Bound as instance attributes while the tracker runs (see _bind_fast_calls).
+_FAST_CALLS = ("track", "track_anonymous", "page", "screen", "identify")
 _MERGE_ID_TYPES = ("id", "email", "cio_id")
 
 
@@ -87,6 +89,7 @@ class Tracker:
         lifecycle.register_tracker(self)
 
     def _build(self) -> None:
+        self._unbind_fast_calls()
         pipeline = Pipeline(self._config)
         self._pipeline = pipeline
         self._core = pipeline.core
@@ -119,7 +122,28 @@ class Tracker:
             return False
         self._pipeline.start()
         self._running = True
+        self._bind_fast_calls()
         return True
+
+    def _bind_fast_calls(self) -> None:
+        """While running without ``region_for``, ``tracker.track`` & co are the native bound methods of
+        a ``_core.FastCalls`` (instance attributes shadow the methods below): the call goes from the
+        call site into Rust without this class's Python frame, about 0.2 us less per call. They take
+        the methods below again for anything but the common call (``region=``, a refusal code, after
+        ``close()``/a fork), so behaviour, checks and messages are these methods'."""
+        if self._region_for is not None:
+            return
+        fast = _core.FastCalls(self._core, self)
+        self._fast_calls = fast
+        for name in _FAST_CALLS:
+            self.__dict__[name] = getattr(fast, name)
+
+    def _unbind_fast_calls(self) -> None:
+        fast: _core.FastCalls | None = self.__dict__.pop("_fast_calls", None)
+        if fast is not None:
+            fast.retire()  # a caller may hold `tracker.track` itself: it takes the Python path now
+        for name in _FAST_CALLS:
+            self.__dict__.pop(name, None)
 
     def _lane(self, key: Any, region: str | None) -> int:
         if region is None:
@@ -322,6 +346,7 @@ class Tracker:
         stop the senders, close the Session. Idempotent; later calls are dropped and counted."""
         self._closed = True
         self._running = False
+        self._unbind_fast_calls()
         self._finalizer.detach()
         return self._pipeline.close(timeout)
 
