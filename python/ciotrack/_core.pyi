@@ -220,11 +220,14 @@ class Core:
 
 @final
 class FastCalls:
-    """``Tracker``'s common calls as native bound methods (lane 0 only), bound on the tracker while it
-    runs without ``region_for``. Same signatures as the ``Tracker`` methods; anything but the common
-    call (``region=``, a refusal code, after ``retire()``) runs the ``Tracker`` method itself."""
+    """``Tracker``'s common calls as native bound methods (lane 0 only), bound on a tracker built
+    without ``region_for``. Same signatures as the ``Tracker`` methods; anything but the common call
+    (before ``activate()``, ``region=``, a refusal code, after ``retire()``) runs the ``Tracker``
+    method itself."""
 
     def __new__(cls, core: Core, tracker: Any) -> Self: ...
+    def activate(self) -> None:
+        """The tracker's senders run: calls take the fast path from now on."""
     def retire(self) -> None:
         """Every later call takes the ``Tracker`` method (after ``close()``, a fork rebuild)."""
     @property

@@ -39,7 +39,7 @@ _DEDUPED = _core.DEDUPED
 _FULL = _core.FULL
 _FORKED = _core.FORKED
 _PLATFORMS = ("ios", "android")
-# Bound as instance attributes while the tracker runs (see _bind_fast_calls).
+# Native bound methods shadowing these, active while the tracker runs (see _bind_fast_calls).
 _FAST_CALLS = ("track", "track_anonymous", "page", "screen", "identify")
 _MERGE_ID_TYPES = ("id", "email", "cio_id")
 
@@ -96,6 +96,7 @@ class Tracker:
         self._lane_of = pipeline.lane_of
         self._region_for = self._config.region_for
         self._running = False  # hot-path flag: False until the first call starts the senders, and after close
+        self._bind_fast_calls()
         # The pipeline must outlive a collected Tracker long enough to deliver its queue.
         self._finalizer = weakref.finalize(self, pipeline.release)
         self._finalizer.atexit = False  # lifecycle's own exit handler closes it, with a deadline
@@ -122,15 +123,19 @@ class Tracker:
             return False
         self._pipeline.start()
         self._running = True
-        self._bind_fast_calls()
+        fast: _core.FastCalls | None = self.__dict__.get("_fast_calls")
+        if fast is not None:
+            fast.activate()
         return True
 
     def _bind_fast_calls(self) -> None:
-        """While running without ``region_for``, ``tracker.track`` & co are the native bound methods of
-        a ``_core.FastCalls`` (instance attributes shadow the methods below): the call goes from the
-        call site into Rust without this class's Python frame, about 0.2 us less per call. They take
-        the methods below again for anything but the common call (``region=``, a refusal code, after
-        ``close()``/a fork), so behaviour, checks and messages are these methods'."""
+        """Without ``region_for``, ``tracker.track`` & co are the native bound methods of a
+        ``_core.FastCalls`` (instance attributes shadow the methods below; bound at build time, so a
+        ``track = tracker.track`` taken before the first call is fast too): once the tracker runs, the
+        call goes from the call site into Rust without this class's Python frame, about 0.2 us less
+        per call. They run the methods below for anything but the common call (the first call,
+        ``region=``, a refusal code, after ``close()``/a fork), so behaviour, checks and messages
+        are these methods'."""
         if self._region_for is not None:
             return
         fast = _core.FastCalls(self._core, self)

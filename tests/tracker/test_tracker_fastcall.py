@@ -17,15 +17,21 @@ from conftest import API_KEY, SITE_ID, TrackerFactory
 FAST = ("track", "track_anonymous", "page", "screen", "identify")
 
 
-def _is_fast(tracker: Tracker) -> bool:
+def _is_native(tracker: Tracker) -> bool:
     return all(type(getattr(tracker, name)).__name__ == "builtin_function_or_method" for name in FAST)
+
+
+def _is_fast(tracker: Tracker) -> bool:
+    fast = vars(tracker).get("_fast_calls")
+    return _is_native(tracker) and fast is not None and fast.live
 
 
 def test_bound_after_the_first_call_and_delivers_every_kind(make_tracker: TrackerFactory,
                                                              emulator: Emulator) -> None:
     tracker = make_tracker()
-    assert not _is_fast(tracker)  # not running yet: the first call starts the senders in Python
-    tracker.identify("1", {"plan": "free"})
+    identify = tracker.identify  # taken before the first call: native, not active yet
+    assert _is_native(tracker) and not _is_fast(tracker)
+    identify("1", {"plan": "free"})  # the first call starts the senders (Python method) and activates
     assert _is_fast(tracker)
     tracker.track("1", "checkout", {"total": 12.5}, id="01ARZ3NDEKTSV4RRFFQ69G5FAV", timestamp=1_700_000_000)
     tracker.track(2, "numeric")
@@ -85,7 +91,7 @@ def test_close_restores_the_python_path_even_for_a_held_reference(make_tracker: 
     held = tracker.track
     held_identify = tracker.identify
     tracker.close(timeout=5)
-    assert not _is_fast(tracker)
+    assert not _is_native(tracker)
     held("c", "after")  # a reference taken while running: dropped and counted like the method
     held_identify("c", {"bad": {1}})  # dropped before validation, as after close today
     tracker.page("c", "/after")
@@ -111,7 +117,7 @@ def test_not_bound_with_region_for(emulator: Emulator) -> None:
     with Tracker(SITE_ID, API_KEY, endpoints={"us": emulator.url}, region_for=homes, rate_limit=0,
                  flush_interval=0.02) as tracker:
         tracker.track("1", "e")
-        assert "track" not in vars(tracker) and not _is_fast(tracker)
+        assert "track" not in vars(tracker) and not _is_native(tracker)
         assert tracker.flush(timeout=10)
     assert emulator.wait_events(1)
 
@@ -125,7 +131,7 @@ def test_a_forked_child_rebuilds_on_the_python_path(make_tracker: TrackerFactory
     if pid == 0:  # pragma: no cover - child
         code = 1
         try:
-            was_fast = _is_fast(tracker)
+            was_fast = _is_fast(tracker)  # rebuilt at fork: a new, inactive FastCalls on the new core
             tracker.track("k", "from-child")
             code = 0 if not was_fast and _is_fast(tracker) and tracker.flush(timeout=10) else 2
         finally:

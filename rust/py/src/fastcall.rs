@@ -3,11 +3,12 @@
 //! of `Tracker.track` around the core call.
 //!
 //! `Tracker` binds `track`, `track_anonymous`, `page`, `screen` and `identify` of one `FastCalls`
-//! as instance attributes once it runs, when it has no `region_for` (so every call goes to lane 0).
-//! Whatever the fast path does not handle goes back to the Python method on the class, unchanged:
-//! a `region=` argument, `identify` with both a dict and keywords, a retired object (after
-//! `close()` or a fork rebuild), and a refusal code from the core other than DEDUPED (handed to
-//! `Tracker._refused`, exactly as the Python method does). Validation and its error messages are
+//! as instance attributes when it is built without `region_for` (so every call goes to lane 0),
+//! and activates them once its senders run. Whatever the fast path does not handle goes back to the
+//! Python method on the class, unchanged: the first call (it starts the senders), a `region=`
+//! argument, `identify` with both a dict and keywords, a retired object (after `close()` or a fork
+//! rebuild), and a refusal code from the core other than DEDUPED (handed to `Tracker._refused`,
+//! exactly as the Python method does). Validation and its error messages are
 //! the core's, shared with `Core.event`/`Core.identify`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,9 @@ pub struct FastCalls {
     /// back would make a cycle and delay the collection (and so the final delivery) of a dropped
     /// tracker until the cyclic GC runs.
     tracker: Py<PyAny>,
-    /// False after `retire()`: every call then takes the Python method (drop-and-count after close).
+    /// True between `activate()` (the tracker started its senders) and `retire()` (close, a fork
+    /// rebuild); otherwise every call takes the Python method, which starts the tracker, or drops
+    /// and counts the call after close.
     live: AtomicBool,
 }
 
@@ -158,8 +161,13 @@ impl FastCalls {
         Ok(FastCalls {
             shared: core.get().shared().clone(),
             tracker: weakref.unbind(),
-            live: AtomicBool::new(true),
+            live: AtomicBool::new(false),
         })
+    }
+
+    /// The tracker runs: calls take the fast path from now on.
+    fn activate(&self) {
+        self.live.store(true, Ordering::Release);
     }
 
     /// From now on every call takes the Python method (`close()`, a fork rebuild).
