@@ -140,8 +140,11 @@ class Tracker:
             return
         fast = _core.FastCalls(self._core, self)
         self._fast_calls = fast
+        cls = type(self)
         for name in _FAST_CALLS:
-            self.__dict__[name] = getattr(fast, name)
+            # A subclass that overrides the method keeps its override (it would be shadowed).
+            if getattr(cls, name) is Tracker.__dict__[name]:
+                self.__dict__[name] = getattr(fast, name)
 
     def _unbind_fast_calls(self) -> None:
         fast: _core.FastCalls | None = self.__dict__.pop("_fast_calls", None)

@@ -143,3 +143,20 @@ def test_a_forked_child_rebuilds_on_the_python_path(make_tracker: TrackerFactory
     people = emulator.state()["people"]
     assert [e["name"] for e in people["p"]["events"]] == ["parent", "parent-again"]
     assert [e["name"] for e in people["k"]["events"]] == ["from-child"]
+
+
+def test_a_subclass_override_is_kept(make_tracker: TrackerFactory, emulator: Emulator) -> None:
+    class Tagging(Tracker):
+        def track(self, customer_id: Any, name: str, data: Any = None, **kwargs: Any) -> None:
+            super().track(customer_id, name, {**(data or {}), "tagged": True}, **kwargs)
+
+    with Tagging(SITE_ID, API_KEY, endpoint=emulator.url, rate_limit=0, flush_interval=0.02) as tracker:
+        tracker.track("t", "one")
+        tracker.track("t", "two", {"n": 2})
+        tracker.page("t", "/p")  # not overridden: native
+        assert type(tracker.page).__name__ == "builtin_function_or_method"
+        assert type(tracker.track).__name__ == "method"
+        assert tracker.flush(timeout=10)
+    events = emulator.state()["people"]["t"]["events"]
+    assert [(e["name"], e["data"]) for e in events] == [("one", {"tagged": True}), ("two", {"n": 2, "tagged": True}),
+                                                         ("/p", {})]
