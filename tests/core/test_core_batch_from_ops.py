@@ -11,6 +11,7 @@ import requests
 from ciotrack._core import MAX_OP_BYTES, Batch, Core
 from ciotrack.emulator import Emulator
 from ciotrack.errors import LimitError
+
 from conftest import API_KEY, SITE_ID, all_events
 
 
