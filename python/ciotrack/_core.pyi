@@ -44,6 +44,7 @@ __all__ = [
     "Batch",
     "Bucket",
     "Core",
+    "FastCalls",
     "Lane",
     "encode",
     "is_ulid",
@@ -216,6 +217,41 @@ class Core:
         """The batch is finished: records end-to-end latency for each delivered op and counts
         ``delivered`` (count minus failed). Raises ValueError, counting nothing, for a batch this
         core did not hand out (one made by ``Batch.from_ops``, or taken from another core's lane)."""
+
+@final
+class FastCalls:
+    """``Tracker``'s common calls as native bound methods (lane 0 only), bound on a tracker built
+    without ``region_for``. Same signatures as the ``Tracker`` methods; anything but the common call
+    (before ``activate()``, ``region=``, a refusal code, after ``retire()``) runs the ``Tracker``
+    method itself."""
+
+    def __new__(cls, core: Core, tracker: Any) -> Self: ...
+    def activate(self) -> None:
+        """The tracker's senders run: calls take the fast path from now on."""
+    def retire(self) -> None:
+        """Every later call takes the ``Tracker`` method (after ``close()``, a fork rebuild)."""
+    @property
+    def live(self) -> bool: ...
+    def track(
+        self, customer_id: _CustomerId, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: _Timestamp = None, region: str | None = None,
+    ) -> None: ...
+    def track_anonymous(
+        self, anonymous_id: str, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: _Timestamp = None, region: str | None = None,
+    ) -> None: ...
+    def page(
+        self, customer_id: _CustomerId, url: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: _Timestamp = None, region: str | None = None,
+    ) -> None: ...
+    def screen(
+        self, customer_id: _CustomerId, name: str, data: Mapping[str, Any] | None = None, *,
+        id: str | None = None, timestamp: _Timestamp = None, region: str | None = None,
+    ) -> None: ...
+    def identify(
+        self, customer_id: _CustomerId, attributes: Mapping[str, Any] | None = None, /, *,
+        region: str | None = None, **attrs: Any,
+    ) -> None: ...
 
 @final
 class Bucket:

@@ -44,6 +44,8 @@ _DEDUPED = _core.DEDUPED
 _FULL = _core.FULL
 _FORKED = _core.FORKED
 _PLATFORMS = ("ios", "android")
+# Native bound methods shadowing these, active while the tracker runs (see _bind_fast_calls).
+_FAST_CALLS = ("track", "track_anonymous", "page", "screen", "identify")
 _MERGE_ID_TYPES = ("id", "email", "cio_id")
 
 
@@ -110,12 +112,14 @@ class Tracker:
             sink.adopt(self, capture)
 
     def _build(self) -> None:
+        self._unbind_fast_calls()
         pipeline = Pipeline(self._config)
         self._pipeline = pipeline
         self._core = pipeline.core
         self._lane_of = pipeline.lane_of
         self._region_for = self._config.region_for
         self._running = False  # hot-path flag: False until the first call starts the senders, and after close
+        self._bind_fast_calls()
         # The pipeline must outlive a collected Tracker long enough to deliver its queue.
         self._finalizer = weakref.finalize(self, pipeline.release)
         self._finalizer.atexit = False  # lifecycle's own exit handler closes it, with a deadline
@@ -152,7 +156,35 @@ class Tracker:
             return False
         self._pipeline.start()
         self._running = True
+        fast: _core.FastCalls | None = self.__dict__.get("_fast_calls")
+        if fast is not None:
+            fast.activate()
         return True
+
+    def _bind_fast_calls(self) -> None:
+        """Without ``region_for``, ``tracker.track`` & co are the native bound methods of a
+        ``_core.FastCalls`` (instance attributes shadow the methods below; bound at build time, so a
+        ``track = tracker.track`` taken before the first call is fast too): once the tracker runs, the
+        call goes from the call site into Rust without this class's Python frame, about 0.2 us less
+        per call. They run the methods below for anything but the common call (the first call,
+        ``region=``, a refusal code, after ``close()``/a fork), so behaviour, checks and messages
+        are these methods'."""
+        if self._region_for is not None:
+            return
+        fast = _core.FastCalls(self._core, self)
+        self._fast_calls = fast
+        cls = type(self)
+        for name in _FAST_CALLS:
+            # A subclass that overrides the method keeps its override (it would be shadowed).
+            if getattr(cls, name) is Tracker.__dict__[name]:
+                self.__dict__[name] = getattr(fast, name)
+
+    def _unbind_fast_calls(self) -> None:
+        fast: _core.FastCalls | None = self.__dict__.pop("_fast_calls", None)
+        if fast is not None:
+            fast.retire()  # a caller may hold `tracker.track` itself: it takes the Python path now
+        for name in _FAST_CALLS:
+            self.__dict__.pop(name, None)
 
     def _lane(self, key: Any, region: str | None) -> int:
         if region is None:
@@ -386,6 +418,7 @@ class Tracker:
         stop the senders, close the Session. Idempotent; later calls are dropped and counted."""
         self._closed = True
         self._running = False
+        self._unbind_fast_calls()
         self._finalizer.detach()
         return self._pipeline.close(timeout)
 

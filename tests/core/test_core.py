@@ -394,7 +394,8 @@ def test_operation_size_limit_at_exactly_32768_and_one_over() -> None:
     assert len(core.lane(0).drain_ops()[0]) == _core.MAX_OP_BYTES
     with pytest.raises(LimitError) as raised:
         core.event(0, "event", "u", None, "E", {"x": "a" * (fill + 1)}, ULID_B, 1)
-    assert str(raised.value) == "event 'E': operation is 32769 bytes encoded, Customer.io allows 32768"
+    assert str(raised.value) == ("event 'E': operation is 32769 bytes encoded, Customer.io allows 32768; "
+                                 "largest property in data: 'x' (32631 bytes encoded)")
     with pytest.raises(LimitError, match=r"^op: operation is \d+ bytes"):
         core.raw(0, {"x": "a" * 40_000})
 

@@ -101,7 +101,12 @@ class Watchdog:
                     self._thread = thread
                 except RuntimeError:  # at interpreter shutdown: per-read timeouts still bound the request
                     self._thread = None
-            self._cv.notify()
+            # Wake the watchdog only when this deadline is now the earliest: otherwise it already
+            # wakes sooner and sees this one then. Requests share one timeout, so that is the first
+            # one after a quiet spell, not every request: a wake-up per request cost the sender a
+            # GIL hand-over and a quarter of its GIL time (benches/README.md, "Sender cost").
+            if self._heap[0][1] == token:
+                self._cv.notify()
         return token
 
     def disarm(self, token: int) -> bool:

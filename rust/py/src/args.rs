@@ -264,11 +264,46 @@ pub fn build_event(
         None => None,
     };
     ops::close(out);
-    ops::check_op_size(out.len(), || {
+    if let Err(mut too_big) = ops::check_op_size(out.len(), || {
         format!("{} {}", args.action, py_repr(args.name))
-    })?;
+    }) {
+        // Which property to shrink is the useful part of this error; found only now (rare path).
+        if let Some((key, size)) = data.map(|d| largest_property(py, d)).transpose()?.flatten() {
+            too_big.message.push_str(&format!(
+                "; largest property in data: {} ({size} bytes encoded)",
+                py_repr(&key)
+            ));
+        }
+        return Err(too_big.into());
+    }
     let data = data_range.map(|range| &out[range]);
     Ok(dedup_policy.event_entry(args.subject, args.action, args.name, args.id, data))
+}
+
+/// The top-level key of `data` whose value encodes largest, and that size (None for an empty
+/// dict). `data` encoded once already, so every value encodes again; a non-dict Mapping is copied.
+fn largest_property(py: Python<'_>, data: &Bound<'_, PyAny>) -> Result<Option<(String, usize)>> {
+    let dict = match data.cast::<PyDict>() {
+        Ok(dict) => dict.clone(),
+        Err(_) => {
+            let copy = PyDict::new(py);
+            copy.update(data.cast::<PyMapping>().map_err(PyErr::from)?)?;
+            copy
+        }
+    };
+    let mut largest: Option<(String, usize)> = None;
+    let mut value_out = Vec::new();
+    for (key, value) in DictEntries::new(&dict) {
+        value_out.clear();
+        encode::write_value(py, &mut value_out, &value, 1).map_err(|e| e.into_error(py, "data"))?;
+        if largest
+            .as_ref()
+            .is_none_or(|(_, size)| value_out.len() > *size)
+        {
+            largest = Some((str_arg(&key, "data")?.to_owned(), value_out.len()));
+        }
+    }
+    Ok(largest)
 }
 
 /// Builds a person operation. Returns the identify dedup key to forget when the operation deletes

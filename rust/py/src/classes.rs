@@ -115,10 +115,18 @@ impl PyBatch {
 
     #[getter]
     fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        self.body
-            .get_or_init(py, || PyBytes::new(py, &self.inner.body).unbind())
-            .bind(py)
-            .clone()
+        // get + set, not get_or_init: that one releases the GIL around its Once (so a racing
+        // initialiser cannot deadlock), a GIL hand-over per batch for the sender. A batch is read by
+        // the one sender delivering it; should two threads race, both bytes are equal and the
+        // first one set wins.
+        if let Some(body) = self.body.get(py) {
+            return body.bind(py).clone();
+        }
+        let body = PyBytes::new(py, &self.inner.body);
+        match self.body.set(py, body.clone().unbind()) {
+            Ok(()) => body,
+            Err(_) => self.body.get(py).map_or(body, |set| set.bind(py).clone()),
+        }
     }
 
     #[getter]

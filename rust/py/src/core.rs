@@ -31,6 +31,62 @@ pub struct Core {
     shared: Arc<Shared>,
 }
 
+/// `Core.identify`, shared with `FastCalls.identify` (one code path, one set of messages).
+pub(crate) fn submit_identify(
+    shared: &Shared,
+    py: Python<'_>,
+    lane: usize,
+    customer_id: &Bound<'_, PyAny>,
+    attributes: Option<&Bound<'_, PyAny>>,
+    timestamp: Option<&Bound<'_, PyAny>>,
+) -> Result<i32> {
+    if shared.forked() {
+        return Ok(FORKED);
+    }
+    shared.queue(lane)?;
+    with_scratch(|out| {
+        let policy = shared.dedup_policy;
+        let built = args::build_identify(py, out, policy, customer_id, attributes, timestamp);
+        let dedup = shared.count_invalid(built)?;
+        Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
+    })
+}
+
+/// `Core.event`, shared with the `FastCalls` event methods.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn submit_event(
+    shared: &Shared,
+    py: Python<'_>,
+    lane: usize,
+    action: &Bound<'_, PyAny>,
+    customer_id: Option<&Bound<'_, PyAny>>,
+    anonymous_id: Option<&Bound<'_, PyAny>>,
+    name: &Bound<'_, PyAny>,
+    data: Option<&Bound<'_, PyAny>>,
+    id: Option<&Bound<'_, PyAny>>,
+    timestamp: Option<&Bound<'_, PyAny>>,
+) -> Result<i32> {
+    if shared.forked() {
+        return Ok(FORKED);
+    }
+    shared.queue(lane)?;
+    let mut digits = itoa::Buffer::new();
+    let event = args::event_args(action, customer_id, anonymous_id, name, id, &mut digits);
+    let event = shared.count_invalid(event)?;
+    with_scratch(|out| {
+        let policy = shared.dedup_policy;
+        let built = args::build_event(py, out, policy, event, data, timestamp);
+        let dedup = shared.count_invalid(built)?;
+        Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
+    })
+}
+
+impl Core {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 #[pymethods]
 impl Core {
     #[new]
@@ -88,17 +144,7 @@ impl Core {
         attributes: Option<&Bound<'_, PyAny>>,
         timestamp: Option<&Bound<'_, PyAny>>,
     ) -> Result<i32> {
-        let shared = &*self.shared;
-        if shared.forked() {
-            return Ok(FORKED);
-        }
-        shared.queue(lane)?;
-        with_scratch(|out| {
-            let policy = shared.dedup_policy;
-            let built = args::build_identify(py, out, policy, customer_id, attributes, timestamp);
-            let dedup = shared.count_invalid(built)?;
-            Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
-        })
+        submit_identify(&self.shared, py, lane, customer_id, attributes, timestamp)
     }
 
     #[pyo3(signature = (lane, action, customer_id, anonymous_id, name, data = None, id = None, timestamp = None))]
@@ -115,20 +161,19 @@ impl Core {
         id: Option<&Bound<'_, PyAny>>,
         timestamp: Option<&Bound<'_, PyAny>>,
     ) -> Result<i32> {
-        let shared = &*self.shared;
-        if shared.forked() {
-            return Ok(FORKED);
-        }
-        shared.queue(lane)?;
-        let mut digits = itoa::Buffer::new();
-        let event = args::event_args(action, customer_id, anonymous_id, name, id, &mut digits);
-        let event = shared.count_invalid(event)?;
-        with_scratch(|out| {
-            let policy = shared.dedup_policy;
-            let built = args::build_event(py, out, policy, event, data, timestamp);
-            let dedup = shared.count_invalid(built)?;
-            Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
-        })
+        let shared = &self.shared;
+        submit_event(
+            shared,
+            py,
+            lane,
+            action,
+            customer_id,
+            anonymous_id,
+            name,
+            data,
+            id,
+            timestamp,
+        )
     }
 
     #[pyo3(signature = (lane, action, customer_id, fields = None))]

@@ -41,7 +41,8 @@ pub struct ValueFault {
 }
 
 /// Why encoding stopped: a value the rules reject, or an exception raised by Python code the
-/// encoder called (an Enum's `value`, a tzinfo's `utcoffset`, a Decimal subclass's `__str__`).
+/// encoder called (an Enum's `value`, a tzinfo's `utcoffset`; a Decimal/UUID subclass's failing
+/// `__str__` is a Value fault instead, see `text_of`).
 pub enum EncodeError {
     Value(Box<ValueFault>),
     Python(PyErr),
@@ -448,7 +449,7 @@ fn write_uncommon(
     }
     if obj.is_instance(types.uuid.bind(py))? {
         // str(UUID) is the canonical 36-character hyphenated lower-case form.
-        json::write_str(out, &obj.str()?.to_cow()?);
+        json::write_str(out, &text_of(obj, "UUID")?);
         return Ok(());
     }
     Err(EncodeError::new(
@@ -467,11 +468,34 @@ fn write_date(out: &mut Vec<u8>, date: &Bound<'_, PyDate>) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// `str(obj)` of a Decimal or UUID. A subclass's own `__str__` may raise or return a non-str:
+/// that is the value's fault, reported as a SerializationError at its path like any other bad
+/// value (the caller's exception is named in the message, not raised in place of ours).
+fn text_of(obj: &Bound<'_, PyAny>, base: &str) -> Result<String, EncodeError> {
+    let failed = |err: PyErr| {
+        let py = obj.py();
+        let exception = err.get_type(py).name().map(|n| n.to_string());
+        EncodeError::new(
+            ErrorKind::Serialization,
+            format!(
+                "{base} subclass '{}' could not be converted: str() raised {}: {}",
+                type_name(obj),
+                exception.unwrap_or_else(|_| "?".into()),
+                err.value(py)
+                    .str()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            ),
+        )
+    };
+    let text = obj.str().map_err(failed)?;
+    Ok(text.to_cow().map_err(failed)?.into_owned())
+}
+
 fn write_decimal(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
     // str() keeps every digit (no float rounding); its forms (1.50, 1E+3, -0) are JSON numbers,
     // and the non-finite ones (NaN, sNaN, Infinity) are exactly the ones that are not.
-    let text = obj.str()?;
-    let text = text.to_cow()?;
+    let text = text_of(obj, "Decimal")?;
     if !json::is_json_number(&text) {
         return Err(EncodeError::new(
             ErrorKind::Invalid,

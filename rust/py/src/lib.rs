@@ -9,6 +9,7 @@ mod core;
 mod dict;
 mod encode;
 mod errors;
+mod fastcall;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -64,6 +65,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<classes::Lane>()?;
     m.add_class::<classes::PyBatch>()?;
     m.add_class::<classes::PyBucket>()?;
+    m.add_class::<fastcall::FastCalls>()?;
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(new_ulid, m)?)?;
     m.add_function(wrap_pyfunction!(is_ulid, m)?)?;
