@@ -24,15 +24,19 @@ delivery loop reports every response to :meth:`observe`.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState", "FixedConcurrency"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "UNLIMITED_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState", "FixedConcurrency"]
 
 DEFAULT_MAX_IN_FLIGHT = 32
 """Enough for 100 requests/s at 300 ms (30 in flight), and a bound on sockets and threads."""
+UNLIMITED_MAX_IN_FLIGHT = 8
+"""The cap with no rate limit (``rate_limit=0``): there is no throughput to reach, only the latency
+gradient to stop growth, and every extra sender thread costs the application some GIL time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +99,12 @@ class AdaptiveConcurrency:
             self._in_flight = max(0, self._in_flight - 1)
 
     def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
-                rate_bound: bool = False) -> None:
+                rate_bound: bool = False, rate: float | None = None) -> None:
         """One response. ``rtt``: the request's duration (None when no answer came: no latency sample).
         ``throttled``: it was a 429. ``demand``: a full batch is waiting. ``rate_bound``: the rate
-        limiter had no token to spare (the rate limit, not concurrency, binds)."""
+        limiter had no token to spare (the rate limit, not concurrency, binds). ``rate``: the rate
+        limit in requests/s, when there is one: by Little's law ``rate x latency`` requests in flight
+        fill it, so the limit never grows past 1.5 times that (plus one): no idle sockets or threads."""
         with self._lock:
             in_flight = self._in_flight
             now = self._clock()
@@ -120,6 +126,8 @@ class AdaptiveConcurrency:
             new = limit * gradient + (1.0 if grow and gradient >= 1.0 else 0.0)
             if new < limit:
                 new = limit - 0.2 * (limit - new)  # shrink smoothly: one slow outlier is not a trend
+            if rate is not None and rate > 0:
+                new = min(new, math.ceil(rate * self._long_rtt * 1.5) + 1.0)
             self._limit = max(float(self.min_limit), min(float(self.max_limit), new))
 
     def _sample(self, rtt: float) -> None:

@@ -12,7 +12,13 @@ import threading
 from collections.abc import Callable
 
 from ciotrack._core import Batch, Core, Lane
-from ciotrack.concurrency import AdaptiveConcurrency, Concurrency, ConcurrencyState, FixedConcurrency
+from ciotrack.concurrency import (
+    UNLIMITED_MAX_IN_FLIGHT,
+    AdaptiveConcurrency,
+    Concurrency,
+    ConcurrencyState,
+    FixedConcurrency,
+)
 from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
 from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
@@ -115,11 +121,13 @@ class Router:
 
         concurrency, lane, full_batch = route.concurrency, route.lane, self._full_batch
 
+        rate = self.config.rate_limit if limiter is not None else None
+
         def response(latency: float, outcome: Outcome) -> None:
             # No answer (refused, reset, timed out) is no latency sample; a 429 halves the limit.
             concurrency.observe(latency if outcome.status is not None else None, throttled=outcome.status == 429,
                                 demand=lane.queued_bytes() >= full_batch,
-                                rate_bound=limiter is not None and limiter.tokens() < 1.0)
+                                rate_bound=limiter is not None and limiter.tokens() < 1.0, rate=rate)
 
         delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
                             health=self._health, on_split=split, on_response=response,
@@ -193,4 +201,8 @@ class Router:
 def _concurrency(config: Config) -> Concurrency:
     if config.senders is not None:
         return FixedConcurrency(config.senders)
+    if config.rate_limit <= 0 and config.limiter is None:
+        # No rate limit, no throughput target: only the latency gradient would stop the growth, and
+        # on a fast link every extra sender thread costs the application GIL time. Stay modest.
+        return AdaptiveConcurrency(max_limit=min(UNLIMITED_MAX_IN_FLIGHT, config.max_in_flight), initial=1)
     return AdaptiveConcurrency(max_limit=config.max_in_flight, initial=1)
