@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "UNLIMITED_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState", "FixedConcurrency"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "UNLIMITED_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState",
+           "FixedConcurrency"]
 
 DEFAULT_MAX_IN_FLIGHT = 32
 """Enough for 100 requests/s at 300 ms (30 in flight), and a bound on sockets and threads."""
