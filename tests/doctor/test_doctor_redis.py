@@ -59,3 +59,9 @@ def test_fleet_streams_group_dead_letters_and_workers(emulator: Emulator, redis_
     assert checks["fleet_workers"].status == "fail"  # a backlog and nobody reading it
     client.xreadgroup(keys.group, "worker-1", {keys.work: ">"}, count=1)  # a worker shows up
     assert _redis_checks(emulator, redis_server.url)["fleet_workers"].status == "ok"
+
+
+def test_aof_without_fsync_always_is_a_warning(emulator: Emulator, redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).config_set("appendfsync", "everysec")
+    check = _redis_checks(emulator, redis_server.url)["redis_persistence"]
+    assert check.status == "warn" and "appendfsync always" in check.advice
