@@ -64,6 +64,7 @@ def test_multiprocessing_fork_children_each_deliver_their_events_once(make_track
 
 def _pool_task(n: int) -> int:
     _pool_tracker[0].track(f"pool-{n % 5}", "task", {"n": n})
+    time.sleep(0.002)  # a task takes a moment, so the pool spreads them (one fast worker could take all)
     return os.getpid()
 
 

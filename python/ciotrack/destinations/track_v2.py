@@ -187,10 +187,19 @@ def classify(status: int, retry_after: str | None, content: bytes) -> Outcome:
     return Outcome.final(status, f"http_{status}: {_error_text(content)}")
 
 
+_MAX_207_CONTAINERS = 50_000
+"""More JSON arrays and objects than a 207 for a full batch can hold (one per rejected operation)."""
+
+
 def _batch_errors(content: bytes) -> tuple[tuple[int, str], ...]:
     """``(batch_index, reason)`` of a 207 body; each index once. Any body shape at all is handled:
     what cannot be attributed is logged, never raised (a hostile 207 must not stop the sender)."""
     try:
+        # A real 207 nests three levels deep; a hostile one nested 100,000 deep would only be refused
+        # by a RecursionError deep in the parser, on the sender's thread, where any finalizer the
+        # garbage collector runs meanwhile would hit it too. Refuse it before parsing.
+        if content.count(b"[") + content.count(b"{") > _MAX_207_CONTAINERS:
+            raise ValueError("too deeply nested or too many containers")
         errors = json.loads(content)["errors"]
         if not isinstance(errors, list):
             raise TypeError("errors is not a list")
