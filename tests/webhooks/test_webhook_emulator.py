@@ -8,14 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
@@ -23,37 +20,15 @@ from webhook_helpers import SECRET
 
 from ciotrack.emulator import Emulator
 from ciotrack.webhooks import EmailEvent, Event, Metric, PushEvent, WebhookHandler
-from ciotrack.webhooks.adapters.wsgi import make_wsgi_app
+from recording_webhook_server import serve_recording_handler
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Threading(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 @pytest.fixture
 def endpoint() -> Iterator[tuple[str, WebhookHandler, list[Event]]]:
-    received: list[Event] = []
-    lock = threading.Lock()
-
-    def record(event: Event) -> None:
-        with lock:
-            received.append(event)
-
-    handler = WebhookHandler(SECRET, record)
-    server = make_server("127.0.0.1", 0, make_wsgi_app(handler), server_class=_Threading, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hooks", handler, received
-    server.shutdown()
-    server.server_close()
-    handler.close(5)
+    with serve_recording_handler(SECRET) as served:
+        yield served
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
