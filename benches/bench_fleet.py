@@ -23,8 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.fleet.conftest import RedisServer  # noqa: E402 (after the sys.path insert)
 from tests.fleet.fleet_procs import API_KEY, SITE_ID, WorkerProcess, spawn_producer, wait_producer  # noqa: E402
+from tests.redis_harness import RedisServer  # noqa: E402 (after the sys.path insert)
 
 
 @pytest.fixture(scope="module")
@@ -97,24 +97,33 @@ def _preload(redis_url: str, batches: int, ops_per_batch: int) -> None:
     destination.close()
 
 
+# (workers, --concurrency or None for the default, emulator latency, pacing flags or () for the defaults)
+SCALING_ROWS: tuple[tuple[int, int | None, float, tuple[str, ...]], ...] = (
+    # 1 -> 2 -> 4 workers of 4 threads at 100 ms (4 / 0.1 s = 40 req/s each at most) ...
+    (1, 4, 0.1, ()), (2, 4, 0.1, ()), (4, 4, 0.1, ()),
+    # ... then enough threads for the limit to bind at 100 ms, then the setting (3 workers, 50 ms),
+    (4, 12, 0.1, ()), (3, None, 0.05, ()),
+    # and the same with the pacing of earlier versions: the old default and the old bench setting.
+    (3, None, 0.05, ("--rate-limit", "100", "--burst", "10")), (3, None, 0.05, ("--rate-limit", "95", "--burst", "5")),
+)
+
+
 def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
     from ciotrack.emulator import Emulator
     from ciotrack.fleet.producer import connect
+    from ciotrack.fleet.settings import DEFAULT_BURST, DEFAULT_RATE_LIMIT, WorkerConfig
     from ciotrack.fleet.streams import StreamKeys
 
     keys = StreamKeys.for_site(SITE_ID)
     client = connect(redis_url)
-    # 1 -> 2 -> 4 workers of 4 threads at 100 ms (4 / 0.1 s = 40 req/s each at most), then enough threads
-    # for the limit to bind at 100 ms, then the setting (3 workers, 50 ms).
-    for n_workers, concurrency, latency, rate, burst in ((1, 4, 0.1, 95, 5), (2, 4, 0.1, 95, 5),
-                                                          (4, 4, 0.1, 95, 5), (4, 12, 0.1, 95, 5),
-                                                          (3, 12, 0.05, 95, 5)):
+    for n_workers, concurrency, latency, pacing in SCALING_ROWS:
         client.delete(keys.work, keys.dead, keys.tries)
         _preload(redis_url, int(110 * (seconds + 6)), 5)
+        threads = concurrency or WorkerConfig("", "", "").threads
+        extra = [*pacing, *(("--concurrency", str(concurrency)) if concurrency else ())]
         with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
             em.set_faults(latency=latency)
-            workers = [WorkerProcess(redis_url, em.url, "--rate-limit", str(rate), "--burst", str(burst),
-                                     "--concurrency", str(concurrency), log=log_dir / f"s{n_workers}-{i}.log")
+            workers = [WorkerProcess(redis_url, em.url, *extra, log=log_dir / f"s{n_workers}-{i}.log")
                        for i in range(n_workers)]
             time.sleep(4.0)  # start-up and the initial burst are not part of the figure
             before, t0 = _requests(em), time.monotonic()
@@ -124,8 +133,10 @@ def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
             rejected = int(em.stats()["by_status"].get("429", 0))
             for worker in workers:
                 worker.terminate()
-        print(f"{n_workers} worker(s) x {concurrency} threads at {latency * 1000:.0f} ms: {rps:6.1f} requests/s = "
-              f"{rps:5.1f} % of the 100 req/s ceiling (workers share {rate}/s burst {burst}; 429s: {rejected})")
+        shared = (f"--rate-limit {pacing[1]} --burst {pacing[3]}" if pacing else
+                  f"default pacing: {DEFAULT_RATE_LIMIT:g}/s burst {DEFAULT_BURST:g}")
+        print(f"{n_workers} worker(s) x {threads} threads at {latency * 1000:.0f} ms: {rps:6.1f} requests/s = "
+              f"{rps:5.1f} % of the 100 req/s ceiling ({shared}; 429s in the whole run: {rejected})", flush=True)
     client.close()
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "FastCalls",
     "Lane",
     "encode",
+    "histogram_bounds",
     "is_ulid",
     "ulid",
 ]
@@ -208,7 +209,9 @@ class Core:
         """Snapshot: ``counters`` (dict name -> int: ``accepted``, ``invalid``, ``deduped_identify``,
         ``deduped_event``, ``dropped_full``, ``dropped_oldest`` and every named counter),
         ``gauges`` (``lane{i}_ops``, ``lane{i}_bytes``, ``overflow_ops``), ``histograms`` (name ->
-        dict with count, sum, p50, p95, p99, max)."""
+        dict with count, sum, p50, p95, p99, max, and ``buckets``: a list of ``(le, values <= le)``,
+        cumulative, at ``histogram_bounds(name)``; computed here from the log buckets, exact because
+        every bound is a bucket edge; ``+Inf`` is ``count``)."""
     def incr(self, counter: str, n: int = 1) -> None:
         """Add to a named counter (sender side: delivered, failed, retried, spooled, replayed, bytes_sent, ...). Any name is accepted."""
     def observe(self, histogram: str, value: float) -> None:
@@ -275,3 +278,7 @@ def ulid() -> str:
     """A fresh ULID."""
 
 def is_ulid(value: str) -> bool: ...
+def histogram_bounds(name: str) -> list[float]:
+    """The Prometheus ``le`` bounds ``Core.stats()`` reports for the histogram ``name``, ascending: names
+    ending ``_seconds`` 1/256 ... 3840, ``_bytes`` 256 ... 524288, anything else (counts) 1 ... 10240.
+    Each is an edge of the core's log buckets (buckets are closed above, like ``le``)."""

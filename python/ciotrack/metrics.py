@@ -10,12 +10,18 @@ A custom collector (prometheus_client's Collector protocol): nothing is recorded
 reads one ``tracker.stats()`` snapshot. ``prometheus_client`` is imported only when a collector is
 made, so ``ciotrack`` itself never needs it.
 
-Histograms are exported as **summaries** (``quantile="0.5"|"0.95"|"0.99"``, ``_sum``, ``_count``) plus a
-``<name>_max`` gauge, not as Prometheus histograms: the core keeps ~560 log buckets internally but its
-snapshot reports count, sum, p50/p95/p99 and max, not the bucket counts, so ``_bucket`` series cannot be
-produced faithfully. The quantiles are cumulative since the tracker started (the upper bound of the log
-bucket holding the exact quantile, at most 12.5 % high), not a sliding window; they cannot be
-aggregated across processes (sum ``_sum``/``_count`` for fleet-wide means instead).
+Histograms are exported as Prometheus **histograms** (``_bucket{le=...}``, ``_sum``, ``_count``) plus a
+``<name>_max`` gauge, so a fleet's figures aggregate:
+``histogram_quantile(0.99, sum by (le) (rate(ciotrack_request_latency_seconds_bucket[5m])))`` over every
+process, embedded trackers and ``ciotrack worker`` replicas alike (the worker's latency histograms use the
+same ``le`` bounds). The core keeps ~560 log buckets (1/8 of a power of two wide) and turns them into
+cumulative counts at fixed bounds when the snapshot is taken, never while recording. Every bound is an
+edge of those buckets, which is why they read 0.00390625 (1/256 s), 0.046875, 0.09375 ... rather than
+0.005, 0.05, 0.1: a decimal bound falls inside a log bucket, whose values could not be split into
+"<= le" and "> le", and the count would be approximate. At an edge the count is exact. The bounds
+(``ciotrack._core.histogram_bounds(name)``): seconds 1/256 ... 3840 (23 bounds), operations per batch
+1 ... 10240, body bytes 256 ... 512 KiB. Counts are cumulative since the tracker started. The quantiles
+(p50/p95/p99) stay in :class:`~ciotrack.stats.Stats` for code that reads them.
 
 Metric names (``ciotrack`` is the default ``namespace``):
 
@@ -39,18 +45,20 @@ Metric names (``ciotrack`` is the default ``namespace``):
 ``ciotrack_concurrency_limit{region}``              gauge       requests allowed in flight (adaptive)
 ``ciotrack_requests_in_flight{region}``             gauge       requests being sent now
 ``ciotrack_overflow_operations``                    gauge       overflow list awaiting the spool
-``ciotrack_request_latency_seconds``                summary     per HTTP request
-``ciotrack_delivery_latency_seconds``               summary     call -> acknowledgement, per op
-``ciotrack_batch_operations``                       summary     operations per accepted batch
-``ciotrack_batch_size_bytes``                       summary     body bytes per accepted batch
+``ciotrack_request_latency_seconds``                histogram   per HTTP request
+``ciotrack_delivery_latency_seconds``               histogram   call -> acknowledgement, per op
+``ciotrack_batch_operations``                       histogram   operations per accepted batch
+``ciotrack_batch_size_bytes``                       histogram   body bytes per accepted batch
+``ciotrack_<histogram>_max``                        gauge       largest value recorded in each
 ==================================================  ==========  ===================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from ciotrack._core import histogram_bounds
 from ciotrack.stats import HistogramSummary, Stats
 
 if TYPE_CHECKING:
@@ -58,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PrometheusCollector"]
 
-_QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 
 class StatsSource(Protocol):
@@ -99,7 +106,11 @@ class PrometheusCollector:
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        # prometheus_client's own le formatting (untyped there), so the labels match the worker's.
+        format_le: Callable[[float], str] = floatToGoString
 
         stats = self._tracker.stats()
         ns = self._namespace
@@ -122,13 +133,12 @@ class PrometheusCollector:
             family.add_metric(values, value)
             return family
 
-        def summary(name: str, doc: str, h: HistogramSummary) -> Iterator[Metric]:
-            family = SummaryMetricFamily(f"{ns}_{name}", doc, labels=names)
-            if h.count:
-                base = dict(zip(names, values, strict=True))
-                for quantile, attr in _QUANTILES:
-                    family.add_sample(family.name, {**base, "quantile": quantile}, getattr(h, attr))
-            family.add_metric(values, h.count, h.sum)
+        def histogram(name: str, core_name: str, doc: str, h: HistogramSummary) -> Iterator[Metric]:
+            family = HistogramMetricFamily(f"{ns}_{name}", doc, labels=names)
+            # Nothing recorded yet: the same bounds with zero counts, so the series exist from the start.
+            cumulative = h.buckets or tuple((le, 0) for le in histogram_bounds(core_name))
+            buckets = [(format_le(le), n) for le, n in cumulative] + [("+Inf", h.count)]
+            family.add_metric(values, buckets, h.sum)
             yield family
             yield gauge(f"{name}_max", f"Largest value recorded in {ns}_{name}", h.max)
 
@@ -161,8 +171,9 @@ class PrometheusCollector:
                        stats.requests_in_flight)
         yield gauge("overflow_operations", "Operations refused by a full queue, awaiting the spool",
                     stats.overflow_ops)
-        yield from summary("request_latency_seconds", "Seconds per HTTP request", stats.request_latency)
-        yield from summary("delivery_latency_seconds", "Seconds from the call to Customer.io's acknowledgement",
-                           stats.delivery_latency)
-        yield from summary("batch_operations", "Operations per accepted batch", stats.batch_size)
-        yield from summary("batch_size_bytes", "Body bytes per accepted batch", stats.batch_bytes)
+        yield from histogram("request_latency_seconds", "request_latency_seconds", "Seconds per HTTP request",
+                             stats.request_latency)
+        yield from histogram("delivery_latency_seconds", "delivery_latency_seconds",
+                             "Seconds from the call to Customer.io's acknowledgement", stats.delivery_latency)
+        yield from histogram("batch_operations", "batch_ops", "Operations per accepted batch", stats.batch_size)
+        yield from histogram("batch_size_bytes", "batch_bytes", "Body bytes per accepted batch", stats.batch_bytes)

@@ -12,7 +12,9 @@ stay available as :attr:`Stats.counters`, :attr:`Stats.gauges` and :attr:`Stats.
 ``stats["counters"]`` still works for code written against the earlier dict snapshot.
 
 Histogram quantiles are the upper bound of the log bucket holding the exact quantile (buckets are
-1/8 of a power of two wide, so at most 12.5 % above it), never above ``max``.
+1/8 of a power of two wide, so at most 12.5 % above it), never above ``max``. Each histogram also
+carries cumulative counts at fixed Prometheus ``le`` bounds (:attr:`HistogramSummary.buckets`),
+computed by the core at snapshot time; every bound is a bucket edge, so the counts are exact.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class HistogramSummary:
     p95: float = 0.0
     p99: float = 0.0
     max: float = 0.0
+    buckets: tuple[tuple[float, int], ...] = ()
+    """``(le, values <= le)`` at ascending bounds (``_core.histogram_bounds(name)``), exact: a Prometheus
+    histogram's ``_bucket`` series without ``+Inf`` (that one is :attr:`count`). Empty while nothing
+    was recorded."""
 
     @property
     def mean(self) -> float:
@@ -57,7 +63,8 @@ class HistogramSummary:
         if not raw:
             return cls()
         return cls(count=int(raw["count"]), sum=float(raw["sum"]), p50=float(raw["p50"]), p95=float(raw["p95"]),
-                   p99=float(raw["p99"]), max=float(raw["max"]))
+                   p99=float(raw["p99"]), max=float(raw["max"]),
+                   buckets=tuple((float(le), int(n)) for le, n in raw.get("buckets", ())))
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class Stats:
     # -- raw maps, as the core reports them -------------------------------------------------------
     counters: Mapping[str, int] = field(default_factory=dict, repr=False)
     gauges: Mapping[str, float] = field(default_factory=dict, repr=False)
-    histograms: Mapping[str, Mapping[str, float]] = field(default_factory=dict, repr=False)
+    histograms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def dropped_total(self) -> int:
@@ -164,7 +171,7 @@ class Stats:
         """Build from ``Core.stats()``; ``lane_regions[i]`` names lane ``i`` (two lanes may share one)."""
         counters: Mapping[str, int] = raw.get("counters", {})
         gauges: Mapping[str, float] = raw.get("gauges", {})
-        histograms: Mapping[str, Mapping[str, float]] = raw.get("histograms", {})
+        histograms: Mapping[str, Mapping[str, Any]] = raw.get("histograms", {})
         grouped: dict[str, dict[str, int]] = {"deduped": {}, "dropped": {}, "failed": {}, "requests": {}}
         for name, value in counters.items():
             prefix, _, rest = name.partition("_")

@@ -686,7 +686,9 @@ def test_stats_shape() -> None:
     assert stats["counters"]["retried"] == 2 and stats["counters"]["accepted"] == 3
     assert stats["gauges"]["lane0_ops"] == 3 and stats["gauges"]["lane1_ops"] == 0
     assert stats["gauges"]["lane0_bytes"] == core.lane(0).queued_bytes() > 0
-    assert set(stats["histograms"]["batch_ops"]) == {"count", "sum", "p50", "p95", "p99", "max"}
+    assert set(stats["histograms"]["batch_ops"]) == {"count", "sum", "p50", "p95", "p99", "max", "buckets"}
+    bounds = _core.histogram_bounds("batch_ops")
+    assert stats["histograms"]["batch_ops"]["buckets"] == [(le, int(le >= 3.0)) for le in bounds]
     assert core.lanes == 2
 
 

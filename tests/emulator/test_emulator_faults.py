@@ -316,3 +316,24 @@ def test_an_emulator_bug_is_a_500_not_a_hang(emulator: Emulator, monkeypatch: py
     response = batch(emulator.url, [event("1")])
     assert response.status_code == 500
     assert response.json()["errors"][0]["reason"] == "emulator_error"
+
+
+def test_max_body_bytes_answers_413_above_a_smaller_limit_and_applies_nothing(emulator: Emulator) -> None:
+    ops = [event(f"p{i}", f"01HV5Z9Q8N6W3X2Y1T0S9R8P{i:02d}") for i in range(10)]
+
+    def send(some: list[Any]) -> requests.Response:
+        return requests.post(f"{emulator.url}/api/v2/batch", data=orjson.dumps({"batch": some}), auth=AUTH,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+
+    size = len(orjson.dumps({"batch": ops}))
+    emulator.set_faults(max_body_bytes=size - 1)
+    too_large = send(ops)
+    assert too_large.status_code == 413 and too_large.json()["errors"][0]["reason"] == "too_large"
+    assert emulator.state(SITE)["people"] == {}
+    assert send(ops[:5]).status_code == 200  # a half fits
+    emulator.set_faults(max_body_bytes=size)  # the limit itself is allowed
+    assert send(ops).status_code == 200
+    assert len(emulator.state(SITE)["people"]) == 10
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="max_body_bytes"):
+            emulator.set_faults(max_body_bytes=bad)

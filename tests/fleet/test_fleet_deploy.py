@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ciotrack.fleet.cli import configure_parser
+from ciotrack.fleet.settings import DEFAULT_BURST, DEFAULT_RATE_LIMIT
 from ciotrack.fleet.streams import GROUP, StreamKeys
 from redis_harness import RedisServer
 
@@ -95,7 +96,9 @@ def test_grace_period_covers_the_drain_deadline_and_args_parse() -> None:
     parser = argparse.ArgumentParser()
     configure_parser(parser)
     parsed = parser.parse_args(pod["containers"][0]["args"])  # every arg is one the worker knows
-    assert parsed.metrics_port == 9100 and parsed.rate_limit == 100
+    assert parsed.metrics_port == 9100
+    # The manifest spells out the worker's defaults (the pacing measured to reach 99 % without a 429).
+    assert (parsed.rate_limit, parsed.burst) == (DEFAULT_RATE_LIMIT, DEFAULT_BURST) == (99, 2)
     probes = pod["containers"][0]
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -90,7 +90,7 @@ def test_metrics_endpoint_serves_histograms_and_fleet_counters(redis_server: Red
         requests_200 = m['ciotrack_worker_requests_total{status="200"}']
         assert requests_200 >= 1 and m["ciotrack_worker_batches_delivered_total"] == requests_200
         assert m['ciotrack_worker_request_latency_seconds_bucket{le="+Inf"}'] == requests_200
-        assert m['ciotrack_worker_request_latency_seconds_bucket{le="0.01"}'] == 0  # 20 ms answers
+        assert m['ciotrack_worker_request_latency_seconds_bucket{le="0.015625"}'] == 0  # 20 ms answers
         assert m['ciotrack_worker_delivery_latency_seconds_bucket{le="+Inf"}'] == requests_200
         assert "ciotrack_worker_stream_lag" in m and "ciotrack_worker_stream_pending" in m
         assert m["ciotrack_worker_dead_letters_total"] == 0

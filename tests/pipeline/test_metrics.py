@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ciotrack import _core
 from ciotrack.emulator import Emulator
 from ciotrack.metrics import PrometheusCollector
 from ciotrack.tracker import Tracker
@@ -38,13 +39,13 @@ FAMILIES = {
     "ciotrack_concurrency_limit": "gauge",
     "ciotrack_requests_in_flight": "gauge",
     "ciotrack_overflow_operations": "gauge",
-    "ciotrack_request_latency_seconds": "summary",
+    "ciotrack_request_latency_seconds": "histogram",
     "ciotrack_request_latency_seconds_max": "gauge",
-    "ciotrack_delivery_latency_seconds": "summary",
+    "ciotrack_delivery_latency_seconds": "histogram",
     "ciotrack_delivery_latency_seconds_max": "gauge",
-    "ciotrack_batch_operations": "summary",
+    "ciotrack_batch_operations": "histogram",
     "ciotrack_batch_operations_max": "gauge",
-    "ciotrack_batch_size_bytes": "summary",
+    "ciotrack_batch_size_bytes": "histogram",
     "ciotrack_batch_size_bytes_max": "gauge",
 }
 
@@ -96,22 +97,26 @@ def test_scrape_parses_and_holds_every_metric_with_the_tracker_values(make_track
     latency = stats.request_latency
     assert samples[("ciotrack_request_latency_seconds_count", ())] == latency.count == sum(stats.requests.values())
     assert samples[("ciotrack_request_latency_seconds_sum", ())] == pytest.approx(latency.sum)
-    assert samples[("ciotrack_request_latency_seconds", (("quantile", "0.5"),))] == latency.p50
-    assert samples[("ciotrack_request_latency_seconds", (("quantile", "0.99"),))] == latency.p99
+    assert samples[("ciotrack_request_latency_seconds_bucket", (("le", "+Inf"),))] == latency.count
+    assert [samples[("ciotrack_request_latency_seconds_bucket", (("le", repr(le)),))]
+            for le, _ in latency.buckets] == [n for _, n in latency.buckets]
     assert samples[("ciotrack_request_latency_seconds_max", ())] == latency.max
     assert samples[("ciotrack_delivery_latency_seconds_count", ())] == 301
     assert samples[("ciotrack_batch_operations_sum", ())] == 302  # every accepted batch, 207 included
     assert samples[("ciotrack_batch_size_bytes_sum", ())] == stats.bytes_sent
 
 
-def test_an_idle_tracker_scrapes_zeroes_without_quantiles(make_tracker: TrackerFactory) -> None:
+def test_an_idle_tracker_scrapes_zeroes_in_every_bucket(make_tracker: TrackerFactory) -> None:
     registry = CollectorRegistry()
     registry.register(PrometheusCollector(make_tracker()))
     types, samples = scrape(registry)
     assert types == FAMILIES
     assert samples[("ciotrack_operations_accepted_total", ())] == 0
     assert samples[("ciotrack_request_latency_seconds_count", ())] == 0
-    assert not any(dict(labels).get("quantile") for _, labels in samples)  # no NaN-ish quantiles of nothing
+    buckets = {dict(labels)["le"]: v for (name, labels), v in samples.items()
+               if name == "ciotrack_request_latency_seconds_bucket"}
+    assert len(buckets) == len(_core.histogram_bounds("request_latency_seconds")) + 1  # the series exist from the start
+    assert set(buckets.values()) == {0}
 
 
 def test_constant_labels_and_namespaces_let_two_trackers_share_a_registry(make_tracker: TrackerFactory) -> None:

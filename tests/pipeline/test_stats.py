@@ -23,13 +23,15 @@ from ciotrack.stats import HistogramSummary, Stats
 
 from conftest import API_KEY, SITE_ID, TrackerFactory
 
-# -- the core's log-linear buckets, restated: 8 sub-buckets per power of two, from 2**-30 ----------
+# -- the core's log-linear buckets, restated: 8 sub-buckets per power of two, from 2**-30, each
+# closed above (lower, upper] like a Prometheus le ----------------------------------------------------
 
 
 def bucket_of(value: float) -> int:
-    if value < 2.0 ** -30:
+    if value <= 2.0 ** -30:
         return 0
-    mantissa, exponent = math.frexp(value)  # value = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    # The float just below: an edge belongs to the bucket it closes.
+    mantissa, exponent = math.frexp(math.nextafter(value, 0.0))  # 0.5 <= mantissa < 1
     sub = int((2 * mantissa - 1) * 8)
     return 1 + (exponent - 1 + 30) * 8 + sub
 

@@ -52,6 +52,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--storm-retry-after", type=int, help="Retry-After of the storm's 429s (default 1)")
     faults.add_argument("--clock-skew", type=float, help="seconds added to the Date header of every answer")
     faults.add_argument("--redirect-to", help="answer every Track API request 301 to this base URL")
+    faults.add_argument("--max-body-bytes", type=int,
+                        help="answer 413 to Track API bodies above this size (default: Customer.io's limits)")
     faults.add_argument("--seed", type=int, help="seed of the fault RNG")
     faults.add_argument("--faults-json", help=argparse.SUPPRESS)
     hooks = parser.add_argument_group("reporting webhooks (signed, as Customer.io posts them)")
@@ -86,7 +88,8 @@ def _workspaces(args: argparse.Namespace) -> dict[str, str] | None:
 def _faults(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = orjson.loads(args.faults_json) if args.faults_json else {}
     for name in ("error_rate", "latency", "latency_jitter", "reset_rate", "slow_read", "apply_then_drop_rate",
-                 "clock_skew", "redirect_to", "seed", "latency_ms", "latency_p99_ms", "latency_profile"):
+                 "clock_skew", "redirect_to", "seed", "latency_ms", "latency_p99_ms", "latency_profile",
+                 "max_body_bytes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.error_statuses:

@@ -45,6 +45,9 @@ class Faults:
     redirect_to: str = ""
     """When set, every Track API request is answered ``301`` with this ``Location`` (an http->https
     redirect, a proxy's login page) and nothing is applied."""
+    max_body_bytes: int = 0
+    """When above 0: Track API request bodies larger than this are answered ``413`` (below Customer.io's
+    own 500 KB / 32 KB limits), so small batches exercise a client's split-on-413 path."""
     seed: int | None = None
 
     @classmethod
@@ -92,6 +95,10 @@ class Faults:
             if not statuses or not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
                 raise ValueError("error_statuses must be a non-empty list of HTTP statuses")
             values["error_statuses"] = statuses
+        if "max_body_bytes" in values:
+            limit = values["max_body_bytes"]
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError("max_body_bytes must be an integer >= 0 (0: the real limits)")
         if "storm_429_retry_after" in values:
             retry_after = values["storm_429_retry_after"]
             if not isinstance(retry_after, int) or retry_after < 1:

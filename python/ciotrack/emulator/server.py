@@ -280,6 +280,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return
 
         limit = MAX_ENTITY_BYTES if path == "/api/v2/entity" else MAX_BATCH_BYTES
+        if faults.max_body_bytes:
+            limit = min(limit, faults.max_body_bytes)
         if length is not None and length > limit:
             app.count_bytes(self._drain(length))
             self._answer(app, record, 413, f'{{"errors":[{{"reason":"too_large","field":"",'

@@ -15,6 +15,7 @@ from types import FrameType
 
 from ciotrack.fleet import require_extra
 from ciotrack.fleet.metrics import WorkerMetrics, serve
+from ciotrack.fleet.settings import DEFAULT_BURST, DEFAULT_RATE_LIMIT
 from ciotrack.fleet.worker import Worker, WorkerConfig
 
 __all__ = ["configure_parser", "run"]
@@ -39,9 +40,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     env_region = os.environ.get("CIOTRACK_REGION", "us").strip().lower()
     parser.add_argument("--region", default=env_region if env_region in ("us", "eu") else "us", choices=("us", "eu"),
                         help="where entries go whose producer did not know its region ('auto'); default us")
-    parser.add_argument("--rate-limit", type=float, default=_env_float("CIOTRACK_RATE_LIMIT", 100.0),
-                        help="requests/s for the whole fleet (shared in Redis; 0 disables)")
-    parser.add_argument("--burst", type=float, default=10.0, help="burst of the shared limiter")
+    parser.add_argument("--rate-limit", type=float, default=_env_float("CIOTRACK_RATE_LIMIT", DEFAULT_RATE_LIMIT),
+                        help=f"requests/s for the whole fleet (shared in Redis; 0 disables); default "
+                             f"{DEFAULT_RATE_LIMIT:g}: 1 %% under the workspace's 100/s")
+    parser.add_argument("--burst", type=float, default=DEFAULT_BURST,
+                        help=f"burst of the shared limiter (default {DEFAULT_BURST:g}: small, so request "
+                             f"timing jitter does not exceed the server's own burst allowance)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="delivery threads (default: rate * 0.1 + 2, enough at ~100 ms per request)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics, /healthz, /readyz here")

@@ -1,7 +1,9 @@
 """What a ``ciotrack worker`` exports on ``--metrics-port``: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``.
 
 Latencies are Prometheus **histograms** (``_bucket{le=...}``), so a fleet's figures aggregate across
-replicas with ``histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))``.
+replicas with ``histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))``. Their ``le`` bounds are
+the embedded tracker's (``ciotrack._core.histogram_bounds``: 1/256 s ... 3840 s, edges of the core's log
+buckets), so one ``sum by (le)`` also adds the trackers' ``ciotrack_request_latency_seconds``.
 
 ==========================================================  =========  ==============================
 ``ciotrack_worker_operations_delivered_total``              counter    accepted by Customer.io
@@ -34,12 +36,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ciotrack._core import histogram_bounds
+
 __all__ = ["WorkerMetrics", "serve"]
 
 log = logging.getLogger("ciotrack.fleet")
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
-_DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# The embedded tracker's bounds (exact there because each is a log-bucket edge), so dashboards sum both.
+_LATENCY_BUCKETS = tuple(histogram_bounds("request_latency_seconds"))
+_DELIVERY_BUCKETS = tuple(histogram_bounds("delivery_latency_seconds"))
 
 
 class WorkerMetrics:

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Values below 2^MIN_EXP (about 1 ns in seconds) share the first bucket; 2^MAX_EXP (about 1.1e12)
-/// and above share the last.
+/// Values up to 2^MIN_EXP (about 1 ns in seconds) share the first bucket; values above 2^MAX_EXP
+/// (about 1.1e12) share the last.
 const MIN_EXP: i64 = -30;
 const MAX_EXP: i64 = 40;
 /// Sub-buckets per power of two: each bucket is 1/8 of its octave, 6.7% to 12.5% wide.
@@ -17,12 +17,16 @@ const BUCKETS: usize = (2 + (MAX_EXP - MIN_EXP) * SUB) as usize;
 
 const MIN_VALUE: f64 = f64::from_bits(((MIN_EXP + 1023) as u64) << 52);
 
+/// Buckets are closed above, `(lower, upper]`, like Prometheus' `le`: a value equal to an edge
+/// counts in the bucket below it, so a cumulative count at an edge is exactly "values <= edge"
+/// (integer data such as batch sizes sits on edges all the time).
 fn bucket_of(value: f64) -> usize {
-    if value.is_nan() || value < MIN_VALUE {
+    if value.is_nan() || value <= MIN_VALUE {
         return 0;
     }
-    // The exponent and top mantissa bits of an f64 are its log-linear bucket.
-    let bits = value.to_bits();
+    // The exponent and top mantissa bits of an f64 are its log-linear bucket; taking them from the
+    // next float down (bits - 1, value > 0 here) moves each edge into the bucket it closes.
+    let bits = value.to_bits() - 1;
     let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
     if exp >= MAX_EXP {
         return BUCKETS - 1;
@@ -31,7 +35,7 @@ fn bucket_of(value: f64) -> usize {
     (1 + (exp - MIN_EXP) * SUB + sub) as usize
 }
 
-/// Exclusive upper bound of a bucket (infinite for the last).
+/// Inclusive upper bound of a bucket (infinite for the last).
 fn upper_bound(bucket: usize) -> f64 {
     if bucket == 0 {
         return MIN_VALUE;
@@ -41,6 +45,35 @@ fn upper_bound(bucket: usize) -> f64 {
     }
     let (octave, sub) = ((bucket as i64 - 1) / SUB, (bucket as i64 - 1) % SUB);
     2f64.powi((MIN_EXP + octave) as i32) * (1.0 + (sub + 1) as f64 / SUB as f64)
+}
+
+/// Prometheus `le` bounds for latencies in seconds. Every one is an edge of the internal buckets
+/// (an odd integer <= 15 times a power of two), so its cumulative count is exact; decimal bounds
+/// such as 0.1 are not edges (the bucket holding 0.1 also holds values up to 0.1016). The fleet
+/// worker's histograms use these same bounds, so `sum by (le)` adds trackers and workers.
+pub const SECONDS_BOUNDS: [f64; 23] = [
+    0.00390625, 0.0078125, 0.015625, 0.03125, 0.046875, 0.0625, 0.09375, 0.125, 0.1875, 0.25,
+    0.375, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 240.0, 960.0, 3840.0,
+];
+/// `le` bounds for counts (operations per batch): all edges, as above.
+pub const COUNT_BOUNDS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, 5120.0, 10240.0,
+];
+/// `le` bounds for sizes in bytes (body bytes per batch, up to Customer.io's 500 KB): all edges.
+pub const BYTES_BOUNDS: [f64; 9] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 131072.0, 262144.0, 393216.0, 524288.0,
+];
+
+/// The `le` bounds exported for the histogram called `name`, by its unit suffix: `*_seconds`,
+/// `*_bytes`, anything else a count.
+pub fn bounds_for(name: &str) -> &'static [f64] {
+    if name.ends_with("_seconds") {
+        &SECONDS_BOUNDS
+    } else if name.ends_with("_bytes") {
+        &BYTES_BOUNDS
+    } else {
+        &COUNT_BOUNDS
+    }
 }
 
 /// Log-linear histogram of non-negative values (seconds or counts), lock-free.
@@ -134,6 +167,24 @@ impl HistSnapshot {
             }
         }
         self.max
+    }
+
+    /// Cumulative counts at ascending `bounds` (Prometheus `_bucket{le}`; `+Inf` is `count`): for
+    /// each bound, the values in buckets whose upper edge is <= it. Exact "values <= le" when `le`
+    /// is a bucket edge (as every bound of [`bounds_for`] is); otherwise the count stops at the
+    /// largest edge below `le`, so it never includes a value above `le`. Computed here, at
+    /// snapshot time: recording stays one bucket increment.
+    pub fn cumulative(&self, bounds: &[f64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds.len());
+        let (mut bucket, mut seen) = (0, 0u64);
+        for &le in bounds {
+            while bucket < self.counts.len() && upper_bound(bucket) <= le {
+                seen += self.counts[bucket];
+                bucket += 1;
+            }
+            out.push(seen);
+        }
+        out
     }
 
     pub fn mean(&self) -> f64 {
@@ -333,20 +384,128 @@ mod tests {
         assert_within_one_bucket(values);
     }
 
+    fn next_up(value: f64) -> f64 {
+        f64::from_bits(value.to_bits() + 1)
+    }
+
+    fn next_down(value: f64) -> f64 {
+        f64::from_bits(value.to_bits() - 1)
+    }
+
     #[test]
-    fn buckets_tile_the_line() {
+    fn buckets_tile_the_line_closed_above() {
         for bucket in 1..BUCKETS - 1 {
             let bound = upper_bound(bucket);
+            assert_eq!(bucket_of(bound), bucket, "the bound of {bucket} is in it");
             assert_eq!(
-                bucket_of(bound),
+                bucket_of(next_up(bound)),
                 bucket + 1,
-                "bound of {bucket} opens the next"
+                "the next float opens the next"
             );
-            assert_eq!(bucket_of(bound * (1.0 - 1e-15)), bucket);
+            assert_eq!(bucket_of(next_up(upper_bound(bucket - 1))), bucket);
             assert!(bound / upper_bound(bucket - 1) <= 1.126 || bucket == 1);
         }
         assert_eq!(bucket_of(0.0), 0);
+        assert_eq!(bucket_of(MIN_VALUE), 0);
+        assert_eq!(bucket_of(next_up(MIN_VALUE)), 1);
+        assert_eq!(bucket_of(2f64.powi(MAX_EXP as i32)), BUCKETS - 2);
         assert_eq!(bucket_of(1e300), BUCKETS - 1);
+    }
+
+    #[test]
+    fn prometheus_bounds_ascend_and_are_bucket_edges() {
+        for bounds in [&SECONDS_BOUNDS[..], &COUNT_BOUNDS[..], &BYTES_BOUNDS[..]] {
+            assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+            for &le in bounds {
+                assert_eq!(upper_bound(bucket_of(le)), le, "{le} is not an edge");
+            }
+        }
+        assert_eq!(bounds_for("request_latency_seconds"), &SECONDS_BOUNDS);
+        assert_eq!(bounds_for("delivery_latency_seconds"), &SECONDS_BOUNDS);
+        assert_eq!(bounds_for("batch_bytes"), &BYTES_BOUNDS);
+        assert_eq!(bounds_for("batch_ops"), &COUNT_BOUNDS);
+        // Decimal bounds are not edges: 0.1 sits inside (0.09375, 0.1015625].
+        assert_ne!(upper_bound(bucket_of(0.1)), 0.1);
+    }
+
+    /// Brute force: how many of `values` are <= `le`.
+    fn at_most(values: &[f64], le: f64) -> u64 {
+        values.iter().filter(|&&v| v.max(0.0) <= le).count() as u64
+    }
+
+    #[test]
+    fn cumulative_counts_are_exact_at_every_bound() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for bounds in [&SECONDS_BOUNDS[..], &COUNT_BOUNDS[..], &BYTES_BOUNDS[..]] {
+            // Each bound itself, its neighbour floats on both sides, a few below the first and
+            // above the last bound, and log-uniform values across the whole range.
+            let mut values = vec![0.0, -1.0, bounds[0] / 3.0, bounds[bounds.len() - 1] * 7.0];
+            for &le in bounds {
+                values.extend([le, next_down(le), next_up(le), le, le * 0.97, le * 1.03]);
+            }
+            let (low, high) = (bounds[0].ln() - 1.0, bounds[bounds.len() - 1].ln() + 1.0);
+            for _ in 0..20_000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+                let value = (low + (high - low) * unit).exp();
+                // Counts are integers: round half of them, so many land exactly on an edge.
+                values.push(if state & 1 == 0 { value.round() } else { value });
+            }
+            let histogram = Histogram::new();
+            values.iter().for_each(|&v| histogram.record(v));
+            let snapshot = histogram.snapshot();
+            let cumulative = snapshot.cumulative(bounds);
+            assert_eq!(cumulative.len(), bounds.len());
+            for (&le, &n) in bounds.iter().zip(&cumulative) {
+                assert_eq!(n, at_most(&values, le), "le={le}");
+            }
+            assert!(cumulative.windows(2).all(|w| w[0] <= w[1]));
+            assert!(*cumulative.last().unwrap() < snapshot.count);
+        }
+    }
+
+    #[test]
+    fn cumulative_at_other_bounds_never_counts_a_value_above_le() {
+        let histogram = Histogram::new();
+        let values: Vec<f64> = (1..=2000).map(|i| i as f64 * 0.0001).collect();
+        values.iter().for_each(|&v| histogram.record(v));
+        let snapshot = histogram.snapshot();
+        let decimals = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15];
+        for (&le, &n) in decimals.iter().zip(&snapshot.cumulative(&decimals)) {
+            let exact = at_most(&values, le);
+            // At most one bucket (12.5% of le) short, never over.
+            assert!(
+                n <= exact && n >= at_most(&values, le / 1.125),
+                "le={le}: {n} vs {exact}"
+            );
+        }
+        assert_eq!(
+            Histogram::new().snapshot().cumulative(&SECONDS_BOUNDS),
+            vec![0; 23]
+        );
+        assert_eq!(snapshot.cumulative(&[]), Vec::<u64>::new());
+    }
+
+    /// The quantiles and the cumulative counts come from the same buckets: the rank of each
+    /// reported quantile is reached at its bucket's edge and not at the edge below (a quantile
+    /// clamped to `max` sits inside its bucket).
+    #[test]
+    fn quantiles_agree_with_cumulative_counts() {
+        let histogram = Histogram::new();
+        (1..=5000).for_each(|i| histogram.record((i as f64).sqrt() * 0.003));
+        let snapshot = histogram.snapshot();
+        for q in [0.5, 0.95, 0.99] {
+            let reported = snapshot.quantile(q);
+            let rank = (q * snapshot.count as f64).ceil() as u64;
+            let bucket = bucket_of(reported);
+            let at = snapshot.cumulative(&[upper_bound(bucket - 1), upper_bound(bucket)]);
+            assert!(
+                at[0] < rank && at[1] >= rank,
+                "q{q}: {at:?} around rank {rank}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use ciotrack_core::intake::{with_scratch, BlockingWait, CoreConfig, Shared, FORKED};
-use ciotrack_core::{fork, CoreError};
+use ciotrack_core::{fork, metrics as core_metrics, CoreError};
 
 use crate::args;
 use crate::classes::{Lane, PyBatch};
@@ -272,6 +272,14 @@ impl Core {
             h.set_item("p95", snap.p95)?;
             h.set_item("p99", snap.p99)?;
             h.set_item("max", snap.max)?;
+            // Prometheus `_bucket` counts, computed here from the log buckets (not while recording).
+            let bounds = core_metrics::bounds_for(&name);
+            let buckets: Vec<(f64, u64)> = bounds
+                .iter()
+                .copied()
+                .zip(snap.cumulative(bounds))
+                .collect();
+            h.set_item("buckets", buckets)?;
             histograms.set_item(name, h)?;
         }
         let stats = PyDict::new(py);

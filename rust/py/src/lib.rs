@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use ciotrack_core::intake::{ACCEPTED, DEDUPED, FORKED, FULL};
-use ciotrack_core::{clock, fork, ops, ulid};
+use ciotrack_core::{clock, fork, metrics, ops, ulid};
 
 use crate::errors::Result;
 
@@ -46,6 +46,12 @@ fn is_ulid(value: &Bound<'_, PyString>) -> bool {
         .unwrap_or(false)
 }
 
+/// The Prometheus `le` bounds that `Core.stats()` reports for the histogram called `name`.
+#[pyfunction]
+fn histogram_bounds(name: &str) -> Vec<f64> {
+    metrics::bounds_for(name).to_vec()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Once per process; without it FORKED could never be reported (ENOMEM only).
@@ -69,5 +75,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(new_ulid, m)?)?;
     m.add_function(wrap_pyfunction!(is_ulid, m)?)?;
+    m.add_function(wrap_pyfunction!(histogram_bounds, m)?)?;
     Ok(())
 }
