@@ -70,6 +70,10 @@ def test_two_workers_and_a_throwaway_redis_deliver_everything(tmp_path: Path,
     assert totals["requests"].get("200", 0) == totals["receiver"]["by_status"].get("200", 0) > 0
     assert totals["http_429"] == totals["receiver"]["rate_limited"]
     assert totals["delivery_duration"]["count"] > 0 and totals["delivery_duration"]["min"] >= 20.0
+    # request_duration from the workers' histogram: one sample per request, each at its bucket's upper
+    # bound (the emulator's fixed 20 ms latency falls in the 10-25 ms bucket).
+    assert totals["request_duration"]["count"] == sum(totals["requests"].values())
+    assert any(bound * 0.999 <= totals["request_duration"]["min"] <= bound * 1.001 for bound in (25.0, 50.0, 75.0))
     intervals = report["intervals"]
     assert all(i["backlog"] == i["stream_lag"] + i["stream_pending"] for i in intervals)
     assert max(i["backlog"] for i in intervals) == totals["backlog_peak"] > 0

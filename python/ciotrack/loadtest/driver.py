@@ -18,8 +18,8 @@ counted as ``dropped_iterations``.
 
 With a fleet (a :class:`FleetProbe`, see :mod:`ciotrack.loadtest.fleet`) the tracker only writes to a
 Redis stream: the finished count a sample waits for is the receiver's count of delivered operations,
-requests, 429s, retries and failures are the workers', the backlog is the stream's lag + pending
-(entries), and ``request_duration`` is not sampled (the workers' Prometheus histogram has it).
+requests, 429s, retries, failures and ``request_duration`` (at bucket resolution) are the workers',
+and the backlog is the stream's lag + pending (entries).
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class FleetProbe(Protocol):
     def outcomes(self) -> Outcomes: ...
 
     def stream_backlog(self) -> tuple[int, int]: ...
+
+    def new_request_latencies(self) -> list[tuple[float, int]]: ...
 
 
 @dataclass
@@ -309,6 +311,8 @@ class _RunState:
         if d.fleet is not None:
             # Read after the tracker's counters: once these say all is in Redis, the stream says the rest.
             lag, pending = d.fleet.stream_backlog()
+            for ms, count in d.fleet.new_request_latencies():
+                self.interval_h["request_duration"].record_ms(ms, count)
             stream = {"producer_backlog": backlog, "stream_lag": lag, "stream_pending": pending}
             backlog = lag + pending
         self.backlog_peak = max(self.backlog_peak, backlog)
@@ -410,6 +414,9 @@ class _RunState:
         tracker = d.tracker
         tracker.close(timeout=5.0)
         self.poll()
+        if d.fleet is not None:  # requests since the last interval closed
+            for ms, count in d.fleet.new_request_latencies():
+                self.total_h["request_duration"].record_ms(ms, count)
         stats = tracker.stats()
         out, first_out = self.outcomes(stats), self.first_out
         self.prev_stats, self.prev_out = stats, out

@@ -15,6 +15,9 @@ What is observed where (:class:`FleetTarget` is the driver's :class:`~ciotrack.l
   (their Prometheus ``/metrics``), read at most every 100 ms;
 * requests by status, 429s, retries, failed operations: the workers' ``/metrics`` (each worker serves
   them on a port of its own), summed over the workers;
+* ``request_duration``: the workers' ``request_latency_seconds`` Prometheus histogram; each request
+  is recorded at its bucket's upper bound (5, 10, 25, 50, 75, 100, 150, 250, 500, 750 ms, 1 s, ...; above
+  30 s at 60 s), so its percentiles are upper bounds at the buckets' resolution;
 * backlog: ``XINFO GROUPS`` ``lag`` + ``pending`` of the run's stream, in stream entries (batches).
 """
 
@@ -39,6 +42,8 @@ from ciotrack.loadtest.driver import Outcomes
 
 __all__ = ["FleetStartError", "FleetTarget", "redacted_url"]
 
+_LATENCY = "ciotrack_worker_request_latency_seconds_bucket"
+_ABOVE_LAST_BUCKET_MS = 60_000.0
 _METRICS_EVERY = 0.1  # seconds between two scrapes of the workers' /metrics (N HTTP requests + parsing)
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above ciotrack/
 
@@ -83,6 +88,7 @@ class FleetTarget:
         self._scraped_at = float("-inf")
         self._delivered_base = 0
         self._delivered_last = 0
+        self._latency_seen: dict[float, float] = {}  # bucket upper bound (ms) -> requests recorded so far
         self.exit_codes: list[int | None] = []
         self.failed_logs: dict[int, str] = {}
         self._stopped = False
@@ -195,6 +201,21 @@ class FleetTarget:
         return Outcomes(delivered=self.delivered_ops(), failed=int(failed), requests=requests,
                         retried=int(totals.get("ciotrack_worker_retries_total", 0.0)))
 
+    def new_request_latencies(self) -> list[tuple[float, int]]:
+        """``(ms, count)`` of the requests the workers made since the last call (at bucket upper bounds)."""
+        cumulative = sorted((_bound_ms(key[len(_LATENCY) + 1:]), value)
+                            for key, value in self._metrics().items() if key.startswith(_LATENCY + "|"))
+        out = []
+        below = 0.0
+        for bound, total in cumulative:
+            in_bucket = total - below
+            below = total
+            new = int(in_bucket - self._latency_seen.get(bound, 0.0))
+            if new > 0:
+                out.append((bound, new))
+                self._latency_seen[bound] = in_bucket
+        return out
+
     def stream_backlog(self) -> tuple[int, int]:
         """``(lag, pending)`` of the run's consumer group, in entries. Entries are deleted once
         acknowledged, so when Redis cannot say the lag (null) it is the stream's length minus pending."""
@@ -266,12 +287,20 @@ def _scrape(port: int) -> dict[str, float]:
         text = response.read().decode("utf-8")
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.type != "counter":
+        if family.type not in ("counter", "histogram"):
             continue
         for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue  # _created timestamps
-            label = sample.labels.get("status") or sample.labels.get("reason")
+            label: str | None
+            if sample.name == _LATENCY:
+                label = sample.labels["le"]
+            elif family.type == "counter" and sample.name.endswith("_total"):  # not the _created timestamps
+                label = sample.labels.get("status") or sample.labels.get("reason")
+            else:
+                continue
             key = f"{sample.name}|{label}" if label else sample.name
             out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+def _bound_ms(le: str) -> float:
+    return _ABOVE_LAST_BUCKET_MS if le == "+Inf" else float(le) * 1000.0

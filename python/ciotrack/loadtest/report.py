@@ -204,7 +204,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
             f"| lost | {_fmt(totals['lost'])} |",
             f"| http_429 | {totals['http_429']:,} |",
             f"| retries | {totals['retries']:,} |",
-            f"| backlog peak | {totals['backlog_peak']:,} |",
+            f"| backlog peak | {totals['backlog_peak']:,}"
+            + (" stream entries |" if target["kind"] == "fleet" else " operations |"),
             f"| delivery_duration p50 / p95 / p99 | {_fmt(delivery['p50'])} / {_fmt(delivery['p95'])} / "
             f"{_fmt(delivery['p99'])} ms |",
             f"| request_duration p50 / p95 | {_fmt(request['p50'])} / {_fmt(request['p95'])} ms |",

@@ -63,8 +63,14 @@ def run_plan(plan: _Plan) -> int:
         # The run's own key prefix: the destination is built here (Tracker(redis_url=...) alone would
         # use the default one); rate_limit 0 because the workers pace the requests, as redis_url implies.
         streams = RedisStreams(fleet.redis_url, fleet.site_id, prefix=fleet.prefix)
-        tracker = ciotrack.Tracker(fleet.site_id, "", redis_url=fleet.redis_url, destination=streams,
-                                   **{**options, "rate_limit": 0})
+        try:
+            tracker = ciotrack.Tracker(fleet.site_id, "", redis_url=fleet.redis_url, destination=streams,
+                                       **{**options, "rate_limit": 0})
+        except BaseException:
+            fleet.stop()
+            if emulator is not None:
+                emulator.stop()
+            raise
     elif target["kind"] == "emulator":
         tracker = ciotrack.Tracker(EMULATOR_SITE_ID, EMULATOR_API_KEY, endpoint=emulator.url, **options)
     elif target["kind"] == "none":
@@ -109,6 +115,9 @@ def _start_fleet(plan: _Plan, emulator: Any) -> FleetTarget | None:
         _say(str(err))
         fleet.stop()
         return None
+    except BaseException:  # Ctrl-C while starting, or a bug: no worker may outlive the run
+        fleet.stop()
+        raise
     return fleet
 
 
