@@ -17,7 +17,9 @@ import redis
 
 from ciotrack.__main__ import main
 from ciotrack.emulator import Emulator
+from ciotrack.fleet.streams import StreamKeys, encode_entry, ensure_group
 from ciotrack.loadtest.report import SCHEMA_PATH
+from ciotrack.loadtest.runner import EMULATOR_SITE_ID
 from redis_harness import RedisServer
 
 SITE, KEY = "ltf-site", "ltf-key-SECRET-7c1e"
@@ -86,6 +88,12 @@ def test_two_workers_and_a_throwaway_redis_deliver_everything(tmp_path: Path,
 def test_redis_url_points_at_an_existing_redis(tmp_path: Path, redis_server: RedisServer,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     client = redis.Redis.from_url(redis_server.url)
+    # Another fleet's backlog for the same workspace, under the default prefix: the run must not touch it.
+    other = StreamKeys.for_site(EMULATOR_SITE_ID)
+    ensure_group(client, other)
+    client.xadd(other.work, encode_entry(b'{"batch":[{"type":"person","identifiers":{"id":"x"},"action":"event",'
+                                         b'"name":"other-fleet"}]}', "us", "other"))
+    before = sorted(client.keys("*"))
     client.config_set("requirepass", REDIS_PASSWORD)
     url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis_server.port}/0"
     report_path = tmp_path / "report.json"
@@ -97,15 +105,14 @@ def test_redis_url_points_at_an_existing_redis(tmp_path: Path, redis_server: Red
     assert target["workers"] == 2  # the default with --redis-url
     assert target["redis_url"] == f"redis://:***@127.0.0.1:{redis_server.port}/0"
     assert REDIS_PASSWORD not in report_path.read_text() and REDIS_PASSWORD not in out + err
-    assert report["totals"]["delivered"] == report["totals"]["accepted"] == 200 and report["totals"]["lost"] == 0
-    # The run used its own keys in that Redis, left its stream drained, and its group has no pending entry.
+    totals = report["totals"]
+    assert totals["delivered"] == totals["accepted"] == totals["receiver"]["operations"] == 200
+    assert totals["lost"] == 0
+    # The run used keys of its own in that Redis (its stream and its limiter), and removed them once drained.
     authed = redis.Redis.from_url(url)
-    stream = target["stream"]
-    assert stream.startswith(target["key_prefix"] + ":")
-    assert authed.exists(stream) and authed.xlen(stream) == 0
-    [group] = authed.xinfo_groups(stream)
-    assert group["pending"] == 0 and group["lag"] == 0
-    assert not authed.keys("ciotrack:*")  # nothing under the default prefix a production fleet would use
+    assert target["stream"].startswith(target["key_prefix"] + ":")
+    assert sorted(authed.keys("*")) == before and report["totals"]["redis_keys_left"] == []
+    assert authed.xlen(other.work) == 1 and authed.xinfo_groups(other.work)[0]["pending"] == 0
     assert _listening(redis_server.url)  # a given Redis is not stopped
 
 

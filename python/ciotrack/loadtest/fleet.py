@@ -23,6 +23,7 @@ What is observed where (:class:`FleetTarget` is the driver's :class:`~ciotrack.l
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -41,6 +42,8 @@ from ciotrack.errors import CiotrackError
 from ciotrack.loadtest.driver import Outcomes
 
 __all__ = ["FleetStartError", "FleetTarget", "redacted_url"]
+
+log = logging.getLogger("ciotrack.loadtest")
 
 _LATENCY = "ciotrack_worker_request_latency_seconds_bucket"
 _ABOVE_LAST_BUCKET_MS = 60_000.0
@@ -88,9 +91,11 @@ class FleetTarget:
         self._scraped_at = float("-inf")
         self._delivered_base = 0
         self._delivered_last = 0
+        self._backlog = (0, 0)
         self._latency_seen: dict[float, float] = {}  # bucket upper bound (ms) -> requests recorded so far
         self.exit_codes: list[int | None] = []
         self.failed_logs: dict[int, str] = {}
+        self.keys_left: list[str] = []
         self._stopped = False
 
     def __repr__(self) -> str:  # neither the API key nor a Redis password
@@ -218,16 +223,20 @@ class FleetTarget:
 
     def stream_backlog(self) -> tuple[int, int]:
         """``(lag, pending)`` of the run's consumer group, in entries. Entries are deleted once
-        acknowledged, so when Redis cannot say the lag (null) it is the stream's length minus pending."""
-        groups: Any = self._client.xinfo_groups(self._keys.work)
-        for group in groups:
-            if group.get("name") in (self._keys.group, self._keys.group.encode()):
-                pending = int(group.get("pending") or 0)
-                lag = group.get("lag")
-                if lag is None:
-                    lag = max(0, int(self._client.xlen(self._keys.work)) - pending)
-                return int(lag), pending
-        return 0, 0
+        acknowledged, so when Redis cannot say the lag (null) it is the stream's length minus pending.
+        While Redis does not answer, the last figures stand (the tracker retries and spools meanwhile)."""
+        try:
+            groups: Any = self._client.xinfo_groups(self._keys.work)
+            for group in groups:
+                if group.get("name") in (self._keys.group, self._keys.group.encode()):
+                    pending = int(group.get("pending") or 0)
+                    lag = group.get("lag")
+                    if lag is None:
+                        lag = max(0, int(self._client.xlen(self._keys.work)) - pending)
+                    self._backlog = (int(lag), pending)
+        except Exception as exc:  # a Redis outage must not end the run
+            log.debug("stream backlog unavailable: %s", type(exc).__name__)
+        return self._backlog
 
     def _metrics(self, force: bool = False) -> dict[str, float]:
         """The workers' counters, summed (``name|label`` for the labelled ones); a worker that does not
@@ -249,9 +258,10 @@ class FleetTarget:
     # -- stop -------------------------------------------------------------------------------------
 
     def stop(self, timeout: float = 40.0) -> list[int | None]:
-        """SIGTERM the workers (they finish in-flight entries and exit 0), then stop a throwaway Redis.
-        Returns the workers' exit codes (None: killed after ``timeout``); idempotent. The log of a
-        worker that did not exit 0 is kept in ``failed_logs``."""
+        """SIGTERM the workers (they finish in-flight entries and exit 0), then stop a throwaway Redis, or
+        remove this run's keys from a given one (:meth:`_remove_run_keys`). Returns the workers' exit
+        codes (None: killed after ``timeout``); idempotent. The log of a worker that did not exit 0 is
+        kept in ``failed_logs``."""
         if self._stopped:
             return self.exit_codes
         self._stopped = True
@@ -270,11 +280,26 @@ class FleetTarget:
         self.exit_codes = codes
         self.failed_logs = {n: self.worker_log(n) for n, code in enumerate(codes) if code != 0}
         if self._client is not None:
+            if self._given_url and self._keys is not None:
+                self._remove_run_keys()
             self._client.close()
         if self._local is not None:
             self._local.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
         return codes
+
+    def _remove_run_keys(self) -> None:
+        """A given Redis keeps nothing of a clean run (its stream, group, tries and limiter keys all
+        carry the run's random prefix); undelivered entries or dead letters are left for an operator,
+        and ``keys_left`` names what stays."""
+        try:
+            if self._client.xlen(self._keys.work) == 0 and self._client.xlen(self._keys.dead) == 0:
+                for key in list(self._client.scan_iter(match=f"{self.prefix}:*", count=500)):
+                    self._client.delete(key)
+            self.keys_left = sorted(k.decode() if isinstance(k, bytes) else str(k)
+                                    for k in self._client.scan_iter(match=f"{self.prefix}:*", count=500))
+        except Exception as exc:  # Redis gone at the end: nothing more to do about it
+            log.warning("ciotrack loadtest: could not remove the run's keys (%s)", type(exc).__name__)
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only: never a proxy

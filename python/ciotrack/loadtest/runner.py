@@ -142,6 +142,8 @@ def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any], fl
     if fleet is not None:
         # The stream is drained (or the drain deadline passed): SIGTERM, the workers finish and exit 0.
         result.totals["workers_exit_codes"] = fleet.stop()
+        if args.redis_url:
+            result.totals["redis_keys_left"] = fleet.keys_left
     status, messages = outcome(result, allow_dropped=args.allow_dropped)
     if fleet is not None and fleet.failed_logs:
         messages.append(f"worker(s) {sorted(fleet.failed_logs)} did not exit 0 after SIGTERM "
