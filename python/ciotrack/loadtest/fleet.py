@@ -207,9 +207,10 @@ class FleetTarget:
                         retried=int(totals.get("ciotrack_worker_retries_total", 0.0)))
 
     def new_request_latencies(self) -> list[tuple[float, int]]:
-        """``(ms, count)`` of the requests the workers made since the last call (at bucket upper bounds)."""
+        """``(ms, count)`` of the requests the workers made since the last call (at bucket upper bounds).
+        A fresh scrape: after the drain, the last one must see the last requests (as ``outcomes()`` does)."""
         cumulative = sorted((_bound_ms(key[len(_LATENCY) + 1:]), value)
-                            for key, value in self._metrics().items() if key.startswith(_LATENCY + "|"))
+                            for key, value in self._metrics(force=True).items() if key.startswith(_LATENCY + "|"))
         out = []
         below = 0.0
         for bound, total in cumulative:
