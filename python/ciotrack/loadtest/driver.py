@@ -34,12 +34,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ciotrack.loadtest.fleet import FleetProbe, Outcomes
 from ciotrack.loadtest.histogram import LatencyHistogram, summarize
 from ciotrack.loadtest.scenario import CallLoop, Scenario
 from ciotrack.loadtest.stages import Scheduler
 from ciotrack.loadtest.thresholds import Threshold, evaluate
 
-__all__ = ["Display", "Driver", "FleetProbe", "Outcomes", "RunResult"]
+__all__ = ["Display", "Driver", "RunResult"]
 
 log = logging.getLogger("ciotrack.loadtest")
 
@@ -53,26 +54,6 @@ class Display(Protocol):
     def interval(self, record: Mapping[str, Any], progress: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Outcomes:
-    """Cumulative delivery counters: the tracker's own, or (fleet) the workers' and the receiver's."""
-
-    delivered: int
-    failed: int
-    requests: Mapping[str, int]
-    retried: int
-
-
-class FleetProbe(Protocol):
-    def delivered_ops(self) -> int: ...
-
-    def outcomes(self) -> Outcomes: ...
-
-    def stream_backlog(self) -> tuple[int, int]: ...
-
-    def new_request_latencies(self) -> list[tuple[float, int]]: ...
 
 
 @dataclass

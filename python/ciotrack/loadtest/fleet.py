@@ -34,14 +34,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ciotrack.errors import CiotrackError
-from ciotrack.loadtest.driver import Outcomes
 
-__all__ = ["FleetStartError", "FleetTarget", "redacted_url"]
+__all__ = ["FleetProbe", "FleetStartError", "FleetTarget", "Outcomes", "redacted_url"]
 
 log = logging.getLogger("ciotrack.loadtest")
 
@@ -49,6 +49,26 @@ _LATENCY = "ciotrack_worker_request_latency_seconds_bucket"
 _ABOVE_LAST_BUCKET_MS = 60_000.0
 _METRICS_EVERY = 0.1  # seconds between two scrapes of the workers' /metrics (N HTTP requests + parsing)
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above ciotrack/
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Cumulative delivery counters: the tracker's own, or (fleet) the workers' and the receiver's."""
+
+    delivered: int
+    failed: int
+    requests: Mapping[str, int]
+    retried: int
+
+
+class FleetProbe(Protocol):
+    def delivered_ops(self) -> int: ...
+
+    def outcomes(self) -> Outcomes: ...
+
+    def stream_backlog(self) -> tuple[int, int]: ...
+
+    def new_request_latencies(self) -> list[tuple[float, int]]: ...
 
 
 class FleetStartError(CiotrackError, RuntimeError):
