@@ -129,10 +129,10 @@ def test_real_workspace_is_refused_without_flag_and_credentials(capsys: pytest.C
     assert "refusing to load-test a real workspace without --real" in err and KEY not in err
 
 
-def test_fleet_target_needs_the_fleet_module(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fleet_target_with_an_unreachable_redis_is_a_target_failure(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["loadtest", "--redis-url", "redis://127.0.0.1:1/0", "--workers", "2", "--stage", "1s:10"])
     assert code == 100
-    assert "fleet" in capsys.readouterr().err
+    assert "the fleet target cannot use Redis at redis://127.0.0.1:1/0" in capsys.readouterr().err
 
 
 def test_missing_extra_prints_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:

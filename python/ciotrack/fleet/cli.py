@@ -57,6 +57,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seconds to finish in-flight entries after SIGTERM (keep < the pod's grace period)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="HTTP request timeout, seconds")
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
+    parser.add_argument("--key-prefix", default="ciotrack",
+                        help="first part of every Redis key (default ciotrack; producers must use the same)")
     parser.add_argument("--create-group", action="store_true",
                         help="create the stream and its consumer group (at 0, idempotent), then exit")
 
@@ -69,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
         print("ciotrack worker: --redis-url or CIOTRACK_REDIS_URL is required", file=sys.stderr)
         return 2
     if args.create_group:
-        return _create_group(args.redis_url, args.site_id)
+        return _create_group(args.redis_url, args.site_id, args.key_prefix)
     config = WorkerConfig(
         redis_url=args.redis_url, site_id=args.site_id or "", api_key=api_key or "", endpoint=args.endpoint,
         region=args.region, rate_limit=args.rate_limit, burst=args.burst, concurrency=args.concurrency,
         visibility_timeout=args.visibility_timeout, max_deliveries=args.max_deliveries,
-        drain_timeout=args.drain_timeout, request_timeout=args.request_timeout, consumer=args.consumer)
+        drain_timeout=args.drain_timeout, request_timeout=args.request_timeout, consumer=args.consumer,
+        prefix=args.key_prefix)
     try:
         config.validate()
     except ValueError as exc:
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             server.shutdown()
 
 
-def _create_group(redis_url: str, site_id: str | None) -> int:
+def _create_group(redis_url: str, site_id: str | None, prefix: str = "ciotrack") -> int:
     """For a deploy-time Job or initContainer: the group must exist before producers and KEDA."""
     from ciotrack.fleet.producer import connect
     from ciotrack.fleet.streams import StreamKeys, ensure_group
@@ -105,7 +108,7 @@ def _create_group(redis_url: str, site_id: str | None) -> int:
     if not site_id:
         print("ciotrack worker: --site-id or CIOTRACK_SITE_ID is required", file=sys.stderr)
         return 2
-    keys = StreamKeys.for_site(site_id)
+    keys = StreamKeys.for_site(site_id, prefix)
     client = connect(redis_url)
     try:
         created = ensure_group(client, keys)

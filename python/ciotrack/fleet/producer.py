@@ -182,7 +182,7 @@ class RedisStreams:
     """``Tracker(redis_url=...)``'s destination factory: ``region -> RedisStreamDestination``, all on
     one Redis client (its connection pool reconnects by itself, also after a fork)."""
 
-    def __init__(self, url: str, site_id: str) -> None:
+    def __init__(self, url: str, site_id: str, *, prefix: str = "ciotrack") -> None:
         try:
             import redis  # noqa: F401
         except ModuleNotFoundError:
@@ -191,6 +191,7 @@ class RedisStreams:
             raise ConfigError("redis_url needs redis-py: pip install 'ciotrack[fleet]'") from None
         self._url = url
         self._site_id = site_id
+        self._prefix = prefix
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
 
@@ -203,4 +204,4 @@ class RedisStreams:
                 self._client = connect(self._url)
             client = self._client
         # "auto" (no region lookup without credentials): the worker's --region decides.
-        return RedisStreamDestination(client, self._site_id, region=region)
+        return RedisStreamDestination(client, self._site_id, region=region, prefix=self._prefix)

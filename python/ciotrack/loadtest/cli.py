@@ -1,5 +1,7 @@
 """``ciotrack loadtest``: k6-style ramping load through the real client, against the built-in emulator
-(default), any receiver (``--endpoint``), or a real workspace (only with ``--real``).
+(default), any receiver (``--endpoint``), or a real workspace (only with ``--real``); with ``--redis-url``
+or ``--workers`` through a local fleet (:mod:`ciotrack.loadtest.fleet`) in front of the emulator or
+``--endpoint``.
 
 Exit codes are listed in :mod:`ciotrack.loadtest.report` (99: a threshold failed; 104: invalid
 configuration, including a refused target).
@@ -65,8 +67,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--api-key", help="workspace Track API key (for --endpoint or --real)")
     target.add_argument("--real", action="store_true", help="allow a real Customer.io workspace (needs credentials)")
     target.add_argument("--region", choices=("us", "eu"), default="us", help="region of a real workspace")
-    target.add_argument("--redis-url", help="fleet target: calls go to a Redis stream (needs ciotrack.fleet)")
-    target.add_argument("--workers", type=int, help="fleet target: local workers to start")
+    target.add_argument("--redis-url", help="fleet target: calls go to a Redis stream here, and local workers "
+                                            "deliver it (default: a throwaway local redis-server)")
+    target.add_argument("--workers", type=int, help="fleet target: local `ciotrack worker` processes to start "
+                                                    "(default 2 with --redis-url)")
     target.add_argument("--no-send", action="store_true",
                         help="no target: a disabled tracker (measures the generator and the call only)")
 
@@ -126,13 +130,13 @@ def run(args: argparse.Namespace) -> int:
         plan = _Plan(args)
     except ConfigError as err:
         return _error(str(err))
-    if args.redis_url or args.workers:
+    if plan.target["kind"] == "fleet":
         try:
-            importlib.import_module("ciotrack.fleet")
+            fleet = importlib.import_module("ciotrack.fleet")
+            fleet.require_extra("redis", "prometheus_client")
         except ImportError:
-            return _error("the fleet target (--redis-url/--workers) needs the fleet module (ciotrack.fleet), "
-                          "which is not in this install", "target_failed")
-        return _error("the fleet target is not wired into the load test yet", "target_failed")
+            return _error("the fleet target (--redis-url/--workers) needs the fleet module and its extra: "
+                          "pip install 'ciotrack[fleet]'", "target_failed")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -248,10 +252,36 @@ class _Plan:
 
     def _target(self) -> dict[str, Any]:
         args = self.args
+        if args.no_send:
+            if args.redis_url or args.workers is not None:
+                raise ConfigError("--no-send cannot be combined with the fleet target (--redis-url/--workers)")
+            return {"kind": "none", "description": "disabled tracker: nothing is sent"}
+        if args.redis_url or args.workers is not None:
+            return self._fleet_target()
+        return self._receiver()
+
+    def _fleet_target(self) -> dict[str, Any]:
+        args = self.args
+        if args.real:
+            raise ConfigError("the fleet target with --real is not supported: load-test a real workspace's "
+                              "fleet with your own workers and the tracker's redis_url")
+        workers = 2 if args.workers is None else args.workers
+        if not 1 <= workers <= 32:
+            raise ConfigError("--workers must be 1..32")
+        if args.redis_url and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("--redis-url must be a redis://, rediss:// or unix:// URL")
+        receiver = self._receiver()
+        from ciotrack.loadtest.fleet import redacted_url
+
+        redis = redacted_url(args.redis_url) if args.redis_url else "a throwaway local redis-server"
+        return {"kind": "fleet", "workers": workers, "receiver": receiver,
+                "description": f"{workers} local worker(s) via {redis} -> {receiver['description']}"}
+
+    def _receiver(self) -> dict[str, Any]:
+        """Where requests go: a real workspace, ``--endpoint``, or the spawned emulator."""
+        args = self.args
         site_id = args.site_id or os.environ.get("CIOTRACK_SITE_ID")
         api_key = args.api_key or os.environ.get("CIOTRACK_API_KEY")
-        if args.no_send:
-            return {"kind": "none", "description": "disabled tracker: nothing is sent"}
         if args.real:
             if not (site_id and api_key):
                 raise ConfigError("--real needs the workspace's credentials: --site-id and --api-key "
@@ -304,6 +334,8 @@ class _Plan:
 
     def config_block(self) -> dict[str, Any]:
         target = {k: v for k, v in self.target.items() if k not in ("api_key",)}
+        if "receiver" in target:
+            target["receiver"] = {k: v for k, v in target["receiver"].items() if k not in ("api_key",)}
         return {
             "target": target,
             "preset": self.preset,

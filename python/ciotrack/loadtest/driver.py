@@ -15,6 +15,11 @@ counted as ``dropped_iterations``.
 
 ``request_duration`` is timed per HTTP request by a response hook on the tracker's pooled
 ``requests`` Session (``Response.elapsed``: request sent -> response headers parsed).
+
+With a fleet (a :class:`FleetProbe`, see :mod:`ciotrack.loadtest.fleet`) the tracker only writes to a
+Redis stream: the finished count a sample waits for is the receiver's count of delivered operations,
+requests, 429s, retries, failures and ``request_duration`` (at bucket resolution) are the workers',
+and the backlog is the stream's lag + pending (entries).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ciotrack.loadtest.fleet import FleetProbe, Outcomes
 from ciotrack.loadtest.histogram import LatencyHistogram, summarize
 from ciotrack.loadtest.scenario import CallLoop, Scenario
 from ciotrack.loadtest.stages import Scheduler
@@ -86,6 +92,7 @@ class Driver:
         drain_timeout: float = 60.0,
         samples_per_second: float = 1000.0,
         measure_delivery: bool = True,
+        fleet: FleetProbe | None = None,
     ) -> None:
         self.tracker = tracker
         self.scenarios = scenarios
@@ -95,6 +102,7 @@ class Driver:
         self.max_lateness = max_lateness
         self.drain_timeout = drain_timeout
         self.measure_delivery = measure_delivery
+        self.fleet = fleet
         self._core = getattr(tracker, "_core", None)  # 2 µs counter snapshot (stats() costs 40 µs)
         self._request_ms: deque[tuple[float, int]] = deque()
         self.loops: list[CallLoop] = []
@@ -106,7 +114,8 @@ class Driver:
             self.loops.append(loop)
             self.schedulers.append(Scheduler(schedule, loop.issue, max_lateness=max_lateness))
         self.duration = max(s.schedule.duration for s in self.schedulers)
-        self._install_request_hook()
+        if fleet is None:
+            self._install_request_hook()
 
     # -- tracker probes ------------------------------------------------------------------------
 
@@ -177,6 +186,7 @@ class _RunState:
         stats = driver.tracker.stats()
         self.prev_stats = stats
         self.first_stats = stats
+        self.prev_out = self.first_out = self.outcomes(stats)
         self.prev_issued = 0
         self.prev_dropped = 0
         self.prev_cpu = time.process_time()
@@ -187,6 +197,14 @@ class _RunState:
         self.load_ended_at: float | None = None
         self.drained_at: float | None = None
         self.backlog_peak = 0
+
+    def outcomes(self, stats: Any) -> Outcomes:
+        fleet = self.d.fleet
+        if fleet is None:
+            return Outcomes(stats.delivered, stats.failed_total, dict(stats.requests), stats.retried)
+        out = fleet.outcomes()
+        # The tracker's own final failures (writing to Redis) are failures too.
+        return Outcomes(out.delivered, out.failed + stats.failed_total, out.requests, out.retried)
 
     def _target_stats(self) -> Mapping[str, Any] | None:
         if self.d.target_stats is None:
@@ -212,7 +230,7 @@ class _RunState:
             ms, status = d._request_ms.popleft()
             self.interval_h["request_duration"].record_ms(ms)
         if self.pending:
-            finished = _finished(d._counters())
+            finished = d.fleet.delivered_ops() if d.fleet is not None else _finished(d._counters())
             while self.pending and self.pending[0][0] <= finished:
                 _, due = heapq.heappop(self.pending)
                 self.interval_h["delivery_duration"].record_ms((now - due) * 1000.0)
@@ -247,7 +265,11 @@ class _RunState:
             if not loading:
                 if not d.measure_delivery:
                     return  # nothing is sent: there is no backlog to wait for
-                if record["backlog"] == 0 and not self.pending:
+                if d.fleet is not None:
+                    drained = record["backlog"] == 0 and record["producer_backlog"] == 0
+                else:
+                    drained = record["backlog"] == 0 and not self.pending
+                if drained:
                     self.drained_at = record["t"]
                     return
                 if self.load_ended_at is not None and record["t"] - self.load_ended_at >= d.drain_timeout:
@@ -257,14 +279,23 @@ class _RunState:
         d = self.d
         t = round(boundary - self.origin, 3)
         stats = d.tracker.stats()
-        prev = self.prev_stats
         issued = sum(s.issued for s in d.schedulers)
         dropped = sum(s.dropped for s in d.schedulers)
         target_rate = sum(s.schedule.due_by(t) - s.schedule.due_by(t - 1.0) for s in d.schedulers)
         wall = time.monotonic()
         cpu = time.process_time()
-        requests = {k: v - prev.requests.get(k, 0) for k, v in stats.requests.items() if v - prev.requests.get(k, 0)}
+        out, prev_out = self.outcomes(stats), self.prev_out
+        requests = {k: v - prev_out.requests.get(k, 0) for k, v in out.requests.items()
+                    if v - prev_out.requests.get(k, 0)}
         backlog = max(0, stats.accepted - _finished(stats.counters))
+        stream: dict[str, int] = {}
+        if d.fleet is not None:
+            # Read after the tracker's counters: once these say all is in Redis, the stream says the rest.
+            lag, pending = d.fleet.stream_backlog()
+            for ms, count in d.fleet.new_request_latencies():
+                self.interval_h["request_duration"].record_ms(ms, count)
+            stream = {"producer_backlog": backlog, "stream_lag": lag, "stream_pending": pending}
+            backlog = lag + pending
         self.backlog_peak = max(self.backlog_peak, backlog)
         h = self.interval_h
         delivery = summarize(h["delivery_duration"], (50.0, 95.0, 99.0))
@@ -282,12 +313,13 @@ class _RunState:
             "delivery_samples": delivery["count"],
             "request_p50": h["request_duration"].percentile_ms(50.0),
             "request_p95": h["request_duration"].percentile_ms(95.0),
-            "delivered_rate": stats.delivered - prev.delivered,
+            "delivered_rate": out.delivered - prev_out.delivered,
             "requests": requests,
-            "http_429": stats.requests.get("429", 0) - prev.requests.get("429", 0),
-            "retries": stats.retried - prev.retried,
-            "failed": stats.failed_total - prev.failed_total,
+            "http_429": requests.get("429", 0),
+            "retries": out.retried - prev_out.retried,
+            "failed": out.failed - prev_out.failed,
             "backlog": backlog,
+            **stream,
             "queued_ops": sum(stats.queued_ops.values()),
             "in_flight_batches": stats.in_flight,
             # The adaptive concurrency limit, summed over regions (None before the tracker had one).
@@ -307,7 +339,7 @@ class _RunState:
         for name, hist in h.items():
             self.total_h[name].add(hist)
         self.interval_h = _histograms()
-        self.prev_stats, self.prev_issued, self.prev_dropped = stats, issued, dropped
+        self.prev_stats, self.prev_out, self.prev_issued, self.prev_dropped = stats, out, issued, dropped
         self.prev_cpu, self.prev_wall = cpu, wall
         self.intervals.append(record)
         return record
@@ -319,25 +351,25 @@ class _RunState:
         if metric in _TREND_METRICS:
             return self.total_h[metric].aggregate_ms(aggregation, percentile)
         elapsed = max(1e-9, self.intervals[-1]["t"] if self.intervals else 1e-9)
-        stats = self.prev_stats
-        first = self.first_stats
+        stats, first = self.prev_stats, self.first_stats
+        out, first_out = self.prev_out, self.first_out
         calls = sum(s.issued for s in self.d.schedulers)
         if metric == "errors":
-            failed = (stats.failed_total - first.failed_total) + (stats.dropped_total - first.dropped_total)
+            failed = (out.failed - first_out.failed) + (stats.dropped_total - first.dropped_total)
             if totals is not None:
                 failed = max(failed, int(totals["lost"]))
             return failed / calls if calls else None
         if metric == "http_req_failed":
-            reqs = sum(stats.requests.values()) - sum(first.requests.values())
-            bad = _non_2xx(stats.requests) - _non_2xx(first.requests)
+            reqs = sum(out.requests.values()) - sum(first_out.requests.values())
+            bad = _non_2xx(out.requests) - _non_2xx(first_out.requests)
             return bad / reqs if reqs else None
         counts: dict[str, float] = {
-            "http_429": stats.requests.get("429", 0) - first.requests.get("429", 0),
-            "retries": stats.retried - first.retried,
+            "http_429": out.requests.get("429", 0) - first_out.requests.get("429", 0),
+            "retries": out.retried - first_out.retried,
             "dropped_iterations": sum(s.dropped for s in self.d.schedulers),
             "lost": float(totals["lost"]) if totals is not None else 0.0,
             "calls": calls,
-            "delivered": stats.delivered - first.delivered,
+            "delivered": out.delivered - first_out.delivered,
         }
         if metric in counts:
             count = counts[metric]
@@ -363,13 +395,17 @@ class _RunState:
         tracker = d.tracker
         tracker.close(timeout=5.0)
         self.poll()
+        if d.fleet is not None:  # requests since the last interval closed
+            for ms, count in d.fleet.new_request_latencies():
+                self.total_h["request_duration"].record_ms(ms, count)
         stats = tracker.stats()
-        self.prev_stats = stats
+        out, first_out = self.outcomes(stats), self.first_out
+        self.prev_stats, self.prev_out = stats, out
         first = self.first_stats
         target = self._target_stats()
         calls = sum(s.issued for s in d.schedulers)
         accepted = stats.accepted - first.accepted
-        delivered = stats.delivered - first.delivered
+        delivered = out.delivered - first_out.delivered
         dropped_full = int(stats.dropped.get("queue_full", 0)) - int(first.dropped.get("queue_full", 0))
         lost = max(0, accepted + dropped_full - delivered) if d.measure_delivery else None
         elapsed = self.intervals[-1]["t"] if self.intervals else 0.0
@@ -391,14 +427,14 @@ class _RunState:
             "invalid": stats.invalid - first.invalid,
             "delivered": delivered,
             "delivered_rate": round(delivered / elapsed, 1) if elapsed else 0.0,
-            "failed": stats.failed_total - first.failed_total,
+            "failed": out.failed - first_out.failed,
             "dropped": {k: v - first.dropped.get(k, 0) for k, v in stats.dropped.items()
                         if v - first.dropped.get(k, 0)},
             "lost": lost,
-            "http_429": stats.requests.get("429", 0) - first.requests.get("429", 0),
-            "retries": stats.retried - first.retried,
-            "requests": {k: v - first.requests.get(k, 0) for k, v in stats.requests.items()
-                         if v - first.requests.get(k, 0)},
+            "http_429": out.requests.get("429", 0) - first_out.requests.get("429", 0),
+            "retries": out.retried - first_out.retried,
+            "requests": {k: v - first_out.requests.get(k, 0) for k, v in out.requests.items()
+                         if v - first_out.requests.get(k, 0)},
             "backlog_peak": self.backlog_peak,
             "drain_s": (round(self.drained_at - self.load_ended_at, 1)
                         if self.drained_at is not None and self.load_ended_at is not None else None),
@@ -406,6 +442,8 @@ class _RunState:
             "cpu_seconds": round(time.process_time() - self.cpu_start, 2),
             "lateness_max_ms": self.total_h["schedule_lateness"].aggregate_ms("max") or 0.0,
         }
+        if d.fleet is not None:
+            totals["written_to_redis"] = stats.delivered - first.delivered  # XADD acknowledged (durable)
         for name in _TREND_METRICS:
             totals[name] = summarize(self.total_h[name])
         if target is not None and self.first_target is not None:
@@ -421,8 +459,9 @@ class _RunState:
             results.append({"metric": threshold.metric, "expr": threshold.expr, "ok": ok,
                             "value": None if value is None else round(float(value), 6),
                             "abort_on_fail": threshold.abort_on_fail, "source": threshold.source})
+        counted = "the receiver's delivered-operation" if d.fleet is not None else "the tracker's finished"
         sampling = {
-            "method": "1 call in N timed from its due time; acknowledged when the tracker's finished "
+            "method": f"1 call in N timed from its due time; acknowledged when {counted} "
                       f"count reaches its accepted ordinal (polled every {POLL_SECONDS * 1000:.0f} ms)",
             "sample_every": [loop.sample_every for loop in d.loops],
             "samples": self.samples_taken,

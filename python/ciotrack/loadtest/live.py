@@ -18,12 +18,20 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def backlog_text(record: Mapping[str, Any]) -> str:
+    """The backlog as the target counts it: operations in the tracker, or (fleet) the Redis stream's
+    entries, lag (not yet read by a worker) + pending (read, not acknowledged)."""
+    if "stream_lag" in record:
+        return f"{record['backlog']:,} entries (lag {record['stream_lag']:,} + pending {record['stream_pending']:,})"
+    return f"{record['backlog']:,}"
+
+
 def plain_line(record: Mapping[str, Any], progress: Mapping[str, Any]) -> str:
     return (f"t={record['t']:>5.0f}s {progress['phase']:<5} target={record['target_rate']:>9,.0f}/s "
             f"achieved={record['achieved_rate']:>9,}/s late={progress['lateness_ms']:>6.1f}ms "
             f"dropped={record['dropped_iterations']:,} delivered={record['delivered_rate']:>8,}/s "
             f"delivery p50/p95/p99={_ms(record['delivery_p50'])}/{_ms(record['delivery_p95'])}/"
-            f"{_ms(record['delivery_p99'])}ms backlog={record['backlog']:,} 429={record['http_429']} "
+            f"{_ms(record['delivery_p99'])}ms backlog={backlog_text(record)} 429={record['http_429']} "
             f"cpu={record['cpu_percent']:.0f}%")
 
 
@@ -73,7 +81,8 @@ class RichDisplay:
             table.add_row("calls/s", f"target {record['target_rate']:,.0f}   achieved {record['achieved_rate']:,}")
             table.add_row("generator", f"[{style}]late {late:.1f} ms   dropped_iterations {dropped:,}[/]")
             table.add_row("delivered",
-                          f"{record['delivered_rate']:,} events/s   backlog {record['backlog']:,} operations")
+                          f"{record['delivered_rate']:,} events/s   backlog {backlog_text(record)}"
+                          + ("" if "stream_lag" in record else " operations"))
             table.add_row("delivery", f"p50 {_ms(record['delivery_p50'])}   p95 {_ms(record['delivery_p95'])}   "
                                       f"p99 {_ms(record['delivery_p99'])} ms")
             status = ", ".join(f"{k}: {v:,}" for k, v in sorted(record["requests"].items())) or "-"

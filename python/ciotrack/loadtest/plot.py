@@ -59,9 +59,10 @@ def write_plot(report: Mapping[str, Any], path: str) -> None:
     ax_lat.legend(loc="upper left", fontsize=8)
     ax_lat.grid(alpha=0.3, which="both")
 
+    unit = "stream entries" if report["config"]["target"].get("kind") == "fleet" else "operations"
     ax_backlog.fill_between(t, [r["backlog"] for r in intervals], color="tab:purple", alpha=0.3,
-                            label="backlog (operations)")
-    ax_backlog.set_ylabel("backlog (operations)")
+                            label=f"backlog ({unit})")
+    ax_backlog.set_ylabel(f"backlog ({unit})")
     ax_backlog.set_xlabel("seconds since start")
     ax_backlog.grid(alpha=0.3)
     ax_counts = ax_backlog.twinx()

@@ -28,7 +28,7 @@ from ciotrack.loadtest.driver import RunResult
 
 __all__ = ["EXIT", "SCHEMA_PATH", "SCHEMA_VERSION", "build_report", "markdown_summary", "text_summary"]
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1: the fleet target (config.target, stream_* per interval, workers' exit codes)
 LATE_NOTE_MS = 250.0
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.schema.json")
 
@@ -149,7 +149,14 @@ def text_summary(report: Mapping[str, Any]) -> str:
     lines.append(f"  requests           {_fmt(totals['requests'])}  http_429={totals['http_429']:,} "
                  f"retries={totals['retries']:,}")
     drain = totals.get("drain_s")
-    lines.append(f"  backlog            peak {totals['backlog_peak']:,} operations"
+    fleet = report["config"]["target"].get("kind") == "fleet"
+    if fleet:
+        target = report["config"]["target"]
+        lines.append(f"  fleet              {target['workers']} worker(s), stream {target.get('stream')} on "
+                     f"{target.get('redis_url')}; {totals.get('written_to_redis', 0):,} operations written to Redis; "
+                     f"worker exit codes {totals.get('workers_exit_codes')}")
+    unit = "stream entries" if fleet else "operations"
+    lines.append(f"  backlog            peak {totals['backlog_peak']:,} {unit}"
                  + (f", drained {drain:.0f} s after the load ended" if drain is not None else ""))
     lines.append("  " + _trend_line("enqueue_duration", totals["enqueue_duration"], "µs", 1000.0))
     lines.append("  " + _trend_line("delivery_duration", totals["delivery_duration"]))
@@ -197,7 +204,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
             f"| lost | {_fmt(totals['lost'])} |",
             f"| http_429 | {totals['http_429']:,} |",
             f"| retries | {totals['retries']:,} |",
-            f"| backlog peak | {totals['backlog_peak']:,} |",
+            f"| backlog peak | {totals['backlog_peak']:,}"
+            + (" stream entries |" if target["kind"] == "fleet" else " operations |"),
             f"| delivery_duration p50 / p95 / p99 | {_fmt(delivery['p50'])} / {_fmt(delivery['p95'])} / "
             f"{_fmt(delivery['p99'])} ms |",
             f"| request_duration p50 / p95 | {_fmt(request['p50'])} / {_fmt(request['p95'])} ms |",

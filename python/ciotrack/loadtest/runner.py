@@ -1,4 +1,4 @@
-"""Start the target, build the tracker, run the driver, write the outputs, pick the exit code."""
+"""Start the target (emulator, fleet), build the tracker, run the driver, write the outputs, pick the exit code."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ciotrack.loadtest.report import EXIT, build_report, markdown_summary, outco
 
 if TYPE_CHECKING:
     from ciotrack.loadtest.cli import _Plan
+    from ciotrack.loadtest.fleet import FleetTarget
 
 EMULATOR_SITE_ID = "loadtest-site"
 EMULATOR_API_KEY = "loadtest-key"  # the emulator's own throwaway workspace, not a secret
@@ -26,7 +27,9 @@ def run_plan(plan: _Plan) -> int:
 
     args = plan.args
     target = plan.target
+    receiver = target.get("receiver", target)  # the fleet's workers send where the tracker would
     emulator: Any = None
+    fleet: FleetTarget | None = None
     options: dict[str, Any] = {
         "senders": plan.senders,
         "rate_limit": args.rate_limit,
@@ -37,17 +40,38 @@ def run_plan(plan: _Plan) -> int:
     }
     if plan.adaptive:
         del options["senders"]
-    if target["kind"] == "emulator":
+    if receiver["kind"] == "emulator":
         try:
             from ciotrack.emulator import Emulator
 
             emulator = Emulator.spawn(workspaces={EMULATOR_SITE_ID: EMULATOR_API_KEY},
                                       rate_limit=args.rate_limit or None,
-                                      burst=target["burst"] if args.rate_limit else None, faults=target["faults"])
+                                      burst=receiver["burst"] if args.rate_limit else None, faults=receiver["faults"])
         except Exception as err:
             _say(f"could not start the emulator: {err}")
             return EXIT["target_failed"]
-        target["url"] = emulator.url
+        receiver["url"] = emulator.url
+    if target["kind"] == "fleet":
+        fleet = _start_fleet(plan, emulator)
+        if fleet is None:
+            if emulator is not None:
+                emulator.stop()
+            return EXIT["target_failed"]
+        from ciotrack.fleet.producer import RedisStreams
+
+        target.update(fleet.describe())
+        # The run's own key prefix: the destination is built here (Tracker(redis_url=...) alone would
+        # use the default one); rate_limit 0 because the workers pace the requests, as redis_url implies.
+        streams = RedisStreams(fleet.redis_url, fleet.site_id, prefix=fleet.prefix)
+        try:
+            tracker = ciotrack.Tracker(fleet.site_id, "", redis_url=fleet.redis_url, destination=streams,
+                                       **{**options, "rate_limit": 0})
+        except BaseException:
+            fleet.stop()
+            if emulator is not None:
+                emulator.stop()
+            raise
+    elif target["kind"] == "emulator":
         tracker = ciotrack.Tracker(EMULATOR_SITE_ID, EMULATOR_API_KEY, endpoint=emulator.url, **options)
     elif target["kind"] == "none":
         # A disabled tracker keeps a small queue; dropping the oldest stays on the native fast path
@@ -60,14 +84,44 @@ def run_plan(plan: _Plan) -> int:
         tracker = ciotrack.Tracker(target["site_id"], target["api_key"], endpoint=target["endpoint"], **options)
     config = plan.config_block()
     try:
-        return _run(plan, tracker, emulator, config)
+        return _run(plan, tracker, emulator, config, fleet)
     finally:
         tracker.close(timeout=1.0)
+        if fleet is not None:
+            fleet.stop()
         if emulator is not None:
             emulator.stop()
 
 
-def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any]) -> int:
+def _start_fleet(plan: _Plan, emulator: Any) -> FleetTarget | None:
+    """Redis, the group and the workers, in front of the emulator or ``--endpoint``; None (and a message
+    on stderr) when that fails."""
+    from ciotrack.loadtest.fleet import FleetStartError, FleetTarget
+
+    args = plan.args
+    receiver = plan.target["receiver"]
+    if emulator is not None:
+        site_id, api_key, endpoint = EMULATOR_SITE_ID, EMULATOR_API_KEY, emulator.url
+        # The workers' shared bucket must not out-burst the emulator's own.
+        burst = min(10.0, float(receiver["burst"]))
+    else:
+        site_id, api_key, endpoint, burst = receiver["site_id"], receiver["api_key"], receiver["endpoint"], 10.0
+    fleet = FleetTarget(redis_url=args.redis_url, workers=plan.target["workers"], site_id=site_id, api_key=api_key,
+                        endpoint=endpoint, rate_limit=args.rate_limit, burst=burst,
+                        receiver_stats=emulator.stats if emulator is not None else None)
+    try:
+        fleet.start()
+    except FleetStartError as err:
+        _say(str(err))
+        fleet.stop()
+        return None
+    except BaseException:  # Ctrl-C while starting, or a bug: no worker may outlive the run
+        fleet.stop()
+        raise
+    return fleet
+
+
+def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any], fleet: FleetTarget | None) -> int:
     args = plan.args
     target_stats: Callable[[], Mapping[str, Any]] | None = emulator.stats if emulator is not None else None
     duration = max(s.schedule().duration for s in plan.scenarios)
@@ -80,12 +134,22 @@ def _run(plan: _Plan, tracker: Any, emulator: Any, config: Mapping[str, Any]) ->
     display = choose_display("loadtest", duration, plain=args.plain, every=args.print_every)
     driver = Driver(tracker, plan.scenarios, plan.thresholds, display, target_stats=target_stats,
                     max_lateness=plan.max_lateness, drain_timeout=plan.drain_timeout,
-                    measure_delivery=plan.target["kind"] != "none")
+                    measure_delivery=plan.target["kind"] != "none", fleet=fleet)
     try:
         result = driver.run()
     finally:
         display.close()
+    if fleet is not None:
+        # The stream is drained (or the drain deadline passed): SIGTERM, the workers finish and exit 0.
+        result.totals["workers_exit_codes"] = fleet.stop()
+        if args.redis_url:
+            result.totals["redis_keys_left"] = fleet.keys_left
     status, messages = outcome(result, allow_dropped=args.allow_dropped)
+    if fleet is not None and fleet.failed_logs:
+        messages.append(f"worker(s) {sorted(fleet.failed_logs)} did not exit 0 after SIGTERM "
+                        f"(exit codes {fleet.exit_codes})")
+        for n, log in fleet.failed_logs.items():
+            _say(f"worker {n}'s log (end):\n{log}")
     report = build_report(result, config, status, messages)
     print()
     print(text_summary(report), flush=True)
