@@ -98,7 +98,7 @@ def test_grace_period_covers_the_drain_deadline_and_args_parse() -> None:
     parsed = parser.parse_args(pod["containers"][0]["args"])  # every arg is one the worker knows
     assert parsed.metrics_port == 9100
     # The manifest spells out the worker's defaults (the pacing measured to reach 99 % without a 429).
-    assert (parsed.rate_limit, parsed.burst) == (DEFAULT_RATE_LIMIT, DEFAULT_BURST) == (99, 2)
+    assert (parsed.rate_limit, parsed.burst) == (DEFAULT_RATE_LIMIT, DEFAULT_BURST) == (97, 2)
     probes = pod["containers"][0]
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"

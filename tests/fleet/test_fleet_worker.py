@@ -83,7 +83,7 @@ def _all_values(client) -> bytes:  # type: ignore[no-untyped-def]
 
 def test_fleet_at_the_workspace_limit_four_producers_three_workers(redis_server: RedisServer, tmp_path: Path) -> None:
     # The emulator enforces 100 req/s (burst 10) and answers after 50 ms; the workers run with their
-    # default pacing (the shared 99 req/s, burst 2), which must draw at most one 429.
+    # default pacing (the shared 97 req/s, burst 2), which must draw at most one 429.
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
         em.set_faults(latency=0.05)
         logs = [tmp_path / f"w{i}.log" for i in range(3)]
