@@ -96,18 +96,20 @@ def run_plan(plan: _Plan) -> int:
 def _start_fleet(plan: _Plan, emulator: Any) -> FleetTarget | None:
     """Redis, the group and the workers, in front of the emulator or ``--endpoint``; None (and a message
     on stderr) when that fails."""
+    from ciotrack.fleet.settings import DEFAULT_BURST, DEFAULT_RATE_LIMIT
     from ciotrack.loadtest.fleet import FleetStartError, FleetTarget
 
     args = plan.args
     receiver = plan.target["receiver"]
     if emulator is not None:
         site_id, api_key, endpoint = EMULATOR_SITE_ID, EMULATOR_API_KEY, emulator.url
-        # The workers' shared bucket must not out-burst the emulator's own.
-        burst = min(10.0, float(receiver["burst"]))
     else:
-        site_id, api_key, endpoint, burst = receiver["site_id"], receiver["api_key"], receiver["endpoint"], 10.0
+        site_id, api_key, endpoint = receiver["site_id"], receiver["api_key"], receiver["endpoint"]
+    # The workers pace as `ciotrack worker` does by default (a few % under the workspace limit, a small
+    # burst: see fleet/settings.py), scaled to the limit the run holds.
+    rate_limit = args.rate_limit * DEFAULT_RATE_LIMIT / 100.0
     fleet = FleetTarget(redis_url=args.redis_url, workers=plan.target["workers"], site_id=site_id, api_key=api_key,
-                        endpoint=endpoint, rate_limit=args.rate_limit, burst=burst,
+                        endpoint=endpoint, rate_limit=rate_limit, burst=DEFAULT_BURST,
                         receiver_stats=emulator.stats if emulator is not None else None)
     try:
         fleet.start()
