@@ -10,14 +10,17 @@
   ``hmac.compare_digest`` + ``json.loads``. The ratio is the median of 40 paired rounds (each
   side timed in thread CPU time right after the other), so both see the same machine load; the
   target is <= 1.5x.
-* answer latency: the endpoint in its own process (benches/webhook_server.py), the blaster
+* answer latency: the endpoint in its own process (benches/webhook_server.py: ``KINDS`` below), the blaster
   (``ciotrack.webhooks.blast``) in this one posting signed 2 KB webhooks at 1,000/s for 5 s over 8
   keep-alive connections (open model). Two figures: the client's (from writing a request to reading
   its answer: network, HTTP server and client included) and the server's own (a wrapper around the
   whole app: from the app being called to its answer handed back, framework routing included).
   Plus the server process's CPU time per webhook (all its threads), which other processes' load
-  hardly moves. Printed, never asserted. The machine's load average is printed too: on a shared 2-core machine
-  the tails are mostly other processes' scheduling.
+  hardly moves, the time its threads waited for a CPU (run queue, /proc schedstat: other processes'
+  load) and the garbage collections during the blast. Printed, never asserted. The machine's load
+  average is printed too: on a shared 2-core machine the tails are mostly other processes'
+  scheduling. Each kind runs unpinned (the scheduler puts server and blaster anywhere) and pinned
+  (the server's threads on the last CPU, the blaster on the others: a sender on another machine).
 """
 
 from __future__ import annotations
@@ -100,17 +103,78 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize("kind", ["asgi", "starlette", "fastapi", "wsgi", "flask", "flask-werkzeug"])
-def test_adapter_answer_latency_at_1000_per_second(kind: str, bench_report: Any, quick: bool) -> None:
+# KIND@SERVER: a WSGI app under another server than gunicorn gthread (benches/webhook_server.py);
+# ``*-floor``: the same server answering 200 with no adapter at all (what the server itself costs).
+KINDS = ["asgi", "asgi-floor", "starlette", "fastapi", "wsgi", "wsgi-floor", "flask", "flask-werkzeug",
+         "wsgi@granian", "wsgi-floor@granian", "flask@granian", "flask+freeze@granian", "flask+freeze", "wsgi@gevent",
+         "flask@gevent", "wsgi@gthread1"]
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gunicorn and granian serve from a child process)."""
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            for child in children.read().split():
+                pids += _process_tree(int(child))
+    except OSError:
+        pass
+    return pids
+
+
+def _runqueue_wait_s(pids: list[int]) -> float:
+    """Seconds the threads of ``pids`` spent runnable but waiting for a CPU (/proc/.../schedstat):
+    what other processes' load costs the server, apart from its own work."""
+    total = 0.0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                    total += int(stat.read().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+def _pin_apart(server_pids: list[int]) -> set[int] | None:
+    """Every thread of the server on the last CPU, this process (the blaster) on the others: the
+    model of a sender on another machine. Returns this process's old CPU set (None: one CPU only)."""
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        return None
+    server_cpu = max(allowed)
+    for pid in server_pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(task), {server_cpu})
+            except ProcessLookupError:
+                pass
+    os.sched_setaffinity(0, allowed - {server_cpu})
+    return allowed
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "pinned"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_adapter_answer_latency_at_1000_per_second(kind: str, pinned: bool, bench_report: Any, quick: bool) -> None:
     port = _free_port()
+    restore: set[int] | None = None
     env = dict(os.environ, PYTHONPATH=str(BENCHES.parent / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, str(BENCHES / "webhook_server.py"), kind, str(port), SECRET],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         time.sleep(0.2)
+        server_pids = _process_tree(proc.pid)
+        if pinned:
+            restore = _pin_apart(server_pids)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_timings", timeout=10) as answer:
-            cpu_before = json.loads(answer.read())["cpu_s"]
+            before = json.loads(answer.read())
+        waited_before = _runqueue_wait_s(server_pids)
+        cpu_before = before["cpu_s"]
         args = argparse.Namespace(
             webhooks=f"http://127.0.0.1:{port}/hook", webhook_secret=SECRET, webhook_rate=1000.0,
             webhook_duration=1.0 if quick else 5.0, webhook_duplicates=0.0, webhook_forged=0.0,
@@ -118,24 +182,36 @@ def test_adapter_answer_latency_at_1000_per_second(kind: str, bench_report: Any,
         report = blast(args)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_timings", timeout=10) as answer:
             server_side = json.loads(answer.read())
+        waited_us = (_runqueue_wait_s(server_pids) - waited_before) / report["requests"] * 1e6
     finally:
+        if restore is not None:
+            os.sched_setaffinity(0, restore)
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(10)
     lat, lag = report["latency_ms"], report["schedule_lag_ms"]
-    cpu_us = (server_side["cpu_s"] - cpu_before) / report["requests"] * 1e6
+    n = report["requests"]
+    cpu_us = (server_side["cpu_s"] - cpu_before) / n * 1e6
+    user_us, system_us = ((server_side[k] - before[k]) / n * 1e6 for k in ("user_s", "system_s"))
+    gc_runs = server_side["gc"]
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{kind}: {report['requests']} webhooks at {report['achieved_rate']:.0f}/s: client latency ms p50 "
+    label = f"{kind} {'pinned' if pinned else 'unpinned'}"
+    print(f"{label}: {report['requests']} webhooks at {report['achieved_rate']:.0f}/s: client latency ms p50 "
           f"{lat['p50']:.3f} p95 {lat['p95']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f}; schedule lag p99 "
           f"{lag['p99']:.3f} ms; in the server ms p50 {server_side['p50']:.3f} p99 {server_side['p99']:.3f} "
-          f"max {server_side['max']:.3f}; server CPU {cpu_us:.0f} us per webhook; statuses {report['by_status']}")
-    bench_report.add("webhooks", f"{kind} answer p50 / p99 at 1000/s",
+          f"max {server_side['max']:.3f}; server CPU {cpu_us:.0f} us per webhook (user {user_us:.0f}, system "
+          f"{system_us:.0f}), its threads waited {waited_us:.0f} us per webhook for a CPU; gc runs during the "
+          f"blast (gen: n, longest ms) "
+          f"{[(g, v['n'], round(v['max_ms'], 2)) for g, v in gc_runs.items()]}; statuses {report['by_status']}")
+    bench_report.add("webhooks", f"{label} answer p50 / p99 at 1000/s",
                      f"{lat['p50']:.2f} / {lat['p99']:.2f} ms", "client-side, 2 KB signed webhooks, 8 connections")
-    bench_report.add("webhooks", f"{kind} in-server p50 / p99 at 1000/s",
+    bench_report.add("webhooks", f"{label} in-server p50 / p99 at 1000/s",
                      f"{server_side['p50']:.3f} / {server_side['p99']:.3f} ms", "app called -> answer handed back")
-    bench_report.add("webhooks", f"{kind} server CPU per webhook", f"{cpu_us:.0f} us",
+    bench_report.add("webhooks", f"{label} server CPU per webhook", f"{cpu_us:.0f} us",
                      "HTTP server + framework + adapter, all threads (load-independent)")
-    bench_report.keep(f"webhooks_{kind}", {**report, "server_side_ms": server_side, "server_cpu_us": cpu_us})
+    bench_report.keep(f"webhooks_{kind}{'_pinned' if pinned else ''}", {
+        **report, "server_side_ms": server_side, "server_cpu_us": cpu_us, "server_user_us": user_us,
+        "server_system_us": system_us, "server_runqueue_wait_us": waited_us, "load_average": os.getloadavg()[0]})
     assert report["unexpected"] == 0, report["by_status"]  # correctness, not speed
 
 
