@@ -12,8 +12,10 @@
   target is <= 1.5x.
 * answer latency: the endpoint in its own process (benches/webhook_server.py: ``KINDS`` below), the blaster
   (``ciotrack.webhooks.blast``) in this one posting signed 2 KB webhooks at 1,000/s for 5 s over 8
-  keep-alive connections (open model). Two figures: the client's (from writing a request to reading
-  its answer: network, HTTP server and client included) and the server's own (a wrapper around the
+  keep-alive connections (open model). Three figures: the client's (from writing a request to reading
+  its answer: network, HTTP server and client included), the same ending at the answer's arrival on
+  the client's socket (the kernel's SO_TIMESTAMPNS stamp: without the blaster's own wait for a CPU,
+  which a remote sender would not share with the endpoint), and the server's own (a wrapper around the
   whole app: from the app being called to its answer handed back, framework routing included).
   Plus the server process's CPU time per webhook (all its threads), which other processes' load
   hardly moves, the time its threads waited for a CPU (run queue, /proc schedstat: other processes'
@@ -196,8 +198,10 @@ def test_adapter_answer_latency_at_1000_per_second(kind: str, pinned: bool, benc
     gc_runs = server_side["gc"]
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     label = f"{kind} {'pinned' if pinned else 'unpinned'}"
+    arrival = report["arrival_ms"] or {"p50": float("nan"), "p99": float("nan")}
     print(f"{label}: {report['requests']} webhooks at {report['achieved_rate']:.0f}/s: client latency ms p50 "
-          f"{lat['p50']:.3f} p95 {lat['p95']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f}; schedule lag p99 "
+          f"{lat['p50']:.3f} p95 {lat['p95']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.3f}; to the answer's "
+          f"arrival p50 {arrival['p50']:.3f} p99 {arrival['p99']:.3f}; schedule lag p99 "
           f"{lag['p99']:.3f} ms; in the server ms p50 {server_side['p50']:.3f} p99 {server_side['p99']:.3f} "
           f"max {server_side['max']:.3f}; server CPU {cpu_us:.0f} us per webhook (user {user_us:.0f}, system "
           f"{system_us:.0f}), its threads waited {waited_us:.0f} us per webhook for a CPU; gc runs during the "
@@ -205,6 +209,9 @@ def test_adapter_answer_latency_at_1000_per_second(kind: str, pinned: bool, benc
           f"{[(g, v['n'], round(v['max_ms'], 2)) for g, v in gc_runs.items()]}; statuses {report['by_status']}")
     bench_report.add("webhooks", f"{label} answer p50 / p99 at 1000/s",
                      f"{lat['p50']:.2f} / {lat['p99']:.2f} ms", "client-side, 2 KB signed webhooks, 8 connections")
+    bench_report.add("webhooks", f"{label} answer arrival p50 / p99 at 1000/s",
+                     f"{arrival['p50']:.2f} / {arrival['p99']:.2f} ms",
+                     "request written -> answer at the client's socket (kernel stamp)")
     bench_report.add("webhooks", f"{label} in-server p50 / p99 at 1000/s",
                      f"{server_side['p50']:.3f} / {server_side['p99']:.3f} ms", "app called -> answer handed back")
     bench_report.add("webhooks", f"{label} server CPU per webhook", f"{cpu_us:.0f} us",

@@ -152,6 +152,13 @@ def test_the_blaster_cli_reports_latency_and_writes_json(
     assert report["by_status"].get("401", 0) == report["kinds"]["forged"] > 0
     assert 1900 < report["body_bytes_mean"] < 2300
     assert {"p50", "p95", "p99", "max"} <= set(report["latency_ms"])
+    if sys.platform == "linux":
+        # The kernel's arrival stamp of each answer comes before this client reads it (0.05 ms: the two
+        # send-time clocks are read one after the other).
+        arrival = report["arrival_ms"]
+        assert "to arrival  p50" in out and set(arrival) == {"p50", "p95", "p99", "max"}
+        assert 0 < arrival["p50"] <= report["latency_ms"]["p50"] + 0.05
+        assert arrival["max"] <= report["latency_ms"]["max"] + 0.05
     assert handler.drain(5)
     assert len({e.event_id for e in received}) == len(received) == report["kinds"]["event"]
 
