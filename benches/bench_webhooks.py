@@ -37,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import timeit
 import urllib.request
@@ -318,3 +319,47 @@ def test_adapter_answer_in_process_at_1000_per_second(kind: str, bench_report: A
                      "called in process, no server or socket")
     bench_report.add("webhooks", f"{kind} adapter alone CPU per answer", f"{cpu / n * 1e6:.1f} us", "thread CPU time")
     assert set(statuses) == {"200"}  # correctness, not speed
+
+
+def _thread_cpu_ns(exclude: int) -> int:
+    """CPU time of this process's threads but ``exclude`` (/proc schedstat, nanoseconds)."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) != exclude:
+            try:
+                with open(f"/proc/self/task/{task}/schedstat") as stat:
+                    total += int(stat.read().split()[0])
+            except OSError:  # a thread that just ended
+                pass
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="per-thread CPU from /proc (Linux)")
+@pytest.mark.parametrize("linger_ms", [2, 5, 10])
+def test_handler_threads_cpu_per_webhook_at_1000_per_second(linger_ms: int, bench_report: Any, quick: bool) -> None:
+    """The cost of the hand-off's other side: CPU of the handler threads (``webhooks.workers``) per
+    event submitted at 1,000/s, with a handler that does nothing. It is nearly all the napping
+    worker's wake-ups (1/linger a second), and it competes with the thread answering requests."""
+    from ciotrack.webhooks.workers import Workers
+
+    done: list[int] = []
+    workers: Workers[int] = Workers(4, done.append, linger=linger_ms / 1000)
+    n = 1000 if quick else 3000
+    me = threading.get_native_id()
+    workers.submit(-1)
+    time.sleep(0.1)
+    cpu_before = _thread_cpu_ns(me)
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / 1000 - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        workers.submit(i)
+    time.sleep(2 * linger_ms / 1000)
+    per_item_us = (_thread_cpu_ns(me) - cpu_before) / n / 1000
+    workers.stop(5)
+    print(f"\nload average {os.getloadavg()[0]:.1f}; handler threads, linger {linger_ms} ms: {per_item_us:.1f} us CPU "
+          f"per event at 1000/s")
+    bench_report.add("webhooks", f"handler threads CPU per event, linger {linger_ms} ms", f"{per_item_us:.1f} us",
+                     "1000 events/s, a handler that does nothing")
+    assert done == [-1, *range(n)]  # correctness, not speed
