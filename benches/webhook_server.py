@@ -164,6 +164,9 @@ def main() -> None:
         return
 
     app_kind, _, server_kind = kind.partition("@")
+    if app_kind in ("asgi", "asgi-floor") and server_kind == "granian":
+        _serve_granian("asgi", app_kind, port, secret)
+        return
     _serve_wsgi(app_kind, server_kind or "gthread", port, secret)
 
 
@@ -177,31 +180,40 @@ _GUNICORN = {
 }
 
 
-def _serve_wsgi(app_kind: str, server_kind: str, port: int, secret: str) -> None:
-    import signal
+def _ready_when_listening(port: int) -> None:
     import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    print("ready", flush=True)
+
+
+def _serve_granian(interface: str, app_kind: str, port: int, secret: str) -> None:
+    """granian (Rust's HTTP server, one worker process): a WSGI app on one blocking thread (the GIL
+    allows one anyway), or an ASGI app on granian's event loop."""
     import subprocess
 
-    def ready_when_listening() -> None:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-        print("ready", flush=True)
+    env = dict(os.environ, CIOTRACK_BENCH_APP=app_kind, CIOTRACK_BENCH_SECRET=secret)
+    granian = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "granian"), "--interface", interface, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--blocking-threads", "1", "--no-access-log", "--log-level",
+         "warning", "--working-dir", os.path.dirname(os.path.abspath(__file__)), "--factory",
+         f"webhook_server:granian_{interface}_app"], env=env)
+    threading.Thread(target=_ready_when_listening, args=(port,), daemon=True).start()
+    _stop_on_eof(granian.terminate)
+    granian.wait(10)
+
+
+def _serve_wsgi(app_kind: str, server_kind: str, port: int, secret: str) -> None:
+    import signal
 
     here = os.path.dirname(os.path.abspath(__file__))
     if server_kind == "granian":
-        # Rust's HTTP server calling the WSGI app on one blocking thread (the GIL allows one anyway).
-        env = dict(os.environ, CIOTRACK_BENCH_APP=app_kind, CIOTRACK_BENCH_SECRET=secret)
-        granian = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--blocking-threads", "1", "--no-access-log", "--log-level",
-             "warning", "--working-dir", here, "--factory", "webhook_server:granian_app"], env=env)
-        threading.Thread(target=ready_when_listening, daemon=True).start()
-        _stop_on_eof(granian.terminate)
-        granian.wait(10)
+        _serve_granian("wsgi", app_kind, port, secret)
         return
     if server_kind not in _GUNICORN:
         raise SystemExit(f"unknown WSGI server {server_kind!r}")
@@ -210,16 +222,25 @@ def _serve_wsgi(app_kind: str, server_kind: str, port: int, secret: str) -> None
     # Stopped with SIGTERM to this (master) process.
     threading.Thread(target=_stop_on_eof, args=(lambda: os.kill(os.getpid(), signal.SIGTERM),),
                      daemon=True).start()
-    threading.Thread(target=ready_when_listening, daemon=True).start()
+    threading.Thread(target=_ready_when_listening, args=(port,), daemon=True).start()
     sys.path.insert(0, here)
     sys.argv = ["gunicorn", *_GUNICORN[server_kind], "-w", "1", "--keep-alive", "30", "-b", f"127.0.0.1:{port}",
                 "--log-level", "warning", f"webhook_server:make_wsgi({app_kind!r}, {secret!r})"]
     run()
 
 
-def granian_app() -> Any:
+def granian_wsgi_app() -> Any:
     """granian's app factory (it takes no arguments: the kind and key come in the environment)."""
     return make_wsgi(os.environ["CIOTRACK_BENCH_APP"], os.environ["CIOTRACK_BENCH_SECRET"])
+
+
+def granian_asgi_app() -> Any:
+    """The same for the ASGI kinds (``asgi``, ``asgi-floor``)."""
+    if os.environ["CIOTRACK_BENCH_APP"] == "asgi-floor":
+        return timed_asgi(floor_asgi)
+    from ciotrack.webhooks.adapters.asgi import make_asgi_app
+
+    return timed_asgi(make_asgi_app(make_handler(os.environ["CIOTRACK_BENCH_SECRET"])))
 
 
 def make_handler(secret: str) -> Any:
