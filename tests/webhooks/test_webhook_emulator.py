@@ -4,6 +4,7 @@ verifies them; duplicates, replays and forgeries on demand; the CLI sender and t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -180,6 +181,14 @@ def test_the_blaster_counts_refused_connections_as_errors() -> None:
                               "--webhook-duration", "0.1"])
     report = blast(args)
     assert report["requests"] == 10 and report["by_status"] == {"error": 10} and report["unexpected"] == 10
+    # The blaster turns the garbage collector off while it runs, and leaves it as it found it.
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        blast(args)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
     with pytest.raises(ValueError):
         blast(parser.parse_args(["https://127.0.0.1:1/x"]))
 
