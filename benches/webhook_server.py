@@ -224,7 +224,8 @@ def _serve_wsgi(app_kind: str, server_kind: str, port: int, secret: str) -> None
                      daemon=True).start()
     threading.Thread(target=_ready_when_listening, args=(port,), daemon=True).start()
     sys.path.insert(0, here)
-    sys.argv = ["gunicorn", *_GUNICORN[server_kind], "-w", "1", "--keep-alive", "30", "-b", f"127.0.0.1:{port}",
+    sys.argv = ["gunicorn", *_GUNICORN[server_kind], "-w", "1", "--keep-alive", "30", "--graceful-timeout", "3",
+                "-b", f"127.0.0.1:{port}",
                 "--log-level", "warning", f"webhook_server:make_wsgi({app_kind!r}, {secret!r})"]
     run()
 
