@@ -28,8 +28,8 @@ HELP_BACKLOG = 16
 # How long the napping worker sleeps between looks at the queue: the longest an event waits to be
 # handled while webhooks keep coming, and 1/linger wake-ups a second whatever the rate. Handler
 # threads' CPU per event at 1,000/s (bench_webhooks.py -k handler_threads, a 2-core VM at load
-# 4-5): 2 ms naps ~31 us as a Condition wait (as much as verify + parse), ~21 us as the plain
-# sleep below; 5 ms ~14 us; 10 ms ~8 us.
+# 3-5): 2 ms naps 21-34 us as a Condition wait (the code before; as much as verify + parse),
+# 17-27 us as the plain sleep below; 5 ms 13-14 us; 10 ms 7-8.5 us.
 DEFAULT_LINGER = 0.005
 # Empty naps in a row before the napper sleeps until submit() wakes it. Short: at rates below
 # 1/linger most naps find nothing, and a wake-up per event (as ThreadPoolExecutor does) is then
@@ -110,10 +110,10 @@ class Workers(Generic[T]):
                         self._deep_sleepers -= 1
                     empty_naps = 0
                     continue
-            # The nap, outside the lock: submit() does not wake nappers. A plain sleep costs half the
-            # CPU of a Condition wait (which allocates and times out on a lock of its own): measured
-            # 42 vs 81 us per wake-up on this project's 2-core VM, and at 1,000 webhooks/s that was
-            # the handler thread's whole cost.
+            # The nap, outside the lock: submit() does not wake nappers. A plain sleep costs about half
+            # the CPU of a Condition wait (which allocates and times out on a lock of its own): 42 vs
+            # 81 us per wake-up in a loop of wake-ups alone on this project's 2-core VM, and at 1,000
+            # webhooks/s the wake-ups are nearly all of the handler threads' cost.
             time.sleep(self._linger)
             empty_naps += 1
 
