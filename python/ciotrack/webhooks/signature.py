@@ -147,9 +147,10 @@ def _signature_and_timestamp(headers: Any) -> tuple[str, str]:
 # buffer of 2048 bytes or more (CPython's HASHLIB_GIL_MINSIZE). The thread answering a webhook then
 # has to take the GIL back, and if another thread took it meanwhile (the handler thread waking from
 # its nap, a handler doing CPU work, a framework's threads) that waits for the other thread to let go,
-# up to the 5 ms switch interval: measured here, hmac.digest() of 4 KB beside a busy thread took
-# 0.9-4.8 ms per call on average instead of 7 us. Fed in smaller pieces the HMAC never lets go: a
-# few us per KB, no hand-over.
+# up to the 5 ms switch interval. Beside a busy thread (bench_webhooks.py -k busy_thread) the GIL
+# changed hands inside 0-1 of 300 hmac.digest() calls on 2 KB, 4-5 on 64 KB, 15-16 on 256 KB;
+# here 0, 2-3 and 10 (what is left are the switch interval's forced hand-overs). Fed in pieces
+# under 2 KB the HMAC never lets go, and a keyed copy skips the key setup: cheaper too.
 _GIL_KEEPING_CHUNK: Final = 2047
 # Keyed HMAC objects (the key's inner and outer pads hashed once), copied per message. Bounded: the
 # keys of a process are its signing secrets, a handful.
