@@ -179,8 +179,8 @@ def _realtime(pids: list[int]) -> bool:
 
 
 # Keeps one CPU from going idle, at the lowest priority there is (SCHED_IDLE: it runs only when nothing
-# else wants the CPU). On this VM an idle CPU halts, and waking it (an exit to the hypervisor and back)
-# took long enough to set the p99 of a quiet machine: this mode takes that away, as a busy machine
+# else wants the CPU). On this VM an idle CPU halts (no cpuidle driver polls first), and on a nearly idle
+# machine the rt runs, floors included, had 1-2 ms p99s that the spinners took away, as a busy machine
 # (or a kernel that polls before it halts) would.
 _SPINNER = ("import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); "
             "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass")
