@@ -221,3 +221,29 @@ def test_a_spawned_emulator_reports_the_tracked_messages(
     assert {(e.customer_id, e.metric) for e in received} == {
         (f"user-{n}", metric) for n in range(5) for metric in (Metric.SENT, Metric.DELIVERED, Metric.OPENED)}
     assert all(isinstance(e, EmailEvent) and e.recipient == f"{e.customer_id}@example.com" for e in received)
+
+
+def test_the_blaster_runs_in_a_process_with_a_thousand_descriptors_open(
+        endpoint: tuple[str, WebhookHandler, list[Event]]) -> None:
+    """select() (the blaster's microsecond waits) takes descriptors below 1024 only; with that many open
+    the blaster waits with epoll instead, and still delivers every webhook."""
+    import resource
+
+    from ciotrack.webhooks.blast import _low_descriptors, blast, configure_parser
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"needs 1200 open files, the limit here is {soft}")
+    url, handler, received = endpoint
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert not _low_descriptors(8)
+        parser = argparse.ArgumentParser()
+        configure_parser(parser)
+        report = blast(parser.parse_args([url, "--webhook-secret", SECRET, "--webhook-rate", "200",
+                                          "--webhook-duration", "0.25", "--webhook-connections", "4"]))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert report["requests"] == 50 and report["by_status"] == {"200": 50} and report["unexpected"] == 0
+    assert _low_descriptors(8)

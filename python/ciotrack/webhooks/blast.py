@@ -163,6 +163,13 @@ def _response_length(head: bytes) -> int | None:
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_STAMP.size) * 4
 
 
+def _low_descriptors(connections: int) -> bool:
+    """Whether ``connections`` new sockets would get descriptors select() takes (below FD_SETSIZE,
+    1024): the kernel hands out the lowest free numbers, so a probe's number says where they start."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        return probe.fileno() + 2 * connections < 1000
+
+
 def _answered(by_status: dict[str, int]) -> int:
     """How many answers came back at all (any status, not a connection error)."""
     return sum(n for name, n in by_status.items() if name != "error")
@@ -212,8 +219,9 @@ def _blast(args: argparse.Namespace) -> dict[str, Any]:
     interval = 1.0 / args.webhook_rate
     # select(), not epoll: epoll_wait takes whole milliseconds (Python rounds a timeout up), so the
     # blaster woke up to 1 ms after a request was due and then sent two at once, a burst that showed
-    # up as the endpoint's tail. select() waits in microseconds; with a few connections it costs nothing.
-    selector = selectors.SelectSelector()
+    # up as the endpoint's tail. select() waits in microseconds; with a few connections it costs
+    # nothing. It takes descriptors below 1024 only: in a process with that many open, epoll.
+    selector = selectors.SelectSelector() if _low_descriptors(args.webhook_connections) else selectors.DefaultSelector()
     idle = [_Connection() for _ in range(min(args.webhook_connections, total))]
     due_queue: collections.deque[int] = collections.deque()
 
