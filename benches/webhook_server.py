@@ -8,14 +8,15 @@ and uvloop), ``wsgi`` (the plain WSGI adapter) and ``flask`` (under gunicorn, on
 ``flask@granian`` (granian, one worker, one blocking thread), ``flask@gevent`` (gunicorn's gevent
 worker), ``wsgi@gthread1`` (gunicorn gthread with one thread); ``+freeze`` calls ``gc.freeze()``
 once the app is built (``flask+freeze@granian``). ``asgi-floor`` and ``wsgi-floor``: the same
-servers answering 200 with no adapter at all. Prints ``ready`` once listening; serves until stdin
-closes.
+servers answering 200 with no adapter at all. ``asgi@granian``: the ASGI adapter under granian's
+ASGI interface. Prints ``ready`` once listening; serves until stdin closes.
 
 The user handler does nothing: the figure is the adapter's answer (verify + dedup + hand-off +
 response), not downstream work. A wrapper around the whole app times each webhook request inside
 the server (from the app being called to its answer handed back, framework routing included) and
-serves the percentiles (and the process's CPU seconds so far) at ``GET /_timings``, so the bench can
-show the server's side apart from the network, the HTTP server and the client.
+serves the percentiles (and the process's CPU seconds so far, user and system, and the garbage
+collections since the last read) at ``GET /_timings``, so the bench can show the server's side apart
+from the network, the HTTP server and the client.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def main() -> None:
 
 
 # WSGI servers (``KIND@SERVER``; gunicorn gthread when no server is named). gunicorn's workers
-# build the app in the worker process with the factory ``make_wsgi``; granian's with ``granian_app``.
+# build the app in the worker process with the factory ``make_wsgi``; granian's with ``granian_wsgi_app``.
 # Every one: one worker process, HTTP/1.1 keep-alive, no access log.
 _GUNICORN = {
     "gthread": ["-k", "gthread", "--threads", "8"],  # gunicorn's usual threaded setup
