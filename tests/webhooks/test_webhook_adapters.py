@@ -253,3 +253,37 @@ def test_plain_wsgi_reads_a_chunked_body_from_a_terminated_stream(
     finally:
         server.shutdown()
     assert handler.drain(5) and [e.event_id for e in received] == ["chunked-1"]
+
+
+def test_asgi_under_uvicorn_hands_off_to_napping_and_then_deep_sleeping_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-off's two modes over a real socket: a stream of webhooks is served by the napping
+    worker; once the naps find nothing, the workers sleep until the event loop's submit wakes one."""
+    import functools
+
+    from ciotrack.webhooks import handler as handler_module
+    from ciotrack.webhooks.adapters.asgi import make_asgi_app
+    from ciotrack.webhooks.workers import Workers
+
+    # Deep sleepers' safety-net wake-up 300 s away: only submit() can wake one within the test.
+    monkeypatch.setattr(handler_module, "Workers", functools.partial(Workers, safety_wake=300))
+    received: list[Event] = []
+    handler = WebhookHandler(SECRET, received.append, workers=2, linger=0.01)
+    try:
+        with serve_uvicorn(make_asgi_app(handler)) as base:
+            for n in range(20):
+                body, headers = signed(event_payload("email", "delivered", customer_id=f"c{n}"))
+                assert request(base + PATH, body=body, headers=list(headers.items())) == (200, {"ok": True})
+            assert handler.drain(10) and len(received) == 20
+            pool = handler._executor
+            assert pool is not None
+            deadline = time.monotonic() + 30
+            while pool._deep_sleepers != 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool._deep_sleepers == 2 and pool._napper is None
+            body, headers = signed(event_payload("email", "opened", customer_id="after-idle"))
+            assert request(base + PATH, body=body, headers=list(headers.items())) == (200, {"ok": True})
+            assert handler.drain(60)
+            assert received[-1].customer_id == "after-idle"
+    finally:
+        handler.close(5)

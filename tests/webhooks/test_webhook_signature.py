@@ -11,6 +11,7 @@ from webhook_helpers import SECRET, hand_signature, signed
 
 from ciotrack.webhooks import EmailEvent, WebhookVerificationError, sign, verify
 from ciotrack.webhooks.samples import event_payload
+from ciotrack.webhooks.signature import verify_signature
 
 NOW = 1_700_000_000
 
@@ -222,3 +223,39 @@ def test_framework_header_objects_directly() -> None:
         with pytest.raises(WebhookVerificationError) as err:
             verify(body, shape, SECRET, now=NOW)
         assert err.value.reason == "duplicate_header", shape
+
+
+def test_verification_keeps_the_gil_so_no_other_thread_runs_in_between() -> None:
+    """hmac.digest() lets go of the GIL around the HMAC: a thread running Python may take it then,
+    and the thread answering the webhook waits for it back (up to the switch interval). verify must
+    not: while it runs, a busy thread must not advance. (The switch interval is set long, so only a
+    release inside verify could let the busy thread in during one call.)"""
+    import sys
+    import threading
+
+    body = json.dumps(event_payload(timestamp=NOW) | {"padding": "x" * 256_000}).encode()
+    ts = str(NOW)
+    headers = {"X-CIO-Timestamp": ts, "X-CIO-Signature": hand_signature(SECRET, ts, body)}
+    ticks = [0]
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    moved = []
+    try:
+        for _ in range(5):
+            time.sleep(0.001)  # let the busy thread run; we get the GIL back at its next switch
+            before = ticks[0]
+            verify_signature(body, headers, SECRET, now=NOW)
+            moved.append(ticks[0] - before)
+    finally:
+        stop.set()
+        thread.join(5)
+        sys.setswitchinterval(interval)
+    assert ticks[0] > 0 and moved == [0] * 5

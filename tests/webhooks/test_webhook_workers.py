@@ -70,3 +70,38 @@ def test_a_worker_survives_an_item_that_raises_past_its_handler() -> None:
         workers.submit(n)
     workers.stop(5)
     assert done == [1, 2]
+
+
+def test_after_two_empty_naps_the_worker_sleeps_until_submit_wakes_it() -> None:
+    done: list[str] = []
+    handled = threading.Semaphore(0)
+
+    def run(item: str) -> None:
+        done.append(item)
+        handled.release()
+
+    # safety_wake=300: only submit() can wake a deep sleeper within the test's timeouts.
+    workers: Workers[str] = Workers(1, run, linger=0.01, safety_wake=300)
+    workers.submit("first")
+    assert handled.acquire(timeout=30)
+    deadline = time.monotonic() + 30
+    while workers._deep_sleepers != 1 and time.monotonic() < deadline:  # two empty 10 ms naps, then deep
+        time.sleep(0.01)
+    assert workers._deep_sleepers == 1 and workers._napper is None
+    workers.submit("second")
+    assert handled.acquire(timeout=60)
+    workers.stop(5)
+    assert done == ["first", "second"]
+
+
+def test_while_items_keep_coming_the_napper_serves_them_without_being_woken() -> None:
+    handled = threading.Semaphore(0)
+    workers: Workers[int] = Workers(2, lambda item: handled.release(), linger=0.005, safety_wake=300)
+    for n in range(200):
+        workers.submit(n)
+        time.sleep(0.001)
+        if n == 100:  # mid-stream: one worker naps, the other sleeps deeply (nobody was woken per item)
+            assert workers._napper is not None and workers._deep_sleepers == 1
+    for _ in range(200):
+        assert handled.acquire(timeout=30)
+    workers.stop(5)
