@@ -166,12 +166,14 @@ class Pipeline:
         if policy == "spool" or policy == "drop_oldest":
             self.watch_overflow()
         served = False
+        full = 0  # lanes with every slot taken
         force = self._flushing > 0 or self._draining
         senders = self._senders
         for k in range(count):
             route = routes[(turn + k) % count]
             slots = route.concurrency
             if not slots.try_acquire():
+                full += 1
                 continue  # this lane already has as many batches in flight as its limit
             job = unpark(route)  # put back by an interrupted delivery: it goes first
             if job is None:
@@ -196,6 +198,9 @@ class Pipeline:
             return -1
         route = routes[turn % count]
         timeout = self._wait_timeout
+        if full == count:  # more threads than slots (the limit shrank): wait for one, never spin
+            route.concurrency.wait_for_slot(timeout)
+            return turn
         if len(route.lane):
             timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
         route.lane.wait(self._min_bytes, timeout)

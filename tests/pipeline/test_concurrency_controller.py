@@ -8,6 +8,7 @@ when the receiver's own limit is exceeded). No thread, no sleep: the clock is th
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -155,3 +156,38 @@ def test_fixed_concurrency_is_a_hard_cap() -> None:
     fixed.release()
     assert fixed.limit == 3 and fixed.in_flight == 2
     assert fixed.try_acquire()
+
+
+def test_a_thread_without_a_slot_waits_for_a_release() -> None:
+    controller = AdaptiveConcurrency(initial=1, max_limit=1)
+    assert controller.try_acquire()
+    assert controller.wait_for_slot(0.05) is False  # the one slot is taken: it waits out its timeout
+    woke = threading.Event()
+    result: list[bool] = []
+
+    def waiter() -> None:
+        result.append(controller.wait_for_slot(30.0))
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not woke.wait(0.1)  # still waiting: no slot came free
+    controller.release()
+    assert woke.wait(30.0)  # the release woke it, long before its timeout
+    thread.join()
+    assert result == [True]
+    assert controller.try_acquire()
+
+
+def test_a_growing_limit_wakes_the_waiting_threads() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=1, max_limit=4)
+    assert controller.try_acquire()
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: controller.wait_for_slot(30.0) and woke.set())
+    thread.start()
+    assert not woke.wait(0.1)
+    controller.observe(0.01, demand=True)  # a fast answer with full batches waiting: one more slot
+    assert controller.limit == 2
+    assert woke.wait(30.0)
+    thread.join()
