@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
+from ciotrack.concurrency import MAX_IN_FLIGHT_BOUND
 from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
 from ciotrack.lifecycle import block_exit_signals
@@ -77,7 +78,8 @@ class Pipeline:
         self._start_lock = threading.Lock()
         # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow.
         self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
-                                   maximum=config.senders or min(64, config.max_in_flight * len(self.routes)))
+                                   maximum=config.senders or min(2 * MAX_IN_FLIGHT_BOUND,
+                                                                      config.max_in_flight * len(self.routes)))
         self._flushing = 0
         self._draining = False
         self._closed = False
