@@ -21,12 +21,15 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 __all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "read_capped", "watchdog"]
 
@@ -161,6 +164,22 @@ def watchdog() -> Watchdog:
 
 class DeadlineAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` whose connections register with the watchdog (no retries of its own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool_keys: dict[tuple[Any, ...], tuple[_HostParams, _PoolKwargs]] = {}
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: Any,
+                                             cert: Any = None) -> tuple[_HostParams, _PoolKwargs]:
+        # requests parses the URL and stats a CA bundle path (os.path.isdir: a GIL release) on every
+        # request; a tracker sends every batch to one URL with one setting, so remember the answer.
+        key = (request.url, verify, cert)
+        known = self._pool_keys.get(key)
+        if known is None:
+            known = super().build_connection_pool_key_attributes(request, verify, cert)
+            if len(self._pool_keys) < 64:  # a handful of URLs per tracker; never a leak
+                self._pool_keys[key] = known
+        return known[0].copy(), known[1].copy()
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)

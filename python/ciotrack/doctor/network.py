@@ -229,7 +229,8 @@ def _recommend_throughput(report: Report, target: Target, rtt: float) -> None:
                    f"{DEFAULT_MAX_IN_FLIGHT}) reaches it")
     else:
         report.add("throughput", "warn", found, f"raise max_in_flight to {min(MAX_IN_FLIGHT_BOUND, needed)}")
-        report.recommend("max_in_flight", min(MAX_IN_FLIGHT_BOUND, needed), f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
+        report.recommend("max_in_flight", min(MAX_IN_FLIGHT_BOUND, needed),
+                         f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
 
 
 def hide_credentials(url: str) -> str:
