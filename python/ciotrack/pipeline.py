@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import cast
 
 from ciotrack._core import Batch, Core, Lane
-from ciotrack.concurrency import MAX_IN_FLIGHT_BOUND
 from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
 from ciotrack.lifecycle import block_exit_signals
@@ -76,10 +75,10 @@ class Pipeline:
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
-        # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow.
+        # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow (up
+        # to max_in_flight per lane: 1..128 by validation).
         self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
-                                   maximum=config.senders or min(2 * MAX_IN_FLIGHT_BOUND,
-                                                                      config.max_in_flight * len(self.routes)))
+                                   maximum=config.senders or config.max_in_flight * len(self.routes))
         self._flushing = 0
         self._draining = False
         self._closed = False
@@ -200,8 +199,8 @@ class Pipeline:
             return -1
         route = routes[turn % count]
         timeout = self._wait_timeout
-        if full == count:  # more threads than slots (the limit shrank): wait for one, never spin
-            route.concurrency.wait_for_slot(timeout)
+        if full == count:  # more threads than slots (the limit shrank): sleep, never spin. A growing
+            route.concurrency.wait_for_slot(5.0)  # limit or close() wakes it; each wake-up is a GIL hand-over
             return turn
         if len(route.lane):
             timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
@@ -454,6 +453,8 @@ class Pipeline:
             flushed = self.flush(timeout)
         finally:
             self._stop.set()
+            for route in self.routes:
+                route.concurrency.close()
             self.core.close()
             self.router.close_limiters()
             self._senders.join(deadline)

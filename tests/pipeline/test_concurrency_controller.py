@@ -245,3 +245,16 @@ def test_without_a_rate_limit_it_grows_while_each_slot_adds_throughput() -> None
     sim.run(10.0)
     assert controller.limit == 8
     assert sim.rate_between(5.0, 10.0) >= 0.95 * 8 / 0.051
+
+
+def test_close_wakes_a_thread_waiting_for_a_slot() -> None:
+    controller = AdaptiveConcurrency(initial=1, max_limit=1)
+    assert controller.try_acquire()
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: controller.wait_for_slot(30.0) and woke.set())
+    thread.start()
+    assert not woke.wait(0.1)
+    controller.close()
+    assert woke.wait(30.0)
+    thread.join()
+    assert controller.wait_for_slot(30.0)  # at once from now on
