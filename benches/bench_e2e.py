@@ -145,9 +145,6 @@ def test_app_impact(benchmark: Any, bench_report: Any, emulator: Any, quick: boo
                      f"median of {repeats} wall times of a fixed {iterations:,}-iteration pure-Python loop with "
                      f"the sender delivering a {backlog:,}-event backlog / alone ({result['loop_alone_s']:.3f} s); "
                      "goal <= 1.05x while delivering >= 50k events/s")
-    bench_report.add(section, "the same, off the run queue", f"{result['slowdown_off_runqueue']:.3f}x",
-                     "each loop's wall time less the time its thread waited for a CPU (other processes on a "
-                     "shared machine; GIL waits stay in)")
     bench_report.add(section, "events/s delivered during the loop", f"{result['events_per_s_during_loop']:,.0f}",
                      f"emulator count gained during the loop / its wall time (backlog left at the end: "
                      f"{result['queued_after_min']:,.0f}, > 0 = busy throughout)")

@@ -18,7 +18,6 @@ import math
 import os
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,16 +175,6 @@ def end_to_end(client: BenchClient, events: int, count_delivered: CountFn) -> di
             "cpu_us_per_event": (cpu1 - cpu0) / max(delivered, 1) * 1e6}
 
 
-def run_delay_s() -> float:
-    """Seconds this thread has spent runnable but waiting for a CPU (``/proc/.../schedstat``): time
-    other processes (or our own threads) held the CPU it wanted, as opposed to a GIL wait (asleep)."""
-    try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
-            return int(stat.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_delivered: CountFn,
                repeats: int = 3) -> dict[str, float]:
     """The app's fixed CPU-bound loop alone (sender idle) vs while the sender delivers a backlog.
@@ -194,14 +183,10 @@ def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_de
     the receiver's count gained during the loop over the loop's wall time. ``loop_us_lost_per_event``:
     the loop time lost (median with - median alone) over the events delivered meanwhile: what one
     delivered event cost the app. ``queued_after_min`` > 0 proves the backlog lasted the whole loop
-    in every repeat. ``slowdown_off_runqueue``: the same ratio with the time the app's thread waited
-    for a CPU taken out of both (on a machine shared with other work that wait is mostly theirs; the
-    GIL waits and the sender's own CPU work on the app's core stay in).
+    in every repeat.
     """
     alone: list[float] = []
     loaded: list[float] = []
-    alone_off: list[float] = []
-    loaded_off: list[float] = []
     rates: list[float] = []
     queued_before: list[int] = []
     queued_after: list[int] = []
@@ -209,20 +194,16 @@ def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_de
         client.flush()
         time.sleep(IDLE_SETTLE_S)
         gc.collect()
-        delay = run_delay_s()
         t0 = time.perf_counter()
         cpu_bound_loop(loop_iterations)
         alone.append(time.perf_counter() - t0)
-        alone_off.append(alone[-1] - (run_delay_s() - delay))
 
         fill_backlog(client, backlog)
         queued_before.append(client.queue_depth())
         before = count_delivered()
-        delay = run_delay_s()
         t0 = time.perf_counter()
         cpu_bound_loop(loop_iterations)
         elapsed = time.perf_counter() - t0
-        loaded_off.append(elapsed - (run_delay_s() - delay))
         queued_after.append(client.queue_depth())
         gained = count_delivered() - before
         loaded.append(elapsed)
@@ -234,7 +215,6 @@ def app_impact(client: BenchClient, loop_iterations: int, backlog: int, count_de
     # What delivering one event cost the app: the loop time lost, spread over the events delivered meanwhile.
     lost_us_per_event = max(loop_loaded - loop_alone, 0.0) / max(rate * loop_loaded, 1.0) * 1e6
     return {"loop_alone_s": loop_alone, "loop_delivering_s": loop_loaded, "slowdown": loop_loaded / loop_alone,
-            "slowdown_off_runqueue": statistics.median(loaded_off) / max(statistics.median(alone_off), 1e-9),
             "events_per_s_during_loop": rate, "loop_us_lost_per_event": lost_us_per_event, "backlog": float(backlog),
             "queued_before_min": float(min(queued_before)), "queued_after_min": float(min(queued_after))}
 
