@@ -6,8 +6,9 @@ request at a time reaches a tenth of it. The right level moves with the latency 
 front, so :class:`AdaptiveConcurrency` finds it the way TCP finds a congestion window, after
 Netflix's ``Gradient2Limit`` and Envoy's adaptive concurrency filter:
 
-* **grow** by one slot per completed request (additive) while there is *demand* (full batches wait),
-  the sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
+* **grow** by one slot per completed request (additive), or at once to ``rate x latency`` (Little's
+  law, from the first answer on) when that is more, while there is *demand* (full batches wait), the
+  sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
   tokens, i.e. concurrency, not the rate limit, is what holds throughput back;
 * **hold** once the limiter is the bottleneck (no tokens left): more slots would only wait for tokens
   and open sockets;
@@ -171,7 +172,12 @@ class AdaptiveConcurrency:
             if new < limit:
                 new = limit - 0.2 * (limit - new)  # shrink smoothly: one slow outlier is not a trend
             if rate is not None and rate > 0:
-                new = min(new + (1.0 if grow else 0.0), math.ceil(rate * self._long_rtt * 1.5) + 1.0)
+                if grow:
+                    # One more slot, or straight to what Little's law says the rate needs at this
+                    # latency: from a cold start at 300 ms, doubling per round trip would take five
+                    # round trips (1.5 s) to reach the 30 in flight that 100 requests/s need.
+                    new = max(new + 1.0, float(math.ceil(rate * self._long_rtt)))
+                new = min(new, math.ceil(rate * self._long_rtt * 1.5) + 1.0)
             else:
                 new += self._probe(now, limit, grow)
             self._limit = max(float(self.min_limit), min(float(self.max_limit), new))

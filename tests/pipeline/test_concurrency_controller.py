@@ -258,3 +258,13 @@ def test_close_wakes_a_thread_waiting_for_a_slot() -> None:
     assert woke.wait(30.0)
     thread.join()
     assert controller.wait_for_slot(30.0)  # at once from now on
+
+
+def test_from_cold_it_reaches_the_rate_within_a_few_round_trips() -> None:
+    # 300 ms away: the first answer tells the latency, and Little's law the 30 slots 100/s need.
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=1)
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: 0.3)
+    sim.run(3.0)
+    assert sim.rate_between(1.0, 3.0) >= 95
+    assert sim.max_seen <= int(100 * 0.3 * 1.5) + 2
