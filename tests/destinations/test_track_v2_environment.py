@@ -104,3 +104,14 @@ def test_cookies_a_receiver_sets_are_sent_back(recorder: RecordingServer) -> Non
     first, second = recorder.requests
     assert "Cookie" not in first.headers
     assert second.headers["Cookie"] == "lb=node-7"
+
+
+def test_response_hooks_added_to_the_session_later_still_run(emulator: Emulator) -> None:
+    # The load test times each request with a response hook on the tracker's Session, added after start.
+    seen: list[int] = []
+    with Tracker(SITE_ID, API_KEY, endpoint=emulator.url, rate_limit=0) as tracker:
+        session = tracker._pipeline.router.session
+        session.hooks["response"].append(lambda response, *args, **kwargs: seen.append(response.status_code))
+        tracker.track("1", "hooked")
+        assert tracker.flush(timeout=10)
+    assert seen == [200]

@@ -172,6 +172,7 @@ class TrackV2Destination:
         headers["Content-Length"] = str(len(body))
         prepared.headers = headers
         prepared.body = body
+        prepared.hooks = self._session.hooks  # what prepare_request merges in: the Session's, as they are now
         prepared._cookies = template._cookies  # type: ignore[attr-defined]  # not in the stubs; redirects read it
         return prepared
 
