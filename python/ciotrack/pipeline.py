@@ -197,14 +197,7 @@ class Pipeline:
             return turn
         if self._draining and self.idle():
             return -1
-        route = routes[turn % count]
-        timeout = self._wait_timeout
-        if full == count:  # more threads than slots (the limit shrank): sleep, never spin. A growing
-            route.concurrency.wait_for_slot(5.0)  # limit or close() wakes it; each wake-up is a GIL hand-over
-            return turn
-        if len(route.lane):
-            timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
-        route.lane.wait(self._min_bytes, timeout)
+        routes[turn % count].idle_wait(self._min_bytes, self._wait_timeout, self._linger, no_slot=full == count)
         return turn
 
     def _take(self, route: Route, force: bool) -> Batch | None:
@@ -453,8 +446,6 @@ class Pipeline:
             flushed = self.flush(timeout)
         finally:
             self._stop.set()
-            for route in self.routes:
-                route.concurrency.close()
             self.core.close()
             self.router.close_limiters()
             self._senders.join(deadline)
