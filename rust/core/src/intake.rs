@@ -428,7 +428,9 @@ impl Shared {
             .map(|(&accepted, _)| accepted);
         let delivered = delivered_ns.clone().count() as u64;
         if let Some(latency) = &latency {
-            latency.record_many(delivered_ns.map(|accepted| now.saturating_sub(accepted) as f64 / 1e9));
+            latency.record_many(
+                delivered_ns.map(|accepted| now.saturating_sub(accepted) as f64 / 1e9),
+            );
         }
         self.metrics.incr("delivered", delivered);
         Ok(delivered)

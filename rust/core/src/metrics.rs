@@ -355,7 +355,10 @@ mod tests {
         at_once.record_many(values.iter().copied());
         at_once.record_many(std::iter::empty());
         let (a, b) = (one_by_one.snapshot(), at_once.snapshot());
-        assert_eq!((a.count, a.max, a.p50, a.p99), (b.count, b.max, b.p50, b.p99));
+        assert_eq!(
+            (a.count, a.max, a.p50, a.p99),
+            (b.count, b.max, b.p50, b.p99)
+        );
         assert_eq!(a.counts, b.counts);
         assert!((a.sum - b.sum).abs() < 1e-9 * a.sum);
     }
