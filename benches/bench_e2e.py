@@ -112,25 +112,42 @@ def test_rss_per_queued_event(benchmark: Any, bench_report: Any, quick: bool) ->
     bench_report.keep("rss", result)
 
 
-def test_app_impact(benchmark: Any, bench_report: Any, client: BenchClient, emulator: Any, quick: bool) -> None:
+APP_IMPACT_RATES = {"unlimited": None, "fixed rate": 27.0}
+"""``rate_limit`` of each app-impact run: none (the client delivers as fast as it can), and 27 requests/s,
+which with the bench's 2,089-operation batches is ~56k events/s: the issue's goal is stated at >= 50k/s."""
+
+
+@pytest.mark.parametrize("pace", list(APP_IMPACT_RATES))
+def test_app_impact(benchmark: Any, bench_report: Any, emulator: Any, quick: bool, pace: str) -> None:
     iterations = LOOP_ITERATIONS // 2 if quick else LOOP_ITERATIONS
     backlog = 100_000 if quick else 300_000  # about 3 loop lengths of delivery: it must outlast the loop
     repeats = 2 if quick else 5
+    rate = APP_IMPACT_RATES[pace]
     result: dict[str, float] = {}
+    emulator.reset()
+    options = {} if rate is None else {"rate_limit": rate, "rate_burst": 2.0}
+    client = CiotrackClient(emulator.url, 60.0, SITE_ID, API_KEY, options)
+    try:
+        measure.enqueue(client.track, 0, 20_000)  # warm-up: sender thread, session, connection
+        client.flush()
 
-    def run() -> None:
-        result.update(measure.app_impact(client, iterations, backlog, _emulator_count(emulator), repeats))
+        def run() -> None:
+            result.update(measure.app_impact(client, iterations, backlog, _emulator_count(emulator), repeats))
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        client.close()
+        emulator.reset()
     benchmark.extra_info.update(result)
-    bench_report.add("app impact", "CPU loop slowdown while delivering", f"{result['slowdown']:.3f}x",
+    where = "no rate limit" if rate is None else f"rate_limit={rate:g} requests/s"
+    section = f"app impact ({where})"
+    bench_report.add(section, "CPU loop slowdown while delivering", f"{result['slowdown']:.3f}x",
                      f"median of {repeats} wall times of a fixed {iterations:,}-iteration pure-Python loop with "
                      f"the sender delivering a {backlog:,}-event backlog / alone ({result['loop_alone_s']:.3f} s); "
-                     "goal <= 1.05x")
-    bench_report.add("app impact", "events/s delivered during the loop", f"{result['events_per_s_during_loop']:,.0f}",
+                     "goal <= 1.05x while delivering >= 50k events/s")
+    bench_report.add(section, "events/s delivered during the loop", f"{result['events_per_s_during_loop']:,.0f}",
                      f"emulator count gained during the loop / its wall time (backlog left at the end: "
                      f"{result['queued_after_min']:,.0f}, > 0 = busy throughout)")
-    bench_report.add("app impact", "loop time lost per delivered event", f"{result['loop_us_lost_per_event']:.2f} us",
+    bench_report.add(section, "loop time lost per delivered event", f"{result['loop_us_lost_per_event']:.2f} us",
                      "(median loop with - alone) / events delivered during the loop")
-    bench_report.keep("app_impact", result)
-
+    bench_report.keep("app_impact" if rate is None else "app_impact_fixed_rate", result)

@@ -14,6 +14,7 @@ lets other threads run). ``--py-spy FILE`` records the sender threads (``py-spy 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -82,13 +83,19 @@ def main() -> int:
     parser.add_argument("--perf", action="store_true", help="count GIL acquisitions per thread (root, linux-perf)")
     parser.add_argument("--py-spy", metavar="FILE", help="record the sender with py-spy --native into FILE (raw)")
     parser.add_argument("--gil", action="store_true", help="with --py-spy: only samples holding the GIL")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
+                        help="a tracker option over the bench's (e.g. rate_limit=27, senders=2); repeatable")
     args = parser.parse_args()
+    options = dict(CIOTRACK_OPTIONS)
+    for option in args.option:
+        name, _, value = option.partition("=")
+        options[name] = json.loads(value)
 
     import ciotrack
     from ciotrack.emulator import Emulator
 
     handle = Emulator.spawn(workspaces={SITE_ID: API_KEY})
-    tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint=handle.url, **CIOTRACK_OPTIONS)
+    tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint=handle.url, **options)
     try:
         enqueue(tracker.track, 0, 20_000)  # warm-up: sender thread, session, connection
         assert tracker.flush(timeout=60)

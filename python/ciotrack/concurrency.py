@@ -6,11 +6,17 @@ request at a time reaches a tenth of it. The right level moves with the latency 
 front, so :class:`AdaptiveConcurrency` finds it the way TCP finds a congestion window, after
 Netflix's ``Gradient2Limit`` and Envoy's adaptive concurrency filter:
 
-* **grow** by one slot per completed request (additive) while there is *demand* (full batches wait),
-  the sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
+* **grow** by one slot per completed request (additive), or at once to ``rate x latency`` (Little's
+  law, from the first answer on) when that is more, while there is *demand* (full batches wait), the
+  sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
   tokens, i.e. concurrency, not the rate limit, is what holds throughput back;
 * **hold** once the limiter is the bottleneck (no tokens left): more slots would only wait for tokens
   and open sockets;
+* with **no rate limit** (``rate_limit=0``) there is no throughput to reach, and on a near receiver
+  the latency barely moves while more threads only add GIL hand-overs; so growth is a probe: one
+  slot more for a window of responses, kept only when it raised the responses per second (by at
+  least a share of what one more slot could add), else undone and not tried again for
+  :data:`PROBE_HOLD` seconds;
 * **shrink** with the latency gradient ``long_rtt / short_rtt`` (clamped to [0.5, 1], with a
   tolerance so network jitter does not count) when requests get slower than their baseline, a sign
   that we are queueing at the receiver; and **halve** on a 429 (at most once per round trip, so one
@@ -30,11 +36,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "UNLIMITED_MAX_IN_FLIGHT", "AdaptiveConcurrency", "Concurrency", "ConcurrencyState",
-           "FixedConcurrency"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BOUND", "PROBE_HOLD", "UNLIMITED_MAX_IN_FLIGHT",
+           "AdaptiveConcurrency", "Concurrency", "ConcurrencyState", "FixedConcurrency"]
 
-DEFAULT_MAX_IN_FLIGHT = 32
-"""Enough for 100 requests/s at 300 ms (30 in flight), and a bound on sockets and threads."""
+DEFAULT_MAX_IN_FLIGHT = 64
+"""100 requests/s at 300 ms need 30 in flight, ~33 at the measured round trip of a 500 KB batch, and
+more while the controller ramps up from cold; 32 bound there (85 % of the limit). 64 leaves room for a
+farther workspace, and costs a fast one nothing: the Little's-law cap (1.5 x rate x latency + 1)
+keeps its limit, threads and sockets low."""
+PROBE_HOLD = 5.0
+"""With no rate limit: seconds before a slot that bought no throughput is tried again."""
+MAX_IN_FLIGHT_BOUND = 128
+"""The largest ``max_in_flight`` a Config accepts: threads and sockets per region stay bounded."""
 UNLIMITED_MAX_IN_FLIGHT = 8
 """The cap with no rate limit (``rate_limit=0``): there is no throughput to reach, only the latency
 gradient to stop growth, and every extra sender thread costs the application some GIL time."""
@@ -79,10 +92,18 @@ class AdaptiveConcurrency:
         self._short_alpha = 0.5  # the last couple of samples: what latency is like right now
         self._clock = clock
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._waiting = 0  # threads in wait_for_slot: only then is a growing limit worth a notify
+        self._closed = False
         self._in_flight = 0
         self._short_rtt = 0.0
         self._long_rtt = 0.0
         self._no_decrease_before = float("-inf")
+        # Throughput probing (no rate limit): the current window, and the throughput one slot lower.
+        self._window_start: float | None = None
+        self._window_responses = 0
+        self._probe_base: float | None = None
+        self._no_probe_before = float("-inf")
 
     # -- the pipeline's side --------------------------------------------------------------------
 
@@ -96,8 +117,31 @@ class AdaptiveConcurrency:
 
     def release(self) -> None:
         """A slot's batch is finished (delivered, failed, spooled or parked)."""
+        # No notify: the releasing sender goes straight back for its next batch and takes the slot
+        # again itself; waking a waiter here would only make it take the GIL to find no slot.
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
+
+    def wait_for_slot(self, timeout: float) -> bool:
+        """Block until fewer than ``limit`` requests are in flight, at most ``timeout`` seconds; True
+        when a slot is free (not taken: :meth:`try_acquire` still decides). A sender thread with no
+        slot waits here: retrying at once would spin, and every spin is a GIL hand-over the
+        application pays for (measured: 512 GIL acquisitions per request with one thread over the
+        limit, against 14 without). A growing limit wakes it; a release does not (see :meth:`release`)."""
+        with self._lock:
+            if self._closed or self._in_flight < int(self._limit):
+                return True
+            self._waiting += 1
+            try:
+                return self._slot_freed.wait_for(lambda: self._closed or self._in_flight < int(self._limit), timeout)
+            finally:
+                self._waiting -= 1
+
+    def close(self) -> None:
+        """The pipeline is stopping: every :meth:`wait_for_slot` returns now, and later ones at once."""
+        with self._lock:
+            self._closed = True
+            self._slot_freed.notify_all()
 
     def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
                 rate_bound: bool = False, rate: float | None = None) -> None:
@@ -123,13 +167,46 @@ class AdaptiveConcurrency:
             gradient = 1.0
             if self._short_rtt > 0:
                 gradient = max(0.5, min(1.0, self._tolerance * self._long_rtt / self._short_rtt))
-            grow = demand and not rate_bound and in_flight >= limit / 2
-            new = limit * gradient + (1.0 if grow and gradient >= 1.0 else 0.0)
+            grow = demand and not rate_bound and in_flight >= limit / 2 and gradient >= 1.0
+            new = limit * gradient
             if new < limit:
                 new = limit - 0.2 * (limit - new)  # shrink smoothly: one slow outlier is not a trend
             if rate is not None and rate > 0:
+                if grow:
+                    # One more slot, or straight to what Little's law says the rate needs at this
+                    # latency: from a cold start at 300 ms, doubling per round trip would take five
+                    # round trips (1.5 s) to reach the 30 in flight that 100 requests/s need.
+                    new = max(new + 1.0, float(math.ceil(rate * self._long_rtt)))
                 new = min(new, math.ceil(rate * self._long_rtt * 1.5) + 1.0)
+            else:
+                new += self._probe(now, limit, grow)
             self._limit = max(float(self.min_limit), min(float(self.max_limit), new))
+            if self._waiting and int(self._limit) > int(limit):
+                self._slot_freed.notify(int(self._limit) - int(limit))
+
+    def _probe(self, now: float, limit: float, want_more: bool) -> float:
+        """With no rate limit: the step to take at the end of a window of responses (+1: probe one
+        slot more; -1: the last probe bought no throughput, undo it; 0). Called under the lock."""
+        self._window_responses += 1
+        start = self._window_start
+        if start is None:
+            self._window_start, self._window_responses = now, 0
+            return 0.0
+        elapsed = now - start
+        if self._window_responses < max(8, 2 * int(limit)) or elapsed <= 0 or elapsed < 3 * self._long_rtt:
+            return 0.0
+        throughput = self._window_responses / elapsed
+        self._window_start, self._window_responses = now, 0
+        base, self._probe_base = self._probe_base, None
+        # Going from n-1 to n slots can add at most 1/(n-1) of the throughput; keep the slot only if
+        # it added a fair share of that (at least 5 %), else it only added threads and GIL hand-overs.
+        if base is not None and throughput < base * (1.0 + max(0.05, 0.3 / max(1.0, limit - 1.0))):
+            self._no_probe_before = now + PROBE_HOLD
+            return -1.0
+        if want_more and now >= self._no_probe_before and limit + 1.0 <= self.max_limit:
+            self._probe_base = throughput
+            return 1.0
+        return 0.0
 
     def _sample(self, rtt: float) -> None:
         if self._long_rtt == 0.0:

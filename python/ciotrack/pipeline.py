@@ -75,9 +75,10 @@ class Pipeline:
         self.lane_of: dict[str, int] = {r.route: r.index for r in self.routes if r.route != "auto"}
         self._cv = threading.Condition(threading.Lock())
         self._start_lock = threading.Lock()
-        # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow.
+        # Fixed concurrency starts all its threads; adaptive one per lane, more as its limits grow (up
+        # to max_in_flight per lane: 1..128 by validation).
         self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
-                                   maximum=config.senders or min(64, config.max_in_flight * len(self.routes)))
+                                   maximum=config.senders or config.max_in_flight * len(self.routes))
         self._flushing = 0
         self._draining = False
         self._closed = False
@@ -166,12 +167,14 @@ class Pipeline:
         if policy == "spool" or policy == "drop_oldest":
             self.watch_overflow()
         served = False
+        full = 0  # lanes with every slot taken
         force = self._flushing > 0 or self._draining
         senders = self._senders
         for k in range(count):
             route = routes[(turn + k) % count]
             slots = route.concurrency
             if not slots.try_acquire():
+                full += 1
                 continue  # this lane already has as many batches in flight as its limit
             job = unpark(route)  # put back by an interrupted delivery: it goes first
             if job is None:
@@ -194,11 +197,7 @@ class Pipeline:
             return turn
         if self._draining and self.idle():
             return -1
-        route = routes[turn % count]
-        timeout = self._wait_timeout
-        if len(route.lane):
-            timeout = min(timeout, max(0.001, route.last_take + self._linger - _monotonic()))
-        route.lane.wait(self._min_bytes, timeout)
+        routes[turn % count].idle_wait(self._min_bytes, self._wait_timeout, self._linger, no_slot=full == count)
         return turn
 
     def _take(self, route: Route, force: bool) -> Batch | None:

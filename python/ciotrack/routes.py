@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from ciotrack._core import Batch, Core, Lane
@@ -54,6 +55,18 @@ class Route:
     @property
     def name(self) -> str:
         return self.region or self.route
+
+    def idle_wait(self, min_bytes: int, timeout: float, linger: float, *, no_slot: bool) -> None:
+        """A sender found nothing to do on any lane: sleep until this lane may have a batch (``min_bytes``
+        queued, or its oldest operation lingered ``linger`` s), at most ``timeout`` s. With ``no_slot``
+        (more threads than slots: the limit shrank) sleep until the limit grows or close(), never spin:
+        every wake-up is a GIL hand-over the application pays for."""
+        if no_slot:
+            self.concurrency.wait_for_slot(5.0)
+            return
+        if len(self.lane):
+            timeout = min(timeout, max(0.001, self.last_take + linger - time.monotonic()))
+        self.lane.wait(min_bytes, timeout)
 
 
 class Router:
@@ -171,9 +184,11 @@ class Router:
             return self.bind(route, region)
 
     def close_limiters(self) -> None:
-        """Wake every sender waiting for a token (with False): the pipeline is stopping."""
+        """Wake every sender waiting for a token (with False) or a slot: the pipeline is stopping."""
         for limiter in self.limiters.values():
             limiter.close()
+        for route in self.routes:
+            route.concurrency.close()
 
     def close(self) -> None:
         for destination in self.destinations.values():

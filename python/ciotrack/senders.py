@@ -57,8 +57,8 @@ class SenderPool:
         """A lane's full batches wait: add a thread if every one is busy and the lane's limit has room."""
         if self.busy >= len(self.threads) and len(self.threads) < self.maximum \
                 and concurrency.in_flight < concurrency.limit:
-            with self._lock:
-                if len(self.threads) < self.maximum:
+            with self._lock:  # again under the lock: racing threads must not each add one
+                if len(self.threads) < self.maximum and self.busy >= len(self.threads):
                     self.add()
 
     def join(self, deadline: float | None) -> None:

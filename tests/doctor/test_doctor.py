@@ -86,13 +86,13 @@ def test_latency_sets_the_recommended_concurrency(emulator: Emulator) -> None:
     checks = _by_name(report)
     latency_ms = float(checks["latency"].detail.split("round trip ")[1].split(" ms")[0])
     assert latency_ms >= 200
-    # 100 requests/s x >= 0.2 s x 1.2 headroom = 24+ in flight: the default adaptive cap (32) covers it.
+    # 100 requests/s x >= 0.2 s x 1.2 headroom = 24+ in flight: the default adaptive cap (64) covers it.
     assert checks["throughput"].status == "ok" and "adaptive concurrency" in checks["throughput"].detail
     assert "max_in_flight" not in report.recommended
-    # A workspace allowed 200 requests/s at the same latency needs 48+: raise the cap.
-    report = _doctor(emulator, rate_limit=200.0)
+    # A workspace allowed 400 requests/s at the same latency needs 96+: raise the cap.
+    report = _doctor(emulator, rate_limit=400.0)
     assert _by_name(report)["throughput"].status == "warn"
-    assert report.recommended["max_in_flight"] >= 48
+    assert report.recommended["max_in_flight"] >= 96
 
 
 @pytest.mark.parametrize(("skew", "status"), [(-120.0, "fail"), (15.0, "warn")])

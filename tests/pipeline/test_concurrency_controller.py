@@ -8,6 +8,7 @@ when the receiver's own limit is exceeded). No thread, no sleep: the clock is th
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -155,3 +156,115 @@ def test_fixed_concurrency_is_a_hard_cap() -> None:
     fixed.release()
     assert fixed.limit == 3 and fixed.in_flight == 2
     assert fixed.try_acquire()
+
+
+def test_a_thread_without_a_slot_waits_its_timeout_and_sees_a_released_slot() -> None:
+    controller = AdaptiveConcurrency(initial=1, max_limit=1)
+    assert controller.try_acquire()
+    assert controller.wait_for_slot(0.05) is False  # the one slot is taken: it waits out its timeout
+    woke = threading.Event()
+    result: list[bool] = []
+
+    def waiter() -> None:
+        result.append(controller.wait_for_slot(0.5))
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not woke.wait(0.1)  # still waiting: no slot came free
+    controller.release()  # not a wake-up (the releasing sender takes its slot again), but seen at the timeout
+    assert woke.wait(30.0)
+    thread.join()
+    assert result == [True]
+    assert controller.try_acquire()
+
+
+def test_a_growing_limit_wakes_the_waiting_threads() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=1, max_limit=4)
+    assert controller.try_acquire()
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: controller.wait_for_slot(30.0) and woke.set())
+    thread.start()
+    assert not woke.wait(0.1)
+    controller.observe(0.01, demand=True, rate=100)  # fast, full batches waiting, tokens to spare: one more slot
+    assert controller.limit == 2
+    assert woke.wait(30.0)
+    thread.join()
+
+
+class ServerSimulation:
+    """No rate limit; a receiver that serves one request at a time in ``service`` s, ``network`` s away
+    (round trip): throughput grows with concurrency only until the receiver is busy all the time."""
+
+    def __init__(self, controller: AdaptiveConcurrency, clock: FakeClock, *, service: float,
+                 network: float) -> None:
+        self.c, self.clock, self.service, self.network = controller, clock, service, network
+        self.server_free = 0.0
+        self.done: list[float] = []
+        self.limits: list[int] = []
+        self._events: list[tuple[float, float]] = []  # (answered at, sent at)
+
+    def run(self, until: float, step: float = 0.0005) -> None:
+        clock = self.clock
+        while clock.now < until:
+            clock.now += step
+            while self._events and self._events[0][0] <= clock.now:
+                answered, sent = heapq.heappop(self._events)
+                self.c.observe(answered - sent, demand=True)
+                self.c.release()
+                self.done.append(clock.now)
+            while self.c.try_acquire():
+                start = max(clock.now + self.network / 2, self.server_free)
+                self.server_free = start + self.service
+                heapq.heappush(self._events, (self.server_free + self.network / 2, clock.now))
+            self.limits.append(self.c.limit)
+
+    def rate_between(self, start: float, end: float) -> float:
+        return sum(1 for t in self.done if start <= t < end) / (end - start)
+
+
+def test_without_a_rate_limit_it_grows_only_while_throughput_grows() -> None:
+    # 1 ms away, 4 ms per request at the receiver: 250 requests/s at most, reached with 2 in flight.
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, max_limit=8, initial=1)
+    sim = ServerSimulation(controller, clock, service=0.004, network=0.001)
+    sim.run(30.0)
+    assert sim.rate_between(10.0, 30.0) >= 0.95 * 250
+    # The extra slots it probes are undone: most of the time it runs 2 (3 while probing), never 8.
+    settled = sim.limits[len(sim.limits) // 3:]
+    assert max(settled) <= 3
+    assert sum(1 for limit in settled if limit <= 2) >= 0.8 * len(settled)
+
+
+def test_without_a_rate_limit_it_grows_while_each_slot_adds_throughput() -> None:
+    # 50 ms away, 1 ms per request: each slot adds ~20 requests/s up to 50 in flight; the cap binds.
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, max_limit=8, initial=1)
+    sim = ServerSimulation(controller, clock, service=0.001, network=0.05)
+    sim.run(10.0)
+    assert controller.limit == 8
+    assert sim.rate_between(5.0, 10.0) >= 0.95 * 8 / 0.051
+
+
+def test_close_wakes_a_thread_waiting_for_a_slot() -> None:
+    controller = AdaptiveConcurrency(initial=1, max_limit=1)
+    assert controller.try_acquire()
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: controller.wait_for_slot(30.0) and woke.set())
+    thread.start()
+    assert not woke.wait(0.1)
+    controller.close()
+    assert woke.wait(30.0)
+    thread.join()
+    assert controller.wait_for_slot(30.0)  # at once from now on
+
+
+def test_from_cold_it_reaches_the_rate_within_a_few_round_trips() -> None:
+    # 300 ms away: the first answer tells the latency, and Little's law the 30 slots 100/s need.
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(clock=clock, initial=1)
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: 0.3)
+    sim.run(3.0)
+    assert sim.rate_between(1.0, 3.0) >= 95
+    assert sim.max_seen <= int(100 * 0.3 * 1.5) + 2

@@ -49,3 +49,34 @@ def test_fixed_senders_is_a_hard_cap() -> None:
     assert stats.concurrency_limit["us"] == 2
     assert max(seen) <= 2
     assert stats.delivered == 1500
+
+
+def test_sender_threads_beyond_the_limit_wait_instead_of_spinning() -> None:
+    """More sender threads than slots (the limit shrank after the pool grew): the surplus threads
+    block until a slot is freed. Spinning there cost the application ~500 GIL hand-overs per request."""
+    with Emulator(workspaces={SITE_ID: API_KEY}, faults={"latency": 0.02}) as emulator:
+        tracker = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, batch_bytes=2048, flush_interval=0.02,
+                          rate_limit=0, max_in_flight=2)
+        pipeline = tracker._pipeline
+        rounds = [0]
+        sender_round = pipeline._sender_round
+
+        def counted_round(turn: int) -> int:
+            rounds[0] += 1
+            return sender_round(turn)
+
+        pipeline._sender_round = counted_round  # type: ignore[method-assign]
+        tracker.track("u", "e", {"i": -1})
+        assert tracker.flush(timeout=30)
+        for _ in range(6):  # six threads that will never get a slot while the other two deliver
+            assert pipeline._senders.add()
+        for i in range(3000):
+            tracker.track("u", "e", {"i": i, "pad": "y" * 60})
+        assert tracker.flush(timeout=60)
+        stats = tracker.stats()
+        requests = sum(v for k, v in stats.counters.items() if k.startswith("requests_"))
+        tracker.close()
+    assert stats.delivered == 3001
+    assert stats.concurrency_limit["us"] <= 2
+    # A round per request and a few per wait timeout; a spinning thread makes thousands a second.
+    assert rounds[0] < 10 * requests + 500, (rounds[0], requests)

@@ -22,7 +22,7 @@ SECRET = "sk-very-secret-0123456789"
 def test_defaults_are_documented_values() -> None:
     config = Config(site_id="s", api_key="k")
     assert (config.region, config.senders, config.flush_interval, config.batch_bytes) == ("us", None, 0.2, 500_000)
-    assert config.max_in_flight == 32  # adaptive concurrency's cap
+    assert config.max_in_flight == 64  # adaptive concurrency's cap
     assert (config.max_queue_bytes, config.rate_limit, config.dedup_ttl, config.dedup_events) == (
         64 * 1024 * 1024, 100.0, 300.0, "id")
     assert config.endpoint_for("us") == DEFAULT_ENDPOINTS["us"] == "https://track.customer.io"

@@ -21,12 +21,15 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 __all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "read_capped", "watchdog"]
 
@@ -56,16 +59,46 @@ class DeadlineExceeded(Exception):
     """A request ran past its total deadline (its socket was shut by the watchdog)."""
 
 
-class _TrackedHTTPConnection(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)
-        super().request(*args, **kwargs)
+class _OneSend:
+    """Sends a request's header block and its bytes body in one ``sendall``, not two.
+
+    urllib3 sends the headers, then the body: with a socket timeout, each ``sendall`` is a ``poll``
+    and a ``send``, and each releases the GIL, which an application thread running Python takes,
+    so the sender waits up to the 5 ms switch interval to get it back (benches/README.md, "Sender
+    cost"). The copy that joins them (~500 KB) costs less than those two hand-overs.
+    """
+
+    _held: bytes | None = None
+    _holding = False
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        _track(self)  # type: ignore[arg-type]  # mixed into an HTTPConnection below
+        self._holding = isinstance(body, bytes) and bool(body) and not kwargs.get("chunked")
+        self._held = None
+        try:
+            super().request(method, url, body, headers, **kwargs)  # type: ignore[misc]
+        finally:
+            held, self._held, self._holding = self._held, None, False
+            if held is not None:  # no body went out after all: the headers must not be lost
+                super().send(held)
+
+    def send(self, data: Any) -> None:
+        if self._holding:
+            held = self._held
+            if held is None:  # the header block (http.client's _send_output): wait for the body
+                self._held = bytes(data)
+                return
+            self._held, self._holding = None, False
+            data = held + data
+        super().send(data)  # type: ignore[misc]
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)
-        super().request(*args, **kwargs)
+class _TrackedHTTPConnection(_OneSend, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_OneSend, HTTPSConnection):
+    pass
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):
@@ -161,6 +194,22 @@ def watchdog() -> Watchdog:
 
 class DeadlineAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` whose connections register with the watchdog (no retries of its own)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool_keys: dict[tuple[Any, ...], tuple[_HostParams, _PoolKwargs]] = {}
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: Any,
+                                             cert: Any = None) -> tuple[_HostParams, _PoolKwargs]:
+        # requests parses the URL and stats a CA bundle path (os.path.isdir: a GIL release) on every
+        # request; a tracker sends every batch to one URL with one setting, so remember the answer.
+        key = (request.url, verify, cert)
+        known = self._pool_keys.get(key)
+        if known is None:
+            known = super().build_connection_pool_key_attributes(request, verify, cert)
+            if len(self._pool_keys) < 64:  # a handful of URLs per tracker; never a leak
+                self._pool_keys[key] = known
+        return known[0].copy(), known[1].copy()
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -61,8 +61,10 @@ def make_session(pool_size: int, hosts: int = 1, user_agent_suffix: str | None =
 class TrackV2Destination:
     """``POST {endpoint}/api/v2/batch`` with Basic auth ``site_id:api_key``.
 
-    ``timeout``, ``proxies`` and ``verify`` are passed on every request (so they win over the
-    environment's ``REQUESTS_CA_BUNDLE``/``HTTPS_PROXY`` for this request). Status table:
+    ``timeout``, ``proxies`` and ``verify`` are passed on every request; what the environment adds
+    (``HTTP(S)_PROXY``/``NO_PROXY`` for schemes ``proxies`` does not name, ``REQUESTS_CA_BUNDLE``/
+    ``CURL_CA_BUNDLE`` when ``verify`` is True) is merged as ``requests`` does, but once, when the
+    destination is made (see :meth:`_prepare`). Status table:
     200/2xx delivered; 207 partial (``errors[].batch_index``); 429, 408, 5xx, connection errors and
     timeouts retry; 413 split; TLS verification failures and other 4xx are final.
 
@@ -99,8 +101,18 @@ class TrackV2Destination:
         self._verify = verify
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         self._deadline = float(connect) + float(read)
-        self._redirect_logged_at = float("-inf")
         """Total time one request may take, however the receiver trickles (connect + read timeouts)."""
+        self._redirect_logged_at = float("-inf")
+        # What Session.post would work out on every request (environment proxies and CA bundle, the
+        # session's headers and the auth header), worked out once: it was a fifth of the sender's
+        # GIL time (benches/README.md, "Sender cost"), and the environment rarely changes under a
+        # running process. A Session that has picked up cookies goes back to the per-request path.
+        settings = self._session.merge_environment_settings(self.url, dict(self._proxies or {}), True, verify, None)
+        self._send_settings: dict[str, Any] = {
+            "timeout": timeout, "allow_redirects": False, "stream": True, "verify": settings["verify"],
+            "proxies": settings["proxies"], "cert": settings["cert"]}
+        self._template = self._session.prepare_request(requests.Request("POST", self.url, data=b"-",
+                                                                        auth=self._auth))
 
     def __repr__(self) -> str:  # the key stays out of every repr
         return f"TrackV2Destination(url={self.url!r}, region={self.name!r})"
@@ -111,10 +123,13 @@ class TrackV2Destination:
         watch = watchdog()
         token = watch.arm(self._deadline)
         try:
-            response = self._session.post(
-                self.url, data=body, auth=self._auth, timeout=self._timeout, proxies=self._proxies,
-                verify=self._verify, allow_redirects=False, stream=True,
-            )
+            session = self._session
+            if session.cookies:
+                response = session.post(self.url, data=body, auth=self._auth, timeout=self._timeout,
+                                        proxies=self._proxies, verify=self._verify, allow_redirects=False,
+                                        stream=True)
+            else:
+                response = session.send(self._prepare(body), **self._send_settings)
             with response:
                 content, truncated = read_capped(response)
         except requests.exceptions.SSLError as exc:
@@ -145,6 +160,21 @@ class TrackV2Destination:
         if 300 <= status < 400:
             return self._redirected(status, response.headers.get("Location"))
         return classify(status, response.headers.get("Retry-After"), content)
+
+    def _prepare(self, body: bytes) -> requests.PreparedRequest:
+        """The request ``Session.post`` would prepare for ``body``, from the template made at start:
+        only the body and its length differ between two batches."""
+        template = self._template
+        prepared = requests.PreparedRequest()
+        prepared.method = "POST"
+        prepared.url = template.url
+        headers = template.headers.copy()
+        headers["Content-Length"] = str(len(body))
+        prepared.headers = headers
+        prepared.body = body
+        prepared.hooks = self._session.hooks  # what prepare_request merges in: the Session's, as they are now
+        prepared._cookies = template._cookies  # type: ignore[attr-defined]  # not in the stubs; redirects read it
+        return prepared
 
     def _redirected(self, status: int, location: str | None) -> Outcome:
         """A 3xx is never followed: the batch stays ours (retried, then spooled or reported), and the

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from ciotrack.concurrency import DEFAULT_MAX_IN_FLIGHT
+from ciotrack.concurrency import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_BOUND
 from ciotrack.doctor.report import Report
 from ciotrack.preflight import credentials_hint, request_region
 
@@ -228,8 +228,9 @@ def _recommend_throughput(report: Report, target: Target, rtt: float) -> None:
         report.add("throughput", "ok", found + f"; adaptive concurrency (the default, up to "
                    f"{DEFAULT_MAX_IN_FLIGHT}) reaches it")
     else:
-        report.add("throughput", "warn", found, f"raise max_in_flight to {min(64, needed)}")
-        report.recommend("max_in_flight", min(64, needed), f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
+        report.add("throughput", "warn", found, f"raise max_in_flight to {min(MAX_IN_FLIGHT_BOUND, needed)}")
+        report.recommend("max_in_flight", min(MAX_IN_FLIGHT_BOUND, needed),
+                         f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
 
 
 def hide_credentials(url: str) -> str:

@@ -420,14 +420,17 @@ impl Shared {
             .metrics
             .enabled()
             .then(|| self.metrics.histogram("delivery_latency_seconds"));
-        let mut delivered = 0;
-        for (i, &accepted) in batch.accepted_ns.iter().enumerate() {
-            if !is_failed[i] {
-                delivered += 1;
-                if let Some(latency) = &latency {
-                    latency.record(now.saturating_sub(accepted) as f64 / 1e9);
-                }
-            }
+        let delivered_ns = batch
+            .accepted_ns
+            .iter()
+            .zip(&is_failed)
+            .filter(|&(_, &failed)| !failed)
+            .map(|(&accepted, _)| accepted);
+        let delivered = delivered_ns.clone().count() as u64;
+        if let Some(latency) = &latency {
+            latency.record_many(
+                delivered_ns.map(|accepted| now.saturating_sub(accepted) as f64 / 1e9),
+            );
         }
         self.metrics.incr("delivered", delivered);
         Ok(delivered)
