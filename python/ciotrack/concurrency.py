@@ -6,6 +6,10 @@ request at a time reaches a tenth of it. The right level moves with the latency 
 front, so :class:`AdaptiveConcurrency` finds it the way TCP finds a congestion window, after
 Netflix's ``Gradient2Limit`` and Envoy's adaptive concurrency filter:
 
+* **start** like TCP's slow start when there is a rate limit: until the first answer tells the
+  latency, every request actually sent (it got a rate-limit token) while full batches wait and every
+  slot is taken opens one more slot, so the first round trip is filled at the rate limit's pace
+  rather than by one request (at 300 ms that round trip alone is 30 requests);
 * **grow** by one slot per completed request (additive), or at once to ``rate x latency`` (Little's
   law, from the first answer on) when that is more, while there is *demand* (full batches wait), the
   sender is not *app-limited* (at least half the slots are busy) and the rate limiter still has
@@ -78,6 +82,7 @@ class AdaptiveConcurrency:
         max_limit: int = DEFAULT_MAX_IN_FLIGHT,
         min_limit: int = 1,
         initial: int = 2,
+        slow_start: bool = False,
         tolerance: float = 2.0,
         long_window: int = 20,
         clock: Callable[[], float] = time.monotonic,
@@ -87,6 +92,7 @@ class AdaptiveConcurrency:
         self.max_limit = max_limit
         self.min_limit = min_limit
         self._limit = float(max(min_limit, min(max_limit, initial)))
+        self._slow_start = slow_start and min_limit < max_limit
         self._tolerance = tolerance
         self._long_alpha = 2.0 / (long_window + 1)
         self._short_alpha = 0.5  # the last couple of samples: what latency is like right now
@@ -142,6 +148,21 @@ class AdaptiveConcurrency:
         with self._lock:
             self._closed = True
             self._slot_freed.notify_all()
+
+    def sending(self, *, demand: bool) -> bool:
+        """A request is about to go out (it has its rate-limit token). Before the first answer, with
+        ``slow_start``: one slot more when ``demand`` (a full batch waits) and every slot is taken;
+        True when the limit grew (the caller may add a sender thread to use it)."""
+        if not self._slow_start or self._long_rtt != 0.0 or not demand:
+            return False  # the common case, without the lock: a latency is known, or nothing waits
+        with self._lock:
+            limit = int(self._limit)
+            if self._long_rtt != 0.0 or self._in_flight < limit or limit >= self.max_limit:
+                return False
+            self._limit = float(limit + 1)
+            if self._waiting:
+                self._slot_freed.notify()
+            return True
 
     def observe(self, rtt: float | None, *, throttled: bool = False, demand: bool = False,
                 rate_bound: bool = False, rate: float | None = None) -> None:

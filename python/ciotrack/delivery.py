@@ -250,7 +250,7 @@ class Delivery:
                  stop: threading.Event, recorder: Recorder | None = None, health: Health | None = None,
                  on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None,
                  on_response: Callable[[float, Outcome], None] | None = None,
-                 watch: Watch | None = None) -> None:
+                 on_send: Callable[[], None] | None = None, watch: Watch | None = None) -> None:
         self.destination = destination
         self.limiter = limiter
         self.policy = policy
@@ -260,6 +260,8 @@ class Delivery:
         self._on_split = on_split
         self._on_response = on_response
         """Told of every response with its round trip (the adaptive concurrency controller learns here)."""
+        self._on_send = on_send
+        """Told of every request about to go out, its rate-limit token taken (the controller's slow start)."""
         self.watch = watch
         """Sees every answer (logs the first failure per cause, the recovery; see :mod:`ciotrack.delivery_watch`)."""
 
@@ -360,6 +362,9 @@ class Delivery:
 
     def _send(self, body: bytes, count: int) -> Outcome:
         recorder = self._recorder
+        on_send = self._on_send
+        if on_send is not None:
+            on_send()
         started = _perf_counter()
         try:
             outcome = self.destination.send(body)

@@ -79,6 +79,7 @@ class Pipeline:
         # to max_in_flight per lane: 1..128 by validation).
         self._senders = SenderPool(self._sender_loop, initial=config.senders or len(self.routes),
                                    maximum=config.senders or config.max_in_flight * len(self.routes))
+        self.router.on_grow = self._senders.grow
         self._flushing = 0
         self._draining = False
         self._closed = False

@@ -75,6 +75,8 @@ class Router:
     def __init__(self, config: Config, core: Core, *, stop: threading.Event, health: Health | None,
                  on_split: SplitHook) -> None:
         self.config = config
+        self.on_grow: Callable[[Concurrency], None] | None = None
+        """Adds a sender thread when a limit grew and every thread is busy (the pipeline's pool)."""
         routes = config.regions_in_use()
         self.routes = [Route(i, route, core.lane(i), _concurrency(config)) for i, route in enumerate(routes)]
         self.session = make_session(config.senders or config.max_in_flight, hosts=len(routes),
@@ -142,8 +144,14 @@ class Router:
                                 demand=lane.queued_bytes() >= full_batch,
                                 rate_bound=limiter is not None and limiter.tokens() < 1.0, rate=rate)
 
+        def sending() -> None:
+            # Slow start: a request sent before the first answer, with full batches waiting and every
+            # slot taken, opens a slot, and a sender thread to fill it.
+            if concurrency.sending(demand=lane.queued_bytes() >= full_batch) and self.on_grow is not None:
+                self.on_grow(concurrency)
+
         delivery = Delivery(destination, limiter=limiter, policy=self.policy, stop=self._stop, recorder=self._core,
-                            health=self._health, on_split=split, on_response=response,
+                            health=self._health, on_split=split, on_response=response, on_send=sending,
                             watch=self._watch(name, destination))
         route.delivery = delivery
         return delivery
@@ -220,4 +228,4 @@ def _concurrency(config: Config) -> Concurrency:
         # No rate limit, no throughput target: only the latency gradient would stop the growth, and
         # on a fast link every extra sender thread costs the application GIL time. Stay modest.
         return AdaptiveConcurrency(max_limit=min(UNLIMITED_MAX_IN_FLIGHT, config.max_in_flight), initial=1)
-    return AdaptiveConcurrency(max_limit=config.max_in_flight, initial=1)
+    return AdaptiveConcurrency(max_limit=config.max_in_flight, initial=1, slow_start=True)

@@ -52,6 +52,7 @@ class Simulation:
                 self.done.append((clock.now, throttled, rtt))
             while self.tokens >= 1 and self.c.try_acquire():
                 self.tokens -= 1
+                self.c.sending(demand=True)  # as the delivery loop does once it has its token
                 self.max_seen = max(self.max_seen, self.c.in_flight)
                 rtt = self.latency(clock.now)
                 heapq.heappush(self._events, (clock.now + rtt, rtt, self.throttle(clock.now)))
@@ -268,3 +269,31 @@ def test_from_cold_it_reaches_the_rate_within_a_few_round_trips() -> None:
     sim.run(3.0)
     assert sim.rate_between(1.0, 3.0) >= 95
     assert sim.max_seen <= int(100 * 0.3 * 1.5) + 2
+
+
+def test_slow_start_fills_the_first_round_trip_at_the_rate_limit_pace() -> None:
+    """Before the first answer, every request sent opens a slot: at 300 ms and 100/s the first round
+    trip carries the bucket's burst plus 30 requests, not one; without slow start it carries one."""
+    for slow_start, expected in ((True, range(30, 37)), (False, range(1, 2))):
+        clock = FakeClock()
+        controller = AdaptiveConcurrency(max_limit=64, initial=1, slow_start=slow_start, clock=clock)
+        sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: 0.3)
+        sim.run(0.299)
+        assert not sim.done
+        assert sim.max_seen in expected, (slow_start, sim.max_seen)
+        sim.run(3.0)  # then Little's law holds it near rate x latency, never over the cap of 1.5x + 1
+        assert controller.limit <= 46 and sim.rate_between(1.0, 3.0) >= 95
+
+
+def test_slow_start_ends_at_the_first_answer_and_stays_within_max_in_flight() -> None:
+    clock = FakeClock()
+    controller = AdaptiveConcurrency(max_limit=8, initial=1, slow_start=True, clock=clock)
+    sim = Simulation(controller, clock, rate=100, burst=5, latency=lambda t: 0.3)
+    sim.run(0.299)
+    assert sim.max_seen == controller.limit == 8  # the cap binds before the first answer
+    fast = AdaptiveConcurrency(max_limit=64, initial=1, slow_start=True, clock=clock)
+    clock.now = 0.0
+    sim = Simulation(fast, clock, rate=100, burst=5, latency=lambda t: 0.005)
+    sim.run(2.0)  # a near receiver: the burst opens a few slots, then Little's law brings it back
+    assert sim.max_seen <= 6 and fast.limit <= 3
+    assert not fast.sending(demand=True), "no growth once a latency is known"
