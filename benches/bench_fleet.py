@@ -103,7 +103,7 @@ SCALING_ROWS: tuple[tuple[int, int | None, float, tuple[str, ...]], ...] = (
     (1, 4, 0.1, ()), (2, 4, 0.1, ()), (4, 4, 0.1, ()),
     # ... then enough threads for the limit to bind at 100 ms, then the setting (3 workers, 50 ms),
     (4, 12, 0.1, ()), (3, None, 0.05, ()),
-    # and the same with other pacings: the first default, 99/s (refills the server's burst at 1/s), the old bench setting.
+    # and the same with other pacings: the first default, 99/s (refills the burst at 1/s), the old bench setting.
     (3, None, 0.05, ("--rate-limit", "100", "--burst", "10")), (3, None, 0.05, ("--rate-limit", "99", "--burst", "2")),
     (3, None, 0.05, ("--rate-limit", "95", "--burst", "5")),
 )
