@@ -11,31 +11,19 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ciotrack.emulator import Emulator
 from ciotrack.fleet.streams import StreamKeys, ensure_group
 from redis_harness import RedisServer
 
-from .fleet_procs import API_KEY, SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
+from .fleet_procs import SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
 from conftest import free_port
 
 KEYS = StreamKeys.for_site(SITE_ID)
 EVENTS = 40
-
-
-@pytest.fixture
-def spawned_emulator() -> Iterator[Any]:
-    em = Emulator.spawn(workspaces={SITE_ID: API_KEY})
-    try:
-        yield em
-    finally:
-        em.stop()
 
 
 def write_one_entry(redis_url: str, producer: int) -> tuple[Any, int]:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ciotrack.emulator import Emulator
 from ciotrack.fleet.streams import StreamKeys
@@ -25,15 +22,6 @@ from .fleet_procs import (
 )
 
 KEYS = StreamKeys.for_site(SITE_ID)
-
-
-@pytest.fixture
-def spawned_emulator() -> Iterator[Any]:
-    em = Emulator.spawn(workspaces={SITE_ID: API_KEY})
-    try:
-        yield em
-    finally:
-        em.stop()
 
 
 def test_producers_and_workers_deliver_every_event_once(
