@@ -45,8 +45,9 @@ class Reader(threading.Thread):
         return self.data
 
 
-@pytest.mark.parametrize("body_bytes", [12, 500_000])
-def test_headers_and_body_go_out_in_one_sendall(body_bytes: int) -> None:
+def _sent(method: str, path: str, **request: Any) -> bytes:
+    """What one ``request()`` on a tracked connection handed to the socket: exactly one send call,
+    and what arrived at the other end of a real socket pair is the same bytes."""
     server, client = socket.socketpair()
     server.settimeout(10)
     with server, client:
@@ -55,26 +56,22 @@ def test_headers_and_body_go_out_in_one_sendall(body_bytes: int) -> None:
         conn = _TrackedHTTPConnection("127.0.0.1", 9)
         recording = RecordingSocket(client)
         conn.sock = recording  # type: ignore[assignment]
-        body = b'{"batch":[' + b"x" * (body_bytes - 12) + b']}'
-        conn.request("POST", "/api/v2/batch", body=body, headers={"Content-Type": "application/json"})
+        conn.request(method, path, **request)
         [sent] = recording.sent
-        head, _, rest = sent.partition(b"\r\n\r\n")
-        assert head.startswith(b"POST /api/v2/batch HTTP/1.1\r\n")
-        assert f"Content-Length: {len(body)}".encode() in head
-        assert rest == body
         assert reader.received(client) == sent  # and it is what went over the socket
+        return sent
+
+
+@pytest.mark.parametrize("body_bytes", [12, 500_000])
+def test_headers_and_body_go_out_in_one_sendall(body_bytes: int) -> None:
+    body = b'{"batch":[' + b"x" * (body_bytes - 12) + b']}'
+    sent = _sent("POST", "/api/v2/batch", body=body, headers={"Content-Type": "application/json"})
+    head, _, rest = sent.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /api/v2/batch HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert rest == body
 
 
 def test_a_request_without_a_body_sends_its_headers() -> None:
-    server, client = socket.socketpair()
-    server.settimeout(10)
-    with server, client:
-        reader = Reader(server)
-        reader.start()
-        conn = _TrackedHTTPConnection("127.0.0.1", 9)
-        recording = RecordingSocket(client)
-        conn.sock = recording  # type: ignore[assignment]
-        conn.request("GET", "/api/v1/accounts/region")
-        [sent] = recording.sent
-        assert sent.startswith(b"GET /api/v1/accounts/region HTTP/1.1\r\n") and sent.endswith(b"\r\n\r\n")
-        assert reader.received(client) == sent
+    sent = _sent("GET", "/api/v1/accounts/region")
+    assert sent.startswith(b"GET /api/v1/accounts/region HTTP/1.1\r\n") and sent.endswith(b"\r\n\r\n")
