@@ -390,12 +390,17 @@ class Worker:
 
     # -- finishing an entry (each a MULTI, so no half-done state survives a crash) ---------------
 
+    def _retire(self, pipe: Any, entry_id: str) -> None:
+        """Queue on ``pipe`` (a MULTI) what takes an entry out of the work stream for good: acknowledged,
+        deleted (never trimmed: see fleet-redis.md), and its try count and last error forgotten."""
+        pipe.xack(self.keys.work, self.keys.group, entry_id)
+        pipe.xdel(self.keys.work, entry_id)
+        pipe.hdel(self.keys.tries, entry_id, f"{entry_id}:err")
+
     def _ack(self, entry: WorkEntry) -> None:
         def ack() -> None:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xack(self.keys.work, self.keys.group, entry.entry_id)
-            pipe.xdel(self.keys.work, entry.entry_id)
-            pipe.hdel(self.keys.tries, entry.entry_id, f"{entry.entry_id}:err")
+            self._retire(pipe, entry.entry_id)
             pipe.execute()
 
         self._redis_call(ack)
@@ -412,9 +417,7 @@ class Worker:
         def move() -> None:
             pipe = self.redis.pipeline(transaction=True)
             pipe.xadd(self.keys.dead, fields)
-            pipe.xack(self.keys.work, self.keys.group, entry.entry_id)
-            pipe.xdel(self.keys.work, entry.entry_id)
-            pipe.hdel(self.keys.tries, entry.entry_id, f"{entry.entry_id}:err")
+            self._retire(pipe, entry.entry_id)
             pipe.execute()
 
         self._redis_call(move)
@@ -426,8 +429,7 @@ class Worker:
         ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(self.keys.dead, {**fields, b"error": error.encode()[:2000], b"source_id": ident.encode()})
-        pipe.xack(self.keys.work, self.keys.group, ident)
-        pipe.xdel(self.keys.work, ident)
+        self._retire(pipe, ident)
         pipe.execute()  # on a Redis error the entry stays pending and comes back (claimed) later
         self.metrics.dead_letters.inc()
         self._warn("dead", "entry %s is unreadable, moved to the dead-letter stream: %s", ident, error)
@@ -441,9 +443,7 @@ class Worker:
             # two-step (a crash between them only loses a try count).
             pipe = self.redis.pipeline(transaction=True)
             pipe.xadd(self.keys.work, fields)  # type: ignore[arg-type]
-            pipe.xack(self.keys.work, self.keys.group, entry.entry_id)
-            pipe.xdel(self.keys.work, entry.entry_id)
-            pipe.hdel(self.keys.tries, entry.entry_id, f"{entry.entry_id}:err")
+            self._retire(pipe, entry.entry_id)
             new_id = pipe.execute()[0]
             if tries > 0:
                 self.redis.hset(self.keys.tries, new_id, tries)
