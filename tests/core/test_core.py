@@ -90,7 +90,7 @@ ODD_OFFSET = dt.timezone(dt.timedelta(hours=-3, minutes=-30, microseconds=-250_0
         (1.5, b"1.5"),
         (0.1, b"0.1"),
         (-0.0, b"-0.0"),
-        (1e300, b"1e300"),
+        (1e300, b"1e+300"),
         (True, b"true"),
         (False, b"false"),
         (None, b"null"),

@@ -1,21 +1,51 @@
 //! Time sources. Everything in the core that measures intervals uses `now_ns()` (monotonic, immune
 //! to wall-clock jumps); only operation timestamps use the wall clock.
 //!
+//! A `track()` call needs both clocks (the monotonic one for dedup and queue age, the wall one for
+//! the ULID and the default timestamp), and each read is a vDSO call that measured ~40 ns on a
+//! KVM guest: [`unix_millis_at`] turns the monotonic reading the call already has into wall-clock
+//! time through an offset between the two clocks that is re-read at most once a second.
+//!
 //! `Clock` exists so that time-dependent logic (the token bucket) can be tested with a
 //! `ManualClock` instead of sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-static ORIGIN: OnceLock<Instant> = OnceLock::new();
+/// `CLOCK_MONOTONIC` at the first `now_ns()` call, plus one, so 0 means "not read yet".
+static ORIGIN: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds of `CLOCK_MONOTONIC` (what `Instant` reads on Linux), without `Instant`'s
+/// `Duration` arithmetic.
+#[inline]
+fn monotonic_raw_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux, so the
+    // call cannot fail (a zeroed `ts` would only make one reading early, never unsound).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
 
 /// Monotonic nanoseconds since a process-wide origin (the first call). `u64` ns lasts 584 years,
 /// so callers may subtract and add without overflow worries in practice.
 #[inline]
 pub fn now_ns() -> u64 {
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(origin).as_nanos() as u64
+    let raw = monotonic_raw_ns();
+    let mut origin = ORIGIN.load(Ordering::Relaxed);
+    if origin == 0 {
+        // The first reading wins; a thread that lost the race uses the winner's.
+        origin = match ORIGIN.compare_exchange(0, raw + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => raw + 1,
+            Err(current) => current,
+        };
+    }
+    (raw + 1).saturating_sub(origin)
 }
 
 fn since_epoch() -> Duration {
@@ -35,6 +65,44 @@ pub fn unix_seconds() -> i64 {
 #[inline]
 pub fn unix_millis() -> u64 {
     since_epoch().as_millis() as u64
+}
+
+/// How long an offset between the two clocks is used before it is read again. An NTP slew (at
+/// most 500 ppm) moves the wall clock 0.5 ms in that time; a step (an operator setting the
+/// clock) shows within this second.
+const WALL_OFFSET_TTL_NS: u64 = 1_000_000_000;
+/// `now_ns()` when the offset below was read, plus one (0: never).
+static WALL_READ_AT: AtomicU64 = AtomicU64::new(0);
+/// Unix-epoch nanoseconds minus `now_ns()`, as last read.
+static WALL_OFFSET_NS: AtomicI64 = AtomicI64::new(0);
+
+/// Wall-clock milliseconds since the Unix epoch at `mono_ns`, a recent `now_ns()` reading: the
+/// same instant as [`unix_millis`] within a millisecond, for one vDSO call less. Threads that race
+/// on a refresh each store a correct offset; a reader that pairs a new `WALL_READ_AT` with the
+/// old offset is off by what the clock moved in the last second, once.
+#[inline]
+pub fn unix_millis_at(mono_ns: u64) -> u64 {
+    let read_at = WALL_READ_AT.load(Ordering::Relaxed);
+    let offset = if read_at == 0 || mono_ns.wrapping_sub(read_at - 1) >= WALL_OFFSET_TTL_NS {
+        refresh_wall_offset()
+    } else {
+        WALL_OFFSET_NS.load(Ordering::Relaxed)
+    };
+    let wall_ns = (mono_ns as i64).saturating_add(offset);
+    (wall_ns.max(0) / 1_000_000) as u64
+}
+
+#[cold]
+fn refresh_wall_offset() -> i64 {
+    // Read the wall clock between two monotonic readings and pair it with their midpoint, so
+    // the offset is as exact as the reads are close.
+    let before = now_ns();
+    let wall = since_epoch().as_nanos() as i64;
+    let after = now_ns();
+    let offset = wall - (before + (after - before) / 2) as i64;
+    WALL_OFFSET_NS.store(offset, Ordering::Relaxed);
+    WALL_READ_AT.store(before + 1, Ordering::Relaxed);
+    offset
 }
 
 /// A monotonic nanosecond source.
@@ -120,7 +188,7 @@ mod tests {
     #[test]
     fn monotonic_tracks_instant() {
         let a = now_ns();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_millis(5) {
             std::hint::spin_loop();
         }
@@ -135,6 +203,22 @@ mod tests {
         let ms = unix_millis();
         assert!(s > 1_600_000_000, "{s}");
         assert!((ms / 1000) as i64 - s <= 1 && s - (ms / 1000) as i64 <= 1);
+    }
+
+    #[test]
+    fn wall_time_from_a_monotonic_reading_matches_the_wall_clock() {
+        for _ in 0..3 {
+            let before = unix_millis();
+            let at = unix_millis_at(now_ns());
+            let after = unix_millis();
+            assert!(before <= at + 1 && at <= after + 1, "{before} {at} {after}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // A reading a second later than the last refresh reads the offset again, and still agrees.
+        let later = now_ns() + 2 * WALL_OFFSET_TTL_NS;
+        let expected = unix_millis() + 2_000;
+        let got = unix_millis_at(later);
+        assert!(got.abs_diff(expected) <= 2, "{got} vs {expected}");
     }
 
     #[test]

@@ -232,8 +232,20 @@ impl Shared {
         dedup: Option<DedupEntry>,
         waiter: &impl BlockingWait,
     ) -> i32 {
+        self.submit_at(lane, bytes, dedup, clock::now_ns(), waiter)
+    }
+
+    /// [`submit`](Self::submit) at `now`, a `clock::now_ns()` reading the caller already took
+    /// (the tracking calls read the clock once, for this and for the ULID's wall time).
+    pub fn submit_at(
+        &self,
+        lane: usize,
+        bytes: &[u8],
+        dedup: Option<DedupEntry>,
+        now: u64,
+        waiter: &impl BlockingWait,
+    ) -> i32 {
         let queue = &self.lanes[lane];
-        let now = clock::now_ns();
         if let Some(entry) = dedup {
             if self.dedup.is_duplicate(entry.key, entry.value, now) {
                 let counter = if entry.identify {

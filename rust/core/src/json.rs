@@ -45,7 +45,7 @@ pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
         if esc == 0 {
             continue;
         }
-        out.extend_from_slice(&bytes[start..i]);
+        put(out, &bytes[start..i]);
         if esc == b'u' {
             out.extend_from_slice(&[
                 b'\\',
@@ -60,28 +60,66 @@ pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
         }
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
+    put(out, &bytes[start..]);
 }
 
 #[inline]
 pub fn write_i64(out: &mut Vec<u8>, v: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    put(out, itoa::Buffer::new().format(v).as_bytes());
 }
 
 #[inline]
 pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    put(out, itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// Writes a finite float as the shortest decimal that round-trips (ryu). Returns false, writing
-/// nothing, for NaN and infinities, which JSON cannot express.
+/// Writes a finite float as the shortest decimal that round-trips (Żmij, ~2.5x faster than ryu
+/// here; the exponent form matches Python's `repr`: `1e+16`). Returns false, writing nothing, for
+/// NaN and infinities, which JSON cannot express.
 #[inline]
 pub fn write_f64(out: &mut Vec<u8>, v: f64) -> bool {
     if !v.is_finite() {
         return false;
     }
-    out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    put(out, zmij::Buffer::new().format_finite(v).as_bytes());
     true
+}
+
+/// Appends `bytes` like `extend_from_slice`, but a slice of up to 16 bytes (most keys, numbers and
+/// short values) is copied inline with two overlapping moves instead of a call to libc's memcpy,
+/// which cost more than such a copy (~6 % of a `track()` call in `perf`).
+#[inline(always)]
+pub fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    if n > 16 {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.reserve(16);
+    let src = bytes.as_ptr();
+    // SAFETY: `reserve(16)` leaves at least 16 writable bytes after `len`, and every move below
+    // reads inside `bytes[..n]` and writes inside `[len, len + n)` (the two moves of a size class
+    // overlap when `n` is below twice the move's width, which is the point). `set_len` then
+    // covers exactly the `n` bytes written.
+    unsafe {
+        let dst = out.as_mut_ptr().add(out.len());
+        if n >= 8 {
+            let head = src.cast::<u64>().read_unaligned();
+            let tail = src.add(n - 8).cast::<u64>().read_unaligned();
+            dst.cast::<u64>().write_unaligned(head);
+            dst.add(n - 8).cast::<u64>().write_unaligned(tail);
+        } else if n >= 4 {
+            let head = src.cast::<u32>().read_unaligned();
+            let tail = src.add(n - 4).cast::<u32>().read_unaligned();
+            dst.cast::<u32>().write_unaligned(head);
+            dst.add(n - 4).cast::<u32>().write_unaligned(tail);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+        out.set_len(out.len() + n);
+    }
 }
 
 /// Whether `s` is a JSON number literal: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.

@@ -159,11 +159,12 @@ pub fn build_identify(
     customer_id: &Bound<'_, PyAny>,
     attributes: Option<&Bound<'_, PyAny>>,
     timestamp: Option<&Bound<'_, PyAny>>,
+    now_ns: u64,
 ) -> Result<Option<DedupEntry>> {
     let mut digits = itoa::Buffer::new();
     let id = customer_id_text(customer_id, &mut digits)?;
     let subject = ops::customer_subject(id)?;
-    let timestamp = timestamp_arg(py, timestamp, clock::unix_millis)?;
+    let timestamp = timestamp_arg(py, timestamp, || clock::unix_millis_at(now_ns))?;
     ops::identify_head(out, subject);
     let attributes_start = out.len();
     match attributes {
@@ -240,10 +241,11 @@ pub fn build_event(
     args: EventArgs<'_>,
     data: Option<&Bound<'_, PyAny>>,
     timestamp: Option<&Bound<'_, PyAny>>,
+    now_ns: u64,
 ) -> Result<Option<DedupEntry>> {
-    // One wall-clock read serves both the default timestamp and a fresh ULID.
+    // The call's one clock reading serves both the default timestamp and a fresh ULID.
     let mut now_ms = None;
-    let mut wall_ms = || *now_ms.get_or_insert_with(clock::unix_millis);
+    let mut wall_ms = || *now_ms.get_or_insert_with(|| clock::unix_millis_at(now_ns));
     let timestamp = timestamp_arg(py, timestamp, &mut wall_ms)?;
     let fresh;
     let id = match args.id {

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use ciotrack_core::intake::{with_scratch, BlockingWait, CoreConfig, Shared, FORKED};
-use ciotrack_core::{fork, metrics as core_metrics, CoreError};
+use ciotrack_core::{clock, fork, metrics as core_metrics, CoreError};
 
 use crate::args;
 use crate::classes::{Lane, PyBatch};
@@ -44,11 +44,12 @@ pub(crate) fn submit_identify(
         return Ok(FORKED);
     }
     shared.queue(lane)?;
+    let now = clock::now_ns();
     with_scratch(|out| {
         let policy = shared.dedup_policy;
-        let built = args::build_identify(py, out, policy, customer_id, attributes, timestamp);
+        let built = args::build_identify(py, out, policy, customer_id, attributes, timestamp, now);
         let dedup = shared.count_invalid(built)?;
-        Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
+        Ok(shared.submit_at(lane, out, dedup, now, &ReleaseGil(py)))
     })
 }
 
@@ -73,11 +74,14 @@ pub(crate) fn submit_event(
     let mut digits = itoa::Buffer::new();
     let event = args::event_args(action, customer_id, anonymous_id, name, id, &mut digits);
     let event = shared.count_invalid(event)?;
+    // One clock read per call: dedup and queue age use it as is, the ULID and the default
+    // timestamp as wall time (`clock::unix_millis_at`).
+    let now = clock::now_ns();
     with_scratch(|out| {
         let policy = shared.dedup_policy;
-        let built = args::build_event(py, out, policy, event, data, timestamp);
+        let built = args::build_event(py, out, policy, event, data, timestamp, now);
         let dedup = shared.count_invalid(built)?;
-        Ok(shared.submit(lane, out, dedup, &ReleaseGil(py)))
+        Ok(shared.submit_at(lane, out, dedup, now, &ReleaseGil(py)))
     })
 }
 

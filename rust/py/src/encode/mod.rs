@@ -146,6 +146,18 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// `obj` must be a live str (or subclass) that outlives the returned slice.
 #[inline]
 unsafe fn utf8<'a>(obj: *mut ffi::PyObject) -> Result<&'a [u8], EncodeError> {
+    // SAFETY: `obj` is a live str (the caller's contract): reading its state bits is a field read.
+    if unsafe { ffi::PyUnicode_IS_COMPACT_ASCII(obj) } != 0 {
+        // SAFETY: a compact ASCII str keeps its `length` characters, one byte each, right after
+        // its header for its whole life; ASCII is its own UTF-8. This is what
+        // PyUnicode_AsUTF8AndSize returns for it, without the call (most keys and values).
+        return Ok(unsafe {
+            std::slice::from_raw_parts(
+                ffi::PyUnicode_DATA(obj) as *const u8,
+                ffi::PyUnicode_GET_LENGTH(obj) as usize,
+            )
+        });
+    }
     let mut size: ffi::Py_ssize_t = 0;
     // SAFETY: `obj` is a live str (the caller's contract), and the GIL is held.
     let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj, &mut size) };
