@@ -75,7 +75,10 @@ _OverflowPolicy = Literal["drop_newest", "drop_oldest", "block", "spool"]
 
 @final
 class Batch:
-    """A ready ``/api/v2/batch`` body taken from a lane, plus what the sender needs to account for it."""
+    """A ready ``/api/v2/batch`` body taken from a lane, plus what the sender needs to account for it.
+
+    Exports the body as a read-only buffer: ``memoryview(batch)`` is ``body`` without the copy that
+    ``body`` makes (no ``__buffer__`` in this stub: on Python 3.11 the buffer slot has no method)."""
 
     body: bytes
     """``{"batch":[...]}``: the exact bytes to POST. Retries send these same bytes (same event ids)."""

@@ -77,6 +77,45 @@ def test_every_operation_arrives_exactly_once_with_retries_driven_by_the_destina
     assert inbox.closed  # close() closes the destinations
 
 
+class TypeNotingInbox:
+    """Notes the type of every body it is given, and keeps a copy of the bytes."""
+
+    name = "inbox"
+
+    def __init__(self) -> None:
+        self.types: set[type] = set()
+        self.ops: list[dict[str, Any]] = []
+
+    def send(self, body: Any) -> Outcome:
+        self.types.add(type(body))
+        self.ops.extend(json.loads(bytes(body))["batch"])
+        return Outcome.delivered()
+
+    def probe(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class ViewTakingInbox(TypeNotingInbox):
+    accepts_buffers = True
+
+
+@pytest.mark.parametrize("inbox_type, expected", [(TypeNotingInbox, bytes), (ViewTakingInbox, memoryview)])
+def test_a_destination_gets_bytes_unless_it_says_it_accepts_buffers(inbox_type: type, expected: type) -> None:
+    inbox = inbox_type()
+    tracker = Tracker(destination=inbox, batch_bytes=4096, flush_interval=0.01, rate_limit=0)
+    for i in range(200):
+        tracker.track(f"u{i}", "viewed", {"i": i})
+    assert tracker.flush(timeout=30)
+    stats = tracker.stats()
+    tracker.close(timeout=5)
+    assert inbox.types == {expected}
+    assert sorted(op["attributes"]["i"] for op in inbox.ops) == list(range(200))
+    assert stats.delivered == 200
+
+
 def test_a_factory_gets_one_destination_per_region() -> None:
     made: dict[str, FlakyInbox] = {}
 

@@ -90,6 +90,10 @@ class Destination(Protocol):
     ``send`` is called concurrently from the sender threads and must not raise for delivery
     problems. ``probe`` is a cheap health check (an authenticated no-op, a PING) used while the
     destination is believed down: True when it answers. ``close`` releases what the destination owns.
+
+    A destination with a class attribute ``accepts_buffers = True`` may be given a read-only
+    ``memoryview`` of the body instead of bytes (the built-in HTTP destination does: no copy of the
+    body is made); without it, ``send`` always gets bytes.
     """
 
     name: str

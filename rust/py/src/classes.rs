@@ -2,8 +2,10 @@
 //! body) and `Bucket` (the token bucket). Every wait releases the GIL. They wrap ciotrack-core
 //! types only; core.rs builds on them, never the other way round.
 
+use std::os::raw::{c_int, c_void};
 use std::sync::Arc;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
@@ -127,6 +129,37 @@ impl PyBatch {
             Ok(()) => body,
             Err(_) => self.body.get(py).map_or(body, |set| set.bind(py).clone()),
         }
+    }
+
+    /// The body as a read-only buffer (PEP 3118): `memoryview(batch)` is the body without the
+    /// copy that `body` makes (the HTTP sender hands it to the socket as is).
+    ///
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill, the GIL held.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let body = &slf.get().inner.body;
+        // SAFETY: `view` is CPython's to fill (the caller's contract). The body is never changed
+        // or moved after the batch is built (the class is frozen), and PyBuffer_FillInfo takes a
+        // reference to `slf` into `view.obj`, so the bytes outlive every export. readonly=1 makes
+        // a request for a writable buffer fail with BufferError.
+        let filled = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                body.as_ptr() as *mut c_void,
+                body.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if filled == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
     }
 
     #[getter]
