@@ -39,6 +39,15 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// are ever escaped, so multi-byte sequences pass through intact).
 #[inline]
 pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Most strings need no escape at all: find the first byte that does, a word at a time, and
+    // copy what comes before it in one piece (the byte loop below was ~16 % of a `track()` call's
+    // instructions under callgrind).
+    let clean = clean_prefix(bytes);
+    put(out, &bytes[..clean]);
+    if clean == bytes.len() {
+        return;
+    }
+    let bytes = &bytes[clean..];
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc = ESCAPE[b as usize];
@@ -61,6 +70,40 @@ pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
         start = i + 1;
     }
     put(out, &bytes[start..]);
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `word` is below `n` (`n <= 0x80`; exact, no false positives: the classic
+/// "has less" bit trick).
+#[inline(always)]
+const fn any_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGHS != 0
+}
+
+/// Whether any byte of `word` equals `b`.
+#[inline(always)]
+const fn any_byte_is(word: u64, b: u8) -> bool {
+    any_byte_below(word ^ (ONES * b as u64), 1)
+}
+
+/// How many leading bytes of `bytes` [`ESCAPE`] leaves as they are: control bytes, `"` and `\`
+/// are the only ones it escapes, which three word tests find 8 bytes at a time.
+#[inline]
+fn clean_prefix(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if any_byte_below(word, 0x20) || any_byte_is(word, b'"') || any_byte_is(word, b'\\') {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && ESCAPE[bytes[i] as usize] == 0 {
+        i += 1;
+    }
+    i
 }
 
 #[inline]
@@ -229,6 +272,32 @@ mod tests {
         out.push(b' ');
         write_i64(&mut out, 0);
         assert_eq!(out, b"-9223372036854775808 18446744073709551615 0");
+    }
+
+    #[test]
+    fn the_word_scan_finds_exactly_the_bytes_the_table_escapes() {
+        // Every byte value, at every position of a 1..=24 byte string of clean filler (so each
+        // path of the scan, word and tail, meets it), escapes exactly as the byte-by-byte table says.
+        for b in 0..=255u8 {
+            for len in 1..=24usize {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let expected = if ESCAPE[b as usize] == 0 { len } else { at };
+                    assert_eq!(
+                        clean_prefix(&bytes),
+                        expected,
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        let mut out = Vec::new();
+        write_str(&mut out, "0123456789abcdef\"quoted\"\ttab\u{1}é");
+        assert_eq!(
+            out,
+            "\"0123456789abcdef\\\"quoted\\\"\\ttab\\u0001é\"".as_bytes()
+        );
     }
 
     #[test]

@@ -1,0 +1,73 @@
+"""Instructions per ``track()`` call, counted by valgrind's callgrind: a figure that does not move with
+the load of a shared VM (wall-clock figures here swing 2x from one minute to the next).
+
+    PYTHONPATH=python .venv/bin/python benches/track_instructions.py [--calls 20000]
+
+Runs itself under ``valgrind --tool=callgrind`` (``apt-get install valgrind``), counting only inside the
+native entry point of the call (``FastCalls::__pymethod_track__``: argument parsing, validation, encoding,
+ULID, dedup, queue push; not the interpreter's own dispatch to it, which is the same for every build).
+The tracker delivers to the emulator (a subprocess, not under valgrind) meanwhile, as in an application.
+Compare two builds by running it with each on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ENTRY = "_core::fastcall::FastCalls::__pymethod_track__"
+
+
+def child(calls: int) -> None:
+    import ciotrack
+    from ciotrack.emulator import Emulator
+
+    handle = Emulator.spawn(workspaces={"s": "k"})
+    tracker = ciotrack.Tracker("s", "k", endpoint=handle.url, rate_limit=0)
+    data = {"total": 12.5, "currency": "EUR", "items": 3, "first": True, "cart": {"sku": "sku-1", "qty": 2}}
+    try:
+        track = tracker.track
+        for _ in range(calls):
+            track("user-42", "checkout", data)
+        tracker.flush(120)
+    finally:
+        tracker.close(timeout=60)
+        handle.stop()
+
+
+def count(calls: int) -> int:
+    """Instructions inside the entry point over a whole child run of ``calls`` calls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--toggle-collect={ENTRY}",
+                        sys.executable, os.path.abspath(__file__), "--child", "--calls", str(calls)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        summary = subprocess.run(["callgrind_annotate", out], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"^([\d,]+)\s+(?:\(100\.0%\)\s+)?PROGRAM TOTALS", summary, re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"no PROGRAM TOTALS in callgrind_annotate's output:\n{summary[:2000]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.calls)
+        return 0
+    # The first call takes the Python method (it starts the senders): two runs, and the difference
+    # over the extra calls leaves that one-off out.
+    few, many = count(1_000), count(1_000 + args.calls)
+    print(f"track(): {(many - few) / args.calls:,.0f} instructions per call "
+          f"({args.calls:,} calls; callgrind, inside {ENTRY})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
