@@ -5,7 +5,7 @@ until the workspace limit binds. Needs ``redis-server`` on PATH (started here on
 * ``python -m pytest benches/bench_fleet.py --benchmark-only`` — ``track()`` latency (pytest-benchmark
   median per call, 2000 rounds x 100 calls), the same harness as bench_track.py but with
   ``redis_url=``: the call never waits for Redis.
-* ``python benches/bench_fleet.py [--quick]`` — the end-to-end and scaling figures, printed.
+* ``python benches/bench_fleet.py [--quick]`` — the end-to-end, scaling and coalescing figures, printed.
 """
 
 from __future__ import annotations
@@ -109,6 +109,62 @@ SCALING_ROWS: tuple[tuple[int, int | None, float, tuple[str, ...]], ...] = (
 )
 
 
+def _preload_fast(redis_url: str, entries: int, ops_per_entry: int) -> None:
+    """``entries`` small entries, as many producers flushing often would write them (pipelined XADDs)."""
+    import json
+
+    from ciotrack.fleet.producer import connect
+    from ciotrack.fleet.streams import StreamKeys, encode_entry, ensure_group
+
+    keys = StreamKeys.for_site(SITE_ID)
+    client = connect(redis_url)
+    ensure_group(client, keys)
+    for start in range(0, entries, 1000):
+        pipe = client.pipeline(transaction=False)
+        for b in range(start, min(entries, start + 1000)):
+            ops = [{"type": "person", "action": "event", "identifiers": {"id": f"u{b}"}, "name": "bench",
+                    "id": f"{b:013d}{i:013d}", "attributes": {"b": b, "i": i}} for i in range(ops_per_entry)]
+            pipe.xadd(keys.work, encode_entry(json.dumps({"batch": ops}).encode(), "us", "bench:0:x"))  # type: ignore[arg-type]
+        pipe.execute()
+    client.close()
+
+
+def coalescing(redis_url: str, seconds: float, log_dir: Path) -> None:
+    """Events/s through 3 workers (default pacing, 50 ms latency, the emulator enforcing 100/s burst 10)
+    from a backlog of small entries, with and without coalescing. Without, the figure is the steady
+    rate over ``seconds``; with, the backlog (the same size) drains long before the rate limit binds,
+    so the figure is its size over the time to drain it."""
+    from ciotrack.emulator import Emulator
+    from ciotrack.fleet.producer import connect
+    from ciotrack.fleet.streams import StreamKeys
+
+    keys = StreamKeys.for_site(SITE_ID)
+    client = connect(redis_url)
+    entries, per_entry = 20_000, 5
+    for flags in (("--no-coalesce",), ()):
+        client.delete(keys.work, keys.dead, keys.tries)
+        _preload_fast(redis_url, entries, per_entry)
+        with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
+            em.set_faults(latency=0.05)
+            workers = [WorkerProcess(redis_url, em.url, *flags, log=log_dir / f"c{i}.log") for i in range(3)]
+            em.wait_for(lambda: em.stats()["events"] > 0, timeout=60)
+            t0, events0, requests0 = time.monotonic(), em.stats()["events"], _requests(em)
+            deadline = t0 + (seconds if flags else 600.0)
+            while time.monotonic() < deadline and client.xlen(keys.work):
+                time.sleep(0.05)
+            t1, events1, requests1 = time.monotonic(), em.stats()["events"], _requests(em)
+            rejected = int(em.stats()["by_status"].get("429", 0))
+            left = client.xlen(keys.work)
+            for worker in workers:
+                worker.terminate()
+        rps, eps = (requests1 - requests0) / (t1 - t0), (events1 - events0) / (t1 - t0)
+        print(f"{entries:,} entries of {per_entry} operations, 3 workers at 50 ms, "
+              f"{' '.join(flags) or 'coalescing (default)'}: {eps:8,.0f} events/s over {t1 - t0:.1f} s, "
+              f"{rps:5.1f} requests/s, {eps / max(rps, 1e-9):6.1f} operations per request (429s: {rejected}; "
+              f"entries left: {left:,})", flush=True)
+    client.close()
+
+
 def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
     from ciotrack.emulator import Emulator
     from ciotrack.fleet.producer import connect
@@ -124,7 +180,8 @@ def scaling(redis_url: str, seconds: float, log_dir: Path) -> None:
         extra = [*pacing, *(("--concurrency", str(concurrency)) if concurrency else ())]
         with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
             em.set_faults(latency=latency)
-            workers = [WorkerProcess(redis_url, em.url, *extra, log=log_dir / f"s{n_workers}-{i}.log")
+            # One request per entry: these rows are about the request pacing (coalescing: see below).
+            workers = [WorkerProcess(redis_url, em.url, *extra, "--no-coalesce", log=log_dir / f"s{n_workers}-{i}.log")
                        for i in range(n_workers)]
             time.sleep(4.0)  # start-up and the initial burst are not part of the figure
             before, t0 = _requests(em), time.monotonic()
@@ -153,6 +210,7 @@ def main() -> None:
             print(f"redis-server {version.removeprefix('v=')}, appendfsync always; python {sys.version.split()[0]}")
             end_to_end(server.url, 10_000 if args.quick else 50_000, Path(directory))
             scaling(server.url, 4.0 if args.quick else 10.0, Path(directory))
+            coalescing(server.url, 4.0 if args.quick else 8.0, Path(directory))
         finally:
             server.stop()
 

@@ -144,8 +144,9 @@ def test_worker_latency_buckets_share_the_trackers_le_so_a_fleet_sums(
     tracker, tracker_url = metrics_url
     with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
         port = free_port()
+        # One request per entry (no coalescing), so the worker's request count is known: three.
         worker = WorkerProcess(redis_server.url, em.url, "--rate-limit", "0", "--metrics-port", str(port),
-                               log=tmp_path / "w.log")
+                               "--no-coalesce", log=tmp_path / "w.log")
         try:
             from ciotrack import Tracker
 

@@ -59,6 +59,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
     parser.add_argument("--key-prefix", default="ciotrack",
                         help="first part of every Redis key (default ciotrack; producers must use the same)")
+    parser.add_argument("--no-coalesce", dest="coalesce", action="store_false",
+                        help="one request per stream entry (default: small fresh entries of a region share "
+                             "requests of up to 500 KB, each still acknowledged on its own)")
     parser.add_argument("--create-group", action="store_true",
                         help="create the stream and its consumer group (at 0, idempotent), then exit")
 
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         region=args.region, rate_limit=args.rate_limit, burst=args.burst, concurrency=args.concurrency,
         visibility_timeout=args.visibility_timeout, max_deliveries=args.max_deliveries,
         drain_timeout=args.drain_timeout, request_timeout=args.request_timeout, consumer=args.consumer,
-        prefix=args.key_prefix)
+        prefix=args.key_prefix, coalesce=args.coalesce)
     try:
         config.validate()
     except ValueError as exc:

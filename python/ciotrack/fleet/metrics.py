@@ -64,6 +64,8 @@ class WorkerMetrics:
         self.rate_limited = Counter(f"{ns}_rate_limited", "429 answers", registry=r)
         self.retries = Counter(f"{ns}_retries", "requests retried", registry=r)
         self.splits = Counter(f"{ns}_batch_splits", "batches split after a 413", registry=r)
+        self.coalesced = Counter(f"{ns}_entries_coalesced", "entries sent together with others in one request",
+                                 registry=r)
         self.claimed = Counter(f"{ns}_claimed", "entries claimed from other consumers", registry=r)
         self.dead_letters = Counter(f"{ns}_dead_letters", "entries moved to the dead-letter stream", registry=r)
         self.released = Counter(f"{ns}_released", "entries handed back unfinished", ["reason"], registry=r)

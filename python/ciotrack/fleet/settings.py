@@ -42,6 +42,9 @@ class WorkerConfig:
     stats_interval: float = 5.0
     consumer: str | None = None
     prefix: str = "ciotrack"
+    coalesce: bool = True
+    """Send several small fresh entries of one region as one request of up to 500 KB (each entry is
+    still acknowledged, retried and dead-lettered on its own): see :mod:`ciotrack.fleet.coalesce`."""
 
     def __repr__(self) -> str:  # the API key stays out of every repr
         return (f"WorkerConfig(site_id={self.site_id!r}, endpoint={self.endpoint!r}, rate_limit={self.rate_limit}, "

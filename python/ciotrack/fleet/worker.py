@@ -4,10 +4,12 @@ One reader thread and ``concurrency`` delivery threads per process:
 
 * The reader first re-reads this consumer's own pending entries (``XREADGROUP ... 0``: a restarted
   container keeps its host name and often its pid, hence its consumer name), then new ones
-  (``XREADGROUP ... >`` with ``BLOCK`` well under the socket timeout). It reads only as many entries
-  as it has idle delivery threads, so entries never wait in this process while the visibility clock
-  runs. Every few seconds it claims entries idle for longer than ``visibility_timeout``
-  (``XAUTOCLAIM``): those of a dead or stalled worker.
+  (``XREADGROUP ... >`` with ``BLOCK`` well under the socket timeout). It reads what its idle delivery
+  threads can send at once: one entry each, or with coalescing (the default) up to a body's worth of
+  fresh entries each (:mod:`ciotrack.fleet.coalesce`: small entries share a request, each is settled on
+  its own). Every entry's delivery deadline counts from when it was read, so none is held past the
+  visibility timeout. Every few seconds it claims entries idle for longer than ``visibility_timeout``
+  (``XAUTOCLAIM``): those of a dead or stalled worker; claimed entries always go alone.
 * A delivery thread counts the try (``HINCRBY tries``) *before* sending, so a worker killed mid-way
   counts as a try too; sends through :class:`ciotrack.delivery.Delivery` (status table, retries,
   413 split) with the Track API v2 destination and the shared :class:`RedisLimiter`; then
@@ -33,8 +35,11 @@ import queue
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ciotrack.fleet.coalesce import MAX_BODY_BYTES, GroupBatch, pack, shares
+from ciotrack.fleet.finishing import Finishing
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
@@ -45,9 +50,7 @@ from ciotrack.fleet.streams import (
     StreamKeys,
     WorkEntry,
     decode_entry,
-    encode_entry,
     ensure_group,
-    entry_time,
     remove_idle_consumers,
 )
 
@@ -58,7 +61,24 @@ __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("ciotrack.fleet")
 
-class Worker:
+# Fresh entries read per idle delivery thread, at most: a full body's worth of entries of the average
+# size seen (see _fresh_per_slot), so coalesced groups rarely outnumber the threads that send them.
+_MAX_FRESH_PER_SLOT = 32
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """What one delivery thread sends: one entry, or several fresh ones coalesced into one request."""
+
+    entries: list[WorkEntry]
+    deadline: float
+    """``time.monotonic()`` by which it is delivered or released: counted from when it was read, so a
+    live worker never holds an entry past the visibility timeout, however long it waited here."""
+    holds_slot: bool = True
+    """False for a group read beyond the idle threads (releases no slot when done)."""
+
+
+class Worker(Finishing):
     """Consumes one workspace's stream (see the module docstring). ``run()`` blocks until drained."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
@@ -75,7 +95,7 @@ class Worker:
         self._drain_started: float | None = None
         self._stop_delivery = threading.Event()  # set at the drain deadline: in-flight deliveries give up
         self._slots = threading.Semaphore(config.threads)
-        self._work: queue.Queue[WorkEntry | None] = queue.Queue()
+        self._work: queue.Queue[WorkItem | None] = queue.Queue()
         self._deliveries: dict[str, Delivery] = {}
         self._deliveries_lock = threading.Lock()
         self._in_flight: dict[str, WorkEntry] = {}
@@ -84,6 +104,7 @@ class Worker:
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
         self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
+        self._entry_bytes = float(MAX_BODY_BYTES)  # running mean of fresh entries' body sizes
 
     def __repr__(self) -> str:
         return f"Worker(consumer={self.consumer!r}, stream={self.keys.work!r})"
@@ -115,12 +136,14 @@ class Worker:
         # Entries read but not started: hand them back at once, peers take them.
         while True:
             try:
-                entry = self._work.get_nowait()
+                item = self._work.get_nowait()
             except queue.Empty:
                 break
-            if entry is not None:
-                self._release(entry, "drain")
-                self._slots.release()
+            if item is not None:
+                for entry in item.entries:
+                    self._release(entry, "drain")
+                if item.holds_slot:
+                    self._slots.release()
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -188,7 +211,7 @@ class Worker:
                                                       {self.keys.work: pending_cursor}, count=slots)
                     else:
                         reply = self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.work: ">"},
-                                                      count=slots, block=config.block_ms)
+                                                      count=slots * self._fresh_per_slot(), block=config.block_ms)
                     entries = reply[0][1] if reply else []
                     if own_pending:
                         if entries:
@@ -196,7 +219,7 @@ class Worker:
                             pending_cursor = last.decode() if isinstance(last, bytes) else str(last)
                         else:
                             own_pending = False
-                    used = self._dispatch(entries)
+                    used = self._dispatch(entries, slots, coalesce=config.coalesce and not own_pending)
                 finally:
                     for _ in range(slots - used):
                         self._slots.release()
@@ -225,9 +248,26 @@ class Worker:
             taken += 1
         return taken
 
-    def _dispatch(self, entries: list[Any]) -> int:
-        """Queue decoded entries for the delivery threads; returns how many slots they use."""
-        used = 0
+    def _fresh_per_slot(self) -> int:
+        if not self.config.coalesce:
+            return 1
+        return max(1, min(_MAX_FRESH_PER_SLOT, int(MAX_BODY_BYTES / max(1.0, self._entry_bytes))))
+
+    def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
+        """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
+        (fresh entries only); returns how many of the ``slots`` taken they use."""
+        deadline = time.monotonic() + self.config.delivery_deadline
+        decoded = self._decode(entries)
+        if coalesce:
+            for entry in decoded:
+                self._entry_bytes += (len(entry.batch.body) - self._entry_bytes) * 0.1
+        groups = pack(decoded) if coalesce else [[entry] for entry in decoded]
+        for n, group in enumerate(groups):
+            self._work.put(WorkItem(group, deadline, holds_slot=n < slots))
+        return min(len(groups), slots)
+
+    def _decode(self, entries: list[Any]) -> list[WorkEntry]:
+        decoded = []
         for entry_id, fields in entries:
             if not fields:  # deleted after it was read (acknowledged by another consumer)
                 continue
@@ -239,9 +279,8 @@ class Worker:
                 except Exception:  # stays pending; claimed (and dead-lettered) again later
                     self._warn("dead", "could not dead-letter unreadable entry %s", entry_id)
                 continue
-            self._work.put(entry)
-            used += 1
-        return used
+            decoded.append(entry)
+        return decoded
 
     def _claim(self) -> None:
         """Take entries idle longer than the visibility timeout (their worker died or stalled)."""
@@ -256,7 +295,7 @@ class Worker:
                 reply: Any = self.redis.xautoclaim(self.keys.work, self.keys.group, self.consumer, min_idle,
                                               start_id=cursor, count=slots)
                 cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                used = self._dispatch(reply[1])
+                used = self._dispatch(reply[1], slots)
             finally:
                 for _ in range(slots - used):
                     self._slots.release()
@@ -283,25 +322,85 @@ class Worker:
 
     def _deliver_loop(self) -> None:
         while True:
-            entry = self._work.get()
-            if entry is None:
+            item = self._work.get()
+            if item is None:
                 return
             with self._in_flight_lock:
-                self._in_flight[entry.entry_id] = entry
+                for entry in item.entries:
+                    self._in_flight[entry.entry_id] = entry
                 self.metrics.in_flight.set(len(self._in_flight))
             try:
-                self._deliver(entry)
+                if len(item.entries) == 1:
+                    self._deliver(item.entries[0], item.deadline)
+                else:
+                    self._deliver_group(item.entries, item.deadline)
             except Exception:
-                # A bug or a Redis outage longer than our retries: the entry stays pending and is
+                # A bug or a Redis outage longer than our retries: the entries stay pending and are
                 # claimed again after the visibility timeout.
-                self._warn("deliver", "delivering entry %s failed unexpectedly", entry.entry_id, exc_info=True)
+                self._warn("deliver", "delivering entry %s failed unexpectedly", item.entries[0].entry_id,
+                           exc_info=True)
             finally:
                 with self._in_flight_lock:
-                    self._in_flight.pop(entry.entry_id, None)
+                    for entry in item.entries:
+                        self._in_flight.pop(entry.entry_id, None)
                     self.metrics.in_flight.set(len(self._in_flight))
-                self._slots.release()
+                if item.holds_slot:
+                    self._slots.release()
 
-    def _deliver(self, entry: WorkEntry) -> None:
+    def _deliver_group(self, group: list[WorkEntry], deadline: float) -> None:
+        """Several fresh entries as one request, each settled as if sent alone (:mod:`.coalesce`)."""
+        from ciotrack.delivery import Job, Verdict
+
+        tries = self._count_tries(group, 1)
+        # A requeued rest carries the tries of its entry: it goes alone, under its own count.
+        solo = [entry for entry, n in zip(group, tries, strict=True) if n > 1]
+        if solo:
+            self._count_tries(solo, -1)
+            for entry in solo:
+                self._deliver(entry, deadline)
+            group = [entry for entry, n in zip(group, tries, strict=True) if n <= 1]
+            if not group:
+                return
+        self.metrics.coalesced.inc(len(group))
+        results = list(self._delivery_for(group[0].region).deliver(Job(GroupBatch.join(group)), deadline))
+        if all(r.verdict is Verdict.DELIVERED and not r.failures for r in results):
+            self.metrics.ops_delivered.inc(sum(entry.batch.count for entry in group))
+            self._ack(*group)
+            return
+        for entry, share in zip(group, shares(group, results), strict=True):
+            self.metrics.ops_delivered.inc(share.delivered - len(share.rejected))
+            if share.rejected:
+                self.metrics.ops_failed.labels("rejected").inc(len(share.rejected))
+            if not share.undelivered:
+                if share.rejected:
+                    self._dead_letter(entry, StoredBatch.from_ops(share.rejected),
+                                      "rejected: " + "; ".join(sorted(share.reasons))[:500], 1)
+                else:
+                    self._ack(entry)
+            elif share.delivered:
+                # Part of it went through (a 413 split): the rest goes back as a new entry, untried.
+                self._requeue(entry, StoredBatch.from_ops(share.undelivered), 0)
+            elif share.verdict is Verdict.EXHAUSTED:
+                # Customer.io unreachable: not a try; left idle, claimed (alone) after the visibility timeout.
+                self._count_tries([entry], -1)
+                self.metrics.released.labels("exhausted").inc()
+            else:
+                # A final answer (or the drain): not counted against it, since the request carried other
+                # entries too; claimed now and sent alone.
+                reason = "unmerged" if share.verdict is Verdict.FAILED else (share.verdict or Verdict.STOPPED).value
+                self._release(entry, reason, uncount_try=True)
+
+    def _count_tries(self, entries: list[WorkEntry], step: int) -> list[int]:
+        def count() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry in entries:
+                pipe.hincrby(self.keys.tries, entry.entry_id, step)
+            return [int(n) for n in pipe.execute()]
+
+        result: list[int] = self._redis_call(count)
+        return result
+
+    def _deliver(self, entry: WorkEntry, deadline: float) -> None:
         from ciotrack.delivery import Job, Verdict
 
         config = self.config
@@ -312,7 +411,7 @@ class Worker:
             self._dead_letter(entry, entry.batch, reason, tries - 1)
             return
         delivery = self._delivery_for(entry.region)
-        results = list(delivery.deliver(Job(entry.batch), time.monotonic() + config.delivery_deadline))
+        results = list(delivery.deliver(Job(entry.batch), deadline))
         delivered = [r for r in results if r.verdict is Verdict.DELIVERED]
         failed = [r for r in results if r.verdict is Verdict.FAILED]
         unfinished = [r for r in results if r.verdict not in (Verdict.DELIVERED, Verdict.FAILED)]
@@ -387,113 +486,3 @@ class Worker:
                                     recorder=self.metrics)
                 self._deliveries[region] = delivery
             return delivery
-
-    # -- finishing an entry (each a MULTI, so no half-done state survives a crash) ---------------
-
-    def _retire(self, pipe: Any, entry_id: str) -> None:
-        """Queue on ``pipe`` (a MULTI) what takes an entry out of the work stream for good: acknowledged,
-        deleted (never trimmed: see fleet-redis.md), and its try count and last error forgotten."""
-        pipe.xack(self.keys.work, self.keys.group, entry_id)
-        pipe.xdel(self.keys.work, entry_id)
-        pipe.hdel(self.keys.tries, entry_id, f"{entry_id}:err")
-
-    def _ack(self, entry: WorkEntry) -> None:
-        def ack() -> None:
-            pipe = self.redis.pipeline(transaction=True)
-            self._retire(pipe, entry.entry_id)
-            pipe.execute()
-
-        self._redis_call(ack)
-        self.metrics.batches_delivered.inc()
-        self.metrics.delivery_latency.observe(max(0.0, time.time() - entry_time(entry.entry_id)))
-
-    def _dead_letter(self, entry: WorkEntry, batch: StoredBatch, error: str, tries: int) -> None:
-        fields: dict[Any, Any] = {k: v for k, v in entry.fields.items() if k not in (b"body", b"offsets", b"count")}
-        fields.update(encode_entry(batch.body, entry.region, entry.fields.get(b"producer", b"?").decode(),
-                                   batch.offsets, int(entry.created_ms)))
-        fields.update({b"error": error.encode("utf-8", "replace")[:2000], b"tries": str(tries).encode(),
-                       b"dead_at": str(int(time.time() * 1000)).encode(), b"source_id": entry.entry_id.encode()})
-
-        def move() -> None:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(self.keys.dead, fields)
-            self._retire(pipe, entry.entry_id)
-            pipe.execute()
-
-        self._redis_call(move)
-        self.metrics.dead_letters.inc()
-        self._warn("dead", "entry %s (%d operations) moved to the dead-letter stream after %d tries: %s",
-                   entry.entry_id, batch.count, tries, error[:200])
-
-    def _dead_letter_raw(self, entry_id: Any, fields: dict[Any, Any], error: str) -> None:
-        ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead, {**fields, b"error": error.encode()[:2000], b"source_id": ident.encode()})
-        self._retire(pipe, ident)
-        pipe.execute()  # on a Redis error the entry stays pending and comes back (claimed) later
-        self.metrics.dead_letters.inc()
-        self._warn("dead", "entry %s is unreadable, moved to the dead-letter stream: %s", ident, error)
-
-    def _requeue(self, entry: WorkEntry, rest: StoredBatch, tries: int) -> None:
-        fields = encode_entry(rest.body, entry.region, entry.fields.get(b"producer", b"?").decode(), rest.offsets,
-                              entry.created_ms)
-
-        def swap() -> None:
-            # XADD inside MULTI returns the id only at EXEC: carry the tries over with a Lua-free
-            # two-step (a crash between them only loses a try count).
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(self.keys.work, fields)  # type: ignore[arg-type]
-            self._retire(pipe, entry.entry_id)
-            new_id = pipe.execute()[0]
-            if tries > 0:
-                self.redis.hset(self.keys.tries, new_id, tries)
-
-        self._redis_call(swap)
-        self.metrics.released.labels("split_rest").inc()
-
-    def _release(self, entry: WorkEntry, reason: str, uncount_try: bool = False) -> None:
-        """Hand an unfinished entry back: claimable at once (its idle time set past the timeout)."""
-        idle = int(self.config.visibility_timeout * 1000) + 1
-
-        def release() -> None:
-            pipe = self.redis.pipeline(transaction=True)
-            # JUSTID: no delivery-count bump; IDLE: claimable by anyone's next XAUTOCLAIM.
-            pipe.xclaim(self.keys.work, self.keys.group, self.consumer, 0, [entry.entry_id], idle=idle, justid=True)
-            if uncount_try:
-                pipe.hincrby(self.keys.tries, entry.entry_id, -1)
-            pipe.execute()
-
-        try:
-            self._redis_call(release, attempts=5)
-            self._claim_soon = True
-        except Exception:
-            self._warn("release", "could not release entry %s; it is claimed after the visibility timeout",
-                       entry.entry_id)
-        self.metrics.released.labels(reason).inc()
-
-    def _redis_call(self, call: Any, attempts: int | None = None) -> Any:
-        """Run ``call`` until Redis answers (it may be restarting), at most until the drain deadline."""
-        import redis as redis_module
-
-        delay = 0.05
-        n = 0
-        while True:
-            try:
-                result = call()
-                self.probes.redis_ok = True
-                return result
-            except (redis_module.ConnectionError, redis_module.TimeoutError, redis_module.BusyLoadingError,
-                    OSError) as exc:
-                n += 1
-                self.probes.redis_ok = False
-                if (attempts is not None and n >= attempts) or self._stop_delivery.is_set():
-                    raise
-                self._warn("call", "Redis unreachable (%s); retrying", type(exc).__name__)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
-
-    def _warn(self, key: str, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._last_warning.get(key, float("-inf")) >= 10.0:
-            self._last_warning[key] = now
-            log.warning("ciotrack worker: " + message, *args, exc_info=exc_info)

@@ -1,0 +1,149 @@
+"""Coalescing in ``ciotrack worker``: small fresh stream entries share requests, and each entry is still
+settled on its own (acknowledged, split, dead-lettered, or sent alone later). Real Redis, real worker
+processes, the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ciotrack import _core
+from ciotrack.fleet.streams import StreamKeys, encode_entry, ensure_group
+from redis_harness import RedisServer
+
+from .fleet_procs import SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
+from .test_fleet_split import answered, worker_counters
+from conftest import free_port
+
+KEYS = StreamKeys.for_site(SITE_ID)
+ENTRIES, PER_ENTRY = 12, 20
+
+
+def event_op(entry: int, seq: int, name: str = "fleet") -> bytes:
+    return json.dumps({"type": "person", "identifiers": {"id": f"c{entry}"}, "action": "event", "name": name,
+                       "id": _core.ulid().upper(), "timestamp": 1764480000,
+                       "attributes": {"p": entry, "seq": seq, "pad": "x" * 40}}, separators=(",", ":")).encode()
+
+
+def write_entries(client: Any, bad: dict[int, int] | None = None) -> list[str]:
+    """ENTRIES entries of PER_ENTRY events each, as producers write them; ``bad[entry] = seq`` makes that
+    event invalid (an empty name: the emulator rejects it in a 207). Returns the entry ids."""
+    ensure_group(client, KEYS)
+    ids = []
+    for entry in range(ENTRIES):
+        ops = [event_op(entry, seq, "" if (bad or {}).get(entry) == seq else "fleet") for seq in range(PER_ENTRY)]
+        body = b'{"batch":[' + b",".join(ops) + b"]}"
+        ids.append(client.xadd(KEYS.work, encode_entry(body, "us", "test:1:x")).decode())
+    return ids
+
+
+def assert_settled(client: Any) -> None:
+    assert client.xlen(KEYS.work) == 0
+    assert client.hlen(KEYS.tries) == 0  # every try count went with its entry
+    assert client.xinfo_groups(KEYS.work)[0]["pending"] == 0
+
+
+def test_small_entries_share_requests_and_each_is_acknowledged_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    client = redis_client(redis_server.url)
+    write_entries(client)
+    port = free_port()
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--metrics-port", str(port),
+                           log=tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
+        counters = worker_counters(port)
+    finally:
+        assert worker.terminate() == 0
+    counts = Counter(stored_events(spawned_emulator))
+    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+    requests = answered(spawned_emulator)
+    assert all(status == 200 for status, _, _ in requests)
+    assert len(requests) < ENTRIES and sum(n for _, n, _ in requests) == ENTRIES * PER_ENTRY
+    assert counters["ciotrack_worker_entries_coalesced_total"] >= 2
+    assert counters["ciotrack_worker_batches_delivered_total"] == ENTRIES
+    assert client.xlen(KEYS.dead) == 0
+    assert_settled(client)
+
+
+def test_a_rejection_in_a_shared_request_dead_letters_only_the_operation_of_its_entry(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    client = redis_client(redis_server.url)
+    ids = write_entries(client, bad={3: 7, 9: 0})
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", log=tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
+    finally:
+        assert worker.terminate() == 0
+    counts = Counter(stored_events(spawned_emulator))
+    expected = {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} - {(3, 7), (9, 0)}
+    assert set(counts) == expected and set(counts.values()) == {1}
+    assert len(answered(spawned_emulator)) < ENTRIES  # the entries did share requests
+    dead = {fields[b"source_id"].decode(): fields for _, fields in client.xrange(KEYS.dead)}
+    assert set(dead) == {ids[3], ids[9]}  # under the id of the entry each came from, nothing else
+    for entry, seq in ((3, 7), (9, 0)):
+        fields = dead[ids[entry]]
+        [op] = json.loads(fields[b"body"])["batch"]
+        assert (op["attributes"]["p"], op["attributes"]["seq"]) == (entry, seq)
+        assert fields[b"error"].startswith(b"rejected: ")
+    assert_settled(client)
+
+
+def test_a_413_on_a_shared_request_splits_across_entries_and_each_is_acknowledged_once(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    client = redis_client(redis_server.url)
+    write_entries(client)
+    entry_bytes = len(client.xrange(KEYS.work, count=1)[0][1][b"body"])
+    # Every entry fits alone, three of them do not: the shared body is split until pieces fit, and the
+    # pieces cut through entries.
+    spawned_emulator.set_faults(max_body_bytes=int(entry_bytes * 2.5))
+    port = free_port()
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--metrics-port", str(port),
+                           log=tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 60)
+        counters = worker_counters(port)
+    finally:
+        assert worker.terminate() == 0
+    counts = Counter(stored_events(spawned_emulator))
+    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+    requests = answered(spawned_emulator)
+    statuses = Counter(status for status, _, _ in requests)
+    assert statuses[413] >= 1 and set(statuses) == {200, 413}
+    assert max(n for status, n, _ in requests if status == 200) > PER_ENTRY  # pieces spanning entries
+    assert counters["ciotrack_worker_batch_splits_total"] >= 1
+    assert counters["ciotrack_worker_batches_delivered_total"] == ENTRIES
+    assert client.xlen(KEYS.dead) == 0
+    assert_settled(client)
+
+
+def test_after_a_final_answer_to_a_shared_request_each_entry_goes_alone(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    client = redis_client(redis_server.url)
+    write_entries(client)
+    # Every request is refused for good (400) for a while: the shared request first, then the entries,
+    # released without a try counted against them, are claimed and sent one by one (the high
+    # max-deliveries keeps them out of the dead-letter stream meanwhile).
+    spawned_emulator.set_faults(error_rate=1.0, error_statuses=[400])
+    port = free_port()
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "1000",
+                           "--metrics-port", str(port), log=tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: len(spawned_emulator.requests()) >= 3, 30)
+        spawned_emulator.clear_faults()
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 60)
+        counters = worker_counters(port)
+    finally:
+        assert worker.terminate() == 0
+    counts = Counter(stored_events(spawned_emulator))
+    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+    requests = answered(spawned_emulator)
+    assert requests[0][0] == 400
+    delivered = [n for status, n, _ in requests if status == 200]
+    assert delivered == [PER_ENTRY] * ENTRIES  # after the shared request failed, never coalesced again
+    assert counters["ciotrack_worker_entries_coalesced_total"] == ENTRIES  # the one shared request
+    assert client.xlen(KEYS.dead) == 0
+    assert_settled(client)
