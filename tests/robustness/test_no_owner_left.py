@@ -155,6 +155,13 @@ PREAMBLE = f"""
 import json, os, sys, time
 from ciotrack import Tracker
 SITE_ID, API_KEY = {SITE_ID!r}, {API_KEY!r}
+
+def idle(seconds):
+    # Short sleeps, not one long one: CPython's time.sleep() misses a signal that lands after the
+    # last bytecode and before the sleep starts (seen under load), and a waiting app loops anyway.
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
 """
 
 
@@ -175,7 +182,7 @@ def test_a_signal_with_a_batch_in_a_stalled_request_reports_it(held: Callable[..
         for i in range({N}):
             tracker.track(f"user-{{i}}", "checkout")
         print("ready", flush=True)
-        time.sleep(60)
+        idle(60)
     """)
     try:
         assert proc.stdout is not None

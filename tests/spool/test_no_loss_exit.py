@@ -26,6 +26,13 @@ PREAMBLE = f"""
 import os, sys, time, json
 import ciotrack
 SITE_ID, API_KEY = {SITE_ID!r}, {API_KEY!r}
+
+def idle(seconds):
+    # Short sleeps, not one long one: CPython's time.sleep() misses a signal that lands after the
+    # last bytecode and before the sleep starts (seen under load), and a waiting app loops anyway.
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
 """
 
 
@@ -81,7 +88,7 @@ def test_exit_with_the_api_down_spools_everything_and_the_next_process_delivers(
             tracker.track(f"t{{i % 10}}", "bye", {{"i": i}})
         print("ready", flush=True)
         if {how == "sigterm"}:
-            time.sleep(60)
+            idle(60)
     """)
     wait_line(proc, "ready")
     started = time.monotonic()
@@ -261,7 +268,7 @@ def test_sigterm_handler_is_only_installed_where_nobody_else_handles_it(setup: s
                                    handle_sigterm={setup != "handle_sigterm=False"})
         tracker.track("t", "e")
         print("ready", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
-        time.sleep(60)
+        idle(60)
     """)
     line = wait_line(proc, "ready")
     assert line == f"ready {setup == 'handle_sigterm=False'}"

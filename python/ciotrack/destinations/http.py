@@ -29,6 +29,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ciotrack.lifecycle import block_exit_signals
+
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
 
@@ -176,6 +178,7 @@ class Watchdog:
             return False
 
     def _run(self) -> None:
+        block_exit_signals()  # SIGTERM must reach the main thread, not this one (lifecycle.py)
         with self._cv:
             while True:
                 while self._heap and self._heap[0][1] not in self._armed:

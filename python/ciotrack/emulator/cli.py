@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from ciotrack.emulator.faults import LATENCY_PROFILES
+from ciotrack.lifecycle import block_exit_signals
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         print(banner(emulator.url, emulator.region, emulator.credentials(), emulator.ca_bundle), flush=True)
         if args.exit_on_stdin_eof:
             def wait_for_eof() -> None:
+                block_exit_signals()  # SIGTERM must wake the main thread's wait below
                 sys.stdin.buffer.read()
                 done.set()
 

@@ -25,6 +25,7 @@ from ciotrack.emulator.server import EmulatorHTTPServer
 from ciotrack.emulator.state import Workspace
 from ciotrack.emulator.transactional import TransactionalLog
 from ciotrack.emulator.validate import json_dumps
+from ciotrack.lifecycle import block_exit_signals
 
 if TYPE_CHECKING:
     from ciotrack.emulator.webhooks import WebhookSender
@@ -109,11 +110,18 @@ class Emulator:
         port = self._server.server_address[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="ciotrack-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="ciotrack-emulator", daemon=True)
         self._thread.start()
         logger.info("Customer.io emulator listening on %s", self.url)
         return self
+
+    def _serve(self) -> None:
+        # Blocked here, SIGTERM/SIGINT reach the embedding process's main thread; the connection
+        # threads this one starts inherit the mask.
+        block_exit_signals()
+        server = self._server
+        assert server is not None  # set by start() before this thread starts
+        server.serve_forever(poll_interval=0.05)
 
     def _make_tls(self) -> ssl.SSLContext:
         import trustme

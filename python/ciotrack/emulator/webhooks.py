@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ciotrack.lifecycle import block_exit_signals
 from ciotrack.webhooks.blast import Poster
 from ciotrack.webhooks.samples import METRICS_BY_TYPE, OBJECT_TYPES, event_payload
 from ciotrack.webhooks.signature import sign
@@ -248,6 +249,7 @@ class WebhookSender:
             self._post("event", payload["event_id"], body, headers)
 
     def _run(self) -> None:
+        block_exit_signals()  # signals belong to the embedding process's main thread (lifecycle.py)
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         sent = 0

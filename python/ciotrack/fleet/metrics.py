@@ -37,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ciotrack._core import histogram_bounds
+from ciotrack.lifecycle import block_exit_signals
 
 __all__ = ["WorkerMetrics", "serve"]
 
@@ -149,5 +150,9 @@ def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="ciotrack-worker-metrics", daemon=True).start()
+    def serve() -> None:
+        block_exit_signals()  # this thread and the request threads it starts (they inherit the mask)
+        server.serve_forever()
+
+    threading.Thread(target=serve, name="ciotrack-worker-metrics", daemon=True).start()
     return server

@@ -53,6 +53,7 @@ from ciotrack.fleet.streams import (
     ensure_group,
     remove_idle_consumers,
 )
+from ciotrack.lifecycle import block_exit_signals
 
 if TYPE_CHECKING:
     from ciotrack.delivery import Delivery, Result
@@ -321,6 +322,7 @@ class Worker(Finishing):
     # -- delivering ---------------------------------------------------------------------------
 
     def _deliver_loop(self) -> None:
+        block_exit_signals()  # SIGTERM (the drain) must reach the main thread (lifecycle.py)
         while True:
             item = self._work.get()
             if item is None:

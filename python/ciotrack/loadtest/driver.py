@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ciotrack.lifecycle import block_exit_signals
 from ciotrack.loadtest.fleet import FleetProbe, Outcomes
 from ciotrack.loadtest.histogram import LatencyHistogram, summarize
 from ciotrack.loadtest.scenario import CallLoop, Scenario
@@ -152,7 +153,7 @@ class Driver:
         for loop in self.loops:
             state.warm_up_calls += loop.warm_up()
             loop.origin = origin
-        threads = [threading.Thread(target=s.run, kwargs={"started_at": origin}, name=f"ciotrack-loadtest-{sc.name}",
+        threads = [threading.Thread(target=_scheduler_thread, args=(s, origin), name=f"ciotrack-loadtest-{sc.name}",
                                     daemon=True) for s, sc in zip(self.schedulers, self.scenarios, strict=False)]
         for thread in threads:
             thread.start()
@@ -488,3 +489,8 @@ def recommended_senders(rate_limit: float, latency_s: float) -> int:
     if rate_limit <= 0:
         return 4
     return max(1, min(64, math.ceil(rate_limit * latency_s * 1.3) + 1))
+
+
+def _scheduler_thread(scheduler: Scheduler, started_at: float) -> None:
+    block_exit_signals()  # Ctrl-C and SIGTERM must reach the main thread, which ends the run (lifecycle.py)
+    scheduler.run(started_at=started_at)

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ciotrack.lifecycle import block_exit_signals
+
 T = TypeVar("T")
 logger = logging.getLogger("ciotrack.webhooks")
 
@@ -74,6 +76,7 @@ class Workers(Generic[T]):
                 self._cond.notify()
 
     def _loop(self) -> None:
+        block_exit_signals()  # the server's SIGTERM must reach its main thread (lifecycle.py)
         queue = self._queue
         me = threading.get_ident()
         empty_naps = 0  # naps in a row that found nothing
