@@ -105,7 +105,7 @@ class Worker(Finishing):
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
         self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
-        self._entry_bytes = float(MAX_BODY_BYTES)  # running mean of fresh entries' body sizes
+        self._entry_bytes = 0.0  # running mean of fresh entries' body sizes (0: none seen yet)
 
     def __repr__(self) -> str:
         return f"Worker(consumer={self.consumer!r}, stream={self.keys.work!r})"
@@ -252,7 +252,9 @@ class Worker(Finishing):
     def _fresh_per_slot(self) -> int:
         if not self.config.coalesce:
             return 1
-        return max(1, min(_MAX_FRESH_PER_SLOT, int(MAX_BODY_BYTES / max(1.0, self._entry_bytes))))
+        if not self._entry_bytes:
+            return 1
+        return max(1, min(_MAX_FRESH_PER_SLOT, round(MAX_BODY_BYTES / self._entry_bytes)))
 
     def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
         """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
@@ -261,7 +263,8 @@ class Worker(Finishing):
         decoded = self._decode(entries)
         if coalesce:
             for entry in decoded:
-                self._entry_bytes += (len(entry.batch.body) - self._entry_bytes) * 0.1
+                size = len(entry.batch.body)
+                self._entry_bytes += (size - self._entry_bytes) * 0.25 if self._entry_bytes else size
         groups = pack(decoded) if coalesce else [[entry] for entry in decoded]
         for n, group in enumerate(groups):
             self._work.put(WorkItem(group, deadline, holds_slot=n < slots))
