@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -40,47 +42,58 @@ def write_entries(client: Any, bad: dict[int, int] | None = None) -> list[str]:
     return ids
 
 
-def assert_settled(client: Any) -> None:
-    assert client.xlen(KEYS.work) == 0
+def assert_settled(client: Any, dead_letters: int = 0, counters: dict[str, float] | None = None) -> None:
+    """Nothing left in the stream or pending, no try count left over, ``dead_letters`` dead letters; with
+    the worker's ``counters``, every entry acknowledged once."""
+    assert client.xlen(KEYS.work) == 0 and client.xlen(KEYS.dead) == dead_letters
+    if counters is not None:
+        assert counters["ciotrack_worker_batches_delivered_total"] == ENTRIES
     assert client.hlen(KEYS.tries) == 0  # every try count went with its entry
     assert client.xinfo_groups(KEYS.work)[0]["pending"] == 0
+
+
+def drain_with_a_worker(redis_url: str, emulator: Any, tmp_path: Path, *flags: str,
+                        meanwhile: Callable[[], Any] | None = None) -> dict[str, float]:
+    """One ``ciotrack worker`` (no rate limit) until the stream is empty; its counters then. It must
+    exit 0 on SIGTERM. ``meanwhile`` runs once the worker started (e.g. to clear a fault)."""
+    client = redis_client(redis_url)
+    port = free_port()
+    worker = WorkerProcess(redis_url, emulator.url, "--rate-limit", "0", "--metrics-port", str(port), *flags,
+                           log=tmp_path / "w.log")
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 60)
+        return worker_counters(port)
+    finally:
+        assert worker.terminate() == 0
+
+
+def assert_every_event_once(emulator: Any, missing: AbstractSet[tuple[int, int]] = frozenset()) -> None:
+    counts = Counter(stored_events(emulator))
+    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} - missing
+    assert set(counts.values()) == {1}
 
 
 def test_small_entries_share_requests_and_each_is_acknowledged_once(
         redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
     client = redis_client(redis_server.url)
     write_entries(client)
-    port = free_port()
-    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--metrics-port", str(port),
-                           log=tmp_path / "w.log")
-    try:
-        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
-        counters = worker_counters(port)
-    finally:
-        assert worker.terminate() == 0
-    counts = Counter(stored_events(spawned_emulator))
-    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+    counters = drain_with_a_worker(redis_server.url, spawned_emulator, tmp_path)
+    assert_every_event_once(spawned_emulator)
     requests = answered(spawned_emulator)
     assert all(status == 200 for status, _, _ in requests)
     assert len(requests) < ENTRIES and sum(n for _, n, _ in requests) == ENTRIES * PER_ENTRY
     assert counters["ciotrack_worker_entries_coalesced_total"] >= 2
-    assert counters["ciotrack_worker_batches_delivered_total"] == ENTRIES
-    assert client.xlen(KEYS.dead) == 0
-    assert_settled(client)
+    assert_settled(client, counters=counters)
 
 
 def test_a_rejection_in_a_shared_request_dead_letters_only_the_operation_of_its_entry(
         redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
     client = redis_client(redis_server.url)
     ids = write_entries(client, bad={3: 7, 9: 0})
-    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", log=tmp_path / "w.log")
-    try:
-        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 30)
-    finally:
-        assert worker.terminate() == 0
-    counts = Counter(stored_events(spawned_emulator))
-    expected = {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} - {(3, 7), (9, 0)}
-    assert set(counts) == expected and set(counts.values()) == {1}
+    drain_with_a_worker(redis_server.url, spawned_emulator, tmp_path)
+    assert_every_event_once(spawned_emulator, missing={(3, 7), (9, 0)})
     assert len(answered(spawned_emulator)) < ENTRIES  # the entries did share requests
     dead = {fields[b"source_id"].decode(): fields for _, fields in client.xrange(KEYS.dead)}
     assert set(dead) == {ids[3], ids[9]}  # under the id of the entry each came from, nothing else
@@ -89,7 +102,7 @@ def test_a_rejection_in_a_shared_request_dead_letters_only_the_operation_of_its_
         [op] = json.loads(fields[b"body"])["batch"]
         assert (op["attributes"]["p"], op["attributes"]["seq"]) == (entry, seq)
         assert fields[b"error"].startswith(b"rejected: ")
-    assert_settled(client)
+    assert_settled(client, dead_letters=2)
 
 
 def test_a_413_on_a_shared_request_splits_across_entries_and_each_is_acknowledged_once(
@@ -100,24 +113,14 @@ def test_a_413_on_a_shared_request_splits_across_entries_and_each_is_acknowledge
     # Every entry fits alone, three of them do not: the shared body is split until pieces fit, and the
     # pieces cut through entries.
     spawned_emulator.set_faults(max_body_bytes=int(entry_bytes * 2.5))
-    port = free_port()
-    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--metrics-port", str(port),
-                           log=tmp_path / "w.log")
-    try:
-        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 60)
-        counters = worker_counters(port)
-    finally:
-        assert worker.terminate() == 0
-    counts = Counter(stored_events(spawned_emulator))
-    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+    counters = drain_with_a_worker(redis_server.url, spawned_emulator, tmp_path)
+    assert_every_event_once(spawned_emulator)
     requests = answered(spawned_emulator)
     statuses = Counter(status for status, _, _ in requests)
     assert statuses[413] >= 1 and set(statuses) == {200, 413}
     assert max(n for status, n, _ in requests if status == 200) > PER_ENTRY  # pieces spanning entries
     assert counters["ciotrack_worker_batch_splits_total"] >= 1
-    assert counters["ciotrack_worker_batches_delivered_total"] == ENTRIES
-    assert client.xlen(KEYS.dead) == 0
-    assert_settled(client)
+    assert_settled(client, counters=counters)
 
 
 def test_after_a_final_answer_to_a_shared_request_each_entry_goes_alone(
@@ -128,22 +131,17 @@ def test_after_a_final_answer_to_a_shared_request_each_entry_goes_alone(
     # released without a try counted against them, are claimed and sent one by one (the high
     # max-deliveries keeps them out of the dead-letter stream meanwhile).
     spawned_emulator.set_faults(error_rate=1.0, error_statuses=[400])
-    port = free_port()
-    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "1000",
-                           "--metrics-port", str(port), log=tmp_path / "w.log")
-    try:
+
+    def clear_after_a_few_refusals() -> None:
         assert wait_until(lambda: len(spawned_emulator.requests()) >= 3, 30)
         spawned_emulator.clear_faults()
-        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 60)
-        counters = worker_counters(port)
-    finally:
-        assert worker.terminate() == 0
-    counts = Counter(stored_events(spawned_emulator))
-    assert set(counts) == {(e, s) for e in range(ENTRIES) for s in range(PER_ENTRY)} and set(counts.values()) == {1}
+
+    counters = drain_with_a_worker(redis_server.url, spawned_emulator, tmp_path, "--max-deliveries", "1000",
+                                   meanwhile=clear_after_a_few_refusals)
+    assert_every_event_once(spawned_emulator)
     requests = answered(spawned_emulator)
     assert requests[0][0] == 400
     delivered = [n for status, n, _ in requests if status == 200]
     assert delivered == [PER_ENTRY] * ENTRIES  # after the shared request failed, never coalesced again
     assert counters["ciotrack_worker_entries_coalesced_total"] == ENTRIES  # the one shared request
-    assert client.xlen(KEYS.dead) == 0
     assert_settled(client)
