@@ -22,9 +22,28 @@ pub fn hash(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)
 }
 
+/// Framed parts up to this many bytes are hashed in one shot from a stack copy.
+const ONE_SHOT_BYTES: usize = 256;
+
 /// xxh3-64 over several parts; each part is preceded by its length, so `["ab","c"]` and
 /// `["a","bc"]` hash differently.
+///
+/// Short inputs (an identify's kind and id, an event id) are copied into one stack buffer and
+/// hashed in one shot: the streaming hasher cost ~500 instructions for ~40 bytes, a sixth of an
+/// `identify()` call under callgrind. xxh3's streaming form equals its one-shot form over the same
+/// bytes, so both paths give the same hash.
 pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    let framed: usize = parts.iter().map(|part| 8 + part.len()).sum();
+    if framed <= ONE_SHOT_BYTES {
+        let mut buffer = [0u8; ONE_SHOT_BYTES];
+        let mut at = 0;
+        for part in parts {
+            buffer[at..at + 8].copy_from_slice(&(part.len() as u64).to_le_bytes());
+            buffer[at + 8..at + 8 + part.len()].copy_from_slice(part);
+            at += 8 + part.len();
+        }
+        return xxh3_64(&buffer[..at]);
+    }
     let mut hasher = Xxh3Default::new();
     for part in parts {
         hasher.update(&(part.len() as u64).to_le_bytes());
@@ -242,6 +261,25 @@ mod tests {
         assert_ne!(hash_parts(&[b"ab", b"c"]), hash_parts(&[b"a", b"bc"]));
         assert_ne!(hash_parts(&[b"abc", b""]), hash_parts(&[b"abc"]));
         assert_ne!(hash_parts(&[b"", b"x"]), hash_parts(&[b"x", b""]));
+    }
+
+    #[test]
+    fn the_one_shot_path_hashes_as_the_streaming_one_on_both_sides_of_its_limit() {
+        let streaming = |parts: &[&[u8]]| {
+            let mut hasher = Xxh3Default::new();
+            for part in parts {
+                hasher.update(&(part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+            hasher.digest()
+        };
+        let data: Vec<u8> = (0..600u32).map(|i| (i * 31 % 251) as u8).collect();
+        for first in [0, 1, 7, 100, 200, 231, 232, 233, 240, 300] {
+            for second in [0, 1, 8, 16] {
+                let parts: [&[u8]; 3] = [b"kind", &data[..first], &data[first..first + second]];
+                assert_eq!(hash_parts(&parts), streaming(&parts), "{first} + {second}");
+            }
+        }
     }
 
     #[test]
