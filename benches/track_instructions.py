@@ -1,11 +1,12 @@
-"""Instructions per ``track()`` call, counted by valgrind's callgrind: a figure that does not move with
-the load of a shared VM (wall-clock figures here swing 2x from one minute to the next).
+"""Instructions per ``track()`` (or ``identify()``) call, counted by valgrind's callgrind: a figure that
+does not move with the load of a shared VM (wall-clock figures here swing 2x from one minute to the next).
 
-    PYTHONPATH=python .venv/bin/python benches/track_instructions.py [--calls 20000]
+    PYTHONPATH=python .venv/bin/python benches/track_instructions.py [--calls 10000] [--call identify]
 
 Runs itself under ``valgrind --tool=callgrind`` (``apt-get install valgrind``), counting only inside the
 native entry point of the call (``FastCalls::__pymethod_track__``: argument parsing, validation, encoding,
 ULID, dedup, queue push; not the interpreter's own dispatch to it, which is the same for every build).
+``identify(i, {"plan": "pro", "n": 7})`` goes to a new customer each call, so its dedup never skips one.
 The tracker delivers to the emulator (a subprocess, not under valgrind) meanwhile, as in an application.
 Compare two builds by running it with each on ``PYTHONPATH``.
 """
@@ -19,10 +20,10 @@ import subprocess
 import sys
 import tempfile
 
-ENTRY = "_core::fastcall::FastCalls::__pymethod_track__"
+ENTRY = "_core::fastcall::FastCalls::__pymethod_{}__"
 
 
-def child(calls: int) -> None:
+def child(calls: int, call: str) -> None:
     import ciotrack
     from ciotrack.emulator import Emulator
 
@@ -30,21 +31,28 @@ def child(calls: int) -> None:
     tracker = ciotrack.Tracker("s", "k", endpoint=handle.url, rate_limit=0)
     data = {"total": 12.5, "currency": "EUR", "items": 3, "first": True, "cart": {"sku": "sku-1", "qty": 2}}
     try:
-        track = tracker.track
-        for _ in range(calls):
-            track("user-42", "checkout", data)
+        if call == "identify":
+            tracker.track("warm-up", "checkout", data)  # starts the senders: identify() runs natively too
+            identify = tracker.identify
+            for i in range(calls):
+                identify(i, {"plan": "pro", "n": 7})
+        else:
+            track = tracker.track
+            for _ in range(calls):
+                track("user-42", "checkout", data)
         tracker.flush(120)
     finally:
         tracker.close(timeout=60)
         handle.stop()
 
 
-def count(calls: int) -> int:
+def count(calls: int, call: str) -> int:
     """Instructions inside the entry point over a whole child run of ``calls`` calls."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", f"--toggle-collect={ENTRY}",
-                        sys.executable, os.path.abspath(__file__), "--child", "--calls", str(calls)],
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        f"--toggle-collect={ENTRY.format(call)}", sys.executable, os.path.abspath(__file__), "--child",
+                        "--calls", str(calls), "--call", call],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         summary = subprocess.run(["callgrind_annotate", out], check=True, capture_output=True, text=True).stdout
     match = re.search(r"^([\d,]+)\s+(?:\(100\.0%\)\s+)?PROGRAM TOTALS", summary, re.MULTILINE)
@@ -56,16 +64,19 @@ def count(calls: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--call", choices=("track", "identify"), default="track")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.calls)
+        child(args.calls, args.call)
         return 0
     # The first call takes the Python method (it starts the senders): two runs, and the difference
     # over the extra calls leaves that one-off out.
-    few, many = count(1_000), count(1_000 + args.calls)
-    print(f"track(): {(many - few) / args.calls:,.0f} instructions per call "
-          f"({args.calls:,} calls; callgrind, inside {ENTRY})")
+    few, many = count(1_000, args.call), count(1_000 + args.calls, args.call)
+    if few == 0:
+        raise SystemExit(f"callgrind counted nothing in {ENTRY.format(args.call)}: is the symbol in this build?")
+    print(f"{args.call}(): {(many - few) / args.calls:,.0f} instructions per call "
+          f"({args.calls:,} calls; callgrind, inside {ENTRY.format(args.call)})")
     return 0
 
 
