@@ -327,10 +327,8 @@ pub(crate) fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(),
                 format!("key {} contains a lone surrogate", shown(key)),
             )
         })?;
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        json::write_str_body(out, bytes);
-        out.push(b'"');
+        // CPython's UTF-8 form is valid UTF-8 by construction.
+        json::write_str(out, std::str::from_utf8_unchecked(bytes));
     }
     Ok(())
 }
@@ -364,25 +362,19 @@ fn write_list(
     obj: &Bound<'_, PyAny>,
     depth: u32,
 ) -> Result<(), EncodeError> {
-    if depth >= MAX_DEPTH {
-        return Err(too_deep());
+    // SAFETY: (the call and both accessors) the caller checked `obj` is a list (or subclass), and
+    // these are the list accessors, which write_sequence calls on `obj` only, with an index below
+    // its current size.
+    unsafe {
+        write_sequence(
+            py,
+            out,
+            obj,
+            depth,
+            |list| ffi::PyList_GET_SIZE(list),
+            |list, i| ffi::PyList_GET_ITEM(list, i),
+        )
     }
-    out.push(b'[');
-    let mut i = 0;
-    // The length is re-read each step: Python code run by the encoder could shrink the list.
-    // SAFETY: `obj` is a live list (type checked by the caller); reading its size is a field read.
-    while i < unsafe { ffi::PyList_GET_SIZE(obj.as_ptr()) } {
-        // SAFETY: `i` was checked against the current size just above, with no Python code run
-        // since; the item is taken as a strong reference before any can run.
-        let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyList_GET_ITEM(obj.as_ptr(), i)) };
-        if i > 0 {
-            out.push(b',');
-        }
-        write_value(py, out, &item, depth + 1).map_err(|e| e.at(|| Segment::Index(i as usize)))?;
-        i += 1;
-    }
-    out.push(b']');
-    Ok(())
 }
 
 fn write_tuple(
@@ -391,20 +383,52 @@ fn write_tuple(
     obj: &Bound<'_, PyAny>,
     depth: u32,
 ) -> Result<(), EncodeError> {
+    // SAFETY: (the call and both accessors) the caller checked `obj` is a tuple (or subclass), and
+    // these are the tuple accessors, which write_sequence calls on `obj` only, with an index below
+    // its size.
+    unsafe {
+        write_sequence(
+            py,
+            out,
+            obj,
+            depth,
+            |tuple| ffi::PyTuple_GET_SIZE(tuple),
+            |tuple, i| ffi::PyTuple_GET_ITEM(tuple, i),
+        )
+    }
+}
+
+/// A list's or a tuple's items as a JSON array, by borrowed item access. The length is re-read
+/// each step: Python code run by the encoder could shrink a list (a tuple never changes, and
+/// re-reading its size is a field read). Generic over the accessors, not fn pointers, so each
+/// caller gets a copy with them inlined.
+///
+/// # Safety
+/// `obj` must be a live instance of the type whose size and item accessors `len` and `item` are.
+unsafe fn write_sequence(
+    py: Python<'_>,
+    out: &mut Vec<u8>,
+    obj: &Bound<'_, PyAny>,
+    depth: u32,
+    len: impl Fn(*mut ffi::PyObject) -> ffi::Py_ssize_t,
+    item: impl Fn(*mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject,
+) -> Result<(), EncodeError> {
     if depth >= MAX_DEPTH {
         return Err(too_deep());
     }
     out.push(b'[');
-    // SAFETY: `obj` is a live tuple (type checked by the caller); reading its size is a field read.
-    let len = unsafe { ffi::PyTuple_GET_SIZE(obj.as_ptr()) };
-    for i in 0..len {
-        // SAFETY: tuples are immutable, so `i < len` stays in bounds; the item is taken as a
-        // strong reference.
-        let item = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(obj.as_ptr(), i)) };
+    let mut i = 0;
+    // `obj` is a live instance of the accessors' type (the caller's contract): reading its size is
+    // a field read.
+    while i < len(obj.as_ptr()) {
+        // SAFETY: `i` was checked against the current size just above, with no Python code run
+        // since; the item is taken as a strong reference before any can run.
+        let value = unsafe { Bound::from_borrowed_ptr(py, item(obj.as_ptr(), i)) };
         if i > 0 {
             out.push(b',');
         }
-        write_value(py, out, &item, depth + 1).map_err(|e| e.at(|| Segment::Index(i as usize)))?;
+        write_value(py, out, &value, depth + 1).map_err(|e| e.at(|| Segment::Index(i as usize)))?;
+        i += 1;
     }
     out.push(b']');
     Ok(())
