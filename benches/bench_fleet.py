@@ -83,20 +83,6 @@ def end_to_end(redis_url: str, events_per_producer: int, log_dir: Path) -> None:
               f"(2 producer processes -> Redis -> 2 workers -> emulator; {_requests(em)} requests)")
 
 
-def _preload(redis_url: str, batches: int, ops_per_batch: int) -> None:
-    import json
-
-    from ciotrack.fleet.producer import RedisStreamDestination
-
-    destination = RedisStreamDestination(redis_url, SITE_ID)
-    for b in range(batches):
-        ops = [{"type": "person", "action": "event", "identifiers": {"id": f"u{b}"}, "name": "bench",
-                "attributes": {"b": b, "i": i}} for i in range(ops_per_batch)]
-        outcome = destination.send(json.dumps({"batch": ops}).encode())
-        assert outcome.kind == "delivered", outcome
-    destination.close()
-
-
 # (workers, --concurrency or None for the default, emulator latency, pacing flags or () for the defaults)
 SCALING_ROWS: tuple[tuple[int, int | None, float, tuple[str, ...]], ...] = (
     # 1 -> 2 -> 4 workers of 4 threads at 100 ms (4 / 0.1 s = 40 req/s each at most) ...
@@ -109,7 +95,7 @@ SCALING_ROWS: tuple[tuple[int, int | None, float, tuple[str, ...]], ...] = (
 )
 
 
-def _preload_fast(redis_url: str, entries: int, ops_per_entry: int) -> None:
+def _preload(redis_url: str, entries: int, ops_per_entry: int) -> None:
     """``entries`` small entries, as many producers flushing often would write them (pipelined XADDs)."""
     import json
 
@@ -143,7 +129,7 @@ def coalescing(redis_url: str, seconds: float, log_dir: Path) -> None:
     entries, per_entry = 20_000, 5
     for flags in (("--no-coalesce",), ()):
         client.delete(keys.work, keys.dead, keys.tries)
-        _preload_fast(redis_url, entries, per_entry)
+        _preload(redis_url, entries, per_entry)
         with Emulator.spawn(workspaces={SITE_ID: API_KEY}, rate_limit=100, burst=10) as em:
             em.set_faults(latency=0.05)
             workers = [WorkerProcess(redis_url, em.url, *flags, log=log_dir / f"c{i}.log") for i in range(3)]

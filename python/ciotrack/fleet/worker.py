@@ -250,9 +250,7 @@ class Worker(Finishing):
         return taken
 
     def _fresh_per_slot(self) -> int:
-        if not self.config.coalesce:
-            return 1
-        if not self._entry_bytes:
+        if not self.config.coalesce or not self._entry_bytes:
             return 1
         return max(1, min(_MAX_FRESH_PER_SLOT, round(MAX_BODY_BYTES / self._entry_bytes)))
 
@@ -358,11 +356,10 @@ class Worker(Finishing):
 
         tries = self._count_tries(group, 1)
         # A requeued rest carries the tries of its entry: it goes alone, under its own count.
-        solo = [entry for entry, n in zip(group, tries, strict=True) if n > 1]
+        solo = [(entry, n) for entry, n in zip(group, tries, strict=True) if n > 1]
         if solo:
-            self._count_tries(solo, -1)
-            for entry in solo:
-                self._deliver(entry, deadline)
+            for entry, n in solo:
+                self._deliver(entry, deadline, tries=n)
             group = [entry for entry, n in zip(group, tries, strict=True) if n <= 1]
             if not group:
                 return
@@ -405,11 +402,13 @@ class Worker(Finishing):
         result: list[int] = self._redis_call(count)
         return result
 
-    def _deliver(self, entry: WorkEntry, deadline: float) -> None:
+    def _deliver(self, entry: WorkEntry, deadline: float, tries: int | None = None) -> None:
+        """One entry alone; ``tries``: this try already counted (by a group that set it apart)."""
         from ciotrack.delivery import Job, Verdict
 
         config = self.config
-        tries = int(self._redis_call(lambda: self.redis.hincrby(self.keys.tries, entry.entry_id, 1)))
+        if tries is None:
+            tries = int(self._redis_call(lambda: self.redis.hincrby(self.keys.tries, entry.entry_id, 1)))
         if tries > config.max_deliveries:
             error = self._redis_call(lambda: self.redis.hget(self.keys.tries, f"{entry.entry_id}:err"))
             reason = error.decode("utf-8", "replace") if error else "worker lost the entry mid-delivery every try"
