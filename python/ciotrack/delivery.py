@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ciotrack._core import Batch
 from ciotrack.destinations.base import Destination, Outcome
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.logs import ThrottledLog
@@ -321,11 +322,9 @@ class Delivery:
                 return result
 
     def _body(self, batch: Deliverable) -> bytes | memoryview:
-        if self._views:
-            try:
-                return memoryview(batch)  # type: ignore[arg-type]  # the native Batch exports its body
-            except TypeError:  # a Deliverable that is not the native Batch
-                pass
+        # Only the native Batch exports its body; a fleet worker's batches from Redis are bytes already.
+        if self._views and isinstance(batch, Batch):
+            return memoryview(batch)  # type: ignore[arg-type]  # no __buffer__ in the 3.11 stub
         return batch.body
 
     def _verdict(self, job: Job, outcome: Outcome, deadline: float | None,
