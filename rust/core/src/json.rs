@@ -28,26 +28,57 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// shorter than `\u` escapes, which matters for the 32 KB operation limit).
 #[inline]
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    write_str_body(out, bytes);
-    out.push(b'"');
+    write_quoted(out, s.as_bytes(), None);
 }
 
-/// The escaped body of a string, without quotes. `bytes` must be UTF-8 (only bytes < 0x80
-/// are ever escaped, so multi-byte sequences pass through intact).
+/// Writes `"key":`, the quoted string and the colon after it with one capacity check.
 #[inline]
-pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Most strings need no escape at all: find the first byte that does, a word at a time, and
-    // copy what comes before it in one piece (the byte loop below was ~16 % of a `track()` call's
-    // instructions under callgrind).
-    let clean = clean_prefix(bytes);
-    put(out, &bytes[..clean]);
-    if clean == bytes.len() {
+pub fn write_key(out: &mut Vec<u8>, key: &str) {
+    write_quoted(out, key.as_bytes(), Some(b':'));
+}
+
+/// `bytes` (UTF-8) quoted, then `after` if given. Most strings need no escape at all, which a
+/// scan of whole words finds without a byte loop; those are copied in one piece, quotes included,
+/// after one `reserve` (escaping byte by byte, then a word scan with a byte tail, were 16 % and
+/// then 26 % of a `track()` call's instructions under callgrind).
+#[inline(always)]
+fn write_quoted(out: &mut Vec<u8>, bytes: &[u8], after: Option<u8>) {
+    if needs_escape(bytes) {
+        write_escaped(out, bytes);
+        if let Some(b) = after {
+            out.push(b);
+        }
         return;
     }
-    let bytes = &bytes[clean..];
+    let n = bytes.len();
+    out.reserve(n + 3);
+    // SAFETY: `reserve(n + 3)` leaves room for the quote, the `n` bytes, the closing quote and
+    // `after` past `len`; `copy_short` writes exactly `dst[..n]` from `bytes[..n]` (no overlap:
+    // `bytes` is not inside `out`'s spare capacity, which nothing else can borrow), and
+    // `set_len` covers exactly what was written.
+    unsafe {
+        let len = out.len();
+        let dst = out.as_mut_ptr().add(len);
+        *dst = b'"';
+        copy_short(dst.add(1), bytes);
+        *dst.add(n + 1) = b'"';
+        let written = match after {
+            Some(b) => {
+                *dst.add(n + 2) = b;
+                n + 3
+            }
+            None => n + 2,
+        };
+        out.set_len(len + written);
+    }
+}
+
+/// The quoted string, escaping what JSON requires (the rare path: `needs_escape` said so).
+#[cold]
+#[inline(never)]
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc = ESCAPE[b as usize];
@@ -70,44 +101,110 @@ pub fn write_str_body(out: &mut Vec<u8>, bytes: &[u8]) {
         start = i + 1;
     }
     put(out, &bytes[start..]);
+    out.push(b'"');
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `word` is below `n` (`n <= 0x80`; exact, no false positives: the classic
-/// "has less" bit trick).
+/// The high bit of each byte of `word` that is below `n` may be set, and one is set if any byte
+/// is (`n <= 0x80`; as a whole the test is exact, no false positives: the classic "has less" bit
+/// trick).
 #[inline(always)]
-const fn any_byte_below(word: u64, n: u8) -> bool {
-    word.wrapping_sub(ONES * n as u64) & !word & HIGHS != 0
+const fn bytes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGHS
 }
 
-/// Whether any byte of `word` equals `b`.
+/// Whether a byte of `word` is one [`ESCAPE`] escapes: a control byte, `"` or `\`.
 #[inline(always)]
-const fn any_byte_is(word: u64, b: u8) -> bool {
-    any_byte_below(word ^ (ONES * b as u64), 1)
+const fn dirty(word: u64) -> bool {
+    (bytes_below(word, 0x20)
+        | bytes_below(word ^ (ONES * b'"' as u64), 1)
+        | bytes_below(word ^ (ONES * b'\\' as u64), 1))
+        != 0
 }
 
-/// How many leading bytes of `bytes` [`ESCAPE`] leaves as they are: control bytes, `"` and `\`
-/// are the only ones it escapes, which three word tests find 8 bytes at a time.
-#[inline]
-fn clean_prefix(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        if any_byte_below(word, 0x20) || any_byte_is(word, b'"') || any_byte_is(word, b'\\') {
-            break;
+/// Whether any byte of `bytes` needs an escape. Reads whole words only: the words that fit, then
+/// the last 8 bytes (overlapping what was read; a clean byte read twice is still clean), and a
+/// string shorter than a word as two overlapping halves or three bytes padded with clean ones.
+#[inline(always)]
+fn needs_escape(bytes: &[u8]) -> bool {
+    let n = bytes.len();
+    let p = bytes.as_ptr();
+    // SAFETY: every read below lies inside `bytes[..n]`: words at `i` with `i + 8 < n`, the word
+    // at `n - 8` when `n >= 8`, halves at 0 and `n - 4` when `n >= 4`, bytes at 0, `n / 2` and
+    // `n - 1` when `n >= 1`.
+    unsafe {
+        if n >= 8 {
+            let mut i = 0;
+            while i + 8 < n {
+                if dirty(p.add(i).cast::<u64>().read_unaligned()) {
+                    return true;
+                }
+                i += 8;
+            }
+            dirty(p.add(n - 8).cast::<u64>().read_unaligned())
+        } else if n >= 4 {
+            let head = p.cast::<u32>().read_unaligned() as u64;
+            let tail = p.add(n - 4).cast::<u32>().read_unaligned() as u64;
+            dirty(head | tail << 32)
+        } else if n > 0 {
+            let fill = (ONES * b'a' as u64) & !0xff_ffff;
+            let word = *p as u64 | (*p.add(n / 2) as u64) << 8 | (*p.add(n - 1) as u64) << 16;
+            dirty(fill | word)
+        } else {
+            false
         }
-        i += 8;
     }
-    while i < bytes.len() && ESCAPE[bytes[i] as usize] == 0 {
-        i += 1;
+}
+
+/// Copies `src` to `dst`: a slice of up to 16 bytes (most keys, numbers and short values) inline,
+/// with two overlapping moves, instead of a call to libc's memcpy, which cost more than such a
+/// copy (~6 % of a `track()` call in `perf`).
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` writes and not overlap `src`.
+#[inline(always)]
+unsafe fn copy_short(dst: *mut u8, src: &[u8]) {
+    let n = src.len();
+    let s = src.as_ptr();
+    // SAFETY: every move reads inside `src[..n]` and writes inside `dst[..n]` (the two moves of a
+    // size class overlap when `n` is below twice the move's width, which is the point); the
+    // caller's contract covers `dst`.
+    unsafe {
+        if n > 16 {
+            std::ptr::copy_nonoverlapping(s, dst, n);
+        } else if n >= 8 {
+            let head = s.cast::<u64>().read_unaligned();
+            let tail = s.add(n - 8).cast::<u64>().read_unaligned();
+            dst.cast::<u64>().write_unaligned(head);
+            dst.add(n - 8).cast::<u64>().write_unaligned(tail);
+        } else if n >= 4 {
+            let head = s.cast::<u32>().read_unaligned();
+            let tail = s.add(n - 4).cast::<u32>().read_unaligned();
+            dst.cast::<u32>().write_unaligned(head);
+            dst.add(n - 4).cast::<u32>().write_unaligned(tail);
+        } else if n > 0 {
+            *dst = *s;
+            *dst.add(n / 2) = *s.add(n / 2);
+            *dst.add(n - 1) = *s.add(n - 1);
+        }
     }
-    i
 }
 
 #[inline]
 pub fn write_i64(out: &mut Vec<u8>, v: i64) {
+    if (0..100).contains(&v) {
+        // Counts, quantities, flags as ints: most ints in event data are small. Written without
+        // itoa's buffer (which cost more than the rest of writing the int).
+        let v = v as u8;
+        if v < 10 {
+            out.push(b'0' + v);
+        } else {
+            out.extend_from_slice(&[b'0' + v / 10, b'0' + v % 10]);
+        }
+        return;
+    }
     put(out, itoa::Buffer::new().format(v).as_bytes());
 }
 
@@ -128,39 +225,15 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) -> bool {
     true
 }
 
-/// Appends `bytes` like `extend_from_slice`, but a slice of up to 16 bytes (most keys, numbers and
-/// short values) is copied inline with two overlapping moves instead of a call to libc's memcpy,
-/// which cost more than such a copy (~6 % of a `track()` call in `perf`).
+/// Appends `bytes` like `extend_from_slice`, copying a short slice inline ([`copy_short`]).
 #[inline(always)]
 pub fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
-    if n > 16 {
-        out.extend_from_slice(bytes);
-        return;
-    }
-    out.reserve(16);
-    let src = bytes.as_ptr();
-    // SAFETY: `reserve(16)` leaves at least 16 writable bytes after `len`, and every move below
-    // reads inside `bytes[..n]` and writes inside `[len, len + n)` (the two moves of a size class
-    // overlap when `n` is below twice the move's width, which is the point). `set_len` then
-    // covers exactly the `n` bytes written.
+    out.reserve(n);
+    // SAFETY: `reserve(n)` leaves `n` writable bytes past `len`, which `bytes` (borrowed apart
+    // from `out`) cannot overlap; `set_len` covers exactly the `n` bytes written.
     unsafe {
-        let dst = out.as_mut_ptr().add(out.len());
-        if n >= 8 {
-            let head = src.cast::<u64>().read_unaligned();
-            let tail = src.add(n - 8).cast::<u64>().read_unaligned();
-            dst.cast::<u64>().write_unaligned(head);
-            dst.add(n - 8).cast::<u64>().write_unaligned(tail);
-        } else if n >= 4 {
-            let head = src.cast::<u32>().read_unaligned();
-            let tail = src.add(n - 4).cast::<u32>().read_unaligned();
-            dst.cast::<u32>().write_unaligned(head);
-            dst.add(n - 4).cast::<u32>().write_unaligned(tail);
-        } else if n > 0 {
-            *dst = *src;
-            *dst.add(n / 2) = *src.add(n / 2);
-            *dst.add(n - 1) = *src.add(n - 1);
-        }
+        copy_short(out.as_mut_ptr().add(out.len()), bytes);
         out.set_len(out.len() + n);
     }
 }
@@ -272,32 +345,57 @@ mod tests {
         out.push(b' ');
         write_i64(&mut out, 0);
         assert_eq!(out, b"-9223372036854775808 18446744073709551615 0");
+        for v in -150..=150i64 {
+            let mut out = Vec::new();
+            write_i64(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
     }
 
     #[test]
     fn the_word_scan_finds_exactly_the_bytes_the_table_escapes() {
         // Every byte value, at every position of a 1..=24 byte string of clean filler (so each
-        // path of the scan, word and tail, meets it), escapes exactly as the byte-by-byte table says.
+        // path of the scan, whole words, the overlapping last word, halves and padded bytes,
+        // meets it), needs an escape exactly when the byte-by-byte table says so.
         for b in 0..=255u8 {
             for len in 1..=24usize {
                 for at in 0..len {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = b;
-                    let expected = if ESCAPE[b as usize] == 0 { len } else { at };
                     assert_eq!(
-                        clean_prefix(&bytes),
-                        expected,
+                        needs_escape(&bytes),
+                        ESCAPE[b as usize] != 0,
                         "byte {b:#x} at {at} of {len}"
                     );
                 }
             }
         }
+        assert!(!needs_escape(b""));
         let mut out = Vec::new();
         write_str(&mut out, "0123456789abcdef\"quoted\"\ttab\u{1}é");
         assert_eq!(
             out,
             "\"0123456789abcdef\\\"quoted\\\"\\ttab\\u0001é\"".as_bytes()
         );
+    }
+
+    #[test]
+    fn keys_and_strings_of_every_short_length_copy_whole() {
+        // Each length crosses a different copy (1-3 bytes, halves, overlapping words, memcpy),
+        // written after a prefix so an offset `len` is exercised too.
+        for len in 0..=40usize {
+            let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let mut out = b"{".to_vec();
+            write_key(&mut out, &text);
+            write_str(&mut out, &text);
+            assert_eq!(out, format!("{{\"{text}\":\"{text}\"").as_bytes());
+            let mut put_out = b"x".to_vec();
+            put(&mut put_out, text.as_bytes());
+            assert_eq!(put_out, format!("x{text}").as_bytes());
+        }
+        let mut out = Vec::new();
+        write_key(&mut out, "a\"b");
+        assert_eq!(out, b"\"a\\\"b\":");
     }
 
     #[test]

@@ -141,7 +141,6 @@ pub fn write_mapping(
             }
             _ => {}
         }
-        out.push(b':');
         let value_start = out.len();
         encode::write_value(py, out, &value, 1).map_err(|e| e.at_key(&key).into_error(py, root))?;
         if checks == TopLevel::Attributes {

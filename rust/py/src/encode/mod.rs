@@ -307,13 +307,13 @@ pub(crate) fn write_dict(
             out.push(b',');
         }
         write_key(out, &key)?;
-        out.push(b':');
         write_value(py, out, &value, depth + 1).map_err(|e| e.at(|| Segment::Key(key.unbind())))?;
     }
     out.push(b'}');
     Ok(())
 }
 
+/// `"key":`, or an error for a key that is not a str or has no UTF-8 form.
 #[inline]
 pub(crate) fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
     // SAFETY: type checked before reading the UTF-8; the slice does not outlive `key`.
@@ -328,7 +328,7 @@ pub(crate) fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(),
             )
         })?;
         // CPython's UTF-8 form is valid UTF-8 by construction.
-        json::write_str(out, std::str::from_utf8_unchecked(bytes));
+        json::write_key(out, std::str::from_utf8_unchecked(bytes));
     }
     Ok(())
 }
