@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ciotrack import _core
 
 SITE_ID = "site-test"
 API_KEY = "key-test-SECRET-9f2c"
@@ -103,3 +106,11 @@ def redis_client(url: str) -> Any:
     from ciotrack.fleet.producer import connect
 
     return connect(url)
+
+
+def event_op(entry: int, seq: int, name: str = "fleet") -> bytes:
+    """One event operation as a producer encodes it: customer ``c<entry>``, ``{"p": entry, "seq": seq}`` (what
+    ``stored_events`` reads back); an empty ``name`` makes the emulator refuse it in a 207."""
+    return json.dumps({"type": "person", "identifiers": {"id": f"c{entry}"}, "action": "event", "name": name,
+                       "id": _core.ulid().upper(), "timestamp": 1764480000,
+                       "attributes": {"p": entry, "seq": seq, "pad": "x" * 40}}, separators=(",", ":")).encode()

@@ -12,22 +12,15 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
-from ciotrack import _core
-from ciotrack.fleet.streams import StreamKeys, encode_entry, ensure_group
+from ciotrack.fleet.streams import StoredBatch, StreamKeys, encode_entry, ensure_group
 from redis_harness import RedisServer
 
-from .fleet_procs import SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
+from .fleet_procs import SITE_ID, WorkerProcess, event_op, redis_client, stored_events, wait_until
 from .test_fleet_split import answered, worker_counters
 from conftest import free_port
 
 KEYS = StreamKeys.for_site(SITE_ID)
 ENTRIES, PER_ENTRY = 12, 20
-
-
-def event_op(entry: int, seq: int, name: str = "fleet") -> bytes:
-    return json.dumps({"type": "person", "identifiers": {"id": f"c{entry}"}, "action": "event", "name": name,
-                       "id": _core.ulid().upper(), "timestamp": 1764480000,
-                       "attributes": {"p": entry, "seq": seq, "pad": "x" * 40}}, separators=(",", ":")).encode()
 
 
 def write_entries(client: Any, bad: dict[int, int] | None = None) -> list[str]:
@@ -121,6 +114,38 @@ def test_a_413_on_a_shared_request_splits_across_entries_and_each_is_acknowledge
     assert max(n for status, n, _ in requests if status == 200) > PER_ENTRY  # pieces spanning entries
     assert counters["ciotrack_worker_batch_splits_total"] >= 1
     assert_settled(client, counters=counters)
+
+
+def test_a_shared_request_split_and_failed_in_part_requeues_an_entrys_rest_and_dead_letters_its_refusals(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    """Two entries share a request, which a 413 splits in halves of 15 operations: the first half holds all
+    of the first entry and 5 operations of the second, one of them refused in a 207; the second half, the
+    second entry's other 15, is refused whole (a 400: one is not JSON). The first entry is acknowledged;
+    the second's refused operation is dead-lettered under its id, with its rest put back as a new entry,
+    which is dead-lettered whole at ``--max-deliveries 2``."""
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    first = [event_op(0, seq) for seq in range(10)]
+    second = [event_op(1, seq, "" if seq == 2 else "fleet") for seq in range(20)]
+    second[-1] = second[-1][:-1]  # its closing brace cut: the half that carries it is not JSON
+    ids = []
+    for ops in (first, second):
+        batch = StoredBatch.from_ops(ops)
+        ids.append(client.xadd(KEYS.work, encode_entry(batch.body, "us", "test:1:x", batch.offsets)).decode())
+    shared = len(StoredBatch.from_ops(first + second).body)
+    spawned_emulator.set_faults(max_body_bytes=shared * 2 // 3)
+    counters = drain_with_a_worker(redis_server.url, spawned_emulator, tmp_path, "--max-deliveries", "2")
+    assert counters["ciotrack_worker_entries_coalesced_total"] >= 2
+    assert sorted(stored_events(spawned_emulator)) == sorted([(0, seq) for seq in range(10)]
+                                                             + [(1, seq) for seq in (0, 1, 3, 4)])
+    refused, rest = (fields for _, fields in client.xrange(KEYS.dead))
+    assert refused[b"source_id"].decode() == ids[1] and refused[b"error"].startswith(b"rejected: ")
+    [op] = json.loads(refused[b"body"])["batch"]
+    assert (op["attributes"]["p"], op["attributes"]["seq"]) == (1, 2)
+    assert rest[b"source_id"].decode() not in ids and rest[b"error"].startswith(b"400")
+    assert int(rest[b"count"]) == 15 and rest[b"body"].endswith(second[-1] + b"]}")
+    assert counters["ciotrack_worker_dead_letters_total"] == 2
+    assert_settled(client, dead_letters=2)
 
 
 def test_after_a_final_answer_to_a_shared_request_each_entry_goes_alone(

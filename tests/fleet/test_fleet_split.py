@@ -16,10 +16,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ciotrack.fleet.streams import StreamKeys, ensure_group
+from ciotrack.fleet.streams import StoredBatch, StreamKeys, encode_entry, ensure_group
 from redis_harness import RedisServer
 
-from .fleet_procs import SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
+from .fleet_procs import SITE_ID, WorkerProcess, event_op, redis_client, stored_events, wait_until
 from conftest import free_port
 
 KEYS = StreamKeys.for_site(SITE_ID)
@@ -128,3 +128,38 @@ def test_a_worker_killed_between_the_halves_leaves_the_entry_pending_and_a_peer_
         assert counters["ciotrack_worker_batch_splits_total"] == 1
     finally:
         assert peer.terminate() == 0
+
+
+def test_a_split_that_fails_in_part_requeues_the_rest_and_dead_letters_what_customerio_refused(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    """The halves of a 413 split: the first is delivered with one operation refused in a 207, the second is
+    refused whole (a 400: one of its operations is not JSON). The refused operation is dead-lettered at once,
+    under the entry's id, in the same transaction that puts the second half back as a new entry; that one
+    is dead-lettered whole at ``--max-deliveries 2``. Nothing is lost, nothing is left."""
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+    ops = [event_op(0, seq, "" if seq == 3 else "fleet") for seq in range(EVENTS)]
+    ops[-1] = ops[-1][:-1]  # its closing brace cut: the half that carries it is not JSON
+    batch = StoredBatch.from_ops(ops)  # with the offsets a producer records (the body is not JSON)
+    entry_id = client.xadd(KEYS.work, encode_entry(batch.body, "us", "test:1:x", batch.offsets)).decode()
+    spawned_emulator.set_faults(max_body_bytes=len(batch.body) * 2 // 3)  # the whole is too large, halves fit
+    port = free_port()
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "2",
+                           "--metrics-port", str(port), log=tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0 and client.xlen(KEYS.dead) == 2, 60)
+        assert sorted(stored_events(spawned_emulator)) == [(0, seq) for seq in range(EVENTS // 2) if seq != 3]
+        dead = [fields for _, fields in client.xrange(KEYS.dead)]
+        refused, failed_half = dead  # the refused operation first: it went with the requeue
+        assert refused[b"source_id"].decode() == entry_id and refused[b"error"].startswith(b"rejected: ")
+        [op] = json.loads(refused[b"body"])["batch"]
+        assert (op["attributes"]["p"], op["attributes"]["seq"]) == (0, 3)
+        # The second half, kept byte for byte (one of its operations is not JSON), from the requeued entry.
+        assert failed_half[b"source_id"].decode() != entry_id and failed_half[b"error"].startswith(b"400")
+        assert int(failed_half[b"count"]) == EVENTS // 2 and failed_half[b"body"].endswith(ops[-1] + b"]}")
+        assert client.hlen(KEYS.tries) == 0 and client.xinfo_groups(KEYS.work)[0]["pending"] == 0
+        counters = worker_counters(port)
+        assert counters["ciotrack_worker_dead_letters_total"] == 2
+        assert counters["ciotrack_worker_operations_delivered_total"] == EVENTS // 2 - 1
+    finally:
+        assert worker.terminate() == 0

@@ -56,11 +56,7 @@ class Finishing:
             self.metrics.delivery_latency.observe(max(0.0, now - entry_time(entry.entry_id)))
 
     def _dead_letter(self, entry: WorkEntry, batch: StoredBatch, error: str, tries: int) -> None:
-        fields: dict[Any, Any] = {k: v for k, v in entry.fields.items() if k not in (b"body", b"offsets", b"count")}
-        fields.update(encode_entry(batch.body, entry.region, entry.fields.get(b"producer", b"?").decode(),
-                                   batch.offsets, int(entry.created_ms)))
-        fields.update({b"error": error.encode("utf-8", "replace")[:2000], b"tries": str(tries).encode(),
-                       b"dead_at": str(int(time.time() * 1000)).encode(), b"source_id": entry.entry_id.encode()})
+        fields = self._dead_fields(entry, batch, error, tries)
 
         def move() -> None:
             pipe = self.redis.pipeline(transaction=True)
@@ -69,6 +65,19 @@ class Finishing:
             pipe.execute()
 
         self._redis_call(move)
+        self._counted_dead(entry, batch, error, tries)
+
+    def _dead_fields(self, entry: WorkEntry, batch: StoredBatch, error: str, tries: int) -> dict[Any, Any]:
+        """A dead letter of ``batch`` (all or part of ``entry``): the entry's fields, its operations, why
+        and after how many tries, and the id it came from."""
+        fields: dict[Any, Any] = {k: v for k, v in entry.fields.items() if k not in (b"body", b"offsets", b"count")}
+        fields.update(encode_entry(batch.body, entry.region, entry.fields.get(b"producer", b"?").decode(),
+                                   batch.offsets, int(entry.created_ms)))
+        fields.update({b"error": error.encode("utf-8", "replace")[:2000], b"tries": str(tries).encode(),
+                       b"dead_at": str(int(time.time() * 1000)).encode(), b"source_id": entry.entry_id.encode()})
+        return fields
+
+    def _counted_dead(self, entry: WorkEntry, batch: StoredBatch, error: str, tries: int) -> None:
         self.metrics.dead_letters.inc()
         self._warn("dead", "entry %s (%d operations) moved to the dead-letter stream after %d tries: %s",
                    entry.entry_id, batch.count, tries, error[:200])
@@ -82,15 +91,23 @@ class Finishing:
         self.metrics.dead_letters.inc()
         self._warn("dead", "entry %s is unreadable, moved to the dead-letter stream: %s", ident, error)
 
-    def _requeue(self, entry: WorkEntry, rest: StoredBatch, tries: int) -> None:
+    def _requeue(self, entry: WorkEntry, rest: StoredBatch, tries: int, rejected: list[bytes] | None = None,
+                 why: str = "") -> None:
+        """Replace ``entry`` by a new entry of ``rest`` (what a split left undelivered), in one MULTI with
+        the dead letter of ``rejected``: operations of its delivered pieces that Customer.io refused
+        (a 207), which no retry would change and which must not vanish with the old entry."""
         fields = encode_entry(rest.body, entry.region, entry.fields.get(b"producer", b"?").decode(), rest.offsets,
                               entry.created_ms)
+        refused = StoredBatch.from_ops(rejected) if rejected else None
+        dead = self._dead_fields(entry, refused, why, tries) if refused is not None else None
 
         def swap() -> None:
             # XADD inside MULTI returns the id only at EXEC: carry the tries over with a Lua-free
             # two-step (a crash between them only loses a try count).
             pipe = self.redis.pipeline(transaction=True)
             pipe.xadd(self.keys.work, fields)
+            if dead is not None:
+                pipe.xadd(self.keys.dead, dead)
             self._retire(pipe, entry.entry_id)
             new_id = pipe.execute()[0]
             if tries > 0:
@@ -98,6 +115,8 @@ class Finishing:
 
         self._redis_call(swap)
         self.metrics.released.labels("split_rest").inc()
+        if refused is not None:
+            self._counted_dead(entry, refused, why, tries)
 
     def _release(self, entry: WorkEntry, reason: str, uncount_try: bool = False) -> None:
         """Hand an unfinished entry back: claimable at once (its idle time set past the timeout)."""

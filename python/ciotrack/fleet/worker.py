@@ -380,8 +380,10 @@ class Worker(Finishing):
                 else:
                     self._ack(entry)
             elif share.delivered:
-                # Part of it went through (a 413 split): the rest goes back as a new entry, untried.
-                self._requeue(entry, StoredBatch.from_ops(share.undelivered), 0)
+                # Part of it went through (a 413 split): the rest goes back as a new entry, untried, and
+                # what was refused in the delivered part is dead-lettered with it.
+                self._requeue(entry, StoredBatch.from_ops(share.undelivered), 0, share.rejected,
+                              "rejected: " + "; ".join(sorted(share.reasons))[:500])
             elif share.verdict is Verdict.EXHAUSTED:
                 # Customer.io unreachable: not a try; left idle, claimed (alone) after the visibility timeout.
                 self._count_tries([entry], -1)
@@ -422,12 +424,11 @@ class Worker(Finishing):
         for result in delivered:
             self.metrics.ops_delivered.inc(result.job.batch.count - len(result.failures))
         rejected = [op for r in delivered for i, op in self._rejected_ops(r)]
+        why_rejected = "rejected: " + "; ".join(sorted({why for r in delivered for _, why in r.failures}))[:500]
         if not failed and not unfinished:
-            reasons = sorted({why for r in delivered for _, why in r.failures})
             if rejected:
                 self.metrics.ops_failed.labels("rejected").inc(len(rejected))
-                self._dead_letter(entry, StoredBatch.from_ops(rejected), "rejected: " + "; ".join(reasons)[:500],
-                                  tries)
+                self._dead_letter(entry, StoredBatch.from_ops(rejected), why_rejected, tries)
             else:
                 self._ack(entry)
             return
@@ -447,9 +448,12 @@ class Worker(Finishing):
             # Not a try: Customer.io did not answer for good (retries ran out, deadline, drain).
             self._redis_call(lambda: self.redis.hincrby(self.keys.tries, entry.entry_id, -1))
         if delivered:
-            # Some halves of a split went through: put back only what is left, as a new entry.
+            # Some halves of a split went through: put back only what is left, as a new entry, and
+            # dead-letter what Customer.io refused in those halves.
             rest = [op for r in failed + unfinished for op in r.job.batch.ops()]
-            self._requeue(entry, StoredBatch.from_ops(rest), tries if failed else tries - 1)
+            if rejected:
+                self.metrics.ops_failed.labels("rejected").inc(len(rejected))
+            self._requeue(entry, StoredBatch.from_ops(rest), tries if failed else tries - 1, rejected, why_rejected)
             return
         verdict = (failed or unfinished)[-1].verdict.value
         if unfinished and unfinished[-1].verdict is Verdict.EXHAUSTED:
