@@ -4,8 +4,9 @@ does not move with the load of a shared VM (wall-clock figures here swing 2x fro
     PYTHONPATH=python .venv/bin/python benches/track_instructions.py [--calls 10000] [--call identify]
 
 Runs itself under ``valgrind --tool=callgrind`` (``apt-get install valgrind``), counting only inside the
-native entry point of the call (``FastCalls::__pymethod_track__``: argument parsing, validation, encoding,
-ULID, dedup, queue push; not the interpreter's own dispatch to it, which is the same for every build).
+native entry point of the call (``_core::entry::entry``, the function ``tracker.track`` is bound to, or in
+builds before it pyo3's ``FastCalls::__pymethod_track__``: argument reading, validation, encoding, ULID,
+dedup, queue push; not the interpreter's own dispatch to it, which is the same for every build).
 ``identify(i, {"plan": "pro", "n": 7})`` goes to a new customer each call, so its dedup never skips one.
 The tracker delivers to the emulator (a subprocess, not under valgrind) meanwhile, as in an application.
 Compare two builds by running it with each on ``PYTHONPATH``.
@@ -20,7 +21,11 @@ import subprocess
 import sys
 import tempfile
 
-ENTRY = "_core::fastcall::FastCalls::__pymethod_{}__"
+# The native entry point of the call: the raw METH_FASTCALL function `tracker.track` is bound to
+# (rust/py/src/entry.rs; one symbol for all its calls), or in builds before it, pyo3's wrapper of the
+# FastCalls method. Only one of the two is on the common call's stack, so toggling on both counts the
+# call in either build.
+ENTRIES = ("_core::entry::entry", "_core::fastcall::FastCalls::__pymethod_{}__")
 
 
 def child(calls: int, call: str) -> None:
@@ -50,9 +55,9 @@ def count(calls: int, call: str) -> int:
     """Instructions inside the entry point over a whole child run of ``calls`` calls."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        f"--toggle-collect={ENTRY.format(call)}", sys.executable, os.path.abspath(__file__), "--child",
-                        "--calls", str(calls), "--call", call],
+        toggles = [f"--toggle-collect={entry.format(call)}" for entry in ENTRIES]
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *toggles, sys.executable,
+                        os.path.abspath(__file__), "--child", "--calls", str(calls), "--call", call],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         summary = subprocess.run(["callgrind_annotate", out], check=True, capture_output=True, text=True).stdout
     match = re.search(r"^([\d,]+)\s+(?:\(100\.0%\)\s+)?PROGRAM TOTALS", summary, re.MULTILINE)
@@ -73,10 +78,11 @@ def main() -> int:
     # The first call takes the Python method (it starts the senders): two runs, and the difference
     # over the extra calls leaves that one-off out.
     few, many = count(1_000, args.call), count(1_000 + args.calls, args.call)
+    where = " or ".join(entry.format(args.call) for entry in ENTRIES)
     if few == 0:
-        raise SystemExit(f"callgrind counted nothing in {ENTRY.format(args.call)}: is the symbol in this build?")
+        raise SystemExit(f"callgrind counted nothing in {where}: is the symbol in this build?")
     print(f"{args.call}(): {(many - few) / args.calls:,.0f} instructions per call "
-          f"({args.calls:,} calls; callgrind, inside {ENTRY.format(args.call)})")
+          f"({args.calls:,} calls; callgrind, inside {where})")
     return 0
 
 

@@ -29,7 +29,7 @@ Invariants across the boundary:
   (or ``wake()``) is called.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Self, final
 
@@ -238,6 +238,11 @@ class FastCalls:
         """Every later call takes the ``Tracker`` method (after ``close()``, a fork rebuild)."""
     @property
     def live(self) -> bool: ...
+    def entry(self, name: str) -> Callable[..., None]:
+        """``name`` (``track``, ``track_anonymous``, ``page``, ``screen``, ``identify``) as a builtin
+        function bound to this object: a call with positional arguments only goes straight to the
+        native code, any other to the method of that name (same parsing, same errors). ValueError for
+        another name."""
     def track(
         self, customer_id: _CustomerId, name: str, data: Mapping[str, Any] | None = None, *,
         id: str | None = None, timestamp: _Timestamp = None, region: str | None = None,

@@ -163,7 +163,8 @@ class Tracker:
 
     def _bind_fast_calls(self) -> None:
         """Without ``region_for``, ``tracker.track`` & co are the native bound methods of a
-        ``_core.FastCalls`` (instance attributes shadow the methods below; bound at build time, so a
+        ``_core.FastCalls`` (``FastCalls.entry``: a positional call skips even pyo3's argument parsing;
+        instance attributes shadow the methods below; bound at build time, so a
         ``track = tracker.track`` taken before the first call is fast too): once the tracker runs, the
         call goes from the call site into Rust without this class's Python frame, about 0.2 us less
         per call. They run the methods below for anything but the common call (the first call,
@@ -177,7 +178,7 @@ class Tracker:
         for name in _FAST_CALLS:
             # A subclass that overrides the method keeps its override (it would be shadowed).
             if getattr(cls, name) is Tracker.__dict__[name]:
-                self.__dict__[name] = getattr(fast, name)
+                self.__dict__[name] = fast.entry(name)
 
     def _unbind_fast_calls(self) -> None:
         fast: _core.FastCalls | None = self.__dict__.pop("_fast_calls", None)

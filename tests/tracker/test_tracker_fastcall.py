@@ -160,3 +160,39 @@ def test_a_subclass_override_is_kept(make_tracker: TrackerFactory, emulator: Emu
     events = emulator.state()["people"]["t"]["events"]
     assert [(e["name"], e["data"]) for e in events] == [("one", {"tagged": True}), ("two", {"n": 2, "tagged": True}),
                                                          ("/p", {})]
+
+
+def test_the_entry_reads_positional_calls_and_hands_every_other_shape_to_the_method(
+        make_tracker: TrackerFactory, emulator: Emulator) -> None:
+    """``tracker.track`` & co are ``FastCalls.entry`` functions: a positional call goes straight to the
+    native code; a keyword, or a wrong count, goes to the pyo3 method, with its parsing and errors."""
+    tracker = make_tracker()
+    tracker.track("1", "start")
+    fast = vars(tracker)["_fast_calls"]
+    assert all(getattr(tracker, name).__self__ is fast and getattr(tracker, name).__name__ == name for name in FAST)
+    tracker.track("1", "positional", None)  # None for data: as if left out
+    tracker.track("1", "keywords", data={"k": 1})  # a keyword: the method
+    tracker.page("1", "/p", {"ref": "x"})
+    tracker.identify("2", None)
+    tracker.identify("3", {"plan": "pro"})
+    for bad in ((), ("1",), ("1", "e", None, None)):
+        with pytest.raises(TypeError) as raw:
+            tracker.track(*bad)
+        with pytest.raises(TypeError) as method:
+            fast.track(*bad)
+        assert str(raw.value) == str(method.value) and "track()" in str(raw.value)
+    with pytest.raises(TypeError) as raw:
+        tracker.identify("1", {}, {})
+    with pytest.raises(TypeError) as method:
+        fast.identify("1", {}, {})
+    assert str(raw.value) == str(method.value)
+    with pytest.raises(TypeError, match="nope"):
+        tracker.track("1", "e", nope=1)
+    with pytest.raises(ValueError, match="no fast entry named 'flush'"):
+        fast.entry("flush")
+    assert tracker.flush(timeout=10)
+    people = emulator.state()["people"]
+    events = {e["name"]: e for e in people["1"]["events"]}
+    assert set(events) == {"start", "positional", "keywords", "/p"}
+    assert events["keywords"]["data"] == {"k": 1} and events["/p"]["data"] == {"ref": "x"}
+    assert "2" in people and people["3"]["attributes"] == {"plan": "pro"}

@@ -180,9 +180,16 @@ impl FastCalls {
         self.live.load(Ordering::Acquire)
     }
 
+    /// `name` (`track`, `track_anonymous`, `page`, `screen`, `identify`) as a builtin function
+    /// bound to this object that reads a positional call without pyo3's argument parsing, and
+    /// hands any other call to the method of that name (`entry.rs`).
+    fn entry<'py>(slf: &Bound<'py, Self>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        crate::entry::bound(slf, name)
+    }
+
     #[pyo3(signature = (customer_id, name, data = None, *, id = None, timestamp = None, region = None))]
     #[allow(clippy::too_many_arguments)]
-    fn track(
+    pub(crate) fn track(
         &self,
         py: Python<'_>,
         customer_id: &Bound<'_, PyAny>,
@@ -210,7 +217,7 @@ impl FastCalls {
 
     #[pyo3(signature = (anonymous_id, name, data = None, *, id = None, timestamp = None, region = None))]
     #[allow(clippy::too_many_arguments)]
-    fn track_anonymous(
+    pub(crate) fn track_anonymous(
         &self,
         py: Python<'_>,
         anonymous_id: &Bound<'_, PyAny>,
@@ -238,7 +245,7 @@ impl FastCalls {
 
     #[pyo3(signature = (customer_id, url, data = None, *, id = None, timestamp = None, region = None))]
     #[allow(clippy::too_many_arguments)]
-    fn page(
+    pub(crate) fn page(
         &self,
         py: Python<'_>,
         customer_id: &Bound<'_, PyAny>,
@@ -266,7 +273,7 @@ impl FastCalls {
 
     #[pyo3(signature = (customer_id, name, data = None, *, id = None, timestamp = None, region = None))]
     #[allow(clippy::too_many_arguments)]
-    fn screen(
+    pub(crate) fn screen(
         &self,
         py: Python<'_>,
         customer_id: &Bound<'_, PyAny>,
@@ -293,7 +300,7 @@ impl FastCalls {
     }
 
     #[pyo3(signature = (customer_id, attributes = None, /, *, region = None, **attrs))]
-    fn identify(
+    pub(crate) fn identify(
         &self,
         py: Python<'_>,
         customer_id: &Bound<'_, PyAny>,

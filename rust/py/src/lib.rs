@@ -8,6 +8,7 @@ mod classes;
 mod core;
 mod dict;
 mod encode;
+mod entry;
 mod errors;
 mod fastcall;
 
