@@ -55,12 +55,6 @@ fn since_epoch() -> Duration {
         .unwrap_or_default()
 }
 
-/// Wall clock, whole seconds since the Unix epoch (Customer.io timestamps are seconds).
-#[inline]
-pub fn unix_seconds() -> i64 {
-    since_epoch().as_secs() as i64
-}
-
 /// Wall clock, milliseconds since the Unix epoch (the ULID time field).
 #[inline]
 pub fn unix_millis() -> u64 {
@@ -199,10 +193,13 @@ mod tests {
 
     #[test]
     fn wall_clock_is_plausible_and_consistent() {
-        let s = unix_seconds();
         let ms = unix_millis();
-        assert!(s > 1_600_000_000, "{s}");
-        assert!((ms / 1000) as i64 - s <= 1 && s - (ms / 1000) as i64 <= 1);
+        let s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(ms > 1_600_000_000_000, "{ms}");
+        assert!((ms / 1000).abs_diff(s) <= 1, "{ms} {s}");
     }
 
     #[test]
