@@ -4,7 +4,9 @@
 //!
 //! `Tracker` binds `track`, `track_anonymous`, `page`, `screen` and `identify` of one `FastCalls`
 //! as instance attributes when it is built without `region_for` (so every call goes to lane 0),
-//! and activates them once its senders run. Whatever the fast path does not handle goes back to the
+//! and activates them once its senders run. What it binds is `FastCalls.entry(name)` (entry.rs): a
+//! positional call reaches the method below without pyo3's argument parsing, any other call goes
+//! to the pyo3 method itself. Whatever the fast path does not handle goes back to the
 //! Python method on the class, unchanged: the first call (it starts the senders), a `region=`
 //! argument, `identify` with both a dict and keywords, a retired object (after `close()` or a fork
 //! rebuild), and a refusal code from the core other than DEDUPED (handed to `Tracker._refused`,
