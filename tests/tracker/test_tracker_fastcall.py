@@ -3,6 +3,7 @@ it delivers what the Python methods deliver, and hands every other case back to 
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -170,6 +171,10 @@ def test_the_entry_reads_positional_calls_and_hands_every_other_shape_to_the_met
     tracker.track("1", "start")
     fast = vars(tracker)["_fast_calls"]
     assert all(getattr(tracker, name).__self__ is fast and getattr(tracker, name).__name__ == name for name in FAST)
+    # Introspection (inspect.signature, mock.create_autospec) sees the method's parameters.
+    assert all(inspect.signature(getattr(tracker, name)) == inspect.signature(getattr(fast, name)) for name in FAST)
+    assert list(inspect.signature(tracker.track).parameters) == ["customer_id", "name", "data", "id", "timestamp",
+                                                                  "region"]
     tracker.track("1", "positional", None)  # None for data: as if left out
     tracker.track("1", "keywords", data={"k": 1})  # a keyword: the method
     tracker.page("1", "/p", {"ref": "x"})

@@ -44,26 +44,61 @@ type Entry = unsafe extern "C" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
-const fn definition(name: &'static CStr, entry: Entry) -> Definition {
+/// `doc` starts with the signature in CPython's `__text_signature__` form (`name(...)\n--\n\n`),
+/// the pyo3 method's own, so `inspect.signature(tracker.track)` and `mock.create_autospec` see the
+/// same parameters as before.
+const fn definition(name: &'static CStr, doc: &'static CStr, entry: Entry) -> Definition {
     Definition(UnsafeCell::new(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer {
             PyCFunctionFastWithKeywords: entry,
         },
         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: std::ptr::null(),
+        ml_doc: doc.as_ptr(),
     }))
 }
 
 static DEFINITIONS: [(&str, Definition); 5] = [
-    ("track", definition(c"track", entry::<TRACK>)),
+    (
+        "track",
+        definition(
+            c"track",
+            c"track($self, customer_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.track, natively.",
+            entry::<TRACK>,
+        ),
+    ),
     (
         "track_anonymous",
-        definition(c"track_anonymous", entry::<TRACK_ANONYMOUS>),
+        definition(
+            c"track_anonymous",
+            c"track_anonymous($self, anonymous_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.track_anonymous, natively.",
+            entry::<TRACK_ANONYMOUS>,
+        ),
     ),
-    ("page", definition(c"page", entry::<PAGE>)),
-    ("screen", definition(c"screen", entry::<SCREEN>)),
-    ("identify", definition(c"identify", entry::<IDENTIFY>)),
+    (
+        "page",
+        definition(
+            c"page",
+            c"page($self, customer_id, url, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.page, natively.",
+            entry::<PAGE>,
+        ),
+    ),
+    (
+        "screen",
+        definition(
+            c"screen",
+            c"screen($self, customer_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.screen, natively.",
+            entry::<SCREEN>,
+        ),
+    ),
+    (
+        "identify",
+        definition(
+            c"identify",
+            c"identify($self, customer_id, attributes=None, /, *, region=None, **attrs)\n--\n\nTracker.identify, natively.",
+            entry::<IDENTIFY>,
+        ),
+    ),
 ];
 
 /// The builtin function `name` bound to `fast` (what `FastCalls.entry` returns).
