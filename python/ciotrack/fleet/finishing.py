@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.settings import WorkerConfig
 from ciotrack.fleet.streams import StoredBatch, StreamKeys, WorkEntry, encode_entry, entry_time
 
-__all__ = ["Finishing"]
+__all__ = ["Finishing", "rejected_reason"]
 
 log = logging.getLogger("ciotrack.fleet")
+
+
+def rejected_reason(reasons: Iterable[str]) -> str:
+    """The error of a dead letter of operations Customer.io refused in a 207: its distinct reasons."""
+    return "rejected: " + "; ".join(sorted(set(reasons)))[:500]
 
 
 class Finishing:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ciotrack.fleet.coalesce import MAX_BODY_BYTES, GroupBatch, pack, shares
-from ciotrack.fleet.finishing import Finishing
+from ciotrack.fleet.finishing import Finishing, rejected_reason
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
@@ -376,14 +376,14 @@ class Worker(Finishing):
             if not share.undelivered:
                 if share.rejected:
                     self._dead_letter(entry, StoredBatch.from_ops(share.rejected),
-                                      "rejected: " + "; ".join(sorted(share.reasons))[:500], 1)
+                                      rejected_reason(share.reasons), 1)
                 else:
                     self._ack(entry)
             elif share.delivered:
                 # Part of it went through (a 413 split): the rest goes back as a new entry, untried, and
                 # what was refused in the delivered part is dead-lettered with it.
                 self._requeue(entry, StoredBatch.from_ops(share.undelivered), 0, share.rejected,
-                              "rejected: " + "; ".join(sorted(share.reasons))[:500])
+                              rejected_reason(share.reasons))
             elif share.verdict is Verdict.EXHAUSTED:
                 # Customer.io unreachable: not a try; left idle, claimed (alone) after the visibility timeout.
                 self._count_tries([entry], -1)
@@ -424,7 +424,7 @@ class Worker(Finishing):
         for result in delivered:
             self.metrics.ops_delivered.inc(result.job.batch.count - len(result.failures))
         rejected = [op for r in delivered for i, op in self._rejected_ops(r)]
-        why_rejected = "rejected: " + "; ".join(sorted({why for r in delivered for _, why in r.failures}))[:500]
+        why_rejected = rejected_reason(why for r in delivered for _, why in r.failures)
         if not failed and not unfinished:
             if rejected:
                 self.metrics.ops_failed.labels("rejected").inc(len(rejected))
