@@ -180,17 +180,25 @@ def test_the_entry_reads_positional_calls_and_hands_every_other_shape_to_the_met
     tracker.page("1", "/p", {"ref": "x"})
     tracker.identify("2", None)
     tracker.identify("3", {"plan": "pro"})
-    for bad in ((), ("1",), ("1", "e", None, None)):
-        with pytest.raises(TypeError) as raw:
-            tracker.track(*bad)
-        with pytest.raises(TypeError) as method:
-            fast.track(*bad)
-        assert str(raw.value) == str(method.value) and "track()" in str(raw.value)
+    # Each of the five hands a wrong count to its own method (the error names it), and a keyword
+    # call of each kind is delivered as that kind.
+    for name in FAST:
+        too_many = ("1", {}, {}) if name == "identify" else ("1", "e", None, None)
+        for bad in ((), too_many):
+            with pytest.raises(TypeError) as raw:
+                getattr(tracker, name)(*bad)
+            with pytest.raises(TypeError) as method:
+                getattr(fast, name)(*bad)
+            assert str(raw.value) == str(method.value) and f"{name}()" in str(raw.value), (name, bad)
     with pytest.raises(TypeError) as raw:
-        tracker.identify("1", {}, {})
+        tracker.track("1")
     with pytest.raises(TypeError) as method:
-        fast.identify("1", {}, {})
+        fast.track("1")
     assert str(raw.value) == str(method.value)
+    tracker.track_anonymous("anon-9", "kw-visit", data={"n": 9})
+    tracker.screen("1", "kw-screen", data={"s": 1})
+    tracker.page("1", "/kw", data={"p": 1})
+    tracker.identify("4", {"plan": "kw"}, region=None)
     with pytest.raises(TypeError, match="nope"):
         tracker.track("1", "e", nope=1)
     with pytest.raises(ValueError, match="no fast entry named 'flush'"):
@@ -198,6 +206,10 @@ def test_the_entry_reads_positional_calls_and_hands_every_other_shape_to_the_met
     assert tracker.flush(timeout=10)
     people = emulator.state()["people"]
     events = {e["name"]: e for e in people["1"]["events"]}
-    assert set(events) == {"start", "positional", "keywords", "/p"}
+    assert set(events) == {"start", "positional", "keywords", "/p", "kw-screen", "/kw"}
     assert events["keywords"]["data"] == {"k": 1} and events["/p"]["data"] == {"ref": "x"}
+    assert (events["kw-screen"]["type"], events["kw-screen"]["data"]) == ("screen", {"s": 1})
+    assert (events["/kw"]["type"], events["/kw"]["data"]) == ("page", {"p": 1})
+    assert [e["data"] for e in emulator.state()["anonymous_events"]["anon-9"]] == [{"n": 9}]
     assert "2" in people and people["3"]["attributes"] == {"plan": "pro"}
+    assert people["4"]["attributes"] == {"plan": "kw"}

@@ -30,6 +30,18 @@ const PAGE: u8 = 2;
 const SCREEN: u8 = 3;
 const IDENTIFY: u8 = 4;
 
+/// The `FastCalls` method a call hands other shapes to: one match, so a call's number and its
+/// name cannot drift apart (`DEFINITIONS` is searched by name, never indexed by number).
+const fn method_name(call: u8) -> &'static str {
+    match call {
+        TRACK => "track",
+        TRACK_ANONYMOUS => "track_anonymous",
+        PAGE => "page",
+        SCREEN => "screen",
+        _ => "identify",
+    }
+}
+
 /// A method definition CPython reads, never writes, for the life of the process.
 struct Definition(UnsafeCell<ffi::PyMethodDef>);
 
@@ -60,7 +72,7 @@ const fn definition(name: &'static CStr, doc: &'static CStr, entry: Entry) -> De
 
 static DEFINITIONS: [(&str, Definition); 5] = [
     (
-        "track",
+        method_name(TRACK),
         definition(
             c"track",
             c"track($self, customer_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.track, natively.",
@@ -68,7 +80,7 @@ static DEFINITIONS: [(&str, Definition); 5] = [
         ),
     ),
     (
-        "track_anonymous",
+        method_name(TRACK_ANONYMOUS),
         definition(
             c"track_anonymous",
             c"track_anonymous($self, anonymous_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.track_anonymous, natively.",
@@ -76,7 +88,7 @@ static DEFINITIONS: [(&str, Definition); 5] = [
         ),
     ),
     (
-        "page",
+        method_name(PAGE),
         definition(
             c"page",
             c"page($self, customer_id, url, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.page, natively.",
@@ -84,7 +96,7 @@ static DEFINITIONS: [(&str, Definition); 5] = [
         ),
     ),
     (
-        "screen",
+        method_name(SCREEN),
         definition(
             c"screen",
             c"screen($self, customer_id, name, data=None, *, id=None, timestamp=None, region=None)\n--\n\nTracker.screen, natively.",
@@ -92,7 +104,7 @@ static DEFINITIONS: [(&str, Definition); 5] = [
         ),
     ),
     (
-        "identify",
+        method_name(IDENTIFY),
         definition(
             c"identify",
             c"identify($self, customer_id, attributes=None, /, *, region=None, **attrs)\n--\n\nTracker.identify, natively.",
@@ -171,8 +183,7 @@ unsafe fn call<const CALL: u8>(
             _ => (2..=3).contains(&positional),
         };
     if !common {
-        let name = DEFINITIONS[CALL as usize].0;
-        let method = this.getattr(PyString::new(py, name))?;
+        let method = this.getattr(PyString::new(py, method_name(CALL)))?;
         // SAFETY: forwards CPython's own argument vector for this call unchanged (no
         // PY_VECTORCALL_ARGUMENTS_OFFSET: the slot before `args` is not ours to borrow).
         return Ok(unsafe {
