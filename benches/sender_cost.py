@@ -1,6 +1,6 @@
 """Where the sender's CPU and GIL go, per batch, delivering to the emulator in a subprocess.
 
-    .venv/bin/python benches/sender_cost.py [--events 300000] [--perf] [--py-spy out.txt]
+    .venv/bin/python benches/sender_cost.py [--events 300000] [--tls] [--perf] [--py-spy out.txt]
 
 The app thread queues ``--events`` 5-property events (the workload of ``peers/workload.py``), then
 waits in ``flush()``; the figures are the sender threads' own: CPU time (``/proc/self/task/<tid>/stat``,
@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--perf", action="store_true", help="count GIL acquisitions per thread (root, linux-perf)")
     parser.add_argument("--py-spy", metavar="FILE", help="record the sender with py-spy --native into FILE (raw)")
     parser.add_argument("--gil", action="store_true", help="with --py-spy: only samples holding the GIL")
+    parser.add_argument("--tls", action="store_true", help="the emulator serves HTTPS (as Customer.io does)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                         help="a tracker option over the bench's (e.g. rate_limit=27, senders=2); repeatable")
     args = parser.parse_args()
@@ -94,7 +95,9 @@ def main() -> int:
     import ciotrack
     from ciotrack.emulator import Emulator
 
-    handle = Emulator.spawn(workspaces={SITE_ID: API_KEY})
+    handle = Emulator.spawn(workspaces={SITE_ID: API_KEY}, tls=args.tls)
+    if args.tls:
+        options["verify"] = handle.ca_bundle
     tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint=handle.url, **options)
     try:
         enqueue(tracker.track, 0, 20_000)  # warm-up: sender thread, session, connection
