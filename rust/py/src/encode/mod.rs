@@ -20,6 +20,7 @@ use ciotrack_core::{CoreError, ErrorKind};
 use crate::dict::DictEntries;
 use crate::errors::Error;
 
+mod key_cache;
 mod uncommon;
 
 pub use uncommon::datetime_unix_seconds;
@@ -316,19 +317,29 @@ pub(crate) fn write_dict(
 /// `"key":`, or an error for a key that is not a str or has no UTF-8 form.
 #[inline]
 pub(crate) fn write_key(out: &mut Vec<u8>, key: &Bound<'_, PyAny>) -> Result<(), EncodeError> {
-    // SAFETY: type checked before reading the UTF-8; the slice does not outlive `key`.
+    let ptr = key.as_ptr();
+    // SAFETY: the GIL is held (`key` is a Bound) and `key` is live; type checked before reading
+    // the UTF-8; the slice does not outlive `key`; what is remembered is exactly what was written
+    // for an exact str.
     unsafe {
-        if ffi::PyUnicode_Check(key.as_ptr()) == 0 {
+        if key_cache::write_cached(out, ptr) {
+            return Ok(());
+        }
+        if ffi::PyUnicode_Check(ptr) == 0 {
             return Err(non_str_key(key));
         }
-        let bytes = utf8(key.as_ptr()).map_err(|_| {
+        let bytes = utf8(ptr).map_err(|_| {
             EncodeError::new(
                 ErrorKind::Invalid,
                 format!("key {} contains a lone surrogate", shown(key)),
             )
         })?;
+        let start = out.len();
         // CPython's UTF-8 form is valid UTF-8 by construction.
         json::write_key(out, std::str::from_utf8_unchecked(bytes));
+        if ffi::PyUnicode_CheckExact(ptr) != 0 {
+            key_cache::remember(ptr, &out[start..]);
+        }
     }
     Ok(())
 }
