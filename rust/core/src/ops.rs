@@ -197,10 +197,13 @@ pub fn event_head(
     out.extend_from_slice(b",\"name\":");
     json::write_str(out, name);
     out.extend_from_slice(b",\"id\":\"");
-    // A ULID is ASCII alphanumerics only: nothing to escape. Upper case is its canonical form.
-    let start = out.len();
+    // A ULID is ASCII alphanumerics only: nothing to escape. It arrives in its canonical upper
+    // case (`ulid::generate`, or a caller's id through `ulid::canonical`), so it is copied as is.
+    debug_assert!(
+        !id.iter().any(u8::is_ascii_lowercase),
+        "a ULID not in canonical form"
+    );
     out.extend_from_slice(id);
-    out[start..].make_ascii_uppercase();
     out.extend_from_slice(b"\",\"timestamp\":");
     json::write_i64(out, timestamp);
 }
@@ -293,7 +296,7 @@ mod tests {
 
     #[test]
     fn event_layout_with_and_without_data() {
-        let id = b"01arz3ndektsv4rrffq69g5fav";
+        let id = b"01ARZ3NDEKTSV4RRFFQ69G5FAV";
         let mut out = Vec::new();
         event_head(&mut out, Subject::Id("u1"), "event", "Signed Up", id, 5);
         event_attributes_key(&mut out);

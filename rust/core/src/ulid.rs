@@ -56,6 +56,18 @@ pub fn is_valid(s: &[u8]) -> bool {
     s.len() == LEN && s[0] <= b'7' && s.iter().all(|&b| b < 128 && DECODE[b as usize] != 0xff)
 }
 
+/// A valid ULID in its canonical form, upper case: the form an event id is sent in (a caller
+/// may give one in lower case). None when `s` is not a ULID.
+pub fn canonical(s: &[u8]) -> Option<[u8; LEN]> {
+    if !is_valid(s) {
+        return None;
+    }
+    let mut id = [0u8; LEN];
+    id.copy_from_slice(s);
+    id.make_ascii_uppercase();
+    Some(id)
+}
+
 /// The 128-bit value of a valid ULID, for tests and for reading the timestamp back.
 pub fn decode(s: &[u8]) -> Option<u128> {
     if !is_valid(s) {
@@ -170,6 +182,15 @@ mod tests {
 
     #[test]
     fn validation() {
+        assert_eq!(
+            canonical(b"01arz3ndektsv4rrffq69g5fav"),
+            Some(*b"01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        );
+        assert_eq!(
+            canonical(b"01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+            Some(*b"01ARZ3NDEKTSV4RRFFQ69G5FAV")
+        );
+        assert_eq!(canonical(b"01ARZ3NDEKTSV4RRFFQ69G5FA"), None);
         assert!(is_valid(b"01ARZ3NDEKTSV4RRFFQ69G5FAV"));
         assert!(is_valid(b"01arz3ndektsv4rrffq69g5fav"));
         assert!(is_valid(b"7ZZZZZZZZZZZZZZZZZZZZZZZZZ"));

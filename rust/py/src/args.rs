@@ -181,7 +181,8 @@ pub struct EventArgs<'a> {
     subject: Subject<'a>,
     action: &'a str,
     name: &'a str,
-    id: Option<&'a [u8]>,
+    /// A caller's event id, in its canonical upper case.
+    id: Option<[u8; ulid::LEN]>,
 }
 
 /// Validates the non-dict arguments of `event`.
@@ -215,14 +216,14 @@ pub fn event_args<'a>(
         None => None,
         Some(id) => {
             let text = str_arg(id, "id")?;
-            if !ulid::is_valid(text.as_bytes()) {
+            let Some(id) = ulid::canonical(text.as_bytes()) else {
                 return Err(CoreError::invalid(format!(
                     "id: {} is not a ULID (26 Crockford base32 characters)",
                     py_repr(text)
                 ))
                 .into());
-            }
-            Some(text.as_bytes())
+            };
+            Some(id)
         }
     };
     Ok(EventArgs {
@@ -247,11 +248,11 @@ pub fn build_event(
     let mut wall_ms = || *now_ms.get_or_insert_with(|| clock::unix_millis_at(now_ns));
     let timestamp = timestamp_arg(py, timestamp, &mut wall_ms)?;
     let fresh;
-    let id = match args.id {
+    let id: &[u8] = match &args.id {
         Some(id) => id,
         None => {
             fresh = ulid::generate(wall_ms());
-            &fresh[..]
+            &fresh
         }
     };
     ops::event_head(out, args.subject, args.action, args.name, id, timestamp);
@@ -278,7 +279,13 @@ pub fn build_event(
         return Err(too_big.into());
     }
     let data = data_range.map(|range| &out[range]);
-    Ok(dedup_policy.event_entry(args.subject, args.action, args.name, args.id, data))
+    Ok(dedup_policy.event_entry(
+        args.subject,
+        args.action,
+        args.name,
+        args.id.as_ref().map(|id| &id[..]),
+        data,
+    ))
 }
 
 /// The top-level key of `data` whose value encodes largest, and that size (None for an empty
