@@ -192,9 +192,18 @@ pub fn event_head(
 ) {
     out.extend_from_slice(b"{\"type\":\"person\",");
     write_subject(out, subject);
-    out.extend_from_slice(b",\"action\":");
-    json::write_str(out, action);
-    out.extend_from_slice(b",\"name\":");
+    // The three actions an event can have, with the keys around them, as one piece each (an
+    // action is checked against these before any op is built; anything else is still written).
+    match action {
+        "event" => out.extend_from_slice(br#","action":"event","name":"#),
+        "page" => out.extend_from_slice(br#","action":"page","name":"#),
+        "screen" => out.extend_from_slice(br#","action":"screen","name":"#),
+        other => {
+            out.extend_from_slice(b",\"action\":");
+            json::write_str(out, other);
+            out.extend_from_slice(b",\"name\":");
+        }
+    }
     json::write_str(out, name);
     out.extend_from_slice(b",\"id\":\"");
     // A ULID is ASCII alphanumerics only: nothing to escape. It arrives in its canonical upper
@@ -313,6 +322,18 @@ mod tests {
             text(out),
             r#"{"type":"person","anonymous_id":"a1","action":"page","name":"/home","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#
         );
+        // The third action written as one piece, and any other action written as a JSON string.
+        for (action, written) in [("screen", r#""screen""#), ("odd\"one", r#""odd\"one""#)] {
+            let mut out = Vec::new();
+            event_head(&mut out, Subject::Id("u1"), action, "Home", id, 5);
+            close(&mut out);
+            assert_eq!(
+                text(out),
+                format!(
+                    r#"{{"type":"person","identifiers":{{"id":"u1"}},"action":{written},"name":"Home","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}}"#
+                )
+            );
+        }
     }
 
     #[test]
