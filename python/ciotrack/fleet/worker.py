@@ -424,7 +424,7 @@ class Worker(Finishing):
         for result in delivered:
             self.metrics.ops_delivered.inc(result.job.batch.count - len(result.failures))
         rejected = [op for r in delivered for i, op in self._rejected_ops(r)]
-        why_rejected = rejected_reason(why for r in delivered for _, why in r.failures)
+        why_rejected = rejected_reason(why for r in delivered for _, why in r.failures) if rejected else ""
         if not failed and not unfinished:
             if rejected:
                 self.metrics.ops_failed.labels("rejected").inc(len(rejected))
