@@ -7,43 +7,14 @@ import http.client
 import json
 import threading
 import time
-import types
-import urllib.parse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Iterator
 
 import pytest
-from webhook_helpers import SECRET, free_port, signed, wait_port
+from webhook_helpers import SECRET, signed
+from webhook_servers import PATH, UVICORN_THREAD, django_app, request, serve_uvicorn, serve_wsgi
 
 from ciotrack.webhooks import EmailEvent, Event, WebhookHandler
 from ciotrack.webhooks.samples import event_payload
-
-PATH = "/webhooks/customerio"
-UVICORN_THREAD = "test-uvicorn-event-loop"
-
-
-def request(url: str, method: str = "POST", body: bytes = b"",
-            headers: list[tuple[str, str]] | None = None) -> tuple[int, dict[str, Any]]:
-    """One request with headers as a list, so a header can be sent twice."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.putrequest(method, parts.path)
-        for name, value in headers or []:
-            conn.putheader(name, value)
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            return response.status, json.loads(raw) if raw else {}
-        except ValueError:
-            return response.status, {"raw": raw.decode(errors="replace")}
-    finally:
-        conn.close()
 
 
 def exercise(url: str, handler: WebhookHandler, received: list[Event]) -> None:
@@ -91,48 +62,6 @@ def webhook_handler() -> Iterator[tuple[WebhookHandler, list[Event]]]:
     handler.close(5)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-@contextmanager
-def serve_wsgi(app: Callable[..., Any]) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@contextmanager
-def serve_uvicorn(app: Any) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=UVICORN_THREAD, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def test_plain_wsgi_under_wsgiref(webhook_handler: tuple[WebhookHandler, list[Event]]) -> None:
     from ciotrack.webhooks.adapters.wsgi import make_wsgi_app
 
@@ -160,26 +89,8 @@ def test_flask_blueprint_under_werkzeug(webhook_handler: tuple[WebhookHandler, l
 
 
 def test_django_view_under_wsgiref(webhook_handler: tuple[WebhookHandler, list[Event]]) -> None:
-    import django
-    from django.conf import settings
-    from django.urls import path
-
-    from ciotrack.webhooks.adapters.django import view
-
     handler, received = webhook_handler
-    urlconf = types.ModuleType("ciotrack_webhook_test_urls")
-    urlconf.urlpatterns = [path(PATH.lstrip("/"), view(handler))]  # type: ignore[attr-defined]
-    if not settings.configured:
-        settings.configure(DEBUG=False, SECRET_KEY="test-only", ALLOWED_HOSTS=["127.0.0.1"], ROOT_URLCONF=urlconf,
-                           MIDDLEWARE=["django.middleware.common.CommonMiddleware",
-                                       "django.middleware.csrf.CsrfViewMiddleware"],
-                           INSTALLED_APPS=[], USE_TZ=True)
-        django.setup()
-    else:
-        settings.ROOT_URLCONF = urlconf
-    from django.core.wsgi import get_wsgi_application
-
-    with serve_wsgi(get_wsgi_application()) as url:
+    with serve_wsgi(django_app(handler)) as url:
         exercise(url + PATH, handler, received)
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from webhook_helpers import SECRET, signed
 
-from ciotrack.webhooks import Event, MemoryDedup, Parked, RedisDedup, WebhookHandler
+from ciotrack.webhooks import Claim, Event, MemoryDedup, Parked, RedisDedup, WebhookHandler
 from ciotrack.webhooks.samples import event_payload
 
 
@@ -121,11 +121,17 @@ def test_rejected_webhooks_get_401_with_the_reason_only() -> None:
 
 
 def test_a_signed_body_that_is_not_an_event_is_parked_and_acknowledged() -> None:
-    parked: list[Parked] = []
-    handler = WebhookHandler(SECRET, Recorder(), on_parked=parked.append)
+    parked: list[tuple[Parked, str]] = []
+    handler = WebhookHandler(SECRET, Recorder(), on_parked=lambda p: parked.append(
+        (p, threading.current_thread().name)))
     response = handler.handle(*signed(b'{"no_event_id":true}'))
     assert response.status == 200 and json.loads(response.body)["parked"] is True
-    assert parked[0].event is None and parked[0].body == b'{"no_event_id":true}'
+    assert handler.drain(5)
+    [(parked_one, thread)] = parked
+    assert parked_one.event is None and parked_one.body == b'{"no_event_id":true}'
+    assert handler.parked[0] is parked_one
+    # The user's callback ran on a handler thread, not before the answer (an ASGI server's event loop).
+    assert thread != threading.current_thread().name and thread.startswith("ciotrack-webhooks")
 
 
 def test_back_pressure_answers_503_and_gives_the_claim_back() -> None:
@@ -145,11 +151,11 @@ def test_back_pressure_answers_503_and_gives_the_claim_back() -> None:
 
 def test_memory_dedup_is_bounded_and_honours_its_ttl() -> None:
     dedup = MemoryDedup(max_size=3)
-    assert [dedup.claim(i) for i in "abcd"] == [True] * 4
-    assert len(dedup) == 3 and dedup.claim("a") is True  # evicted, so new again
-    assert dedup.claim("d") is False
+    assert [dedup.claim(i) for i in "abcd"] == [Claim.FIRST] * 4
+    assert len(dedup) == 3 and dedup.claim("a") is Claim.FIRST  # evicted, so new again
+    assert dedup.claim("d") is Claim.DUPLICATE
     dedup.release("d")
-    assert dedup.claim("d") is True
+    assert dedup.claim("d") is Claim.FIRST
     short = MemoryDedup(ttl=0.05)
     assert short.claim("x") and not short.claim("x")
     time.sleep(0.08)
@@ -184,7 +190,8 @@ def test_redis_dedup_fails_open_or_closed_when_redis_is_gone() -> None:
 
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     open_dedup = RedisDedup(dead)
-    assert open_dedup.claim("x") is True and open_dedup.claim("x") is True and open_dedup.errors == 2
+    assert open_dedup.claim("x") is Claim.FIRST and open_dedup.claim("x", 5.0) is Claim.FIRST
+    assert open_dedup.errors == 2
     closed = RedisDedup(dead, fail_open=False)
     with pytest.raises(redis.ConnectionError):
         closed.claim("x")

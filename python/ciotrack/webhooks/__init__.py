@@ -10,7 +10,7 @@ Pure stdlib: no native core, no optional dependency (``RedisDedup`` needs ``redi
 import their framework only when called).
 """
 
-from ciotrack.webhooks.dedup import Dedup, MemoryDedup, RedisDedup
+from ciotrack.webhooks.dedup import Claim, Dedup, MemoryDedup, RedisDedup
 from ciotrack.webhooks.events import (
     CustomerEvent,
     EmailEvent,
@@ -39,7 +39,7 @@ from ciotrack.webhooks.signature import (
 )
 
 __all__ = [
-    "CustomerEvent", "Dedup", "EmailEvent", "Event", "GenericEvent", "InAppEvent", "MemoryDedup", "Metric",
+    "Claim", "CustomerEvent", "Dedup", "EmailEvent", "Event", "GenericEvent", "InAppEvent", "MemoryDedup", "Metric",
     "Parked", "PushEvent", "RedisDedup", "Response", "SIGNATURE_HEADER", "SlackEvent", "SmsEvent",
     "TIMESTAMP_HEADER", "WebhookActionEvent", "WebhookHandler", "WebhookVerificationError", "WhatsappEvent",
     "event_from_dict", "metric_of", "parse_body", "sign", "signed_headers", "verify", "verify_signature",

@@ -179,12 +179,16 @@ def _signature_of(key: bytes, timestamp: bytes, body: bytes) -> bytes:
 
 def _keys(secret: Secrets) -> list[bytes]:
     if isinstance(secret, str):
-        return [secret.encode()]
-    if isinstance(secret, bytes | bytearray):
-        return [bytes(secret)]
-    keys = [s.encode() if isinstance(s, str) else bytes(s) for s in secret]
+        keys = [secret.encode()]
+    elif isinstance(secret, bytes | bytearray):
+        keys = [bytes(secret)]
+    else:
+        keys = [s.encode() if isinstance(s, str) else bytes(s) for s in secret]
     if not keys:
         raise ValueError("no webhook signing secret given")
+    if not all(keys):
+        # An HMAC keyed with nothing is one anyone can compute: e.g. an unset old key in a rotation list.
+        raise ValueError("an empty webhook signing secret was given: anyone could sign with it")
     return keys
 
 
@@ -278,7 +282,7 @@ def verify_signature(
             raise WebhookVerificationError("timestamp_in_future",
                                            f"the timestamp is {-skew:.0f} s in the future (tolerance {tolerance:g} s)")
     stamp = timestamp.encode()
-    if secret.__class__ is str:
+    if secret.__class__ is str and secret:  # the common case; an empty key is refused by _keys
         matched = hmac.compare_digest(_signature_of(secret.encode(), stamp, raw), given)
     else:
         matched = False

@@ -3,8 +3,9 @@
     handler = WebhookHandler(secret, dispatch=RedisStreamDispatch(url="redis://..."),
                              dedup=RedisDedup(url="redis://..."))
 
-The web process then only verifies, dedups and runs one ``XADD`` per webhook; consumers (``ciotrack
-worker``, or ``read_events`` below) read the stream in a consumer group and ``XACK`` what they handled.
+The web process then only verifies, dedups and runs one ``XADD`` per webhook; your consumers read the
+stream in a consumer group (``ensure_group`` and ``read_events`` below) and ``XACK`` + ``XDEL`` what they
+handled. (``ciotrack worker`` does not read this stream: it delivers tracked events.)
 The entry holds one field, ``event``: the payload as Customer.io sent it (JSON), nothing derived.
 Needs ``pip install 'ciotrack[fleet]'`` (redis-py).
 """
@@ -27,7 +28,10 @@ def _client(client: Any, url: str | None) -> Any:
         raise ValueError("give a redis client or a url")
     import redis
 
-    return redis.Redis.from_url(url)
+    from ciotrack.webhooks.dedup import REDIS_TIMEOUT
+
+    # Timeouts: the XADD runs before the answer, which Customer.io wants within 4 s.
+    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
 
 
 class RedisStreamDispatch:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ciotrack.webhooks.adapters.asgi import answer
+from ciotrack.webhooks.adapters.asgi import answer_request
+from ciotrack.webhooks.adapters.wsgi import declared_length
 from ciotrack.webhooks.handler import WebhookHandler
 
 
@@ -15,7 +16,8 @@ def endpoint(handler: WebhookHandler) -> Callable[[Any], Awaitable[Any]]:
     from starlette.responses import Response
 
     async def customerio_webhook(request: Any) -> Any:
-        response = await answer(handler, await request.body(), request.headers)
+        response = await answer_request(handler, request.stream(),
+                                        declared_length(request.headers.get("content-length")), request.headers)
         return Response(response.body, status_code=response.status, media_type=response.content_type,
                         headers=dict(response.headers))
 
