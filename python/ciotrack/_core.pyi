@@ -29,7 +29,7 @@ Invariants across the boundary:
   (or ``wake()``) is called.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Self, final
 
@@ -190,7 +190,11 @@ class Core:
         """Queue ``{"type":"person","identifiers":{...},"action":action, **fields}`` (delete,
         suppress, unsuppress, add_device, delete_device, ...). ``fields`` is encoded like data."""
     def raw(self, lane: int, op: Mapping[str, Any]) -> int:
-        """Encode ``op`` as given (merge, the drop-in ``batch()``); only the 32 KB op limit is checked."""
+        """Encode ``op`` as given (merge, the drop-in ``batch()``); only the 32 KB op limit is checked.
+        A delete, suppress or merge of people forgets their identify dedup keys."""
+    def forget_lost(self, ops: Iterable[bytes]) -> int:
+        """Forget the dedup keys recorded for these encoded operations, which failed for good, so that
+        sending them again is not deduplicated. Non-bytes items are skipped; returns the keys forgotten."""
     def take_overflow(self, lane: int | None = None) -> list[bytes]:
         """Operations refused by a full lane under ``on_full="spool"``, oldest first (the caller spools them).
 

@@ -109,8 +109,10 @@ class Ledger:
     atomic, hooks run on the reporting thread, the throttled log has its own lock)."""
 
     def __init__(self, recorder: Recorder, *, on_drop: Callable[[str, int], object] | None,
-                 on_error: Callable[[DeliveryError], object] | None, logger: logging.Logger) -> None:
+                 on_error: Callable[[DeliveryError], object] | None, logger: logging.Logger,
+                 forget: Callable[[Sequence[bytes]], object] | None = None) -> None:
         self._recorder = recorder
+        self._forget = forget
         self._on_drop = on_drop
         self._on_error = on_error
         self.log = ThrottledLog(logger)
@@ -138,6 +140,10 @@ class Ledger:
             if self._on_drop is not None:
                 self.call_hook(self._on_drop, reason.value, count)
             return
+        if self._forget is not None:
+            # Their dedup keys go first: the application may well send them again from on_error, or
+            # later, and that must not be dropped as a duplicate of what Customer.io never accepted.
+            self._forget(ops)
         label = failure_label(detail) if reason is Reason.REJECTED else reason.value
         self._recorder.incr("failed", count)
         self._recorder.incr("failed_" + label, count)

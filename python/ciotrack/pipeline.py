@@ -65,7 +65,8 @@ class Pipeline:
             dedup_events=config.dedup_events,
             metrics=config.metrics,
         )
-        self.losses = Ledger(self.core, on_drop=config.on_drop, on_error=config.on_error, logger=log)
+        self.losses = Ledger(self.core, on_drop=config.on_drop, on_error=config.on_error, logger=log,
+                             forget=self.core.forget_lost)
         self._stop = threading.Event()
         # The API health model exists with the disk spool: it decides between replaying and probing.
         self.health = Health(None) if config.spool_dir is not None and not config.disabled else None

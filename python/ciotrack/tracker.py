@@ -28,7 +28,7 @@ from ciotrack import _core, lifecycle
 from ciotrack.capturing import active_sink
 from ciotrack.config import Config
 from ciotrack.destinations.base import Destination
-from ciotrack.errors import ConfigError, EndpointUnreachableError, InvalidValueError
+from ciotrack.errors import ConfigError, EndpointUnreachableError, InvalidValueError, SerializationError
 from ciotrack.flush_outcome import FlushResult, counts
 from ciotrack.losses import Reason
 from ciotrack.options import TrackerOptions
@@ -263,6 +263,8 @@ class Tracker:
         id: str | None = None, timestamp: Timestamp = None, region: str | None = None,
     ) -> None:
         """An event for a visitor not identified yet (linked later by an identify with ``anonymous_id``)."""
+        if anonymous_id is None:  # as the native fast path says it (the core would take None as "not given")
+            raise SerializationError("anonymous_id: must be a str, not 'NoneType'")
         if not self._running and not self._start():
             return
         lane = 0 if region is None and self._region_for is None else self._lane(anonymous_id, region)

@@ -335,7 +335,7 @@ def test_mutating_the_arguments_after_the_call_changes_nothing_queued() -> None:
         (lambda c: c.event(0, "event", "u", None, "n" * 101), LimitError, "name: 101 bytes, Customer.io allows 100"),
         (lambda c: c.event(0, "track", "u", None, "n"), InvalidValueError, "action: 'track' is not one of"),
         (lambda c: c.event(0, "event", "u", "a", "n"), InvalidValueError, "customer_id/anonymous_id: exactly one"),
-        (lambda c: c.event(0, "event", None, None, "n"), InvalidValueError, "customer_id/anonymous_id: exactly one"),
+        (lambda c: c.event(0, "event", None, None, "n"), SerializationError, "customer_id: must be a str, not"),
         (lambda c: c.event(0, "event", None, "", "n"), InvalidValueError, "anonymous_id: must not be empty"),
         (lambda c: c.event(0, "event", "u", None, "n", id="not-a-ulid"), InvalidValueError, "id: 'not-a-ulid' is not"),
         (lambda c: c.event(0, "event", "u", None, "n", id="8" + ULID_A[1:]), InvalidValueError, "id: "),
@@ -465,8 +465,48 @@ def test_delete_forgets_identify_dedup_so_the_person_is_recreated() -> None:
     # Identical to the identify before the delete: it must go out again, or u1 stays deleted.
     assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
     assert core.identify(0, "u2", {"plan": "a"}) == DEDUPED  # other people keep their entries
-    assert core.person(0, "suppress", "u1") == ACCEPTED
-    assert core.identify(0, "u1", {"plan": "a"}) == DEDUPED  # only a delete forgets
+    # Suppress deletes too, and identifies sent while suppressed are refused: after an unsuppress the
+    # last identify must go out again as well.
+    for action in ("suppress", "unsuppress"):
+        assert core.identify(0, "u1", {"plan": "a"}) == DEDUPED
+        assert core.person(0, action, "u1") == ACCEPTED
+        assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
+    assert core.person(0, "add_device", "u1", {"device": {"token": "t", "platform": "ios"}}) == ACCEPTED
+    assert core.identify(0, "u1", {"plan": "a"}) == DEDUPED  # other person actions forget nothing
+
+
+def test_raw_deletes_and_merges_forget_their_peoples_identify_dedup() -> None:
+    core = Core()
+    for person in ("keep", "gone", "merged", "primary", "cio"):
+        assert core.identify(0, person, {"plan": "a"}) == ACCEPTED
+    assert core.identify(0, "cio_c9", {"plan": "a"}) == ACCEPTED
+    assert core.raw(0, {"type": "person", "identifiers": {"id": "gone"}, "action": "delete"}) == ACCEPTED
+    assert core.raw(0, {"type": "person", "action": "merge", "primary": {"id": "primary"},
+                        "secondary": {"id": "merged"}}) == ACCEPTED
+    assert core.raw(0, {"type": "person", "identifiers": {"cio_id": "c9"}, "action": "suppress"}) == ACCEPTED
+    assert core.raw(0, {"type": "person", "identifiers": {"id": "keep"}, "action": "add_device",
+                        "device": {"token": "t"}}) == ACCEPTED
+    for person in ("gone", "merged", "primary", "cio_c9"):
+        assert core.identify(0, person, {"plan": "a"}) == ACCEPTED, person
+    assert core.identify(0, "keep", {"plan": "a"}) == DEDUPED
+
+
+def test_forget_lost_gives_back_the_keys_of_operations_that_failed_for_good() -> None:
+    for events in ("id", "composite"):
+        core = Core(dedup_events=events)
+        assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
+        assert core.identify(0, "u2", {"plan": "a"}) == ACCEPTED
+        assert core.event(0, "page", "u1", None, "/caf\u00e9 \"q\"", {"n": [1, 2.5]}, ULID_A) == ACCEPTED
+        assert core.event(0, "event", None, "anon-1", "E", None, ULID_B) == ACCEPTED
+        [identify_u1, _, page, anonymous] = core.lane(0).drain_ops()
+        assert core.forget_lost([identify_u1, page, anonymous, b"not an op", "not bytes"]) == 3
+        # What failed can be sent again; what was delivered is still a duplicate.
+        assert core.identify(0, "u1", {"plan": "a"}) == ACCEPTED
+        assert core.identify(0, "u2", {"plan": "a"}) == DEDUPED
+        assert core.event(0, "page", "u1", None, "/caf\u00e9 \"q\"", {"n": [1, 2.5]}, ULID_A) == ACCEPTED
+        assert core.event(0, "event", None, "anon-1", "E", None, ULID_B) == ACCEPTED
+        assert core.event(0, "event", None, "anon-1", "E", None, ULID_B) == DEDUPED
+    assert Core(dedup_ttl=0).forget_lost([identify_u1]) == 0
 
 
 def test_dedup_ttl_zero_disables_dedup() -> None:

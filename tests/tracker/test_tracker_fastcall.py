@@ -113,6 +113,30 @@ def test_queue_full_through_the_fast_path_reaches_on_drop(make_tracker: TrackerF
     assert counters["dropped_full"] == sum(n for _, n in drops) == 10 - counters["accepted"]
 
 
+def test_every_event_method_raises_alike_on_both_paths_and_names_its_own_fields(
+        make_tracker: TrackerFactory) -> None:
+    """A None subject, a None or empty name: the same class and message from the native fast path and
+    from the Python method (the first call, ``region=``, ``region_for``), so ``except TypeError`` works
+    on every tracker; and a page's name is its ``url``."""
+    tracker = make_tracker()
+    tracker.track("1", "start")
+    assert _is_fast(tracker)
+    subject = {"track": "customer_id", "page": "customer_id", "screen": "customer_id",
+               "track_anonymous": "anonymous_id"}
+    for method, subject_field in subject.items():
+        name_field = "url" if method == "page" else "name"
+        expected = [(SerializationError, f"{subject_field}: must be a str, not 'NoneType'"),
+                    (SerializationError, f"{name_field}: must be a str, not 'NoneType'"),
+                    (InvalidValueError, f"{name_field}: must not be empty")]
+        for args, (error, message) in zip(((None, "e"), ("1", None), ("1", " ")), expected, strict=True):
+            with pytest.raises(error) as fast:
+                getattr(tracker, method)(*args)
+            with pytest.raises(error) as slow:
+                getattr(Tracker, method)(tracker, *args)
+            assert str(fast.value) == str(slow.value) == message, (method, args)
+            assert isinstance(fast.value, TypeError if error is SerializationError else ValueError)
+
+
 def test_not_bound_with_region_for(emulator: Emulator) -> None:
     homes: dict[Any, str] = {}
     with Tracker(SITE_ID, API_KEY, endpoints={"us": emulator.url}, region_for=homes, rate_limit=0,

@@ -5,6 +5,7 @@
 use crate::dedup::{hash, hash_parts};
 use crate::error::CoreError;
 use crate::json::py_repr;
+use crate::op_scan::{self, Member};
 use crate::ops::Subject;
 use crate::ulid;
 
@@ -117,6 +118,105 @@ impl DedupPolicy {
     }
 }
 
+/// A subject read back from an op: which identifier, and its text.
+#[derive(Clone, Copy)]
+enum Kind {
+    Id,
+    CioId,
+    Anonymous,
+}
+
+fn subject(kind: Kind, text: &str) -> Subject<'_> {
+    match kind {
+        Kind::Id => Subject::Id(text),
+        Kind::CioId => Subject::CioId(text),
+        Kind::Anonymous => Subject::Anonymous(text),
+    }
+}
+
+/// The person an identifiers object (or a merge's `primary`/`secondary`) names, keyed as intake
+/// keys them: `id` (an email keys like an id: a workspace that identifies by email sends it as the
+/// customer id) or `cio_id`.
+fn person_named(object: &[u8]) -> Option<(Kind, String)> {
+    let members = op_scan::members(object)?;
+    [
+        ("id", Kind::Id),
+        ("cio_id", Kind::CioId),
+        ("email", Kind::Id),
+    ]
+    .into_iter()
+    .find_map(|(key, kind)| Some((kind, op_scan::scalar_text(op_scan::get(&members, key)?)?)))
+}
+
+/// An op's members, its action, if it is a person op (events are person ops with an event action).
+fn person_op(op: &[u8]) -> Option<(Vec<Member<'_>>, String)> {
+    let members = op_scan::members(op)?;
+    if op_scan::decode_string(op_scan::get(&members, "type")?)? != "person" {
+        return None;
+    }
+    let action = op_scan::decode_string(op_scan::get(&members, "action")?)?;
+    Some((members, action))
+}
+
+impl DedupPolicy {
+    /// The keys intake recorded for an op that will now never be delivered (it failed for good): forgotten,
+    /// so that sending it again is not taken for a duplicate of something Customer.io never got.
+    /// An identify's person key; an event's key as `event_entry` made it (a fresh id's key was never
+    /// recorded, and forgetting it changes nothing).
+    pub fn keys_of_lost(&self, op: &[u8]) -> Vec<u64> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let Some((members, action)) = person_op(op) else {
+            return Vec::new();
+        };
+        let named = || match op_scan::get(&members, "anonymous_id") {
+            Some(raw) => Some((Kind::Anonymous, op_scan::scalar_text(raw)?)),
+            None => person_named(op_scan::get(&members, "identifiers")?),
+        };
+        let key = match action.as_str() {
+            "identify" => named().map(|(kind, text)| identify_key(subject(kind, &text))),
+            "event" | "page" | "screen" => named().and_then(|(kind, text)| {
+                let name = op_scan::decode_string(op_scan::get(&members, "name")?)?;
+                let id = op_scan::get(&members, "id").and_then(op_scan::decode_string);
+                let data = op_scan::get(&members, "attributes");
+                let entry = self.event_entry(
+                    subject(kind, &text),
+                    &action,
+                    &name,
+                    id.as_ref().map(|id| id.as_bytes()),
+                    data,
+                )?;
+                Some(entry.key)
+            }),
+            _ => None,
+        };
+        key.into_iter().collect()
+    }
+
+    /// The identify keys a raw op ends (a delete, suppress or unsuppress of a person, a merge of
+    /// two): after it, an identify equal to the last one must be sent, to re-create the person (as
+    /// `Core.person` does for the same actions).
+    pub fn keys_ended_by_raw(&self, op: &[u8]) -> Vec<u64> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let Some((members, action)) = person_op(op) else {
+            return Vec::new();
+        };
+        let people: &[&str] = match action.as_str() {
+            "delete" | "suppress" | "unsuppress" => &["identifiers"],
+            "merge" => &["primary", "secondary"],
+            _ => &[],
+        };
+        people
+            .iter()
+            .filter_map(|member| person_named(op_scan::get(&members, member)?))
+            .map(|(kind, text)| identify_key(subject(kind, &text)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +287,77 @@ mod tests {
         assert_ne!(base, key(Subject::Id("v"), "n", Some(&b"{}"[..])));
         assert_ne!(base, key(Subject::Id("u"), "m", Some(&b"{}"[..])));
         assert_ne!(base, key(Subject::Id("u"), "n", None));
+    }
+
+    #[test]
+    fn a_lost_op_gives_back_the_key_intake_recorded_for_it() {
+        let composite = DedupPolicy {
+            enabled: true,
+            events: EventDedup::Composite,
+        };
+        let id = b"01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let identify = br#"{"type":"person","identifiers":{"id":"u\"1"},"action":"identify","attributes":{"a":1},"timestamp":5}"#;
+        assert_eq!(
+            ON.keys_of_lost(identify),
+            [ON.identify_entry(Subject::Id("u\"1"), b"{}").unwrap().key]
+        );
+        let cio = br#"{"type":"person","identifiers":{"cio_id":"c9"},"action":"identify","attributes":{}}"#;
+        assert_eq!(ON.keys_of_lost(cio), [identify_key(Subject::CioId("c9"))]);
+        let event = br#"{"type":"person","identifiers":{"id":"7"},"action":"page","name":"/caf\u00e9","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5,"attributes":{"x":[1,2]}}"#;
+        let by_id = ON
+            .event_entry(Subject::Id("7"), "page", "/café", Some(id), None)
+            .unwrap();
+        assert_eq!(ON.keys_of_lost(event), [by_id.key]);
+        let by_content = composite
+            .event_entry(
+                Subject::Id("7"),
+                "page",
+                "/café",
+                None,
+                Some(&br#"{"x":[1,2]}"#[..]),
+            )
+            .unwrap();
+        assert_eq!(composite.keys_of_lost(event), [by_content.key]);
+        let anonymous = br#"{"type":"person","anonymous_id":"v1","action":"event","name":"n","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#;
+        let anonymous_key = composite
+            .event_entry(Subject::Anonymous("v1"), "event", "n", None, None)
+            .unwrap();
+        assert_eq!(composite.keys_of_lost(anonymous), [anonymous_key.key]);
+        // Nothing recorded, nothing to give back: other actions, other types, unreadable bytes, dedup off.
+        for op in [&br#"{"type":"person","identifiers":{"id":"7"},"action":"delete"}"#[..],
+                   br#"{"type":"object","identifiers":{"object_type_id":"1","object_id":"a"},"action":"identify"}"#,
+                   b"not json"] {
+            assert!(ON.keys_of_lost(op).is_empty(), "{:?}", String::from_utf8_lossy(op));
+        }
+        let off = DedupPolicy {
+            enabled: false,
+            ..ON
+        };
+        assert!(off.keys_of_lost(identify).is_empty());
+    }
+
+    #[test]
+    fn raw_deletes_and_merges_end_the_identify_keys_of_their_people() {
+        let delete = br#"{"type":"person","identifiers":{"id":7},"action":"delete"}"#;
+        assert_eq!(
+            ON.keys_ended_by_raw(delete),
+            [identify_key(Subject::Id("7"))]
+        );
+        let suppress = br#"{"type":"person","identifiers":{"cio_id":"c9"},"action":"suppress"}"#;
+        assert_eq!(
+            ON.keys_ended_by_raw(suppress),
+            [identify_key(Subject::CioId("c9"))]
+        );
+        let merge = br#"{"type":"person","action":"merge","primary":{"id":"new"},"secondary":{"email":"old@x.io"}}"#;
+        assert_eq!(
+            ON.keys_ended_by_raw(merge),
+            [
+                identify_key(Subject::Id("new")),
+                identify_key(Subject::Id("old@x.io"))
+            ]
+        );
+        let identify =
+            br#"{"type":"person","identifiers":{"id":"7"},"action":"identify","attributes":{}}"#;
+        assert!(ON.keys_ended_by_raw(identify).is_empty());
     }
 }

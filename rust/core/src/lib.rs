@@ -15,6 +15,7 @@ pub mod fork;
 pub mod intake;
 pub mod json;
 pub mod metrics;
+pub mod op_scan;
 pub mod ops;
 pub mod queue;
 pub mod sync;

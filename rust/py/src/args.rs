@@ -185,6 +185,19 @@ pub struct EventArgs<'a> {
     id: Option<[u8; ulid::LEN]>,
 }
 
+/// A page's name is its URL, and its errors say so: an error about `name` is relabelled `url` for a
+/// page. Here, on the error path, so the call pays nothing for it.
+#[cold]
+#[inline(never)]
+fn labelled_for(action: &str, mut err: CoreError) -> CoreError {
+    if action == "page" {
+        if let Some(rest) = err.message.strip_prefix("name:") {
+            err.message = format!("url:{rest}");
+        }
+    }
+    err
+}
+
 /// Validates the non-dict arguments of `event`.
 pub fn event_args<'a>(
     action: &'a Bound<'_, PyAny>,
@@ -205,13 +218,25 @@ pub fn event_args<'a>(
     let subject = match (customer_id, anonymous_id) {
         (Some(customer), None) => ops::customer_subject(customer_id_text(customer, digits)?)?,
         (None, Some(anonymous)) => ops::anonymous_subject(str_arg(anonymous, "anonymous_id")?)?,
-        _ => {
+        // Only `Tracker.track/page/screen(None, ...)` pass neither (`track_anonymous` checks its own
+        // None): the error the native fast path gives for that None, so both paths raise alike.
+        (None, None) => {
+            return Err(CoreError::new(
+                ErrorKind::Serialization,
+                "customer_id: must be a str, not 'NoneType'",
+            )
+            .into())
+        }
+        (Some(_), Some(_)) => {
             return Err(
                 CoreError::invalid("customer_id/anonymous_id: exactly one must be given").into(),
             )
         }
     };
-    let name = ops::event_name(str_arg(name, "name")?)?;
+    let name = match str_arg(name, "name").and_then(ops::event_name) {
+        Ok(name) => name,
+        Err(err) => return Err(labelled_for(action, err).into()),
+    };
     let id = match id {
         None => None,
         Some(id) => {
@@ -315,7 +340,8 @@ fn largest_property(py: Python<'_>, data: &Bound<'_, PyAny>) -> Result<Option<(S
 }
 
 /// Builds a person operation. Returns the identify dedup key to forget when the operation deletes
-/// the person: after a delete, an identify equal to the last one must re-create them.
+/// the person or lifts a suppression (delete, suppress, unsuppress): after it, an identify equal to
+/// the last one must be sent (to re-create them; a suppressed person's identifies are refused).
 pub fn build_person(
     py: Python<'_>,
     out: &mut Vec<u8>,
@@ -340,7 +366,8 @@ pub fn build_person(
         None => ops::close(out),
     }
     ops::check_op_size(out.len(), || format!("person {}", py_repr(action)))?;
-    Ok((action == "delete").then(|| dedup_policy::identify_key(subject)))
+    Ok(matches!(action, "delete" | "suppress" | "unsuppress")
+        .then(|| dedup_policy::identify_key(subject)))
 }
 
 pub fn build_raw(py: Python<'_>, out: &mut Vec<u8>, op: &Bound<'_, PyAny>) -> Result<()> {

@@ -211,8 +211,35 @@ impl Core {
         shared.queue(lane)?;
         with_scratch(|out| {
             shared.count_invalid(args::build_raw(py, out, op))?;
+            // A raw delete, suppress or merge ends its people's identify keys, as `person` does.
+            for key in shared.dedup_policy.keys_ended_by_raw(out) {
+                shared.dedup.forget(key);
+            }
             Ok(shared.submit(lane, out, None, &ReleaseGil(py)))
         })
+    }
+
+    /// Forgets the dedup keys intake recorded for `ops`, encoded operations that failed for good
+    /// (the loss door calls it): sending one again must not be taken for a duplicate of something
+    /// Customer.io never accepted. Items that are not bytes, or not ops, are skipped. Returns the
+    /// number of keys forgotten (whether or not they were still remembered).
+    fn forget_lost(&self, ops: &Bound<'_, PyAny>) -> Result<usize> {
+        let shared = &*self.shared;
+        let mut forgotten = 0;
+        if !shared.dedup_policy.enabled {
+            return Ok(forgotten);
+        }
+        for item in ops.try_iter()? {
+            let item = item?;
+            let Ok(op) = item.cast::<PyBytes>() else {
+                continue;
+            };
+            for key in shared.dedup_policy.keys_of_lost(op.as_bytes()) {
+                shared.dedup.forget(key);
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     #[pyo3(signature = (lane = None))]
