@@ -49,6 +49,7 @@ class OverflowWatch:
             for route in self._routes:
                 ops = self._core.take_overflow(route.index)
                 if ops and not self._to_spool(route, ops):
+                    self._core.forget_lost(ops)  # never sent: sending them again is not a duplicate
                     self._losses.drop(Reason.QUEUE_FULL, len(ops), detail="no spool took them")
 
     def _report_evictions(self, force: bool) -> None:

@@ -299,12 +299,16 @@ impl Shared {
                 ACCEPTED
             }
             OnFull::DropOldest => loop {
-                if queue.evict_oldest().is_none() {
+                let Some(evicted) = queue.evict_oldest() else {
                     // Other threads emptied the lane yet the push fails: give up rather than spin.
                     return match queue.push(op) {
                         Ok(()) => ACCEPTED,
                         Err(_) => refuse(),
                     };
+                };
+                // Never sent: sending it again must not be taken for a duplicate.
+                for key in self.dedup_policy.keys_of_lost(&evicted.bytes) {
+                    self.dedup.forget(key);
                 }
                 self.metrics.dropped_oldest.fetch_add(1, Relaxed);
                 match queue.push(op) {

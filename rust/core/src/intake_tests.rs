@@ -141,6 +141,24 @@ fn drop_oldest_evicts_and_counts() {
 }
 
 #[test]
+fn an_evicted_identify_is_forgotten_so_the_same_identify_is_taken_again() {
+    let shared = small(1, "drop_oldest");
+    let identify =
+        br#"{"type":"person","identifiers":{"id":"u1"},"action":"identify","attributes":{}}"#;
+    let entry = || {
+        shared
+            .dedup_policy
+            .identify_entry(crate::ops::Subject::Id("u1"), b"{}")
+    };
+    assert_eq!(shared.submit(0, identify, entry(), &InPlace), ACCEPTED);
+    assert_eq!(shared.submit(0, identify, entry(), &InPlace), DEDUPED);
+    // Evicted unsent by another op: the next equal identify is no duplicate of anything sent.
+    assert_eq!(shared.submit(0, b"{\"other\":1}", None, &InPlace), ACCEPTED);
+    assert_eq!(shared.metrics.dropped_oldest.load(Relaxed), 1);
+    assert_eq!(shared.submit(0, identify, entry(), &InPlace), ACCEPTED);
+}
+
+#[test]
 fn spool_overflow_is_kept_per_lane_until_taken() {
     let shared = core(CoreConfig {
         lanes: 2,
