@@ -4,7 +4,8 @@ delivery verdict means for the operations in a batch (ack, spool, report).
 Shape (after OpenTelemetry's BatchProcessor and Sentry's worker): producers push encoded operations
 into the core's lanes (one per region) on their own threads; N sender threads loop ``wait ->
 next_batch -> Delivery.deliver -> ack | spool | report``. The delivery loop itself (token, send,
-retry, split) is :mod:`ciotrack.delivery`; losses go through :mod:`ciotrack.losses`; the disk spool
+retry, split) is :mod:`ciotrack.delivery`, delivery on the caller's thread (``sync=True``) is
+:mod:`ciotrack.inline`; losses go through :mod:`ciotrack.losses`; the disk spool
 (:mod:`ciotrack.spool`) talks to the pipeline through :class:`SpoolHost`'s few public methods. Every
 sleep is an ``Event``/native wait that ``close()`` cuts.
 
@@ -30,6 +31,7 @@ from typing import cast
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
+from ciotrack.inline import InlineDelivery
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.overflow import OverflowWatch
@@ -95,6 +97,8 @@ class Pipeline:
         self._closer: threading.Thread | None = None
         self._owners = Ownership(self._cv, self.core, self.losses, self._to_spool, self._finish)
         self._overflow = OverflowWatch(config.overflow_policy, self.core, self.routes, self.losses, self._to_spool)
+        self._on_caller = InlineDelivery(self.routes, monotonic=_monotonic, take=self._take, run_job=self._run_job,
+                                         targets=self._targets, wait_done=self._wait_done)
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
@@ -352,9 +356,7 @@ class Pipeline:
             return True
         self.watch_overflow(True)
         if self._inline or not self._senders.alive():
-            if self.replay is not None:  # spooled ops first, as far as the deadline allows
-                return self.replay.flush_inline(self._flush_inline, deadline)
-            return self._flush_inline(targets, deadline)
+            return self._on_caller.flush(self.replay, targets, deadline)
         if threading.current_thread() in self._senders:
             # Called from a hook on a sender thread: waiting would wait for this very thread.
             deadline = _monotonic()
@@ -366,11 +368,6 @@ class Pipeline:
         finally:
             with self._cv:
                 self._flushing -= 1
-
-    def _flush_inline(self, targets: list[int] | None, deadline: float | None) -> bool:
-        targets = self._targets() if targets is None else targets
-        self._deliver_inline(targets, deadline)
-        return self._wait_done(targets, deadline)
 
     def _wait_done(self, targets: list[int], deadline: float | None, rewake: bool = False) -> bool:
         with self._cv:
@@ -387,23 +384,6 @@ class Pipeline:
                 if rewake:
                     self.core.wake()
             return True
-
-    def _deliver_inline(self, targets: list[int], deadline: float | None) -> None:
-        for route, target in zip(self.routes, targets, strict=False):
-            while route.parked:
-                if deadline is not None and _monotonic() >= deadline:
-                    return
-                job = unpark(route)
-                if job is not None and not self._run_job(route, job, deadline):
-                    return
-            while route.lane.taken() < target:
-                if deadline is not None and _monotonic() >= deadline:
-                    return
-                batch = self._take(route, True)
-                if batch is None:
-                    break
-                if not self._run_job(route, Job(batch), deadline):
-                    return
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (None: until every batch is delivered or has finally failed), then

@@ -1,5 +1,6 @@
 """Never lose an event across processes: SIGTERM and normal exit with the API down, bounded close
-and exit with a stalled server, two processes replaying one spool, a torn spool file, SIGKILL."""
+and exit with a stalled server (threaded and ``sync=True``), two processes replaying one spool, a torn
+spool file, SIGKILL."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
 from ciotrack import _core
 from ciotrack.emulator import Emulator
+from ciotrack.errors import DeliveryError
 from ciotrack.spool import Spool, spool_directory
 from ciotrack.tracker import Tracker
 
@@ -274,3 +278,85 @@ def test_sigterm_handler_is_only_installed_where_nobody_else_handles_it(setup: s
     assert line == f"ready {setup == 'handle_sigterm=False'}"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == expected
+
+
+# -- deadlines kept, and what they cut kept too --------------------------------------------------------
+# sync=True: flush(t), flush_result(t), close(t) and exit end at their deadline even while a request is
+# in flight to an endpoint that never answers (before, each waited the whole 15 s read timeout); the
+# cut batch stays accepted (parked for the next flush, then spooled or reported by close()/exit). The
+# elapsed-time bounds are generous (the deadline plus SLACK, where the bugs took 15-25 s): nothing else
+# can say "the deadline was kept".
+
+SLACK = 5.0
+"""Added to every deadline: interpreter start-up, a loaded CI machine. The bugs took 15 s or more."""
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An endpoint that accepts connections (the kernel's backlog) and never answers a byte."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as sock:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+T = TypeVar("T")
+
+
+def _timed(call: Callable[..., T], *args: Any) -> tuple[T, float]:
+    started = time.monotonic()
+    result = call(*args)
+    return result, time.monotonic() - started
+
+
+def test_sync_flush_and_close_keep_their_deadline_and_spool_the_cut_batch(silent: str, emulator: Emulator,
+                                                                         tmp_path: pathlib.Path) -> None:
+    errors: list[DeliveryError] = []
+    # Default timeouts (5 s connect, 15 s read): only the caller's deadline can end these requests.
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=silent, sync=True, rate_limit=0, spool_dir=tmp_path,
+                      on_error=errors.append)
+    for i in range(3):
+        tracker.track("sync-user", "checkout", {"i": i})
+
+    done, elapsed = _timed(tracker.flush, 1.0)
+    assert done is False and elapsed < 1.0 + SLACK
+    stats = tracker.stats()
+    assert stats.in_flight == 1 and stats.spooled == 0  # parked with its retry state, for the next flush
+
+    result, elapsed = _timed(tracker.flush_result, 0.5)
+    assert result.done is False and elapsed < 0.5 + SLACK
+
+    closed, elapsed = _timed(tracker.close, 1.0)
+    assert closed is False and elapsed < 1.0 + SLACK
+    assert errors == []
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == [0, 1, 2]
+
+    deliver_spool(emulator, tmp_path)  # the next start, Customer.io up: every cut operation arrives
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == [0, 1, 2]
+
+
+def test_sync_close_without_a_spool_reports_the_cut_batch(silent: str) -> None:
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=silent, sync=True, rate_limit=0, on_error=errors.append)
+    for i in range(3):
+        tracker.track("sync-user", "checkout", {"i": i})
+    closed, elapsed = _timed(tracker.close, 1.0)
+    assert closed is False and elapsed < 1.0 + SLACK
+    assert [(len(e.ops), e.reason.split(":")[0]) for e in errors] == [(3, "shutdown")]
+    assert tracker.stats().in_flight == 0
+
+
+def test_sync_exit_keeps_exit_timeout_and_the_next_start_delivers(silent: str, emulator: Emulator,
+                                                                  tmp_path: pathlib.Path) -> None:
+    started = time.monotonic()
+    result = run(f"""
+        tracker = ciotrack.Tracker(SITE_ID, API_KEY, endpoint={silent!r}, sync=True, exit_timeout=1.0,
+                                   spool_dir={str(tmp_path)!r})
+        for i in range(10):
+            tracker.track("exit-user", "bye", {{"i": i}})
+    """, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 1.0 + SLACK
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(10))
+    deliver_spool(emulator, tmp_path)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(10))

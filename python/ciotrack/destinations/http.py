@@ -11,6 +11,11 @@ memory. Two guards fix that without leaving ``requests`` and its pooled Session:
   for the earliest deadline.
 * :func:`read_capped` reads at most ``cap`` bytes of a streamed response and drops the connection
   when there is more (a real Customer.io answer is a few KB; a 207 for a full batch a few hundred).
+
+A caller with a deadline of its own (an inline ``flush(timeout)``/``close(timeout)``, which delivers
+on the application's thread) opens :func:`caller_deadline`: requests made on that thread inside it
+end by then (:func:`time_left` caps their timeouts and their watchdog deadline), instead of taking
+the full per-request timeout past it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -34,12 +41,42 @@ from ciotrack.lifecycle import block_exit_signals
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
 
-__all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "read_capped", "watchdog"]
+__all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "caller_deadline", "read_capped",
+           "time_left", "watchdog"]
 
 RESPONSE_CAP = 4 << 20
 """Most bytes of a response body read; Customer.io's largest answers are far below a megabyte."""
 
-_current = threading.local()  # .armed: this thread's _Armed request, if any
+_current = threading.local()  # .armed: this thread's _Armed request, if any; .deadline: see caller_deadline
+
+MIN_TIME_LEFT = 0.01
+"""What :func:`time_left` gives once the caller's deadline has passed: a request that starts then
+(the second half of a split, say) fails at once as a retryable timeout, and is kept with its batch.
+Not zero: ``requests`` reads a zero timeout as non-blocking, which fails differently."""
+
+
+@contextmanager
+def caller_deadline(deadline: float | None) -> Iterator[None]:
+    """Requests made on this thread inside the block end by ``deadline`` (a ``time.monotonic()``
+    value; None: no deadline of the caller's). Nested blocks keep the earlier deadline."""
+    outer: float | None = getattr(_current, "deadline", None)
+    if deadline is None or (outer is not None and outer <= deadline):
+        yield
+        return
+    _current.deadline = deadline
+    try:
+        yield
+    finally:
+        _current.deadline = outer
+
+
+def time_left() -> float | None:
+    """Seconds until this thread's :func:`caller_deadline` (at least :data:`MIN_TIME_LEFT`); None
+    outside one (the sender threads: their requests take the configured timeouts)."""
+    deadline: float | None = getattr(_current, "deadline", None)
+    if deadline is None:
+        return None
+    return max(MIN_TIME_LEFT, deadline - time.monotonic())
 
 
 class _Armed:

@@ -19,7 +19,7 @@ import requests
 
 from ciotrack._version import __version__
 from ciotrack.destinations.base import Outcome
-from ciotrack.destinations.http import DeadlineAdapter, read_capped, watchdog
+from ciotrack.destinations.http import DeadlineAdapter, read_capped, time_left, watchdog
 from ciotrack.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class TrackV2Destination:
         self._proxies = dict(proxies) if proxies else None
         self._verify = verify
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self._connect_read = (float(connect), float(read))
         self._deadline = float(connect) + float(read)
         """Total time one request may take, however the receiver trickles (connect + read timeouts)."""
         self._redirect_logged_at = float("-inf")
@@ -124,39 +125,55 @@ class TrackV2Destination:
     def send(self, body: bytes | memoryview) -> Outcome:
         # Redirects are never followed: requests would re-send the batch as a body-less GET without
         # credentials, and the 200 of whatever answers there would count as delivered.
+        timeout: Timeout = self._timeout
+        total = self._deadline
+        settings = self._send_settings
+        capped = False
+        left = time_left()
+        if left is not None and left < total:
+            # An inline flush()/close() with a deadline: this request ends by then, not a whole read
+            # timeout later. Cut short, it is a retryable attempt like any timeout; the delivery loop
+            # then keeps the batch with its retry state (see ciotrack.inline).
+            connect, read = self._connect_read
+            timeout = (min(connect, left), min(read, left))
+            total = left
+            capped = True
+            settings = {**settings, "timeout": timeout}
         watch = watchdog()
-        token = watch.arm(self._deadline)
+        token = watch.arm(total)
         try:
             session = self._session
             if session.cookies:
-                response = session.post(self.url, data=bytes(body), auth=self._auth, timeout=self._timeout,
+                response = session.post(self.url, data=bytes(body), auth=self._auth, timeout=timeout,
                                         proxies=self._proxies, verify=self._verify, allow_redirects=False,
                                         stream=True)
             else:
-                response = session.send(self._prepare(body), **self._send_settings)
+                response = session.send(self._prepare(body), **settings)
             with response:
                 content, truncated = read_capped(response)
         except requests.exceptions.SSLError as exc:
             if watch.disarm(token):
-                return _deadline_outcome(self._deadline)
+                return _deadline_outcome(total)
             # A certificate that does not verify will not verify on the next try either.
             return Outcome.final(None, f"tls_error: {_short(exc)}")
         except requests.exceptions.Timeout as exc:
             watch.disarm(token)
+            if capped:  # the caller's deadline cut it, not the configured timeout
+                return _deadline_outcome(total)
             return Outcome.retry(reason=f"timeout: {type(exc).__name__}")
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             if watch.disarm(token):
-                return _deadline_outcome(self._deadline)
+                return _deadline_outcome(total)
             return Outcome.retry(reason=f"connection_error: {_connection_cause(exc)}")
         except requests.exceptions.RequestException as exc:
             watch.disarm(token)
             return Outcome.final(None, f"request_error: {type(exc).__name__}: {_short(exc)}")
         except Exception as exc:  # anything else is a failed attempt, never an exception in the sender
             if watch.disarm(token):
-                return _deadline_outcome(self._deadline)
+                return _deadline_outcome(total)
             return Outcome.retry(reason=f"unexpected: {type(exc).__name__}: {_short(exc)}")
         if watch.disarm(token):
-            return _deadline_outcome(self._deadline)
+            return _deadline_outcome(total)
         if truncated:
             log.warning("ciotrack: the answer from %s was longer than %d bytes; read no further", self.url,
                         len(content))
@@ -193,10 +210,12 @@ class TrackV2Destination:
 
     def probe(self) -> bool:
         """One ``GET /api/v1/accounts/region``: any answer but 408/429/5xx means reachable."""
-        connect, read = self._timeout if isinstance(self._timeout, tuple) else (self._timeout, self._timeout)
+        connect, read = self._connect_read
+        left = time_left()  # an inline flush()'s probe (spool replay) keeps its deadline too
+        cap = PROBE_TIMEOUT_CAP if left is None else min(PROBE_TIMEOUT_CAP, left)
         try:
             response = self._session.get(self._probe_url, auth=self._auth,
-                                         timeout=(min(connect, PROBE_TIMEOUT_CAP), min(read, PROBE_TIMEOUT_CAP)),
+                                         timeout=(min(connect, cap), min(read, cap)),
                                          proxies=self._proxies, verify=self._verify, allow_redirects=False)
         except requests.exceptions.RequestException:
             return False
