@@ -71,8 +71,8 @@ class Tracker:
     from ``CIOTRACK_*`` environment variables (see :class:`ciotrack.config.Config` for every option and
     its default; the options are typed, :class:`ciotrack.options.TrackerOptions`); ``region`` defaults to
     ``CIOTRACK_REGION`` or ``"us"``. Sender threads start on the first call. Use it as a context
-    manager, or call :meth:`close` (at interpreter exit, queued operations are delivered within
-    ``exit_timeout`` anyway).
+    manager (leaving the block closes it within ``exit_timeout``), or call :meth:`close` (at
+    interpreter exit, queued operations are delivered within ``exit_timeout`` anyway).
 
     Inside ``ciotrack.testing.capture_all()`` (the ``ciotrack_capture`` pytest fixture opens one) or
     with ``CIOTRACK_CAPTURE=1``, a new Tracker records into memory instead: nothing is sent.
@@ -438,7 +438,9 @@ class Tracker:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        # The script's exit, so the exit deadline: close() with no timeout would keep retrying for up
+        # to retry_budget when Customer.io is down. What is left is spooled or reported, as at exit.
+        self.close(self._config.exit_timeout)
 
     # -- lifecycle hooks --------------------------------------------------------------------------
 

@@ -360,3 +360,31 @@ def test_sync_exit_keeps_exit_timeout_and_the_next_start_delivers(silent: str, e
     assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(10))
     deliver_spool(emulator, tmp_path)
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(10))
+
+
+# with Tracker(...): leaving the block closes within exit_timeout, even with Customer.io down.
+
+def test_leaving_a_with_block_keeps_exit_timeout_and_reports_the_rest() -> None:
+    errors: list[DeliveryError] = []
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens: Customer.io is down
+    started = time.monotonic()
+    with Tracker(SITE_ID, API_KEY, endpoint=refused, exit_timeout=1.0, on_error=errors.append) as tracker:
+        for i in range(5):
+            tracker.track("with-user", "job_done", {"i": i})
+    elapsed = time.monotonic() - started
+    assert tracker.closed
+    assert elapsed < 1.0 + SLACK  # close() with no deadline retried for 22 s here
+    # Not delivered, not silently lost: reported as a shutdown loss (no spool configured).
+    assert sum(len(e.ops) for e in errors) == 5
+    assert {e.reason.split(":")[0] for e in errors} <= {"shutdown", "shutdown_in_flight"}
+
+
+def test_leaving_a_with_block_spools_what_it_could_not_deliver(emulator: Emulator, tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    with Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{port}", exit_timeout=1.0,
+                 spool_dir=tmp_path) as tracker:
+        for i in range(5):
+            tracker.track("with-user", "job_done", {"i": i})
+    assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(5))
+    deliver_spool(emulator, tmp_path)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(5))
