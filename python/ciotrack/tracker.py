@@ -59,6 +59,37 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _last_used(value: object) -> int | datetime:
+    """``device.last_used`` is integer unix seconds in the Track API: checked here, at the call, not
+    refused later by Customer.io in a 207 that only ``on_error`` sees. A datetime is converted by the
+    core, as an event's timestamp is."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidValueError(f"last_used: must be a finite timestamp, got {value}")
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SerializationError(f"last_used: must be int, float or datetime (unix seconds), not "
+                                 f"{type(value).__name__!r}")
+    if not -(1 << 63) <= value < 1 << 63:
+        raise InvalidValueError("last_used: int does not fit in 64 bits")
+    return value
+
+
+def _device_attributes(value: object) -> dict[Any, Any]:
+    """``device.attributes`` is a flat map in the Track API (string values such as ``app_version``):
+    a nested object or list is refused at the call, naming its key. Scalars go as given (the official
+    client sends its keywords so, and ``push_enabled=True`` is common); the core checks each one."""
+    if not isinstance(value, Mapping):
+        raise SerializationError(f"attributes: must be a mapping of device attributes, not {type(value).__name__!r}")
+    for key, item in value.items():
+        if isinstance(item, (Mapping, list, tuple)):
+            raise SerializationError(f"attributes[{_show(key)}]: device attributes are a flat map of strings, not "
+                                     f"a nested {type(item).__name__!r}")
+    return dict(value)
+
+
 def _id_text(value: str | int) -> str:
     # The base types' own conversions: a subclass overriding __str__/__repr__ cannot raise here.
     return str.__str__(value) if isinstance(value, str) else int.__repr__(value)
@@ -320,20 +351,18 @@ class Tracker:
         self, customer_id: CustomerId, device_id: str, platform: str, *, last_used: Timestamp = None,
         attributes: Mapping[str, Any] | None = None, region: str | None = None,
     ) -> None:
-        """Add or update a push device (``device.token`` = ``device_id``; platform ``ios``/``android``)."""
+        """Add or update a push device (``device.token`` = ``device_id``; platform ``ios``/``android``).
+        ``last_used``: unix seconds (int, float or datetime); ``attributes``: a flat mapping (the API's
+        device attributes are strings, e.g. ``{"app_version": "1.2"}``)."""
         if not isinstance(device_id, str) or not device_id:
             raise InvalidValueError("device_id: must be a non-empty str")
         if not isinstance(platform, str) or platform not in _PLATFORMS:
             raise InvalidValueError(f"platform: must be 'ios' or 'android', got {_show(platform)}")
         device: dict[str, Any] = {"token": device_id, "platform": platform}
         if last_used is not None:
-            if isinstance(last_used, float):
-                if not math.isfinite(last_used):
-                    raise InvalidValueError(f"last_used: must be a finite timestamp, got {last_used}")
-                last_used = int(last_used)
-            device["last_used"] = last_used
+            device["last_used"] = _last_used(last_used)
         if attributes is not None:
-            device["attributes"] = attributes
+            device["attributes"] = _device_attributes(attributes)
         self._person("add_device", customer_id, {"device": device}, region)
 
     def delete_device(self, customer_id: CustomerId, device_id: str, *, region: str | None = None) -> None:

@@ -8,6 +8,8 @@ import math
 import threading
 import time
 from collections import Counter
+from datetime import UTC, date, datetime
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -120,6 +122,15 @@ def test_100k_events_delivered_none_lost_ids_unique_ulids(make_tracker: TrackerF
     (lambda t: t.track("1", ""), InvalidValueError, "name"),
     (lambda t: t.track("1", "n" * 101), LimitError, "name"),
     (lambda t: t.add_device("1", "tok", "windows"), InvalidValueError, "platform"),
+    (lambda t: t.add_device("1", "tok", "ios", last_used="x"), SerializationError, "last_used"),
+    (lambda t: t.add_device("1", "tok", "ios", last_used=True), SerializationError, "last_used"),
+    (lambda t: t.add_device("1", "tok", "ios", last_used=date(2024, 1, 1)), SerializationError, "last_used"),
+    (lambda t: t.add_device("1", "tok", "ios", last_used=2**70), InvalidValueError, "last_used"),
+    (lambda t: t.add_device("1", "tok", "ios", last_used=math.inf), InvalidValueError, "last_used"),
+    (lambda t: t.add_device("1", "tok", "ios", attributes=[1]), SerializationError, "attributes"),
+    (lambda t: t.add_device("1", "tok", "ios", attributes={"os": {"name": "ios"}}), SerializationError,
+     "attributes['os']"),
+    (lambda t: t.add_device("1", "tok", "ios", attributes={"tags": ["a"]}), SerializationError, "attributes['tags']"),
     (lambda t: t.merge_customers("phone", "1", "id", "2"), InvalidValueError, "primary_id_type"),
 ])
 def test_bad_input_raises_the_documented_error_and_keeps_queued_events(
@@ -134,6 +145,22 @@ def test_bad_input_raises_the_documented_error_and_keeps_queued_events(
     assert tracker.flush(timeout=5)
     names = [e["name"] for e in emulator.state()["people"]["keep"]["events"]]
     assert names == ["before", "before", "before", "after"]
+
+
+def test_add_device_takes_every_documented_last_used_and_flat_attributes(make_tracker: TrackerFactory,
+                                                                         emulator: Emulator) -> None:
+    errors: list[DeliveryError] = []
+    tracker = make_tracker(on_error=errors.append)
+    tracker.add_device("dev", "tok-int", "ios", last_used=1_700_000_000)
+    tracker.add_device("dev", "tok-float", "android", last_used=1_700_000_000.9)
+    tracker.add_device("dev", "tok-dt", "ios", last_used=datetime(2024, 1, 1, tzinfo=UTC),
+                       attributes=MappingProxyType({"app_version": "1.2", "push_enabled": True}))
+    assert tracker.flush(timeout=5)
+    assert errors == []
+    devices = emulator.state()["people"]["dev"]["devices"]
+    assert {token: d["last_used"] for token, d in devices.items()} == {
+        "tok-int": 1_700_000_000, "tok-float": 1_700_000_000, "tok-dt": 1_704_067_200}
+    assert devices["tok-dt"]["attributes"] == {"app_version": "1.2", "push_enabled": True}
 
 
 def test_500s_and_resets_are_retried_with_the_same_ids(make_tracker: TrackerFactory, emulator: Emulator) -> None:
