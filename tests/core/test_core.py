@@ -113,6 +113,8 @@ ODD_OFFSET = dt.timezone(dt.timedelta(hours=-3, minutes=-30, microseconds=-250_0
         (decimal.Decimal("-0"), b"-0"),
         (decimal.Decimal("0.000001"), b"0.000001"),
         (decimal.Decimal("1E-7"), b"1E-7"),
+        (decimal.Decimal("1.7976931348623157E+308"), b"1.7976931348623157E+308"),  # the largest double
+        (decimal.Decimal("1E-400"), b"1E-400"),  # read as 0 by a double parser: not refused
         (uuid.UUID("12345678-1234-5678-1234-567812345678"), b'"12345678-1234-5678-1234-567812345678"'),
         (Color.RED, b'"red"'),
         (Color.PAIR, b'[1,"two"]'),
@@ -176,6 +178,10 @@ def test_json_values_round_trip_through_a_standard_parser(value: Any) -> None:
         ({"d": decimal.Decimal("NaN")}, InvalidValueError, "data['d']: Decimal('NaN') is not a finite number"),
         ({"d": decimal.Decimal("-Infinity")}, InvalidValueError, "data['d']: Decimal('-Infinity') is not"),
         ({"d": decimal.Decimal("sNaN")}, InvalidValueError, "data['d']: Decimal('sNaN') is not"),
+        # Valid JSON, but infinity to Customer.io's (every double-based) parser: refused like float('inf').
+        ({"d": decimal.Decimal("1E+400")}, InvalidValueError, "data['d']: Decimal('1E+400') is not a finite number"),
+        ({"d": decimal.Decimal("-1.8E+308")}, InvalidValueError, "data['d']: Decimal('-1.8E+308') is not"),
+        ({"d": decimal.Decimal("9" * 400)}, InvalidValueError, "data['d']: Decimal('" + "9" * 40 + "...') is not"),
         ({"it's": {"x": {2}}}, SerializationError, "data[\"it's\"]['x']: unsupported type 'set'"),
     ],
 )

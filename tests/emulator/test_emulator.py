@@ -131,6 +131,23 @@ def test_integer_beyond_64_bits_is_a_207_item(emulator: Emulator) -> None:
     assert list(emulator.state()["people"]) == ["2"]
 
 
+@pytest.mark.parametrize("number", [b"1E+400", b"-1e400", b"1" + b"0" * 400 + b".5"])
+def test_a_number_beyond_a_double_is_a_207_item_and_the_state_stays_readable(emulator: Emulator,
+                                                                              number: bytes) -> None:
+    head = b'{"type":"person","identifiers":{"id":"%s"},"action":'
+    ops = [
+        head % b"fast" + b'"event","name":"x","timestamp":1700000000,"attributes":{"n":' + number + b"}}",  # fast path
+        head % b"general" + b'"identify","attributes":{"n":' + number + b"}}",  # general path
+        orjson.dumps(event("kept", attributes={"note": "1E+400 in a string", "big": 1.5e308})),
+    ]
+    response = post(emulator, "/api/v2/batch", b'{"batch":[' + b",".join(ops) + b"]}")
+    assert response.status_code == 207
+    assert [(e["batch_index"], e["reason"]) for e in response.json()["errors"]] == [(0, "invalid"), (1, "invalid")]
+    state = requests.get(f"{emulator.url}/_emulator/state", params={"site_id": SITE}, timeout=10)
+    assert state.status_code == 200  # it answered 400 until a reset, the stored number unreadable
+    assert list(state.json()["people"]) == ["kept"]
+
+
 def test_operation_over_32kb_is_a_207_item(emulator: Emulator) -> None:
     big = event("1", attributes={"pad": "x" * 33_000})
     response = batch(emulator, [big, event("2")])

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -115,6 +116,7 @@ def test_100k_events_delivered_none_lost_ids_unique_ulids(make_tracker: TrackerF
     (lambda t: t.track("1", "e", {"items": [1, 2, {3}]}), SerializationError, "['items'][2]"),
     (lambda t: t.track("1", "e", {"x": math.nan}), InvalidValueError, "['x']"),
     (lambda t: t.track("1", "e", {"n": 2**70}), InvalidValueError, "['n']"),
+    (lambda t: t.track("1", "e", {"d": Decimal("1E+400")}), InvalidValueError, "['d']"),
     (lambda t: t.identify("1", {"bio": "x" * 1200}), LimitError, "bio"),
     (lambda t: t.identify("", {"a": 1}), InvalidValueError, "customer_id"),
     (lambda t: t.identify("x" * 151), LimitError, "customer_id"),

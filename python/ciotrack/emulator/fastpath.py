@@ -15,6 +15,7 @@ name or id, any other action) goes to the general path, which makes the precise 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -60,6 +61,21 @@ _decode_op = msgspec.json.Decoder(_EventOp).decode
 _decode_any = msgspec.json.decode
 
 
+# A number a double cannot hold (1E+400; a fraction after 309+ digits) is valid JSON, so it passes
+# split_batch and the skipped attributes of _AnyObject, and the stored event could never be read
+# back (the state endpoint answered 400 until a reset). A scan finds the few candidates (any long
+# exponent or digit run, in strings too) and only those are fully decoded, to decide.
+_maybe_out_of_range = re.compile(rb"[0-9][eE]\+?[0-9]{3}|[0-9]{309}").search
+
+
+def _decoded(raw: msgspec.Raw) -> Any:
+    """The operation as plain values, or OpError when a number cannot be read as a double."""
+    try:
+        return _decode_any(raw)
+    except msgspec.DecodeError as err:  # split_batch checked the syntax: a number out of range
+        raise OpError("", "invalid", f"a number cannot be read: {err}") from None
+
+
 class MalformedBody(ValueError):
     """The body is not JSON or has no ``batch`` list: the whole request is a 400."""
 
@@ -91,7 +107,8 @@ def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: A
     seen = ws.event_ids
     by_id = ws.by_id
     decode = _decode_op
-    decode_any = _decode_any
+    decode_any = _decoded
+    maybe_out_of_range = _maybe_out_of_range
     ulid_chars = _ULID_CHARS
     max_op_bytes = MAX_OP_BYTES
     stored = 0
@@ -112,6 +129,8 @@ def apply_raw_batch(ws: Workspace, raws: list[msgspec.Raw], now: int, general: A
             if (name and len(name) <= _SAFE_NAME_CHARS and name.strip() is name
                     and (eid is None or (len(eid) == 26 and eid[0] <= "7" and not eid.strip(ulid_chars)))
                     and pid.__class__ is str and pid and len(pid) <= _SAFE_ID_CHARS):
+                if op.attributes is not None and maybe_out_of_range(raw) is not None:
+                    decode_any(raw)  # refused (OpError) before its id counts as seen
                 if eid is not None:
                     if eid in seen:
                         duplicates += 1

@@ -122,8 +122,26 @@ fn write_decimal(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>) -> Result<(), Encode
             format!("Decimal('{text}') is not a finite number"),
         ));
     }
+    if beyond_double(&text) {
+        // Valid JSON, but Customer.io (like every double-based parser) reads it as infinity or
+        // refuses it: as unsendable as float('inf'), so refused here, at the call, the same way.
+        let shown: String = text.chars().take(40).collect();
+        let more = if shown.len() < text.len() { "..." } else { "" };
+        return Err(EncodeError::new(
+            ErrorKind::Invalid,
+            format!(
+                "Decimal('{shown}{more}') is not a finite number (beyond the range of a double)"
+            ),
+        ));
+    }
     out.extend_from_slice(text.as_bytes());
     Ok(())
+}
+
+/// A JSON number literal whose magnitude a double cannot hold (it parses to infinity). One below
+/// the smallest double is not refused: parsers read it as 0, which is what it nearly is.
+fn beyond_double(number: &str) -> bool {
+    number.parse::<f64>().is_ok_and(|value| value.is_infinite())
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's days_from_civil).
@@ -170,7 +188,31 @@ pub fn datetime_unix_seconds(dt: &Bound<'_, PyDateTime>) -> Result<i64, EncodeEr
 
 #[cfg(test)]
 mod tests {
-    use super::days_from_civil;
+    use super::{beyond_double, days_from_civil};
+
+    #[test]
+    fn decimals_beyond_a_double() {
+        for huge in [
+            "1E+400",
+            "-1E+400",
+            "1.8E+308",
+            "1.7976931348623159E+308",
+            "1E+999999999999",
+        ] {
+            assert!(beyond_double(huge), "{huge}");
+        }
+        for fine in [
+            "0",
+            "-0",
+            "12.50",
+            "1E+308",
+            "1.7976931348623157E+308",
+            "-1.7976931348623157E+308",
+            "1E-400",
+        ] {
+            assert!(!beyond_double(fine), "{fine}");
+        }
+    }
 
     #[test]
     fn civil_days() {
