@@ -20,7 +20,8 @@ the default. Environment variables read by :meth:`Config.from_env`:
 =========================  =========================================================
 
 The API key is a secret: it is excluded from ``repr``/``str`` and never appears in a log line or an
-error message (tests hold us to it).
+error message (tests hold us to it). The Redis URLs are left out of the repr too, and the passwords of
+proxy and endpoint URLs are shown as ``***``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ciotrack.concurrency import MAX_IN_FLIGHT_BOUND
 from ciotrack.destinations.base import Destination
 from ciotrack.errors import ConfigError, DeliveryError
+from ciotrack.redact import redacted_url
 
 if TYPE_CHECKING:
     from ciotrack.ratelimit import Limiter
@@ -209,6 +211,19 @@ class Config:
             object.__setattr__(self, "limiter", RedisLimiters(self.rate_limit_redis_url, self.site_id,
                                                               self.rate_limit, self.rate_burst))
 
+    def __repr__(self) -> str:
+        # The dataclass repr, with the userinfo of every URL hidden: a proxy URL (or an endpoint)
+        # may carry a password, which must not reach a log line any more than the API key.
+        shown = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _URL_OPTIONS and value is not None:
+                value = _redacted(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     @property
     def destination_kind(self) -> str:
         """``"redis"`` (fleet mode), ``"custom"`` (an injected destination) or ``"track_api"``."""
@@ -275,6 +290,18 @@ class Config:
             if region not in routes:
                 routes.append(region)
         return tuple(routes)
+
+
+_URL_OPTIONS = ("endpoint", "endpoints", "proxies")
+
+
+def _redacted(value: Any) -> Any:
+    """A URL, or a mapping of URLs, as a repr may show it (see :func:`ciotrack.redact.redacted_url`)."""
+    if isinstance(value, str):
+        return redacted_url(value)
+    if isinstance(value, Mapping):
+        return {key: redacted_url(url) if isinstance(url, str) else url for key, url in value.items()}
+    return value
 
 
 def _parse_bool(raw: str) -> bool:

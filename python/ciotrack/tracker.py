@@ -33,6 +33,7 @@ from ciotrack.flush_outcome import FlushResult, counts
 from ciotrack.losses import Reason
 from ciotrack.options import TrackerOptions
 from ciotrack.pipeline import Pipeline
+from ciotrack.redact import redacted_url
 from ciotrack.stats import Stats
 
 __all__ = ["Tracker"]
@@ -168,7 +169,7 @@ class Tracker:
         c = self._config
         destination = c.destination
         if destination is None:
-            where = f"endpoint={c.endpoint_for('us' if c.region == 'auto' else c.region)!r}"
+            where = f"endpoint={redacted_url(c.endpoint_for('us' if c.region == 'auto' else c.region))!r}"
         else:  # the destination's name, never its repr (a user's object may show its own secrets)
             name = getattr(destination, "name", None)
             where = f"destination={name if isinstance(name, str) else type(destination).__name__!r}"

@@ -1,6 +1,6 @@
 """Logging and secrets: only ``ciotrack.*`` loggers, no handlers ever added, repeated warnings throttled,
 raising hooks logged (throttled) while delivery goes on, and the API key in no log line, repr, str or
-exception message."""
+exception message (nor the passwords of proxy and endpoint URLs in a repr)."""
 
 from __future__ import annotations
 
@@ -197,6 +197,21 @@ def test_the_key_is_in_no_repr_str_or_config_error() -> None:
     tracker.close(timeout=0)
     _assert_absent(API_KEY, *texts, *messages)
     assert "api_key" not in repr(config)
+
+
+def test_proxy_and_endpoint_passwords_are_in_no_repr() -> None:
+    config = Config(site_id=SITE_ID, api_key=API_KEY, endpoint="http://ep-user:ep-SECRET@127.0.0.1:9",
+                    endpoints={"eu": "http://eu-SECRET-token@[::1]:9/"},
+                    proxies={"http": "http://bob:proxy-SECRET@127.0.0.1:3128", "https": "http://127.0.0.1:3129"})
+    tracker = Tracker(config=config)
+    texts = [repr(config), str(config), repr(tracker), str(tracker)]
+    tracker.close(timeout=0)
+    _assert_absent("SECRET", *texts)
+    # Still says which proxy and endpoint are used: only the password (or a lone user name, maybe a token) goes.
+    assert "proxies={'http': 'http://bob:***@127.0.0.1:3128', 'https': 'http://127.0.0.1:3129'}" in repr(config)
+    assert "endpoint='http://ep-user:***@127.0.0.1:9'" in repr(config)
+    assert "endpoints={'eu': 'http://***@[::1]:9/'}" in repr(config)
+    assert "endpoint='http://ep-user:***@127.0.0.1:9'" in repr(tracker)
 
 
 def test_the_key_is_in_no_log_line_or_delivery_error_after_a_401_or_a_dead_endpoint(

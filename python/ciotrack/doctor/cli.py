@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ciotrack.doctor.fleet import check_redis
 from ciotrack.doctor.local import check_process, check_spool
-from ciotrack.doctor.network import Target, check_api, describe, hide_credentials
+from ciotrack.doctor.network import Target, check_api, describe
 from ciotrack.doctor.report import Report
+from ciotrack.redact import redacted_url
 
 if TYPE_CHECKING:
     from ciotrack.config import Config
@@ -45,7 +46,7 @@ def diagnose(options: dict[str, Any], *, timeout: float = 10.0, environ: dict[st
 
     env = dict(os.environ if environ is None else environ)
     redis_url = options.pop("redis_url", None) or env.get("CIOTRACK_REDIS_URL") or None
-    report = Report(target={"redis_url": hide_credentials(redis_url) if redis_url else None})
+    report = Report(target={"redis_url": redacted_url(redis_url) if redis_url else None})
     try:
         config: Config | None = Config.from_env(env, **{k: v for k, v in options.items() if v is not None})
     except ConfigError as exc:

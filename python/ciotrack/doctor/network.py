@@ -22,8 +22,9 @@ import requests
 from ciotrack.concurrency import DEFAULT_MAX_IN_FLIGHT, MAX_IN_FLIGHT_BOUND
 from ciotrack.doctor.report import Report
 from ciotrack.preflight import credentials_hint, request_region
+from ciotrack.redact import redacted_url
 
-__all__ = ["Target", "check_api", "describe", "hide_credentials"]
+__all__ = ["Target", "check_api", "describe"]
 
 RTT_SAMPLES = 5
 TYPICAL_EVENT_BYTES = 400
@@ -108,7 +109,7 @@ def _check_proxies(report: Report, target: Target) -> None:
     proxies = requests.utils.get_environ_proxies(target.endpoint)
     in_effect = {k: v for k, v in proxies.items() if k in ("http", "https", "all")}
     if in_effect:
-        shown = ", ".join(f"{k}={hide_credentials(v)}" for k, v in sorted(in_effect.items()))
+        shown = ", ".join(f"{k}={redacted_url(v)}" for k, v in sorted(in_effect.items()))
         report.add("proxy", "warn", f"environment proxy in effect for the endpoint: {shown}",
                    "make sure the proxy passes POST bodies and Authorization through, or set NO_PROXY")
     else:
@@ -233,14 +234,6 @@ def _recommend_throughput(report: Report, target: Target, rtt: float) -> None:
                          f"rate x round trip x 1.2 at {rtt * 1000:.0f} ms")
 
 
-def hide_credentials(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        netloc = "***@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def _short(exc: BaseException, limit: int = 160) -> str:
     text = str(exc)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -248,4 +241,4 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 def describe(target: Target) -> dict[str, Any]:
     return {"site_id": target.site_id, "region": target.region, "endpoint": target.endpoint,
-            "redis_url": hide_credentials(target.redis_url) if target.redis_url else None}
+            "redis_url": redacted_url(target.redis_url) if target.redis_url else None}

@@ -29,6 +29,7 @@ from ciotrack.loadtest.report import EXIT
 from ciotrack.loadtest.scenario import CallLoop, Scenario, load_scenarios
 from ciotrack.loadtest.stages import Stage, parse_duration, parse_stage
 from ciotrack.loadtest.thresholds import Threshold, parse_threshold
+from ciotrack.redact import redacted_url
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -271,8 +272,6 @@ class _Plan:
         if args.redis_url and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("--redis-url must be a redis://, rediss:// or unix:// URL")
         receiver = self._receiver()
-        from ciotrack.loadtest.fleet import redacted_url
-
         redis = redacted_url(args.redis_url) if args.redis_url else "a throwaway local redis-server"
         return {"kind": "fleet", "workers": workers, "receiver": receiver,
                 "description": f"{workers} local worker(s) via {redis} -> {receiver['description']}"}

@@ -37,11 +37,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from ciotrack.errors import CiotrackError
+from ciotrack.redact import redacted_url
 
-__all__ = ["FleetProbe", "FleetStartError", "FleetTarget", "Outcomes", "redacted_url"]
+__all__ = ["FleetProbe", "FleetStartError", "FleetTarget", "Outcomes"]
 
 log = logging.getLogger("ciotrack.loadtest")
 
@@ -73,17 +73,6 @@ class FleetProbe(Protocol):
 
 class FleetStartError(CiotrackError, RuntimeError):
     """The fleet could not start: no redis-server, Redis unreachable, or a worker that did not come up."""
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host:6379/0``): what reports and logs may show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class FleetTarget:
