@@ -95,6 +95,13 @@ def test_latency_sets_the_recommended_concurrency(emulator: Emulator) -> None:
     assert report.recommended["max_in_flight"] >= 96
 
 
+def test_the_readme_sample_says_what_the_doctor_says_of_adaptive_concurrency(emulator: Emulator) -> None:
+    detail = _by_name(_doctor(emulator, rate_limit=100.0))["throughput"].detail
+    said = detail[detail.index("adaptive concurrency"):]  # "adaptive concurrency (the default, up to 64) reaches it"
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"; {said}\n" in readme
+
+
 @pytest.mark.parametrize(("skew", "status"), [(-120.0, "fail"), (15.0, "warn")])
 def test_a_skewed_server_clock_is_found(emulator: Emulator, skew: float, status: str) -> None:
     emulator.set_faults(clock_skew=skew)

@@ -129,6 +129,17 @@ def test_real_workspace_is_refused_without_flag_and_credentials(capsys: pytest.C
     assert "refusing to load-test a real workspace without --real" in err and KEY not in err
 
 
+def test_help_says_what_the_concurrency_options_do(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["loadtest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # The last mention of each option is its help entry (the first ones are in the usage line).
+    senders = text[text.rindex("--senders SENDERS"):text.rindex("--expected-latency-ms")]
+    assert "adaptive concurrency" in senders and "ceil(" not in senders
+    latency = text[text.rindex("--expected-latency-ms EXPECTED_LATENCY_MS"):text.rindex("--max-queue-mb")]
+    assert "it sets no concurrency" in latency
+
+
 def test_fleet_target_with_an_unreachable_redis_is_a_target_failure(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["loadtest", "--redis-url", "redis://127.0.0.1:1/0", "--workers", "2", "--stage", "1s:10"])
     assert code == 100

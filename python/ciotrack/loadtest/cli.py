@@ -89,9 +89,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="the workspace limit the client holds, requests/s "
                              "(default 100; the emulator enforces it too)")
     client.add_argument("--senders", type=int,
-                        help="sender threads (default: ceil(rate x latency x 1.3) + 1, capped at 64)")
+                        help="pin the requests in flight per region to N, 1..64 (default: the tracker's adaptive "
+                             "concurrency, up to its max_in_flight)")
     client.add_argument("--expected-latency-ms", type=float, default=100.0,
-                        help="request latency assumed for the senders default with --endpoint/--real (default 100)")
+                        help="request latency assumed with --endpoint/--real for the report's Little's-law estimate "
+                             "of the concurrency needed, ceil(rate x latency x 1.3) + 1; it sets no concurrency "
+                             "(default 100)")
     client.add_argument("--max-queue-mb", type=int, default=1024,
                         help="the tracker's queue bound (default 1024 MB: at 1.5x the ceiling the backlog grows "
                              "by ~25 MB/s)")
