@@ -11,12 +11,14 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 
 from ciotrack.__main__ import main
 from ciotrack.emulator import Emulator
+from ciotrack.loadtest.cli import is_customer_io
 from ciotrack.loadtest.report import SCHEMA_PATH
 
 SITE, KEY = "lt-site", "lt-key-SECRET-41d0"
@@ -127,6 +129,16 @@ def test_real_workspace_is_refused_without_flag_and_credentials(capsys: pytest.C
     assert code == 104
     err = capsys.readouterr().err
     assert "refusing to load-test a real workspace without --real" in err and KEY not in err
+
+
+@pytest.mark.parametrize(("host", "real"), [
+    ("track.customer.io", True), ("customer.io", True), ("track.customer.io.", True), ("Track-EU.Customer.IO..", True),
+    ("customer.io.", True), ("127.0.0.1", False), ("customer.io.example.com", False), ("notcustomer.io", False),
+])
+def test_the_real_host_guard_sees_every_spelling_of_customer_io(host: str, real: bool) -> None:
+    # Checked on the predicate, not through main(): a guard that let one through would load-test
+    # the real host. main()'s use of it is covered above with the plain spelling.
+    assert is_customer_io(urlsplit(f"https://{host}/").hostname or "") is real
 
 
 def test_help_says_what_the_concurrency_options_do(capsys: pytest.CaptureFixture[str]) -> None:

@@ -193,6 +193,13 @@ def operation_bytes(scenario: Scenario) -> float:
         tracker.close(timeout=0.1)
 
 
+def is_customer_io(host: str) -> bool:
+    """``host`` (as ``urlsplit`` gives it) is one of Customer.io's. Compared as DNS does: without case
+    or the root's trailing dot, so ``Track.Customer.IO.`` cannot slip past the --real guard."""
+    name = host.lower().rstrip(".")
+    return name == "customer.io" or name.endswith(".customer.io")
+
+
 class _Plan:
     """The parsed, validated configuration of one run (every ConfigError is raised here or early
     in ``execute``, before anything starts)."""
@@ -292,7 +299,7 @@ class _Plan:
                     "api_key": api_key, "description": f"Customer.io workspace {site_id} ({args.region})"}
         if args.endpoint:
             host = (urlsplit(args.endpoint).hostname or "").lower()
-            if host == "customer.io" or host.endswith(".customer.io"):
+            if is_customer_io(host):
                 raise ConfigError(f"--endpoint {args.endpoint} is a real Customer.io host: refusing to load-test a "
                                   "real workspace without --real")
             if not (site_id and api_key):
