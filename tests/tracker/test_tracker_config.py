@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import pathlib
+import re
 from typing import Any
 
 import pytest
 
 import ciotrack
-from ciotrack.config import DEFAULT_ENDPOINTS, Config
+from ciotrack.config import _ENV_OPTIONS, DEFAULT_ENDPOINTS, Config
 from ciotrack.destinations.track_v2 import TrackV2Destination
 from ciotrack.emulator import Emulator
 from ciotrack.errors import ConfigError, DeliveryError
@@ -148,3 +151,33 @@ def test_module_level_tracker_from_the_environment(monkeypatch: pytest.MonkeyPat
     finally:
         ciotrack.close(timeout=5)
     assert len(all_events(emulator.state())) == 1
+
+
+def _readme_configuration_rows() -> dict[str, tuple[str, str]]:
+    """option -> (its row's default column, the whole row), from README.md's Configuration table."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Configuration"):readme.index("### Delivery")]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = line.split(" | ")
+            for option in re.findall(r"`(\w+)`", cells[0]):
+                rows[option] = (cells[1], line)
+    return rows
+
+
+def test_the_readme_configuration_table_has_every_option_its_variable_and_default() -> None:
+    rows = _readme_configuration_rows()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    assert sorted(rows) == sorted(fields)  # every option, and no option that does not exist
+    for option, (variable, _) in _ENV_OPTIONS.items():
+        assert f"`{variable}`" in rows[option][1], f"{variable} is not in the row of {option}"
+    # A default that is one plain value, given in its row (several options share a row: in order).
+    for name, f in fields.items():
+        default, row = rows[name]
+        value = f.default
+        if isinstance(value, bool):
+            assert f"`{value}`" in default, name
+        elif isinstance(value, (int, float)) and row.split(" | ")[0].count("`") == 2:  # its own row
+            shown = {f"{value:g}", f"{value:,}", f"{value:g} s", f"{value / (1 << 30):g} GiB", f"{value:g} req/s"}
+            assert any(text in default for text in shown), f"{name}: default {value!r}, the README says {default!r}"
