@@ -35,24 +35,16 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ciotrack.fleet.coalesce import MAX_BODY_BYTES, GroupBatch, pack, shares
-from ciotrack.fleet.finishing import Finishing, rejected_reason
+from ciotrack.fleet.coalesce import GroupBatch, shares
+from ciotrack.fleet.finishing import rejected_reason
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
+from ciotrack.fleet.reading import Reading, WorkItem
 from ciotrack.fleet.settings import DEFAULT_ENDPOINTS, WorkerConfig
-from ciotrack.fleet.streams import (
-    EntryFormatError,
-    StoredBatch,
-    StreamKeys,
-    WorkEntry,
-    decode_entry,
-    ensure_group,
-    remove_idle_consumers,
-)
+from ciotrack.fleet.streams import StoredBatch, StreamKeys, WorkEntry
 from ciotrack.lifecycle import block_exit_signals
 
 if TYPE_CHECKING:
@@ -62,24 +54,8 @@ __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("ciotrack.fleet")
 
-# Fresh entries read per idle delivery thread, at most: a full body's worth of entries of the average
-# size seen (see _fresh_per_slot), so coalesced groups rarely outnumber the threads that send them.
-_MAX_FRESH_PER_SLOT = 32
 
-
-@dataclass(slots=True)
-class WorkItem:
-    """What one delivery thread sends: one entry, or several fresh ones coalesced into one request."""
-
-    entries: list[WorkEntry]
-    deadline: float
-    """``time.monotonic()`` by which it is delivered or released: counted from when it was read, so a
-    live worker never holds an entry past the visibility timeout, however long it waited here."""
-    holds_slot: bool = True
-    """False for a group read beyond the idle threads (releases no slot when done)."""
-
-
-class Worker(Finishing):
+class Worker(Reading):
     """Consumes one workspace's stream (see the module docstring). ``run()`` blocks until drained."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
@@ -169,156 +145,6 @@ class Worker(Finishing):
         if self._session is not None:
             self._session.close()
         self.redis.close()
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def _read_loop(self) -> None:
-        import redis as redis_module
-
-        config = self.config
-        claim_every = config.claim_interval or max(1.0, min(10.0, config.visibility_timeout / 4))
-        next_claim = next_stats = next_janitor = 0.0
-        own_pending = True  # first our own PEL (a previous life of this consumer), then new entries
-        pending_cursor = "0"
-        group_ready = False
-        backoff = 0.1
-        while not self._draining.is_set():
-            self.probes.tick()
-            try:
-                if not group_ready:
-                    ensure_group(self.redis, self.keys)
-                    group_ready = True
-                now = time.monotonic()
-                if now >= next_stats:
-                    next_stats = now + config.stats_interval
-                    self._update_gauges()
-                if now >= next_janitor:
-                    next_janitor = now + max(60.0, config.visibility_timeout)
-                    self._remove_idle_consumers()
-                if now >= next_claim or self._claim_soon:
-                    self._claim_soon = False
-                    next_claim = now + claim_every
-                    self._claim()
-                slots = self._take_slots(1.0)
-                if not slots:
-                    continue
-                used = 0
-                try:
-                    reply: Any
-                    if own_pending:
-                        # Our PEL from a previous life, page by page: an id returns pending entries
-                        # after it, so the cursor keeps us from re-reading what we now deliver.
-                        reply = self.redis.xreadgroup(self.keys.group, self.consumer,
-                                                      {self.keys.work: pending_cursor}, count=slots)
-                    else:
-                        reply = self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.work: ">"},
-                                                      count=slots * self._fresh_per_slot(), block=config.block_ms)
-                    entries = reply[0][1] if reply else []
-                    if own_pending:
-                        if entries:
-                            last = entries[-1][0]
-                            pending_cursor = last.decode() if isinstance(last, bytes) else str(last)
-                        else:
-                            own_pending = False
-                    used = self._dispatch(entries, slots, coalesce=config.coalesce and not own_pending)
-                finally:
-                    for _ in range(slots - used):
-                        self._slots.release()
-                self.probes.redis_ok = True
-                backoff = 0.1
-            except (redis_module.ConnectionError, redis_module.TimeoutError, redis_module.BusyLoadingError,
-                    OSError) as exc:
-                self.probes.redis_ok = False
-                self._warn("read", "Redis unreachable (%s); retrying", type(exc).__name__)
-                self._draining.wait(min(backoff, 2.0))
-                backoff *= 2
-            except redis_module.ResponseError as exc:
-                if "NOGROUP" in str(exc) or "no such key" in str(exc):
-                    group_ready = False  # the stream or its group was deleted: create them again
-                self.probes.redis_ok = False
-                self._warn("read", "Redis answered %s; retrying", str(exc)[:120])
-                self._draining.wait(min(backoff, 2.0))
-                backoff *= 2
-
-    def _take_slots(self, wait: float) -> int:
-        """Idle delivery threads (at least one, waiting up to ``wait`` s); 0 when none freed up."""
-        if not self._slots.acquire(timeout=wait):
-            return 0
-        taken = 1
-        while taken < self.config.threads and self._slots.acquire(blocking=False):
-            taken += 1
-        return taken
-
-    def _fresh_per_slot(self) -> int:
-        if not self.config.coalesce or not self._entry_bytes:
-            return 1
-        return max(1, min(_MAX_FRESH_PER_SLOT, round(MAX_BODY_BYTES / self._entry_bytes)))
-
-    def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
-        """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
-        (fresh entries only); returns how many of the ``slots`` taken they use."""
-        deadline = time.monotonic() + self.config.delivery_deadline
-        decoded = self._decode(entries)
-        if coalesce:
-            for entry in decoded:
-                size = len(entry.batch.body)
-                self._entry_bytes += (size - self._entry_bytes) * 0.25 if self._entry_bytes else size
-        groups = pack(decoded) if coalesce else [[entry] for entry in decoded]
-        for n, group in enumerate(groups):
-            self._work.put(WorkItem(group, deadline, holds_slot=n < slots))
-        return min(len(groups), slots)
-
-    def _decode(self, entries: list[Any]) -> list[WorkEntry]:
-        decoded = []
-        for entry_id, fields in entries:
-            if not fields:  # deleted after it was read (acknowledged by another consumer)
-                continue
-            try:
-                entry = decode_entry(entry_id, fields)
-            except EntryFormatError as exc:
-                try:
-                    self._dead_letter_raw(entry_id, fields, str(exc))
-                except Exception:  # stays pending; claimed (and dead-lettered) again later
-                    self._warn("dead", "could not dead-letter unreadable entry %s", entry_id)
-                continue
-            decoded.append(entry)
-        return decoded
-
-    def _claim(self) -> None:
-        """Take entries idle longer than the visibility timeout (their worker died or stalled)."""
-        min_idle = int(self.config.visibility_timeout * 1000)
-        cursor = "0-0"
-        while not self._draining.is_set():
-            slots = self._take_slots(0.0)
-            if not slots:
-                return
-            used = 0
-            try:
-                reply: Any = self.redis.xautoclaim(self.keys.work, self.keys.group, self.consumer, min_idle,
-                                              start_id=cursor, count=slots)
-                cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                used = self._dispatch(reply[1], slots)
-            finally:
-                for _ in range(slots - used):
-                    self._slots.release()
-            if used:
-                self.metrics.claimed.inc(used)
-            if cursor == "0-0" or not reply[1]:
-                return
-
-    def _update_gauges(self) -> None:
-        for group in self.redis.xinfo_groups(self.keys.work):
-            name = group.get("name")
-            if name in (self.keys.group, self.keys.group.encode()):
-                if group.get("lag") is not None:
-                    self.metrics.lag.set(group["lag"])
-                self.metrics.pending.set(group.get("pending") or 0)
-        self.metrics.dead_length.set(self.redis.xlen(self.keys.dead))
-
-    def _remove_idle_consumers(self) -> None:
-        idle_ms = int(self.config.visibility_timeout * 10 * 1000)
-        for name in remove_idle_consumers(self.redis, self.keys, idle_ms, keep=self.consumer):
-            log.info("ciotrack worker: removed idle consumer %s (no pending entries)", name)
 
     # -- delivering ---------------------------------------------------------------------------
 
