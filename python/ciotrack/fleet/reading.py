@@ -52,6 +52,9 @@ class Reading(Finishing):
     _slots: threading.Semaphore
     _work: queue.Queue[WorkItem | None]
     _entry_bytes: float
+    _held: set[str]
+    """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
+    _in_flight_lock: threading.Lock
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -78,7 +81,9 @@ class Reading(Finishing):
                 if now >= next_janitor:
                     next_janitor = now + max(60.0, config.visibility_timeout)
                     self._remove_idle_consumers()
-                if now >= next_claim or self._claim_soon:
+                # Claims wait for the end of the own-pending pass: XAUTOCLAIM moves entries into this
+                # consumer's PEL, where an XREADGROUP 0 of the same pass would read them a second time.
+                if not own_pending and (now >= next_claim or self._claim_soon):
                     self._claim_soon = False
                     next_claim = now + claim_every
                     self._claim()
@@ -139,9 +144,19 @@ class Reading(Finishing):
 
     def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
         """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
-        (fresh entries only); returns how many of the ``slots`` taken they use."""
+        (fresh entries only); returns how many of the ``slots`` taken they use.
+
+        An entry this process already holds (queued or being delivered) is skipped, so no entry is ever
+        sent by two of its threads at once, whichever read returned it again (a claim of an entry just
+        released while its thread finishes, a re-read of the own PEL). A skipped claim only waits: the
+        entry is still pending and is claimed again after the visibility timeout."""
         deadline = time.monotonic() + self.config.delivery_deadline
-        decoded = self._decode(entries)
+        decoded = []
+        with self._in_flight_lock:
+            for entry in self._decode(entries):
+                if entry.entry_id not in self._held:
+                    self._held.add(entry.entry_id)
+                    decoded.append(entry)
         if coalesce:
             for entry in decoded:
                 size = len(entry.batch.body)

@@ -77,6 +77,7 @@ class Worker(Reading):
         self._deliveries_lock = threading.Lock()
         self._in_flight: dict[str, WorkEntry] = {}
         self._in_flight_lock = threading.Lock()
+        self._held: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
@@ -119,6 +120,8 @@ class Worker(Reading):
             if item is not None:
                 for entry in item.entries:
                     self._release(entry, "drain")
+                with self._in_flight_lock:
+                    self._held.difference_update(entry.entry_id for entry in item.entries)
                 if item.holds_slot:
                     self._slots.release()
         for _ in self._threads:
@@ -172,6 +175,7 @@ class Worker(Reading):
                 with self._in_flight_lock:
                     for entry in item.entries:
                         self._in_flight.pop(entry.entry_id, None)
+                        self._held.discard(entry.entry_id)
                     self.metrics.in_flight.set(len(self._in_flight))
                 if item.holds_slot:
                     self._slots.release()
