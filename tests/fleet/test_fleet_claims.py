@@ -52,3 +52,21 @@ def test_an_entry_held_by_this_worker_is_not_handed_out_again(redis_server: Redi
     worker._held.clear()  # as when their deliveries ended
     assert worker._dispatch(again, 4) == 2
 
+
+def test_claims_reach_idle_entries_behind_many_busy_ones(redis_server: RedisServer) -> None:
+    """XAUTOCLAIM scans at most 10 x COUNT pending entries per call (COUNT: this worker's idle threads,
+    here 1). A dead peer's idle entry behind more busy entries of a live peer than one claim pass scans
+    is still reached (the next pass goes on where this one stopped), and claimed once."""
+    client = redis_client(redis_server.url)
+    busy = write_entries(client, 100, per=1)
+    client.xreadgroup(KEYS.group, "live-peer", {KEYS.work: ">"}, count=len(busy))  # being delivered now
+    dead = write_entries(client, 1, per=1)
+    leave_idle(client, "dead-pod", dead)
+    worker = Worker(WorkerConfig(redis_server.url, SITE_ID, API_KEY, consumer="me", rate_limit=0, concurrency=1))
+    for _ in range(5):
+        worker._claim()
+    assert worker._work.qsize() == 1
+    item = worker._work.get_nowait()
+    assert item is not None and [entry.entry_id for entry in item.entries] == dead
+    pending = client.xpending_range(KEYS.work, KEYS.group, "-", "+", 200, consumername="live-peer")
+    assert len(pending) == len(busy)  # the busy ones were left where they were

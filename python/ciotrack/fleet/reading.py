@@ -32,6 +32,10 @@ log = logging.getLogger("ciotrack.fleet")
 # size seen (see _fresh_per_slot), so coalesced groups rarely outnumber the threads that send them.
 _MAX_FRESH_PER_SLOT = 32
 
+# XAUTOCLAIM pages per claim pass, at most (each scans up to 10 x idle threads pending entries): bounds
+# the time a pass keeps the reader from reading while the cursor walks a long pending list.
+_CLAIM_PAGES_PER_PASS = 8
+
 
 @dataclass(slots=True)
 class WorkItem:
@@ -53,6 +57,8 @@ class Reading(Finishing):
     _work: queue.Queue[WorkItem | None]
     _entry_bytes: float
     _held: set[str]
+    _claim_cursor: str
+    """Where the next XAUTOCLAIM starts: kept across claim passes (see :meth:`_claim`)."""
     """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
     _in_flight_lock: threading.Lock
 
@@ -183,25 +189,33 @@ class Reading(Finishing):
         return decoded
 
     def _claim(self) -> None:
-        """Take entries idle longer than the visibility timeout (their worker died or stalled)."""
+        """Take entries idle longer than the visibility timeout (their worker died or stalled).
+
+        XAUTOCLAIM scans at most 10 x COUNT pending entries per call, and COUNT is this worker's idle
+        threads: behind a long run of entries live peers are delivering, a page claims nothing. So
+        a pass goes on past empty pages (a few of them), and the cursor is kept from one pass to
+        the next, back to the start only when Redis says the scan wrapped (``0-0``): every idle
+        entry is reached, however deep in the pending list."""
         min_idle = int(self.config.visibility_timeout * 1000)
-        cursor = "0-0"
-        while not self._draining.is_set():
+        for _ in range(_CLAIM_PAGES_PER_PASS):
+            if self._draining.is_set():
+                return
             slots = self._take_slots(0.0)
             if not slots:
                 return
             used = 0
             try:
                 reply: Any = self.redis.xautoclaim(self.keys.work, self.keys.group, self.consumer, min_idle,
-                                              start_id=cursor, count=slots)
+                                                   start_id=self._claim_cursor, count=slots)
                 cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+                self._claim_cursor = cursor
                 used = self._dispatch(reply[1], slots)
             finally:
                 for _ in range(slots - used):
                     self._slots.release()
             if used:
                 self.metrics.claimed.inc(used)
-            if cursor == "0-0" or not reply[1]:
+            if cursor == "0-0":
                 return
 
     def _update_gauges(self) -> None:

@@ -81,6 +81,7 @@ class Worker(Reading):
         self._threads: list[threading.Thread] = []
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
+        self._claim_cursor = "0-0"
         self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
         self._entry_bytes = 0.0  # running mean of fresh entries' body sizes (0: none seen yet)
 
