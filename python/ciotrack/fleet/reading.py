@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ciotrack.fleet.coalesce import MAX_BODY_BYTES, pack
+from ciotrack.fleet.credentials import CredentialsPause
 from ciotrack.fleet.finishing import Finishing
 from ciotrack.fleet.streams import (
     EntryFormatError,
@@ -57,6 +58,7 @@ class Reading(Finishing):
     _work: queue.Queue[WorkItem | None]
     _entry_bytes: float
     _held: set[str]
+    _credentials: CredentialsPause
     _claim_cursor: str
     """Where the next XAUTOCLAIM starts: kept across claim passes (see :meth:`_claim`)."""
     """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
@@ -87,10 +89,15 @@ class Reading(Finishing):
                 if now >= next_janitor:
                     next_janitor = now + max(60.0, config.visibility_timeout)
                     self._remove_idle_consumers()
+                paused = self._credentials.remaining()
+                if paused:
+                    # Customer.io refused our key: read and claim nothing meanwhile (peers may have a
+                    # good one); the liveness tick goes on, readiness says not ready.
+                    self._draining.wait(min(paused, 1.0))
+                    continue
                 # Claims wait for the end of the own-pending pass: XAUTOCLAIM moves entries into this
                 # consumer's PEL, where an XREADGROUP 0 of the same pass would read them a second time.
                 if not own_pending and (now >= next_claim or self._claim_soon):
-                    self._claim_soon = False
                     next_claim = now + claim_every
                     self._claim()
                 slots = self._take_slots(1.0)
@@ -197,12 +204,14 @@ class Reading(Finishing):
         the next, back to the start only when Redis says the scan wrapped (``0-0``): every idle
         entry is reached, however deep in the pending list."""
         min_idle = int(self.config.visibility_timeout * 1000)
-        for _ in range(_CLAIM_PAGES_PER_PASS):
+        for page in range(_CLAIM_PAGES_PER_PASS):
             if self._draining.is_set():
                 return
             slots = self._take_slots(0.0)
             if not slots:
-                return
+                return  # a claim asked for "soon" stays asked for, until a thread is idle
+            if page == 0:
+                self._claim_soon = False
             used = 0
             try:
                 reply: Any = self.redis.xautoclaim(self.keys.work, self.keys.group, self.consumer, min_idle,
@@ -215,6 +224,10 @@ class Reading(Finishing):
                     self._slots.release()
             if used:
                 self.metrics.claimed.inc(used)
+                if used == slots:
+                    # Every idle thread got a claimed entry: more may be idle (e.g. all a paused or dead
+                    # worker released); claim again as soon as threads free up, not a claim interval later.
+                    self._claim_soon = True
             if cursor == "0-0":
                 return
 
