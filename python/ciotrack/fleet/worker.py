@@ -38,6 +38,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ciotrack.fleet.coalesce import GroupBatch, shares
+from ciotrack.fleet.credentials import REFUSED_CREDENTIALS, CredentialsPause
 from ciotrack.fleet.finishing import rejected_reason
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
@@ -68,6 +69,7 @@ class Worker(Reading):
         self.redis = connect(config.redis_url, socket_timeout=config.block_ms / 1000.0 + 5.0)
         self.metrics = metrics or WorkerMetrics()
         self.probes = Probes(stall=max(30.0, config.block_ms / 1000.0 * 10))
+        self._credentials = CredentialsPause(config.site_id, self.probes)
         self._draining = threading.Event()
         self._drain_started: float | None = None
         self._stop_delivery = threading.Event()  # set at the drain deadline: in-flight deliveries give up
@@ -163,7 +165,11 @@ class Worker(Reading):
                     self._in_flight[entry.entry_id] = entry
                 self.metrics.in_flight.set(len(self._in_flight))
             try:
-                if len(item.entries) == 1:
+                if self._credentials.remaining():
+                    # Read before the key was refused: back to the stream untried, for a peer.
+                    for entry in item.entries:
+                        self._release(entry, "credentials")
+                elif len(item.entries) == 1:
                     self._deliver(item.entries[0], item.deadline)
                 else:
                     self._deliver_group(item.entries, item.deadline)
@@ -195,7 +201,8 @@ class Worker(Reading):
             if not group:
                 return
         self.metrics.coalesced.inc(len(group))
-        results = list(self._delivery_for(group[0].region).deliver(Job(GroupBatch.join(group)), deadline))
+        results = self._heed_credentials(self._delivery_for(group[0].region).deliver(Job(GroupBatch.join(group)),
+                                                                                    deadline))
         if all(r.verdict is Verdict.DELIVERED and not r.failures for r in results):
             self.metrics.ops_delivered.inc(sum(entry.batch.count for entry in group))
             self._ack(*group)
@@ -223,7 +230,24 @@ class Worker(Reading):
                 # A final answer (or the drain): not counted against it, since the request carried other
                 # entries too; claimed now and sent alone.
                 reason = "unmerged" if share.verdict is Verdict.FAILED else (share.verdict or Verdict.STOPPED).value
-                self._release(entry, reason, uncount_try=True)
+                self._release(entry, "credentials" if self._credentials.remaining() else reason, uncount_try=True)
+
+    def _heed_credentials(self, answers: Any) -> list[Result]:
+        """The results of a delivery, those whose answer refused the key (401/403) turned into STOPPED:
+        no try, the entry handed back (:mod:`ciotrack.fleet.credentials`); this worker pauses."""
+        from dataclasses import replace
+
+        from ciotrack.delivery import Verdict
+
+        results = []
+        for result in answers:
+            if result.verdict is Verdict.FAILED and result.status in REFUSED_CREDENTIALS:
+                self._credentials.refused(result.status)
+                result = replace(result, verdict=Verdict.STOPPED, reason=f"credentials refused ({result.status})")
+            elif result.verdict is Verdict.DELIVERED:
+                self._credentials.accepted()
+            results.append(result)
+        return results
 
     def _count_tries(self, entries: list[WorkEntry], step: int) -> list[int]:
         def count() -> list[int]:
@@ -248,7 +272,7 @@ class Worker(Reading):
             self._dead_letter(entry, entry.batch, reason, tries - 1)
             return
         delivery = self._delivery_for(entry.region)
-        results = list(delivery.deliver(Job(entry.batch), deadline))
+        results = self._heed_credentials(delivery.deliver(Job(entry.batch), deadline))
         delivered = [r for r in results if r.verdict is Verdict.DELIVERED]
         failed = [r for r in results if r.verdict is Verdict.FAILED]
         unfinished = [r for r in results if r.verdict not in (Verdict.DELIVERED, Verdict.FAILED)]
@@ -292,7 +316,7 @@ class Worker(Reading):
             # visibility timeout, which is the backoff.
             self.metrics.released.labels("exhausted").inc()
             return
-        self._release(entry, verdict)
+        self._release(entry, "credentials" if self._credentials.remaining() and unfinished else verdict)
 
     @staticmethod
     def _rejected_ops(result: Result) -> list[tuple[int, bytes]]:
