@@ -196,6 +196,42 @@ class Finishing:
                        entry.entry_id)
         self.metrics.released.labels(reason).inc()
 
+    def _release_within(self, entries: list[tuple[WorkEntry, bool]], until: float, reason: str) -> bool:
+        """Release ``entries`` (with "take its try back" flags) in one script call, by ``until``
+        (``time.monotonic()``): at shutdown, when Redis may hang. A client of its own (no retries, its
+        socket timeout what is left) on a thread joined until ``until``, so neither the handshake nor
+        a hung Redis can hold the drain past it. False when not done by then: those entries stay
+        pending and are claimed after the visibility timeout (nothing is lost)."""
+        from ciotrack.fleet.producer import connect
+        from ciotrack.lifecycle import block_exit_signals
+
+        if not entries:
+            return True
+        left = until - time.monotonic()
+        done = threading.Event()
+        if left > 0.05:
+            args = self._release_args(entries)
+
+            def release() -> None:
+                block_exit_signals()
+                client = connect(self.config.redis_url, socket_timeout=left, retries=0)
+                try:
+                    run_script(client, _RELEASE, self._script_keys()[:2], args)
+                    done.set()
+                except Exception:
+                    pass  # reported below
+                finally:
+                    client.close()
+
+            threading.Thread(target=release, name="ciotrack-worker-release", daemon=True).start()
+            done.wait(max(0.0, until - time.monotonic()))
+        if not done.is_set():
+            log.warning("ciotrack worker: could not hand back %d entries before the drain deadline; they are "
+                        "claimed after the visibility timeout", len(entries))
+            return False
+        self.metrics.released.labels(reason).inc(len(entries))
+        return True
+
     def _release_args(self, entries: Iterable[tuple[WorkEntry, bool]]) -> list[Any]:
         args: list[Any] = [self.keys.group, self.consumer, int(self.config.visibility_timeout * 1000) + 1]
         for entry, uncount_try in entries:

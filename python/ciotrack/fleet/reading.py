@@ -59,6 +59,7 @@ class Reading(Finishing):
     _entry_bytes: float
     _held: set[str]
     _credentials: CredentialsPause
+    _finishing: threading.Event
     _claim_cursor: str
     """Where the next XAUTOCLAIM starts: kept across claim passes (see :meth:`_claim`)."""
     """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
@@ -163,6 +164,8 @@ class Reading(Finishing):
         sent by two of its threads at once, whichever read returned it again (a claim of an entry just
         released while its thread finishes, a re-read of the own PEL). A skipped claim only waits: the
         entry is still pending and is claimed again after the visibility timeout."""
+        if self._finishing.is_set():
+            return 0  # the drain already handed back what was queued: these stay pending, claimed later
         deadline = time.monotonic() + self.config.delivery_deadline
         decoded = []
         with self._in_flight_lock:

@@ -23,8 +23,11 @@ seconds, after which the entry is released. A live worker therefore never holds 
 to be claimed, and there is no extra thread whose stall could make a live worker look dead (or a dead
 one look alive). Released entries are made claimable at once by ``XCLAIM ... IDLE <visibility>``.
 
-**SIGTERM** (:meth:`Worker.drain`): stop reading, finish in-flight deliveries until ``drain_timeout -
-1`` s, release the rest; exit 0. Idle consumers are removed only when their pending list is empty.
+**SIGTERM** (:meth:`Worker.drain`): stop reading, hand back what was read but not started, finish
+in-flight deliveries until ``drain_timeout - 2`` s, hand back the rest in one round trip bounded by
+what is left of ``drain_timeout`` (skipped past it: the visibility timeout recovers those entries);
+exit 0 within ``drain_timeout``, even while Redis hangs. Idle consumers are removed only when their
+pending list is empty.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Worker(Reading):
         self._draining = threading.Event()
         self._drain_started: float | None = None
         self._stop_delivery = threading.Event()  # set at the drain deadline: in-flight deliveries give up
+        self._finishing = threading.Event()  # set once the drain hands entries back: read ones stay pending
         self._slots = threading.Semaphore(config.threads)
         self._work: queue.Queue[WorkItem | None] = queue.Queue()
         self._deliveries: dict[str, Delivery] = {}
@@ -93,15 +97,39 @@ class Worker(Reading):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Read and deliver until :meth:`drain` is called (SIGTERM); returns the exit status (0)."""
+        """Read and deliver until :meth:`drain` is called (SIGTERM); returns the exit status (0).
+
+        The reader runs on a thread of its own, so a drain never waits on a Redis call that hangs
+        (redis-py retries one up to 10 times, each for the socket timeout): the drain's end is set by
+        ``drain_timeout`` alone (see :meth:`_finish`)."""
         for n in range(self.config.threads):
             thread = threading.Thread(target=self._deliver_loop, name=f"ciotrack-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        try:
-            self._read_loop()
-        finally:
-            self._finish()
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            block_exit_signals()  # SIGTERM (the drain) must reach the main thread (lifecycle.py)
+            try:
+                self._read_loop()
+            except BaseException as exc:  # re-raised by run(), after the drain
+                failure.append(exc)
+
+        reader = threading.Thread(target=read, name="ciotrack-worker-reader", daemon=True)
+        reader.start()
+        while reader.is_alive() and not self._draining.wait(0.5):
+            pass
+        started = self._drain_started if self._drain_started is not None else time.monotonic()
+        end = started + self.config.drain_timeout
+        # A read under way ends within its BLOCK when Redis answers; its entries are queued, then handed
+        # back below. One still hanging is left behind: what it may read later stays pending here and is
+        # claimed after the visibility timeout.
+        reader.join(max(0.0, min(end - 2.0, time.monotonic() + self.config.block_ms / 1000.0 + 1.0)
+                        - time.monotonic()))
+        self._finishing.set()
+        self._finish(end)
+        if failure:
+            raise failure[0]
         return 0
 
     def drain(self) -> None:
@@ -111,26 +139,29 @@ class Worker(Reading):
         self._draining.set()
         self.probes.draining = True
 
-    def _finish(self) -> None:
-        started = self._drain_started if self._drain_started is not None else time.monotonic()
-        deadline = started + max(0.0, self.config.drain_timeout - 1.0)
-        # Entries read but not started: hand them back at once, peers take them.
+    def _finish(self, end: float) -> None:
+        """Finish by ``end`` (the drain's start + ``drain_timeout``): deliveries until 2 s before it,
+        then the entries still held are handed back in one round trip, bounded by what is left of it."""
+        # Entries read but not started: hand them back at once, peers take them (while deliveries go on).
+        queued: list[WorkEntry] = []
         while True:
             try:
                 item = self._work.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
-                for entry in item.entries:
-                    self._release(entry, "drain")
+                queued += item.entries
                 with self._in_flight_lock:
                     self._held.difference_update(entry.entry_id for entry in item.entries)
                 if item.holds_slot:
                     self._slots.release()
+        deliver_until = end - 2.0
+        if queued and self._release_within([(entry, False) for entry in queued], deliver_until, "drain"):
+            queued = []
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deliver_until - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
             # Drain deadline: deliveries waiting for a token or a backoff stop now (and release their
             # entries); those stuck in a request are released from here, so a peer takes them at once
@@ -138,11 +169,14 @@ class Worker(Reading):
             # makes a duplicate, which the event ids make harmless.
             self._stop_delivery.set()
             for thread in self._threads:
-                thread.join(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+                thread.join(max(0.0, end - 1.5 - time.monotonic()))
             with self._in_flight_lock:
                 stuck = list(self._in_flight.values())
-            for entry in stuck:
-                self._release(entry, "drain_timeout", uncount_try=True)
+            # With those queued whose hand-back failed: a release runs again harmlessly (finishing.py).
+            self._release_within([(entry, True) for entry in stuck] + [(entry, False) for entry in queued],
+                                 end - 0.5, "drain_timeout")
+        elif queued:
+            self._release_within([(entry, False) for entry in queued], end - 0.5, "drain")
         with self._deliveries_lock:
             for delivery in self._deliveries.values():
                 if delivery.limiter is not None:
