@@ -50,6 +50,28 @@ def test_deadletter_list_replay_purge(redis_server: RedisServer) -> None:
     assert purged.returncode == 0 and "purged 2" in purged.stdout and client.xlen(KEYS.dead) == 0
 
 
+def test_deadletter_reaches_the_dead_letters_of_a_prefixed_worker(redis_server: RedisServer) -> None:
+    """``ciotrack worker --key-prefix lt`` (a load test's keys) dead-letters to ``lt:{<site>}:dead``:
+    ``ciotrack deadletter --key-prefix lt`` lists and replays them into ``lt:{<site>}:work``, and the
+    default prefix's streams are left alone."""
+    prefixed = StreamKeys.for_site(SITE_ID, "lt")
+    client = redis_client(redis_server.url)
+    dead_id = client.xadd(prefixed.dead, {**encode_entry(b'{"batch":[{"n":1}]}', "us", "p"), "error": b"400: bad"})
+    listed = _cli(redis_server.url, "list", "--key-prefix", "lt")
+    assert listed.returncode == 0 and listed.stdout.split("\t")[0] == dead_id.decode(), listed.stderr
+    assert _cli(redis_server.url, "list").stdout == ""
+    assert "replayed 1" in _cli(redis_server.url, "replay", "--key-prefix", "lt").stdout
+    assert client.xlen(prefixed.work) == 1 and client.xlen(prefixed.dead) == 0 and not client.exists(KEYS.work)
+
+
+def test_worker_help_states_the_default_rate_limits_margin() -> None:
+    from ciotrack.fleet.settings import DEFAULT_RATE_LIMIT
+
+    done = subprocess.run([sys.executable, "-m", "ciotrack", "worker", "--help"], env={**env(), "COLUMNS": "400"},
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert f"default {DEFAULT_RATE_LIMIT:g}: {100 - DEFAULT_RATE_LIMIT:g} % under the workspace's 100/s" in done.stdout
+
+
 def test_worker_create_group_flag_is_idempotent(redis_server: RedisServer) -> None:
     for expected in ("created", "already there"):
         done = subprocess.run([sys.executable, "-m", "ciotrack", "worker", "--create-group", "--redis-url",

@@ -96,3 +96,42 @@ def test_metrics_endpoint_serves_histograms_and_fleet_counters(redis_server: Red
         assert m["ciotrack_worker_dead_letters_total"] == 0
         assert _get(port, "/nope").status_code == 404
         assert worker.terminate() == 0
+
+
+def test_a_drain_while_redis_hangs_ends_within_the_drain_timeout(redis_server: RedisServer) -> None:
+    """SIGTERM while Redis hangs (SIGSTOP: connections open, no answer) and a coalesced load is in flight:
+    the drain still ends, exit status 0, within ``--drain-timeout`` plus a margin a pod's grace period
+    has; the entries it could not hand back stay pending (claimed after the visibility timeout)."""
+    import os
+    import signal
+    import threading
+
+    from ciotrack.fleet.worker import Worker, WorkerConfig
+
+    from .fleet_entries import write_entries
+
+    client = redis_client(redis_server.url)
+    write_entries(client, 10, per=1)
+    with Emulator.spawn(workspaces={SITE_ID: API_KEY}) as em:
+        worker = Worker(WorkerConfig(redis_server.url, SITE_ID, API_KEY, endpoint=em.url, rate_limit=0,
+                                     concurrency=2, drain_timeout=3.0, request_timeout=30.0,
+                                     visibility_timeout=120.0))
+        status: list[int] = []
+        thread = threading.Thread(target=lambda: status.append(worker.run()), daemon=True)
+        thread.start()
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 20)  # it learnt the entries' size
+        em.set_faults(latency=60.0)
+        pipe = client.pipeline(transaction=True)  # all at once: the blocked XREADGROUP gets a full read
+        write_entries(pipe, 200, per=1)
+        pipe.execute()
+        assert wait_until(lambda: len(worker._in_flight) >= 40, 20)
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)  # Redis hangs (a partition, a stalled node)
+        try:
+            worker.drain()
+            thread.join(3.0 + 7.0)  # the drain timeout, and what is left of a 10 s grace margin
+            drained = not thread.is_alive()
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert drained and status == [0]
+        # Its requests still hang at the emulator: every entry is still there, pending or handed back.
+        assert client.xlen(KEYS.work) == 200 and client.xlen(KEYS.dead) == 0

@@ -42,7 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="where entries go whose producer did not know its region ('auto'); default us")
     parser.add_argument("--rate-limit", type=float, default=_env_float("CIOTRACK_RATE_LIMIT", DEFAULT_RATE_LIMIT),
                         help=f"requests/s for the whole fleet (shared in Redis; 0 disables); default "
-                             f"{DEFAULT_RATE_LIMIT:g}: 1 %% under the workspace's 100/s")
+                             f"{DEFAULT_RATE_LIMIT:g}: {100 - DEFAULT_RATE_LIMIT:g} %% under the workspace's 100/s")
     parser.add_argument("--burst", type=float, default=DEFAULT_BURST,
                         help=f"burst of the shared limiter (default {DEFAULT_BURST:g}: small, so request "
                              f"timing jitter does not exceed the server's own burst allowance)")
@@ -58,7 +58,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout", type=float, default=10.0, help="HTTP request timeout, seconds")
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
     parser.add_argument("--key-prefix", default="ciotrack",
-                        help="first part of every Redis key (default ciotrack; producers must use the same)")
+                        help="first part of this worker's Redis keys (default ciotrack), to keep a load test's "
+                             "streams apart: Tracker(redis_url=...) producers and `ciotrack doctor` always use "
+                             "ciotrack, so keep the default in production; `ciotrack deadletter --key-prefix` "
+                             "reaches a prefixed worker's dead letters")
     parser.add_argument("--no-coalesce", dest="coalesce", action="store_false",
                         help="one request per stream entry (default: small fresh entries of a region share "
                              "requests of up to 500 KB, each still acknowledged on its own)")

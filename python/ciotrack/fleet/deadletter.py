@@ -29,6 +29,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=os.environ.get("CIOTRACK_REDIS_URL"),
                         help="redis://host:6379/0 (env CIOTRACK_REDIS_URL)")
     parser.add_argument("--site-id", default=os.environ.get("CIOTRACK_SITE_ID"), help="env CIOTRACK_SITE_ID")
+    parser.add_argument("--key-prefix", default="ciotrack",
+                        help="the key prefix the workers were started with (`ciotrack worker --key-prefix`)")
     parser.add_argument("--id", action="append", default=[], help="only these dead entries (repeatable)")
     parser.add_argument("--limit", type=int, default=100, help="list: at most this many")
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     client = connect(args.redis_url)
-    keys = StreamKeys.for_site(args.site_id)
+    keys = StreamKeys.for_site(args.site_id, args.key_prefix)
     if args.action == "list":
         entries = _entries(client, keys, args.id, args.limit)
         for entry_id, fields in entries:

@@ -25,7 +25,9 @@ buckets), so one ``sum by (le)`` also adds the trackers' ``ciotrack_request_late
 ==========================================================  =========  ==============================
 
 ``/healthz`` (liveness) answers 200 while the read loop has turned within the last ``stall`` seconds;
-``/readyz`` answers 200 while Redis answered the last call and the worker is not draining.
+``/readyz`` answers 200 while Redis answered the last call, Customer.io did not refuse the worker's API
+key (401/403: delivery is paused then, see :mod:`ciotrack.fleet.credentials`) and the worker is not
+draining.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class Probes:
         self.last_loop = time.monotonic()
         self.redis_ok = False
         self.draining = False
+        self.credentials_ok = True
+        """False while Customer.io refuses the worker's API key (:mod:`ciotrack.fleet.credentials`)."""
 
     def tick(self) -> None:
         self.last_loop = time.monotonic()
@@ -118,7 +122,7 @@ class Probes:
         return time.monotonic() - self.last_loop < self.stall
 
     def ready(self) -> bool:
-        return self.redis_ok and not self.draining and self.live()
+        return self.redis_ok and self.credentials_ok and not self.draining and self.live()
 
 
 def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:

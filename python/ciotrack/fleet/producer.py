@@ -35,13 +35,21 @@ __all__ = ["RedisStreamDestination", "RedisStreams", "connect"]
 log = logging.getLogger("ciotrack.fleet")
 
 
-def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
-    """A ``redis.Redis`` for fleet use: bounded socket timeouts, health checks, no decoding."""
+def connect(url: str, *, socket_timeout: float = 10.0, retries: int | None = None) -> redis.Redis:
+    """A ``redis.Redis`` for fleet use: bounded socket timeouts, health checks, no decoding.
+    ``retries``: how often redis-py itself runs a command again after a connection error or timeout
+    (None: its default, 10 with backoff; 0 for one bounded round trip)."""
     import redis as redis_module
 
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        extra["retry"] = Retry(NoBackoff(), retries)
     return redis_module.Redis.from_url(
         url, socket_timeout=socket_timeout, socket_connect_timeout=min(5.0, socket_timeout),
-        health_check_interval=15, decode_responses=False, client_name=f"ciotrack-{os.getpid()}")
+        health_check_interval=15, decode_responses=False, client_name=f"ciotrack-{os.getpid()}", **extra)
 
 
 def producer_id() -> str:

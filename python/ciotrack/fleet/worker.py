@@ -23,8 +23,11 @@ seconds, after which the entry is released. A live worker therefore never holds 
 to be claimed, and there is no extra thread whose stall could make a live worker look dead (or a dead
 one look alive). Released entries are made claimable at once by ``XCLAIM ... IDLE <visibility>``.
 
-**SIGTERM** (:meth:`Worker.drain`): stop reading, finish in-flight deliveries until ``drain_timeout -
-1`` s, release the rest; exit 0. Idle consumers are removed only when their pending list is empty.
+**SIGTERM** (:meth:`Worker.drain`): stop reading, hand back what was read but not started, finish
+in-flight deliveries until ``drain_timeout - 2`` s, hand back the rest in one round trip bounded by
+what is left of ``drain_timeout`` (skipped past it: the visibility timeout recovers those entries);
+exit 0 within ``drain_timeout``, even while Redis hangs. Idle consumers are removed only when their
+pending list is empty.
 """
 
 from __future__ import annotations
@@ -35,24 +38,17 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ciotrack.fleet.coalesce import MAX_BODY_BYTES, GroupBatch, pack, shares
-from ciotrack.fleet.finishing import Finishing, rejected_reason
+from ciotrack.fleet.coalesce import GroupBatch, shares
+from ciotrack.fleet.credentials import REFUSED_CREDENTIALS, CredentialsPause
+from ciotrack.fleet.finishing import rejected_reason
 from ciotrack.fleet.limiter import RedisLimiter
 from ciotrack.fleet.metrics import Probes, WorkerMetrics
 from ciotrack.fleet.producer import connect
+from ciotrack.fleet.reading import Reading, WorkItem
 from ciotrack.fleet.settings import DEFAULT_ENDPOINTS, WorkerConfig
-from ciotrack.fleet.streams import (
-    EntryFormatError,
-    StoredBatch,
-    StreamKeys,
-    WorkEntry,
-    decode_entry,
-    ensure_group,
-    remove_idle_consumers,
-)
+from ciotrack.fleet.streams import StoredBatch, StreamKeys, WorkEntry
 from ciotrack.lifecycle import block_exit_signals
 
 if TYPE_CHECKING:
@@ -62,24 +58,8 @@ __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger("ciotrack.fleet")
 
-# Fresh entries read per idle delivery thread, at most: a full body's worth of entries of the average
-# size seen (see _fresh_per_slot), so coalesced groups rarely outnumber the threads that send them.
-_MAX_FRESH_PER_SLOT = 32
 
-
-@dataclass(slots=True)
-class WorkItem:
-    """What one delivery thread sends: one entry, or several fresh ones coalesced into one request."""
-
-    entries: list[WorkEntry]
-    deadline: float
-    """``time.monotonic()`` by which it is delivered or released: counted from when it was read, so a
-    live worker never holds an entry past the visibility timeout, however long it waited here."""
-    holds_slot: bool = True
-    """False for a group read beyond the idle threads (releases no slot when done)."""
-
-
-class Worker(Finishing):
+class Worker(Reading):
     """Consumes one workspace's stream (see the module docstring). ``run()`` blocks until drained."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
@@ -92,18 +72,22 @@ class Worker(Finishing):
         self.redis = connect(config.redis_url, socket_timeout=config.block_ms / 1000.0 + 5.0)
         self.metrics = metrics or WorkerMetrics()
         self.probes = Probes(stall=max(30.0, config.block_ms / 1000.0 * 10))
+        self._credentials = CredentialsPause(config.site_id, self.probes)
         self._draining = threading.Event()
         self._drain_started: float | None = None
         self._stop_delivery = threading.Event()  # set at the drain deadline: in-flight deliveries give up
+        self._finishing = threading.Event()  # set once the drain hands entries back: read ones stay pending
         self._slots = threading.Semaphore(config.threads)
         self._work: queue.Queue[WorkItem | None] = queue.Queue()
         self._deliveries: dict[str, Delivery] = {}
         self._deliveries_lock = threading.Lock()
         self._in_flight: dict[str, WorkEntry] = {}
         self._in_flight_lock = threading.Lock()
+        self._held: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
+        self._claim_cursor = "0-0"
         self._claim_soon = False  # an entry was released: claim (it, or a peer's) without waiting
         self._entry_bytes = 0.0  # running mean of fresh entries' body sizes (0: none seen yet)
 
@@ -113,15 +97,39 @@ class Worker(Finishing):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Read and deliver until :meth:`drain` is called (SIGTERM); returns the exit status (0)."""
+        """Read and deliver until :meth:`drain` is called (SIGTERM); returns the exit status (0).
+
+        The reader runs on a thread of its own, so a drain never waits on a Redis call that hangs
+        (redis-py retries one up to 10 times, each for the socket timeout): the drain's end is set by
+        ``drain_timeout`` alone (see :meth:`_finish`)."""
         for n in range(self.config.threads):
             thread = threading.Thread(target=self._deliver_loop, name=f"ciotrack-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        try:
-            self._read_loop()
-        finally:
-            self._finish()
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            block_exit_signals()  # SIGTERM (the drain) must reach the main thread (lifecycle.py)
+            try:
+                self._read_loop()
+            except BaseException as exc:  # re-raised by run(), after the drain
+                failure.append(exc)
+
+        reader = threading.Thread(target=read, name="ciotrack-worker-reader", daemon=True)
+        reader.start()
+        while reader.is_alive() and not self._draining.wait(0.5):
+            pass
+        started = self._drain_started if self._drain_started is not None else time.monotonic()
+        end = started + self.config.drain_timeout
+        # A read under way ends within its BLOCK when Redis answers; its entries are queued, then handed
+        # back below. One still hanging is left behind: what it may read later stays pending here and is
+        # claimed after the visibility timeout.
+        reader.join(max(0.0, min(end - 2.0, time.monotonic() + self.config.block_ms / 1000.0 + 1.0)
+                        - time.monotonic()))
+        self._finishing.set()
+        self._finish(end)
+        if failure:
+            raise failure[0]
         return 0
 
     def drain(self) -> None:
@@ -131,24 +139,29 @@ class Worker(Finishing):
         self._draining.set()
         self.probes.draining = True
 
-    def _finish(self) -> None:
-        started = self._drain_started if self._drain_started is not None else time.monotonic()
-        deadline = started + max(0.0, self.config.drain_timeout - 1.0)
-        # Entries read but not started: hand them back at once, peers take them.
+    def _finish(self, end: float) -> None:
+        """Finish by ``end`` (the drain's start + ``drain_timeout``): deliveries until 2 s before it,
+        then the entries still held are handed back in one round trip, bounded by what is left of it."""
+        # Entries read but not started: hand them back at once, peers take them (while deliveries go on).
+        queued: list[WorkEntry] = []
         while True:
             try:
                 item = self._work.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
-                for entry in item.entries:
-                    self._release(entry, "drain")
+                queued += item.entries
+                with self._in_flight_lock:
+                    self._held.difference_update(entry.entry_id for entry in item.entries)
                 if item.holds_slot:
                     self._slots.release()
+        deliver_until = end - 2.0
+        if queued and self._release_within([(entry, False) for entry in queued], deliver_until, "drain"):
+            queued = []
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deliver_until - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
             # Drain deadline: deliveries waiting for a token or a backoff stop now (and release their
             # entries); those stuck in a request are released from here, so a peer takes them at once
@@ -156,11 +169,14 @@ class Worker(Finishing):
             # makes a duplicate, which the event ids make harmless.
             self._stop_delivery.set()
             for thread in self._threads:
-                thread.join(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+                thread.join(max(0.0, end - 1.5 - time.monotonic()))
             with self._in_flight_lock:
                 stuck = list(self._in_flight.values())
-            for entry in stuck:
-                self._release(entry, "drain_timeout", uncount_try=True)
+            # With those queued whose hand-back failed: a release runs again harmlessly (finishing.py).
+            self._release_within([(entry, True) for entry in stuck] + [(entry, False) for entry in queued],
+                                 end - 0.5, "drain_timeout")
+        elif queued:
+            self._release_within([(entry, False) for entry in queued], end - 0.5, "drain")
         with self._deliveries_lock:
             for delivery in self._deliveries.values():
                 if delivery.limiter is not None:
@@ -169,156 +185,6 @@ class Worker(Finishing):
         if self._session is not None:
             self._session.close()
         self.redis.close()
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def _read_loop(self) -> None:
-        import redis as redis_module
-
-        config = self.config
-        claim_every = config.claim_interval or max(1.0, min(10.0, config.visibility_timeout / 4))
-        next_claim = next_stats = next_janitor = 0.0
-        own_pending = True  # first our own PEL (a previous life of this consumer), then new entries
-        pending_cursor = "0"
-        group_ready = False
-        backoff = 0.1
-        while not self._draining.is_set():
-            self.probes.tick()
-            try:
-                if not group_ready:
-                    ensure_group(self.redis, self.keys)
-                    group_ready = True
-                now = time.monotonic()
-                if now >= next_stats:
-                    next_stats = now + config.stats_interval
-                    self._update_gauges()
-                if now >= next_janitor:
-                    next_janitor = now + max(60.0, config.visibility_timeout)
-                    self._remove_idle_consumers()
-                if now >= next_claim or self._claim_soon:
-                    self._claim_soon = False
-                    next_claim = now + claim_every
-                    self._claim()
-                slots = self._take_slots(1.0)
-                if not slots:
-                    continue
-                used = 0
-                try:
-                    reply: Any
-                    if own_pending:
-                        # Our PEL from a previous life, page by page: an id returns pending entries
-                        # after it, so the cursor keeps us from re-reading what we now deliver.
-                        reply = self.redis.xreadgroup(self.keys.group, self.consumer,
-                                                      {self.keys.work: pending_cursor}, count=slots)
-                    else:
-                        reply = self.redis.xreadgroup(self.keys.group, self.consumer, {self.keys.work: ">"},
-                                                      count=slots * self._fresh_per_slot(), block=config.block_ms)
-                    entries = reply[0][1] if reply else []
-                    if own_pending:
-                        if entries:
-                            last = entries[-1][0]
-                            pending_cursor = last.decode() if isinstance(last, bytes) else str(last)
-                        else:
-                            own_pending = False
-                    used = self._dispatch(entries, slots, coalesce=config.coalesce and not own_pending)
-                finally:
-                    for _ in range(slots - used):
-                        self._slots.release()
-                self.probes.redis_ok = True
-                backoff = 0.1
-            except (redis_module.ConnectionError, redis_module.TimeoutError, redis_module.BusyLoadingError,
-                    OSError) as exc:
-                self.probes.redis_ok = False
-                self._warn("read", "Redis unreachable (%s); retrying", type(exc).__name__)
-                self._draining.wait(min(backoff, 2.0))
-                backoff *= 2
-            except redis_module.ResponseError as exc:
-                if "NOGROUP" in str(exc) or "no such key" in str(exc):
-                    group_ready = False  # the stream or its group was deleted: create them again
-                self.probes.redis_ok = False
-                self._warn("read", "Redis answered %s; retrying", str(exc)[:120])
-                self._draining.wait(min(backoff, 2.0))
-                backoff *= 2
-
-    def _take_slots(self, wait: float) -> int:
-        """Idle delivery threads (at least one, waiting up to ``wait`` s); 0 when none freed up."""
-        if not self._slots.acquire(timeout=wait):
-            return 0
-        taken = 1
-        while taken < self.config.threads and self._slots.acquire(blocking=False):
-            taken += 1
-        return taken
-
-    def _fresh_per_slot(self) -> int:
-        if not self.config.coalesce or not self._entry_bytes:
-            return 1
-        return max(1, min(_MAX_FRESH_PER_SLOT, round(MAX_BODY_BYTES / self._entry_bytes)))
-
-    def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
-        """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
-        (fresh entries only); returns how many of the ``slots`` taken they use."""
-        deadline = time.monotonic() + self.config.delivery_deadline
-        decoded = self._decode(entries)
-        if coalesce:
-            for entry in decoded:
-                size = len(entry.batch.body)
-                self._entry_bytes += (size - self._entry_bytes) * 0.25 if self._entry_bytes else size
-        groups = pack(decoded) if coalesce else [[entry] for entry in decoded]
-        for n, group in enumerate(groups):
-            self._work.put(WorkItem(group, deadline, holds_slot=n < slots))
-        return min(len(groups), slots)
-
-    def _decode(self, entries: list[Any]) -> list[WorkEntry]:
-        decoded = []
-        for entry_id, fields in entries:
-            if not fields:  # deleted after it was read (acknowledged by another consumer)
-                continue
-            try:
-                entry = decode_entry(entry_id, fields)
-            except EntryFormatError as exc:
-                try:
-                    self._dead_letter_raw(entry_id, fields, str(exc))
-                except Exception:  # stays pending; claimed (and dead-lettered) again later
-                    self._warn("dead", "could not dead-letter unreadable entry %s", entry_id)
-                continue
-            decoded.append(entry)
-        return decoded
-
-    def _claim(self) -> None:
-        """Take entries idle longer than the visibility timeout (their worker died or stalled)."""
-        min_idle = int(self.config.visibility_timeout * 1000)
-        cursor = "0-0"
-        while not self._draining.is_set():
-            slots = self._take_slots(0.0)
-            if not slots:
-                return
-            used = 0
-            try:
-                reply: Any = self.redis.xautoclaim(self.keys.work, self.keys.group, self.consumer, min_idle,
-                                              start_id=cursor, count=slots)
-                cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                used = self._dispatch(reply[1], slots)
-            finally:
-                for _ in range(slots - used):
-                    self._slots.release()
-            if used:
-                self.metrics.claimed.inc(used)
-            if cursor == "0-0" or not reply[1]:
-                return
-
-    def _update_gauges(self) -> None:
-        for group in self.redis.xinfo_groups(self.keys.work):
-            name = group.get("name")
-            if name in (self.keys.group, self.keys.group.encode()):
-                if group.get("lag") is not None:
-                    self.metrics.lag.set(group["lag"])
-                self.metrics.pending.set(group.get("pending") or 0)
-        self.metrics.dead_length.set(self.redis.xlen(self.keys.dead))
-
-    def _remove_idle_consumers(self) -> None:
-        idle_ms = int(self.config.visibility_timeout * 10 * 1000)
-        for name in remove_idle_consumers(self.redis, self.keys, idle_ms, keep=self.consumer):
-            log.info("ciotrack worker: removed idle consumer %s (no pending entries)", name)
 
     # -- delivering ---------------------------------------------------------------------------
 
@@ -333,7 +199,11 @@ class Worker(Finishing):
                     self._in_flight[entry.entry_id] = entry
                 self.metrics.in_flight.set(len(self._in_flight))
             try:
-                if len(item.entries) == 1:
+                if self._credentials.remaining():
+                    # Read before the key was refused: back to the stream untried, for a peer.
+                    for entry in item.entries:
+                        self._release(entry, "credentials")
+                elif len(item.entries) == 1:
                     self._deliver(item.entries[0], item.deadline)
                 else:
                     self._deliver_group(item.entries, item.deadline)
@@ -346,6 +216,7 @@ class Worker(Finishing):
                 with self._in_flight_lock:
                     for entry in item.entries:
                         self._in_flight.pop(entry.entry_id, None)
+                        self._held.discard(entry.entry_id)
                     self.metrics.in_flight.set(len(self._in_flight))
                 if item.holds_slot:
                     self._slots.release()
@@ -364,7 +235,8 @@ class Worker(Finishing):
             if not group:
                 return
         self.metrics.coalesced.inc(len(group))
-        results = list(self._delivery_for(group[0].region).deliver(Job(GroupBatch.join(group)), deadline))
+        results = self._heed_credentials(self._delivery_for(group[0].region).deliver(Job(GroupBatch.join(group)),
+                                                                                    deadline))
         if all(r.verdict is Verdict.DELIVERED and not r.failures for r in results):
             self.metrics.ops_delivered.inc(sum(entry.batch.count for entry in group))
             self._ack(*group)
@@ -392,7 +264,24 @@ class Worker(Finishing):
                 # A final answer (or the drain): not counted against it, since the request carried other
                 # entries too; claimed now and sent alone.
                 reason = "unmerged" if share.verdict is Verdict.FAILED else (share.verdict or Verdict.STOPPED).value
-                self._release(entry, reason, uncount_try=True)
+                self._release(entry, "credentials" if self._credentials.remaining() else reason, uncount_try=True)
+
+    def _heed_credentials(self, answers: Any) -> list[Result]:
+        """The results of a delivery, those whose answer refused the key (401/403) turned into STOPPED:
+        no try, the entry handed back (:mod:`ciotrack.fleet.credentials`); this worker pauses."""
+        from dataclasses import replace
+
+        from ciotrack.delivery import Verdict
+
+        results = []
+        for result in answers:
+            if result.verdict is Verdict.FAILED and result.status in REFUSED_CREDENTIALS:
+                self._credentials.refused(result.status)
+                result = replace(result, verdict=Verdict.STOPPED, reason=f"credentials refused ({result.status})")
+            elif result.verdict is Verdict.DELIVERED:
+                self._credentials.accepted()
+            results.append(result)
+        return results
 
     def _count_tries(self, entries: list[WorkEntry], step: int) -> list[int]:
         def count() -> list[int]:
@@ -417,7 +306,7 @@ class Worker(Finishing):
             self._dead_letter(entry, entry.batch, reason, tries - 1)
             return
         delivery = self._delivery_for(entry.region)
-        results = list(delivery.deliver(Job(entry.batch), deadline))
+        results = self._heed_credentials(delivery.deliver(Job(entry.batch), deadline))
         delivered = [r for r in results if r.verdict is Verdict.DELIVERED]
         failed = [r for r in results if r.verdict is Verdict.FAILED]
         unfinished = [r for r in results if r.verdict not in (Verdict.DELIVERED, Verdict.FAILED)]
@@ -461,7 +350,7 @@ class Worker(Finishing):
             # visibility timeout, which is the backoff.
             self.metrics.released.labels("exhausted").inc()
             return
-        self._release(entry, verdict)
+        self._release(entry, "credentials" if self._credentials.remaining() and unfinished else verdict)
 
     @staticmethod
     def _rejected_ops(result: Result) -> list[tuple[int, bytes]]:
