@@ -9,7 +9,7 @@ import time
 from collections import Counter
 
 import pytest
-from webhook_helpers import SECRET, signed
+from webhook_helpers import SECRET, in_forked_child, signed
 
 from ciotrack.webhooks import Claim, Event, MemoryDedup, Parked, RedisDedup, WebhookHandler
 from ciotrack.webhooks.samples import event_payload
@@ -245,27 +245,14 @@ def test_a_failed_dispatch_answers_503_and_lets_the_retry_through() -> None:
 
 
 def test_a_forked_child_gets_a_pool_of_its_own() -> None:
-    import os
-
     recorder = Recorder()
     handler = WebhookHandler(SECRET, recorder)
     assert handler.handle(*signed(event_payload(event_id="parent"))).status == 200
     assert handler.drain(5)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its pool's threads were not copied by fork()
-        code = 1
-        try:
-            os.close(read_end)
-            ok = handler.handle(*signed(event_payload(event_id="child"))).status == 200 and handler.drain(5)
-            ids = ",".join(e.event_id for e in recorder.events)
-            os.write(write_end, f"{ok}:{ids}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert status == 0 and answer == "True:parent,child"
+
+    def child() -> str:  # its pool's threads were not copied by fork()
+        ok = handler.handle(*signed(event_payload(event_id="child"))).status == 200 and handler.drain(5)
+        return f"{ok}:" + ",".join(e.event_id for e in recorder.events)
+
+    assert in_forked_child(child) == "True:parent,child"
     handler.close(5)

@@ -6,14 +6,13 @@ are refused, and a forked child counts its first concurrent webhooks right."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
 from typing import Any
 
 import pytest
-from webhook_helpers import SECRET, signed
+from webhook_helpers import SECRET, in_forked_child, signed
 
 from ciotrack.webhooks import Claim, Event, MemoryDedup, RedisDedup, WebhookHandler, sign, verify
 from ciotrack.webhooks.samples import event_payload
@@ -167,28 +166,17 @@ def test_a_forked_child_counts_its_first_concurrent_webhooks() -> None:
     """A handler made before the fork (a pre-loading server), then two webhooks at once in the child:
     both are counted in the child's fresh pending count, so drain() sees them done."""
     handler = WebhookHandler(SECRET, lambda e: None)
-    results = []
-    for _ in range(10):
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read_end)
-                sys.setswitchinterval(1e-6)  # let the two threads interleave as much as they can
-                barrier = threading.Barrier(2)
-                threads = [threading.Thread(target=_at_once, args=(barrier, handler, signed(event_payload())))
-                           for _ in range(2)]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-                os.write(write_end, f"{handler.drain(2)} {handler.stats()['pending']}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            results.append(pipe.read().decode())
-        os.waitpid(pid, 0)
+
+    def child() -> str:
+        sys.setswitchinterval(1e-6)  # let the two threads interleave as much as they can
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=_at_once, args=(barrier, handler, signed(event_payload())))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return f"{handler.drain(2)} {handler.stats()['pending']}"
+
+    results = [in_forked_child(child) for _ in range(10)]
     assert results == ["True 0"] * 10

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 SECRET = "whsec-test-7d1f"
@@ -47,3 +49,22 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def in_forked_child(body: Callable[[], str]) -> str:
+    """``body()`` run in a forked child, its text passed back through a pipe. The child ends with
+    ``os._exit`` whatever happens (never pytest's teardown twice); a child that failed fails the test."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, f"the child exited with status {status}"
+    return answer
