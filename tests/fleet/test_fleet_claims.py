@@ -53,6 +53,32 @@ def test_an_entry_held_by_this_worker_is_not_handed_out_again(redis_server: Redi
     assert worker._dispatch(again, 4) == 2
 
 
+def test_an_entry_claimed_while_its_thread_finishes_is_handed_out_once_that_thread_is_done(
+        redis_server: RedisServer) -> None:
+    """A thread releases its entry (a failed try) and, before it is done, a claim pass takes that entry
+    back to this worker: it is not sent twice at once, and it does not wait out the visibility timeout
+    either (the claim reset its idle time): it is queued again when the thread is done. Unless the
+    thread settled it meanwhile, as Redis tells."""
+    client = redis_client(redis_server.url)
+    write_entries(client, 2, per=1)
+    worker = Worker(WorkerConfig(redis_server.url, SITE_ID, API_KEY, consumer="me", rate_limit=0, concurrency=4))
+    [(_, fresh)] = client.xreadgroup(KEYS.group, "me", {KEYS.work: ">"}, count=2)
+    assert worker._dispatch(fresh, 4) == 2
+    items = [worker._work.get_nowait() for _ in range(2)]
+    entries = [item.entries[0] for item in items if item is not None]
+    for entry in entries:
+        worker._release(entry, "test")  # claimable at once
+    worker._claim()
+    assert worker._work.qsize() == 0 and sorted(worker._claimed_while_held) == sorted(e.entry_id for e in entries)
+    worker._ack(entries[1])  # this one's thread settled it after all
+    for item in items:
+        assert item is not None
+        worker._finished_item(item)
+    again = worker._work.get_nowait()
+    assert again is not None and [e.entry_id for e in again.entries] == [entries[0].entry_id]
+    assert worker._work.qsize() == 0 and not worker._claimed_while_held
+
+
 def test_claims_reach_idle_entries_behind_many_busy_ones(redis_server: RedisServer) -> None:
     """XAUTOCLAIM scans at most 10 x COUNT pending entries per call (COUNT: this worker's idle threads,
     here 1). A dead peer's idle entry behind more busy entries of a live peer than one claim pass scans

@@ -98,7 +98,10 @@ def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(
     client = redis_client(redis_server.url)
     ensure_group(client, KEYS)
     poison = b'{"batch":[{"type":"person"}x]}'  # not JSON: the Track API answers 400 for the whole batch
-    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 27),)))
+    # Its one op is the bytes `{"type":"person"}x`, not JSON either: coalesced with the producer's entries it
+    # spoils their request too (400), and each entry is then sent alone, so the poison always ends after its
+    # own 3 tries. (An op of valid JSON would be refused in a 207 when coalesced: dead-lettered after one try.)
+    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 28),)))
     producer = spawn_producer(redis_server.url, 0, 400, 0.5)
     worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "3",
                            log=tmp_path / "w.log")
@@ -110,8 +113,40 @@ def test_poison_entry_is_dead_lettered_after_max_tries_and_blocks_nothing(
     assert fields[b"error"].startswith(b"400")
     assert worker.terminate() == 0
     assert client.xlen(KEYS.work) == 0 and client.hlen(KEYS.tries) == 0
-    # Each try reached the emulator: three 400s, then nothing more for it.
-    assert int(spawned_emulator.stats()["by_status"].get("400", 0)) == 3
+    # Each try reached the emulator: three 400s, and one more when the poison was read together with
+    # the producer's first entries and spoiled their coalesced request (see the next test).
+    assert int(spawned_emulator.stats()["by_status"].get("400", 0)) in (3, 4)
+
+
+def test_a_poison_entry_read_together_with_good_ones_still_ends_after_its_own_tries(
+        redis_server: RedisServer, spawned_emulator: Any, tmp_path: Path) -> None:
+    """Queued before the worker starts, the poison entry and two good ones are read in one turn and
+    coalesced into one request: the poison spoils it (400), each entry is then sent alone, the good ones
+    are delivered and the poison is dead-lettered after its own 3 tries, whole."""
+    from ciotrack.fleet.streams import encode_entry, ensure_group
+
+    client = redis_client(redis_server.url)
+    ensure_group(client, KEYS)
+
+    def good(seq: int) -> bytes:
+        return (b'{"batch":[{"type":"person","identifiers":{"id":"p0"},"action":"event","name":"e",'
+                b'"id":"01ARZ3NDEKTSV4RRFFQ69G5F%02d","timestamp":1700000000,"attributes":{"p":0,"seq":%d}}]}'
+                % (seq, seq))
+
+    poison = b'{"batch":[{"type":"person"}x]}'
+    client.xadd(KEYS.work, encode_entry(good(0), "us", "test"))
+    poison_id = client.xadd(KEYS.work, encode_entry(poison, "us", "test", offsets=((10, 28),)))
+    client.xadd(KEYS.work, encode_entry(good(1), "us", "test"))
+    worker = WorkerProcess(redis_server.url, spawned_emulator.url, "--rate-limit", "0", "--max-deliveries", "3",
+                           log=tmp_path / "w.log")
+    assert wait_until(lambda: client.xlen(KEYS.dead) == 1 and len(stored_events(spawned_emulator)) == 2, 30)
+    [(_dead_id, fields)] = client.xrange(KEYS.dead)
+    assert (fields[b"source_id"], fields[b"tries"], fields[b"body"]) == (poison_id, b"3", poison)
+    assert sorted(stored_events(spawned_emulator)) == [(0, 0), (0, 1)]
+    assert worker.terminate() == 0
+    assert client.xlen(KEYS.work) == 0 and client.hlen(KEYS.tries) == 0
+    # The coalesced request's 400, then each of the poison's own three tries, then nothing more for it.
+    assert int(spawned_emulator.stats()["by_status"].get("400", 0)) == 4
 
 
 def test_rejected_operations_of_a_207_are_dead_lettered_and_the_rest_delivered(

@@ -58,11 +58,14 @@ class Reading(Finishing):
     _work: queue.Queue[WorkItem | None]
     _entry_bytes: float
     _held: set[str]
+    """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
+    _claimed_while_held: dict[str, WorkEntry]
+    """Entries a claim returned while this process still held them (under ``_in_flight_lock``): handed
+    out again once their thread is done with them (see :meth:`_dispatch`)."""
     _credentials: CredentialsPause
     _finishing: threading.Event
     _claim_cursor: str
     """Where the next XAUTOCLAIM starts: kept across claim passes (see :meth:`_claim`)."""
-    """Ids of the entries queued for or being delivered by this process (under ``_in_flight_lock``)."""
     _in_flight_lock: threading.Lock
 
     # -- reading ------------------------------------------------------------------------------
@@ -156,14 +159,15 @@ class Reading(Finishing):
             return 1
         return max(1, min(_MAX_FRESH_PER_SLOT, round(MAX_BODY_BYTES / self._entry_bytes)))
 
-    def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False) -> int:
+    def _dispatch(self, entries: list[Any], slots: int, coalesce: bool = False, claimed: bool = False) -> int:
         """Queue decoded entries for the delivery threads, coalesced into groups when ``coalesce``
         (fresh entries only); returns how many of the ``slots`` taken they use.
 
         An entry this process already holds (queued or being delivered) is skipped, so no entry is ever
-        sent by two of its threads at once, whichever read returned it again (a claim of an entry just
-        released while its thread finishes, a re-read of the own PEL). A skipped claim only waits: the
-        entry is still pending and is claimed again after the visibility timeout."""
+        sent by two of its threads at once, whichever read returned it again. A ``claimed`` one (a claim
+        of an entry its thread released a moment ago and is still finishing with) is now pending here
+        with its idle time reset, so no claim would take it before the visibility timeout: it is kept
+        in ``_claimed_while_held`` and handed out again when that thread is done (:meth:`_hand_back_claimed`)."""
         if self._finishing.is_set():
             return 0  # the drain already handed back what was queued: these stay pending, claimed later
         deadline = time.monotonic() + self.config.delivery_deadline
@@ -173,6 +177,8 @@ class Reading(Finishing):
                 if entry.entry_id not in self._held:
                     self._held.add(entry.entry_id)
                     decoded.append(entry)
+                elif claimed:
+                    self._claimed_while_held[entry.entry_id] = entry
         if coalesce:
             for entry in decoded:
                 size = len(entry.batch.body)
@@ -181,6 +187,22 @@ class Reading(Finishing):
         for n, group in enumerate(groups):
             self._work.put(WorkItem(group, deadline, holds_slot=n < slots))
         return min(len(groups), slots)
+
+    def _hand_back_claimed(self, entries: list[WorkEntry]) -> None:
+        """Entries a claim took while their thread was finishing (see :meth:`_dispatch`), that thread now
+        done: queued again if they are still pending at this consumer (the thread may have settled one
+        after all, and a settled entry must not be sent twice)."""
+        for entry in entries:
+            pending = self.redis.xpending_range(self.keys.work, self.keys.group, min=entry.entry_id,
+                                                max=entry.entry_id, count=1)
+            owner = pending[0]["consumer"] if pending else None
+            if owner not in (self.consumer, self.consumer.encode()):
+                continue
+            with self._in_flight_lock:
+                if entry.entry_id in self._held:
+                    continue
+                self._held.add(entry.entry_id)
+            self._work.put(WorkItem([entry], time.monotonic() + self.config.delivery_deadline, holds_slot=False))
 
     def _decode(self, entries: list[Any]) -> list[WorkEntry]:
         decoded = []
@@ -221,7 +243,7 @@ class Reading(Finishing):
                                                    start_id=self._claim_cursor, count=slots)
                 cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
                 self._claim_cursor = cursor
-                used = self._dispatch(reply[1], slots)
+                used = self._dispatch(reply[1], slots, claimed=True)
             finally:
                 for _ in range(slots - used):
                     self._slots.release()

@@ -84,6 +84,7 @@ class Worker(Reading):
         self._in_flight: dict[str, WorkEntry] = {}
         self._in_flight_lock = threading.Lock()
         self._held: set[str] = set()
+        self._claimed_while_held: dict[str, WorkEntry] = {}
         self._threads: list[threading.Thread] = []
         self._session: Any = None
         self._last_warning: dict[str, float] = {}
@@ -213,13 +214,25 @@ class Worker(Reading):
                 self._warn("deliver", "delivering entry %s failed unexpectedly", item.entries[0].entry_id,
                            exc_info=True)
             finally:
-                with self._in_flight_lock:
-                    for entry in item.entries:
-                        self._in_flight.pop(entry.entry_id, None)
-                        self._held.discard(entry.entry_id)
-                    self.metrics.in_flight.set(len(self._in_flight))
-                if item.holds_slot:
-                    self._slots.release()
+                self._finished_item(item)
+
+    def _finished_item(self, item: WorkItem) -> None:
+        """A delivery thread is done with ``item``: its entries are no longer held here, its slot is free,
+        and any of them a claim took meanwhile is handed out again."""
+        with self._in_flight_lock:
+            for entry in item.entries:
+                self._in_flight.pop(entry.entry_id, None)
+                self._held.discard(entry.entry_id)
+            self.metrics.in_flight.set(len(self._in_flight))
+            again = [self._claimed_while_held.pop(entry.entry_id) for entry in item.entries
+                     if entry.entry_id in self._claimed_while_held]
+        if item.holds_slot:
+            self._slots.release()
+        if again:
+            try:
+                self._hand_back_claimed(again)
+            except Exception:  # Redis gone: they stay pending here, claimed after the visibility timeout
+                self._warn("claimed", "could not hand out %d claimed entries again", len(again), exc_info=True)
 
     def _deliver_group(self, group: list[WorkEntry], deadline: float) -> None:
         """Several fresh entries as one request, each settled as if sent alone (:mod:`.coalesce`)."""
