@@ -26,6 +26,11 @@ pub struct TokenBucket<C: Clock = MonotonicClock> {
     sleepers: AtomicUsize,
 }
 
+/// The longest interval between tokens and the longest burst window, in ns: far below `u64::MAX`,
+/// so `tat + interval` and `now + burst` never saturate.
+const MAX_INTERVAL_NS: f64 = 1e18;
+const MAX_BURST_NS: f64 = 4e18;
+
 impl<C: Clock> TokenBucket<C> {
     /// `rate` tokens per second (`rate <= 0` or not finite: unlimited), at most `burst` at once
     /// (at least 1). Starts full.
@@ -37,10 +42,18 @@ impl<C: Clock> TokenBucket<C> {
             1.0
         };
         let (interval_ns, burst_ns) = if limited {
-            let interval = (1e9 / rate).round().max(1.0);
+            // Capped (a token every ~31 years at most, a burst of ~127 years): a tinier rate would
+            // saturate the u64 arithmetic below, and a saturated `next` passes every check.
+            let exact = (1e9 / rate).round();
+            let interval = exact.clamp(1.0, MAX_INTERVAL_NS);
+            let burst_ns = if exact > MAX_INTERVAL_NS {
+                burst * interval // the burst in capped intervals, so it stays `burst` tokens
+            } else {
+                (burst * 1e9 / rate).round()
+            };
             (
                 interval as u64,
-                (burst * 1e9 / rate).round().max(interval) as u64,
+                burst_ns.clamp(interval, MAX_BURST_NS) as u64,
             )
         } else {
             (0, 0)
@@ -197,6 +210,17 @@ mod tests {
         clock.advance(Duration::from_secs(60));
         assert_eq!(bucket.tokens(), 5.0, "never more than burst");
         assert_eq!(take_all(&bucket), 5);
+    }
+
+    #[test]
+    fn a_tiny_rate_still_limits() {
+        for rate in [1e-10, 5e-11, 1e-15, f64::MIN_POSITIVE] {
+            let (bucket, clock) = manual(rate, 1.0);
+            assert!(!bucket.is_unlimited());
+            assert_eq!(take_all(&bucket), 1, "rate {rate}: the burst, then nothing");
+            clock.advance(Duration::from_secs(3600 * 24 * 365));
+            assert_eq!(take_all(&bucket), 0, "rate {rate}: not a token in a year");
+        }
     }
 
     #[test]

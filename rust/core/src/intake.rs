@@ -248,13 +248,7 @@ impl Shared {
         let queue = &self.lanes[lane];
         if let Some(entry) = dedup {
             if self.dedup.is_duplicate(entry.key, entry.value, now) {
-                let counter = if entry.identify {
-                    &self.metrics.deduped_identify
-                } else {
-                    &self.metrics.deduped_event
-                };
-                counter.fetch_add(1, Relaxed);
-                return DEDUPED;
+                return self.deduped(entry);
             }
         }
         let op = Op {
@@ -263,7 +257,7 @@ impl Shared {
         };
         let code = match queue.push(op) {
             Ok(()) => ACCEPTED,
-            Err(op) => self.overflow(lane, queue, op, waiter),
+            Err(op) => self.overflow(lane, queue, op, dedup, waiter),
         };
         if code == ACCEPTED {
             if let Some(entry) = dedup {
@@ -274,13 +268,26 @@ impl Shared {
         code
     }
 
-    /// The lane refused `op`: apply `on_full`.
+    /// Counts a call found to repeat `entry`.
+    fn deduped(&self, entry: DedupEntry) -> i32 {
+        let counter = if entry.identify {
+            &self.metrics.deduped_identify
+        } else {
+            &self.metrics.deduped_event
+        };
+        counter.fetch_add(1, Relaxed);
+        DEDUPED
+    }
+
+    /// The lane refused `op`: apply `on_full`. `dedup` is the op's entry, checked before the first
+    /// push and checked again after every wait of `block`.
     #[cold]
     fn overflow(
         &self,
         lane: usize,
         queue: &OpQueue,
         mut op: Op,
+        dedup: Option<DedupEntry>,
         waiter: &impl BlockingWait,
     ) -> i32 {
         let refuse = || {
@@ -328,6 +335,17 @@ impl Shared {
                     waiter.block(&|| {
                         queue.wait_space(len, wait);
                     });
+                    // The wait released the GIL: another thread may have queued the same operation
+                    // meanwhile (and recorded it). Back under the GIL, this check, the push and the
+                    // record are one step again.
+                    if let Some(entry) = dedup {
+                        if self
+                            .dedup
+                            .is_duplicate(entry.key, entry.value, clock::now_ns())
+                        {
+                            return self.deduped(entry);
+                        }
+                    }
                     match queue.push(op) {
                         Ok(()) => return ACCEPTED,
                         Err(back) => op = back,

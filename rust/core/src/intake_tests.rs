@@ -158,6 +158,46 @@ fn an_evicted_identify_is_forgotten_so_the_same_identify_is_taken_again() {
     assert_eq!(shared.submit(0, identify, entry(), &InPlace), ACCEPTED);
 }
 
+/// While a `block` call waits (with the GIL released, in the binding), another caller queues the same
+/// operation: the waiting call must find it a duplicate when it wakes, not queue a second copy.
+struct SameOpDuringWait<'a> {
+    shared: &'a Shared,
+    entry: DedupEntry,
+}
+
+impl BlockingWait for SameOpDuringWait<'_> {
+    fn block(&self, wait: &(dyn Fn() + Sync)) {
+        self.shared.lanes[0].drain_all(); // a sender makes room
+        let other = self
+            .shared
+            .submit(0, b"{\"op\":\"dup\"}", Some(self.entry), &InPlace);
+        assert_eq!(other, ACCEPTED);
+        wait();
+    }
+}
+
+#[test]
+fn a_blocked_call_finds_the_same_op_queued_during_its_wait_a_duplicate() {
+    let shared = small(2, "block");
+    let entry = DedupEntry {
+        key: 42,
+        value: 0,
+        identify: false,
+    };
+    assert_eq!(shared.submit(0, b"{\"op\":1}", None, &InPlace), ACCEPTED);
+    assert_eq!(shared.submit(0, b"{\"op\":2}", None, &InPlace), ACCEPTED); // full
+    let waiter = SameOpDuringWait {
+        shared: &shared,
+        entry,
+    };
+    assert_eq!(
+        shared.submit(0, b"{\"op\":\"dup\"}", Some(entry), &waiter),
+        DEDUPED
+    );
+    assert_eq!(shared.lanes[0].drain_all().len(), 1);
+    assert_eq!(shared.metrics.deduped_event.load(Relaxed), 1);
+}
+
 #[test]
 fn spool_overflow_is_kept_per_lane_until_taken() {
     let shared = core(CoreConfig {
