@@ -146,7 +146,8 @@ class Config:
     """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
     (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
     ``spool_evicted`` (the spool's size cap), ``spool_deleted`` (spooled operations whose file
-    someone else deleted), ``closed`` (a call after ``close()``), ``shutdown``
+    someone else deleted), ``spool_damaged`` (spooled operations in a record that failed its checksum
+    on replay), ``closed`` (a call after ``close()``), ``shutdown``
     (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender),
     ``dead_letter`` (spooled operations that kept failing on replay, set aside in a ``*.dead`` file)."""
     metrics: bool = True

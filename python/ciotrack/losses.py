@@ -60,6 +60,9 @@ class Reason(enum.StrEnum):
     """The spool's size cap evicted its oldest segments."""
     SPOOL_DELETED = "spool_deleted"
     """Spooled operations whose segment file someone else deleted (a tmp cleaner)."""
+    SPOOL_DAMAGED = "spool_damaged"
+    """Spooled operations in a record that failed its checksum on replay (disk or filesystem damage):
+    counted from the record's header, whose own checksum vouches for the count."""
     # Final failures: sent, never accepted.
     REJECTED = "rejected"
     """The destination's final answer (a 4xx, a 207's per-operation error, a TLS failure)."""
@@ -100,6 +103,7 @@ _DROP_MESSAGES: dict[Reason, str] = {
     Reason.SHUTDOWN: "%d queued operation(s) not delivered before the deadline",
     Reason.RELEASED: "tracker collected with %d undelivered operation(s) (no sender running)",
     Reason.SPOOL_EVICTED: "spool over its size cap; %d oldest spooled operation(s) evicted",
+    Reason.SPOOL_DAMAGED: "%d spooled operation(s) lost in damaged spool record(s)",
     Reason.DEAD_LETTER: "%d spooled operation(s) kept failing on replay; moved to a dead-letter file",
 }
 

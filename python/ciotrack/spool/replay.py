@@ -220,7 +220,9 @@ class SpoolReplay:
         segment = self._next_segment()
         if segment is None:
             return False
-        self._feed(self._open(segment), low_water=True)
+        claim = self._open(segment)
+        if claim is not None:
+            self._feed(claim, low_water=True)
         return True
 
     def _may_claim(self) -> bool:
@@ -263,7 +265,9 @@ class SpoolReplay:
             self._round = None
         return segment
 
-    def _open(self, segment: Segment) -> _Claim:
+    def _open(self, segment: Segment) -> _Claim | None:
+        """Read ``segment`` into a claim; None when it could not be read (it is released, so kept for a
+        later round: a claim without records would be settled at once, deleting the unread file)."""
         records: collections.deque[tuple[int, list[bytes]]] = collections.deque()
         for region, ops in segment.records():
             lane = self._host.lane_for(region)
@@ -273,8 +277,18 @@ class SpoolReplay:
                 self._core.incr("spool_foreign", len(ops))
             elif ops:
                 records.append((lane, ops))
+        if segment.read_failed:
+            self._finish(_Claim(segment, records, 0), delete=False)
+            return None
         if segment.skipped_records:
             self._core.incr("spool_damaged_records", segment.skipped_records)
+            # Ops in a record whose payload failed its checksum are gone: through the loss door, counted
+            # from the header (its own CRC vouches for it). Damaged spans and torn tails hold no count
+            # that can be trusted: their bytes are counted and logged by records().
+            self._host.losses.drop(Reason.SPOOL_DAMAGED, segment.skipped_ops,
+                                   detail=f"{segment.skipped_records} damaged record(s) in {segment.path.name}")
+        if segment.damaged_bytes or segment.dropped_tail_bytes:
+            self._core.incr("spool_damaged_bytes", segment.damaged_bytes + segment.dropped_tail_bytes)
         claim = _Claim(segment, records, self._host.lane_count)
         self._claims.append(claim)
         return claim
@@ -368,7 +382,10 @@ class SpoolReplay:
                 return
         while len(self._claims) < MAX_HELD:
             segment = self._next_segment()
-            if segment is None or not self._feed(self._open(segment), low_water=False):
+            if segment is None:
+                return
+            opened = self._open(segment)
+            if opened is not None and not self._feed(opened, low_water=False):
                 return
 
     # -- close and fork ---------------------------------------------------------------------------
