@@ -13,11 +13,15 @@ import os
 import pathlib
 import resource
 import shutil
+import time
 from typing import Any
+
+import pytest
 
 from ciotrack import Tracker
 from ciotrack.emulator import Emulator
 from ciotrack.spool import Spool, encode_record
+from ciotrack.spool.segments import _RESCAN_SECONDS
 
 from conftest import API_KEY, SITE_ID, all_events, free_port
 
@@ -27,12 +31,18 @@ def _op(n: int) -> bytes:
                        "name": "checkout", "id": f"01J{n:023d}"}).encode()
 
 
-def test_spool_deleted_under_its_writer_is_recreated_and_the_loss_reported(tmp_path: pathlib.Path) -> None:
+# Within _RESCAN_SECONDS of the last directory scan, append trusts its byte estimate; past it, it reads
+# the directory first: both paths must notice the deletion.
+@pytest.mark.parametrize("later", [False, True], ids=["at-once", "past-the-rescan"])
+def test_spool_deleted_under_its_writer_is_recreated_and_the_loss_reported(tmp_path: pathlib.Path,
+                                                                           later: bool) -> None:
     directory = tmp_path / "spool"
     deleted: list[int] = []
     spool = Spool(directory, on_deleted=deleted.append)
     spool.append([_op(1), _op(2)])
     shutil.rmtree(directory)  # a tmp cleaner
+    if later:
+        time.sleep(_RESCAN_SECONDS + 0.5)
     spool.append([_op(3)])    # must not go into the unlinked file
     spool.close()
     assert deleted == [2]
@@ -58,6 +68,7 @@ def test_a_tracker_whose_spool_directory_is_deleted_keeps_spooling(tmp_path: pat
     assert tracker.flush(timeout=20)
     assert tracker.stats().counters.get("spooled") == 100
     shutil.rmtree(spool_dir)
+    time.sleep(_RESCAN_SECONDS + 0.5)  # the next append reads the directory before writing
     for i in range(100):
         tracker.track(f"user-{i}", "after")
     tracker.close(timeout=20)

@@ -116,6 +116,9 @@ class Spool:
         with self._guard():
             if self._closed:
                 raise ValueError("append to a closed spool")
+            # Before anything reads the directory: if it was deleted (rm -rf of the spool), the loss
+            # of our writer segment is noticed and reported whichever path this append takes.
+            deleted = self._check_writer()
             evicted, fits = self._make_room(len(record))
             if fits:
                 self._write(record, len(ops))
@@ -123,6 +126,11 @@ class Spool:
                 evicted += len(ops)
                 log.warning("spool %s is full (max_bytes=%d): refused a record of %d ops, %d bytes",
                             self.directory, self.max_bytes, len(ops), len(record))
+        if deleted and self._on_deleted is not None:  # outside the lock, as on_evict
+            try:
+                self._on_deleted(deleted)
+            except Exception:
+                log.exception("spool on_deleted hook raised")
         if evicted and self._on_evict is not None:  # outside the lock: the hook may call us back
             try:
                 self._on_evict(evicted)
@@ -199,7 +207,13 @@ class Spool:
             self._claimed.discard(segment)
 
     def _segment_names(self) -> list[str]:
-        names = os.listdir(self.directory)
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            # The directory was deleted (a tmp cleaner, rm -rf): it holds nothing; make it again so
+            # the spool keeps working instead of failing every append from now on.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return []
         return sorted(n for n in names if n.endswith(SEGMENT_SUFFIX) and not n.startswith("."))
 
     def _scan_dir(self) -> tuple[int, list[tuple[str, int]]]:
@@ -222,7 +236,10 @@ class Spool:
                 skip_once(path, exc.strerror or str(exc))
                 continue
             segments.append((name, size))
-        self._scans = {name: self._scans[name] for name, _ in segments}
+        kept = {name for name, _ in segments}
+        if self._writer is not None:  # even when deleted under us: _check_writer reports its ops from it
+            kept.add(self._writer.name)
+        self._scans = {name: scan for name, scan in self._scans.items() if name in kept}
         total = sum(size for _, size in segments)
         self._estimated_bytes, self._scanned_at = total, time.monotonic()
         return total, segments
@@ -276,9 +293,6 @@ class Spool:
         if writer is not None and writer.size > 0 and writer.size + len(record) > self.segment_bytes:
             self._close_writer()
             writer = None
-        if writer is not None and os.fstat(writer.fd).st_nlink == 0:
-            self._writer_deleted(writer)
-            writer = None
         if writer is None:
             writer = self._writer = self._open_writer()
         view = memoryview(record)
@@ -301,19 +315,18 @@ class Spool:
         scan.offset, scan.ops = writer.size, scan.ops + ops
         self._estimated_bytes += len(record)
 
-    def _writer_deleted(self, writer: _Writer) -> None:
-        """Our segment was unlinked under us (a tmp cleaner, ``rm -rf``): what it held is gone.
-        Never count a write into it; report the loss; the next write starts a fresh segment."""
+    def _check_writer(self) -> int:
+        """Ops lost when our segment was unlinked under us (a tmp cleaner, ``rm -rf``): what it held is
+        gone. Never write into it; the caller reports the loss; the next write starts a fresh segment."""
+        writer = self._writer
+        if writer is None or os.fstat(writer.fd).st_nlink > 0:
+            return 0
         self._close_writer()
         scan = self._scans.pop(writer.name, None)
         lost = scan.ops if scan is not None else 0
         log.warning("spool segment %s was deleted by someone else; %d spooled operation(s) in it are lost",
                     writer.name, lost)
-        if lost and self._on_deleted is not None:
-            try:
-                self._on_deleted(lost)
-            except Exception:
-                log.exception("spool on_deleted hook raised")
+        return lost
 
     def _write_foreign(self, records: list[bytes]) -> None:
         """Write raw records of a newer format version to a segment of their own, which this process
@@ -375,7 +388,11 @@ class Spool:
 
     def _sweep_stale_creating(self) -> None:
         """Remove empty ``.creating`` files of writers that died before renaming them."""
-        for name in os.listdir(self.directory):
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:  # deleted: _segment_names makes it again
+            return
+        for name in names:
             if not (name.startswith(".") and name.endswith(_CREATING_SUFFIX)):
                 continue
             fd = lock_existing(self.directory / name)
