@@ -427,24 +427,29 @@ class Pipeline:
         try:  # even when a KeyboardInterrupt cuts an inline flush short: nothing queued left unaccounted
             flushed = self.flush(timeout)
         finally:
-            self._stop.set()
-            self.core.close()
-            self.router.close_limiters()
-            self._senders.join(deadline)
-            for route in self.routes:
-                while route.parked:
-                    job = route.parked.pop(0)
-                    self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-            self._owners.abandon_in_flight(self.routes)
-            for route in self.routes:
-                leftover = route.lane.drain_ops()
-                if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
-                    self.losses.drop(Reason.SHUTDOWN, len(leftover))
-            self.watch_overflow(True)
-            if self.replay is not None:
-                self.replay.close()
-            self.router.close()
+            self._wind_down(deadline, Reason.SHUTDOWN)
         return flushed
+
+    def _wind_down(self, deadline: float | None, leftover_reason: Reason) -> None:
+        """Stop, then account for everything not delivered: parked and abandoned batches and what is
+        still queued are spooled, or reported (``leftover_reason`` for never-sent operations)."""
+        self._stop.set()
+        self.core.close()
+        self.router.close_limiters()
+        self._senders.join(deadline)
+        for route in self.routes:
+            while route.parked:
+                job = route.parked.pop(0)
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
+        self._owners.abandon_in_flight(self.routes)
+        for route in self.routes:
+            leftover = route.lane.drain_ops()
+            if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
+                self.losses.drop(leftover_reason, len(leftover))
+        self.watch_overflow(True)
+        if self.replay is not None:
+            self.replay.close()
+        self.router.close()
 
     @property
     def closed(self) -> bool:
@@ -455,10 +460,18 @@ class Pipeline:
         if self._closed or self._forked_away:
             return
         if not self._senders.threads or self._inline:
-            pending = sum(len(r.lane) for r in self.routes)
-            if pending and not self.config.disabled:
-                self.losses.drop(Reason.RELEASED, pending)
-            self._closed = True
+            # Nothing will deliver any more, and the exit handler skips a closed pipeline: account for
+            # everything now, without a request. A sync flush(timeout) may have parked a batch (in
+            # flight, not in the lane), and replayed operations sit in the lanes while their segment
+            # stays claimed: spool what a spool takes (so replay's segments can go), report the rest.
+            with self._cv:
+                if self._closed:
+                    return
+                self._closed = True
+            self.losses.closing = True
+            if self.replay is not None:
+                self.replay.stop_replay()
+            self._wind_down(_monotonic(), Reason.RELEASED)
             return
         self._draining = True
         self.core.wake()

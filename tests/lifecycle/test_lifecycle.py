@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import time
 import weakref
 
 from ciotrack.emulator import Emulator
+from ciotrack.errors import DeliveryError
 from ciotrack.tracker import Tracker
 
 from conftest import API_KEY, SITE_ID, TrackerFactory, all_events
@@ -165,3 +167,40 @@ def test_tracker_is_garbage_collected_and_its_queue_still_delivered(emulator: Em
     gc.collect()
     assert ref() is None
     assert emulator.wait_events(100, timeout=10)
+
+
+def _sync_tracker_with_a_parked_batch(emulator: Emulator, spool_dir: str | None,
+                                      drops: list[tuple[str, int]], errors: list[DeliveryError]) -> None:
+    """A sync tracker whose flush(timeout) ran out while its batch waited for a retry (parked in
+    flight, not in the lane), then collected."""
+    emulator.set_faults(error_rate=1.0, error_statuses=[503])
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, sync=True, spool_dir=spool_dir, rate_limit=0,
+                      backoff_base=30, backoff_cap=30, on_drop=lambda reason, n: drops.append((reason, n)),
+                      on_error=errors.append)
+    for i in range(10):
+        tracker.track("gc-user", "parked", {"i": i})
+    assert not tracker.flush(timeout=0.3)  # a 503, then a retry delay far past the deadline
+    pipeline = tracker._pipeline
+    assert [job.batch.count for route in pipeline.routes for job in route.parked] == [10]
+    del tracker, pipeline
+    gc.collect()
+    emulator.set_faults()
+
+
+def test_a_collected_sync_tracker_spools_its_parked_batch(emulator: Emulator, tmp_path: pathlib.Path) -> None:
+    drops: list[tuple[str, int]] = []
+    errors: list[DeliveryError] = []
+    _sync_tracker_with_a_parked_batch(emulator, str(tmp_path), drops, errors)
+    assert (drops, errors) == ([], [])
+    replayer = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, sync=True, spool_dir=str(tmp_path), rate_limit=0)
+    assert replayer.flush(timeout=20)
+    replayer.close(timeout=10)
+    assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(10))
+
+
+def test_a_collected_sync_tracker_without_a_spool_reports_its_parked_batch(emulator: Emulator) -> None:
+    drops: list[tuple[str, int]] = []
+    errors: list[DeliveryError] = []
+    _sync_tracker_with_a_parked_batch(emulator, None, drops, errors)
+    assert drops == [] and [len(e.ops) for e in errors] == [10]
+    assert all_events(emulator.state()) == []
