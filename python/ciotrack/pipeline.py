@@ -348,6 +348,8 @@ class Pipeline:
 
     def flush(self, timeout: float | None = None) -> bool:
         """True once every operation accepted before the call is delivered or finally failed."""
+        if self.forked_here():
+            return True  # nothing queued here is ours: the parent delivers it
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
         targets = self._targets()
         if self.config.disabled:
@@ -389,6 +391,8 @@ class Pipeline:
         """Flush within ``timeout`` (None: until every batch is delivered or has finally failed), then
         stop the senders and close the destinations. Idempotent. What could not be delivered is spooled
         or reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
+        if self.forked_here():  # before self._cv: a parent thread may have held it at the fork
+            return True
         with self._cv:
             if self._forked_away:
                 return True
@@ -457,7 +461,7 @@ class Pipeline:
 
     def release(self) -> None:
         """The Tracker was garbage-collected: senders deliver what is queued, then exit on their own."""
-        if self._closed or self._forked_away:
+        if self._closed or self.forked_here():
             return
         if not self._senders.threads or self._inline:
             # Nothing will deliver any more, and the exit handler skips a closed pipeline: account for
@@ -475,6 +479,16 @@ class Pipeline:
             return
         self._draining = True
         self.core.wake()
+
+    def forked_here(self) -> bool:
+        """True in a process forked from the one that built this pipeline, which is then forgotten: a
+        fork that skipped Python's at-fork hooks (a C ``fork()``, as uWSGI's) is only seen here. Closing
+        or flushing the parent's copy would spool its queue, which the parent delivers: duplicates."""
+        if self.pid == os.getpid():
+            return False
+        if not self._forked_away:
+            self.forget_after_fork()
+        return True
 
     def forget_after_fork(self) -> None:
         """In a forked child: this pipeline belongs to the parent (which delivers its queue). Never
