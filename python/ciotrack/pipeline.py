@@ -270,12 +270,14 @@ class Pipeline:
             self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
         elif verdict is Verdict.EXHAUSTED:
             reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
-            self._give_up(route, batch, reason, result.status, result.reason, attempts)
+            self._give_up(route, batch, reason, result.status, result.reason, attempts,
+                          sent=result.job.first_attempt is not None)
         elif verdict is Verdict.DEADLINE:
             self._owners.park(route, result.job)
             return False
         else:  # STOPPED: the pipeline is closing and this piece is not delivered
-            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
+            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts,
+                          sent=result.job.first_attempt is not None)
         return True
 
     def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
@@ -302,10 +304,14 @@ class Pipeline:
             self._finish(route, batch, range(batch.count))
 
     def _give_up(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
-                 attempts: int) -> None:
+                 attempts: int, *, sent: bool) -> None:
         """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
-        report it failed."""
-        if self._to_spool(route, batch.ops()):
+        report it failed. ``sent``: a request was made for it (only then does a replay count towards
+        the dead letters: a batch given up untried says nothing about its operations)."""
+        ops = batch.ops()
+        if sent and self.replay is not None:
+            self.replay.poison.attempted(ops)
+        if self._to_spool(route, ops):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
@@ -444,7 +450,8 @@ class Pipeline:
         for route in self.routes:
             while route.parked:
                 job = route.parked.pop(0)
-                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts,
+                              sent=job.first_attempt is not None)
         self._owners.abandon_in_flight(self.routes)
         for route in self.routes:
             leftover = route.lane.drain_ops()
