@@ -425,12 +425,13 @@ class Pipeline:
     def _close(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
         if self.replay is not None:
-            self.replay.stop_replay()
+            self.replay.stop_replay(deadline)
             # Keep part of the budget for spooling what delivery cannot finish; with the API known to
             # be down, waiting is pointless: spool at once.
             if self.health is not None and self.health.down:
                 timeout = 0.0
-            elif timeout is not None:
+            elif deadline is not None:  # from what stopping the spooler left of the budget
+                timeout = max(0.0, deadline - _monotonic())
                 timeout -= min(0.5, 0.2 * timeout)
         self.losses.closing = True  # a hook's SystemExit must not cut close()'s accounting short
         flushed = False
@@ -459,7 +460,7 @@ class Pipeline:
                 self.losses.drop(leftover_reason, len(leftover))
         self.watch_overflow(True)
         if self.replay is not None:
-            self.replay.close()
+            self.replay.close(deadline)
         self.router.close()
 
     @property

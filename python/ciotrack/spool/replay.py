@@ -390,23 +390,24 @@ class SpoolReplay:
 
     # -- close and fork ---------------------------------------------------------------------------
 
-    def stop_replay(self, timeout: float = 1.0) -> None:
+    def stop_replay(self, deadline: float | None = None) -> None:
         """Requeue nothing more (called first by ``Pipeline.close``): what replay holds is settled by
-        :meth:`close` once the pipeline has delivered or spooled its lanes."""
+        :meth:`close` once the pipeline has delivered or spooled its lanes. The spooler thread is
+        waited for up to 1 s, never past ``deadline`` (``time.monotonic()``)."""
         self._closing = True
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(_time_left(deadline))
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
         """Last step of ``Pipeline.close``, after every lane was delivered, spooled or dropped: write
         back what replay had not requeued, delete the segments it came from, close the spool.
 
         A segment is kept instead (replayed again later: duplicates, never a loss) when spooling
-        failed during close, or the spooler thread did not stop."""
-        self.stop_replay()
+        failed during close, or the spooler thread did not stop (by ``deadline``, ``time.monotonic()``)."""
+        self.stop_replay(deadline)
         stuck = self._thread is not None and self._thread.is_alive()
         with self._replay_lock:
             for claim in self._claims:
@@ -430,3 +431,9 @@ class SpoolReplay:
         self._claims = []
         self._round = None
         self.spool.close()
+
+
+def _time_left(deadline: float | None, most: float = 1.0) -> float:
+    """How long a close step may wait for the spooler thread: ``most``, cut to what is left of the
+    close deadline (a stuck spooler only keeps its segments: replayed again, never lost)."""
+    return most if deadline is None else max(0.0, min(most, deadline - _monotonic()))
