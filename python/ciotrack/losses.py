@@ -58,6 +58,9 @@ class Reason(enum.StrEnum):
     """The Tracker was garbage-collected with no sender running."""
     SPOOL_EVICTED = "spool_evicted"
     """The spool's size cap evicted its oldest segments."""
+    SPOOL_FULL = "spool_full"
+    """Operations the spool refused: no room under its size cap (everything else held by other
+    processes), or a single operation larger than the cap."""
     SPOOL_DELETED = "spool_deleted"
     """Spooled operations whose segment file someone else deleted (a tmp cleaner)."""
     SPOOL_DAMAGED = "spool_damaged"
@@ -103,6 +106,7 @@ _DROP_MESSAGES: dict[Reason, str] = {
     Reason.SHUTDOWN: "%d queued operation(s) not delivered before the deadline",
     Reason.RELEASED: "tracker collected with %d undelivered operation(s) (no sender running)",
     Reason.SPOOL_EVICTED: "spool over its size cap; %d oldest spooled operation(s) evicted",
+    Reason.SPOOL_FULL: "spool full; %d operation(s) refused, not spooled",
     Reason.SPOOL_DAMAGED: "%d spooled operation(s) lost in damaged spool record(s)",
     Reason.DEAD_LETTER: "%d spooled operation(s) kept failing on replay; moved to a dead-letter file",
 }

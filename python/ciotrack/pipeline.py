@@ -322,11 +322,12 @@ class Pipeline:
         if spool is None or not ops:
             return False
         try:
-            spool.append(ops, region=route.name)
+            taken = spool.append(ops, region=route.name)
         except Exception:
             self.losses.log.warning("spool", "ciotrack: spooling %d operation(s) failed", len(ops), exc_info=True)
             return False
-        self.core.incr("spooled", len(ops))
+        # Accounted for either way: what the spool did not write (a refusal, dead letters) it reported.
+        self.core.incr("spooled", len(ops) if taken is None else taken)
         return True
 
     # -- overflow policies: the sender-side half (ciotrack.overflow) -----------------------------

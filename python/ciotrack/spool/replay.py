@@ -119,7 +119,7 @@ class SpoolReplay:
         self.directory = spool_directory(config.spool_dir, config.site_id)
         try:
             self.spool = Spool(self.directory, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync,
-                               on_evict=self._evicted, on_deleted=self._deleted)
+                               on_evict=self._evicted, on_deleted=self._deleted, on_refuse=self._refused)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"spool_dir {os.fspath(config.spool_dir)!r} cannot be used: {exc}") from None
         self.poison = PoisonWatch(self.directory, fsync=config.spool_fsync)
@@ -138,19 +138,20 @@ class SpoolReplay:
 
     # -- the SpoolHook ----------------------------------------------------------------------------
 
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> int:
+        """The ops written to the spool; the rest were reported (dead letters, a refusal)."""
         ops, dead = self.poison.split(ops)
-        if dead:
-            self._dead_letter(dead, region)
-            if not ops:
-                return
+        written = self._dead_letter(dead, region) if dead else 0
+        if not ops:
+            return written
         try:
-            self.spool.append(ops, region=region)
+            written += self.spool.append(ops, region=region)
         except BaseException:
             self._append_failed = True
             raise
         self._want_round = True  # replayed once the API is up (and the lane has room)
         self._health.expect_probe_soon()
+        return written
 
     def pending(self) -> tuple[int, int]:
         """``(ops, bytes)`` spooled in this workspace's directory (every process's segments)."""
@@ -163,19 +164,23 @@ class SpoolReplay:
     def _evicted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_EVICTED, count)
 
+    def _refused(self, count: int) -> None:
+        self._host.losses.drop(Reason.SPOOL_FULL, count)
+
     def _deleted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_DELETED, count)
 
-    def _dead_letter(self, ops: list[bytes], region: str) -> None:
-        """Set aside operations that kept failing on replay (see :mod:`ciotrack.spool.dead_letter`)."""
+    def _dead_letter(self, ops: list[bytes], region: str) -> int:
+        """Set aside operations that kept failing on replay (see :mod:`ciotrack.spool.dead_letter`);
+        the number spooled again instead (the dead-letter file could not be written)."""
         try:
             path = self.poison.write(ops, region)
         except (OSError, ValueError):
             log.warning("ciotrack: writing %d operation(s) to a dead-letter file failed; spooled again",
                         len(ops), exc_info=True)
-            self.spool.append(ops, region=region)
-            return
+            return self.spool.append(ops, region=region)
         self._host.losses.drop(Reason.DEAD_LETTER, len(ops), detail=f"in {path}")
+        return 0
 
     # -- the spooler thread -----------------------------------------------------------------------
 

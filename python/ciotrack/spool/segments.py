@@ -80,7 +80,8 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30,
                  segment_bytes: int | None = None, fsync: bool = False,
                  on_evict: Callable[[int], None] | None = None,
-                 on_deleted: Callable[[int], None] | None = None) -> None:
+                 on_deleted: Callable[[int], None] | None = None,
+                 on_refuse: Callable[[int], None] | None = None) -> None:
         if segment_bytes is None:
             segment_bytes = SEGMENT_BYTES
         if max_bytes <= 0 or segment_bytes <= 0:
@@ -92,6 +93,7 @@ class Spool:
         self.fsync = fsync
         self._on_evict = on_evict
         self._on_deleted = on_deleted
+        self._on_refuse = on_refuse
         self._foreign_only: set[str] = set()  # segments we wrote back for a newer version: never ours to claim
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -106,13 +108,19 @@ class Spool:
 
     # -- public API -------------------------------------------------------------------------------
 
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
-        """Write ``ops`` as one record. Over ``max_bytes``, the oldest unlocked segments are deleted
-        first and their op count reported to ``on_evict``; if the record still cannot fit (it is
-        larger than ``max_bytes``, or everything else is locked) it is refused, also reported."""
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> int:
+        """Write ``ops`` as one record; the number of ops written. Over ``max_bytes``, the oldest
+        unlocked segments are deleted first and their op count reported to ``on_evict``. A record
+        larger than ``max_bytes`` is written as smaller ones; one that still cannot fit (a single
+        op over ``max_bytes``, or everything else is locked) is refused: not written, its op count
+        reported to ``on_refuse``."""
         record = encode_record(region, ops)
         if not ops:
-            return
+            return 0
+        if len(record) > self.max_bytes and len(ops) > 1:
+            half = len(ops) // 2
+            return self.append(ops[:half], region=region) + self.append(ops[half:], region=region)
+        written = 0
         with self._guard():
             if self._closed:
                 raise ValueError("append to a closed spool")
@@ -122,8 +130,8 @@ class Spool:
             evicted, fits = self._make_room(len(record))
             if fits:
                 self._write(record, len(ops))
+                written = len(ops)
             else:
-                evicted += len(ops)
                 log.warning("spool %s is full (max_bytes=%d): refused a record of %d ops, %d bytes",
                             self.directory, self.max_bytes, len(ops), len(record))
         if deleted and self._on_deleted is not None:  # outside the lock, as on_evict
@@ -136,6 +144,12 @@ class Spool:
                 self._on_evict(evicted)
             except Exception:
                 log.exception("spool on_evict hook raised")
+        if not written and self._on_refuse is not None:
+            try:
+                self._on_refuse(len(ops))
+            except Exception:
+                log.exception("spool on_refuse hook raised")
+        return written
 
     def pending(self) -> tuple[int, int]:
         """``(ops, bytes)`` in every segment of the directory, other processes' included. Ops are
