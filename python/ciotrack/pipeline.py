@@ -9,11 +9,8 @@ retry, split) is :mod:`ciotrack.delivery`, delivery on the caller's thread (``sy
 (:mod:`ciotrack.spool`) talks to the pipeline through :class:`SpoolHost`'s few public methods. Every
 sleep is an ``Event``/native wait that ``close()`` cuts.
 
-Flush accounting. Each lane counts operations ever ``pushed()`` and ever ``taken()`` (into a batch, or
-evicted); an operation's take ordinal equals its push ordinal (FIFO). A flush started when a lane had
-pushed ``T`` operations is complete for that lane once ``taken() >= T`` and no batch holding an ordinal
-below ``T`` is still in flight. Batches are taken and registered in flight under ``self._cv`` so a
-flush never sees an operation that is neither queued nor in flight.
+Flush accounting (:mod:`ciotrack.flush_marks`): batches are taken and registered in flight under
+``self._cv``, so a flush never sees an operation that is neither queued nor in flight.
 
 The pipeline holds no reference to the Tracker facade, so a Tracker can be garbage-collected while its
 pipeline drains (see :meth:`Pipeline.release`).
@@ -31,6 +28,7 @@ from typing import cast
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
+from ciotrack.flush_marks import FlushMarks
 from ciotrack.inline import InlineDelivery
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
@@ -95,10 +93,11 @@ class Pipeline:
         self._close_done = threading.Event()
         self._close_result = True
         self._closer: threading.Thread | None = None
+        self._marks = FlushMarks(self._cv, self.routes, self.core)
         self._owners = Ownership(self._cv, self.core, self.losses, self._to_spool, self._finish)
         self._overflow = OverflowWatch(config.overflow_policy, self.core, self.routes, self.losses, self._to_spool)
         self._on_caller = InlineDelivery(self.routes, monotonic=_monotonic, take=self._take, run_job=self._run_job,
-                                         targets=self._targets, wait_done=self._wait_done)
+                                         targets=self._marks.targets, wait_done=self._marks.wait)
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
@@ -139,7 +138,7 @@ class Pipeline:
     def finished(self, targets: Sequence[int]) -> bool:
         """Every operation below ``targets[lane]`` (push ordinals) is finished: delivered, failed or spooled."""
         with self._cv:
-            return self._done(targets)
+            return self._marks.done(targets)
 
     def idle(self) -> bool:
         with self._cv:
@@ -340,25 +339,12 @@ class Pipeline:
 
     # -- flush / close ----------------------------------------------------------------------------
 
-    def _targets(self) -> list[int]:
-        return [route.lane.pushed() for route in self.routes]
-
-    def _done(self, targets: Sequence[int]) -> bool:
-        # Called with self._cv held.
-        for route, target in zip(self.routes, targets, strict=False):
-            if route.lane.taken() < target:
-                return False
-            for batch in route.in_flight.values():
-                if batch.start < target:
-                    return False
-        return True
-
     def flush(self, timeout: float | None = None) -> bool:
         """True once every operation accepted before the call is delivered or finally failed."""
         if self.forked_here():
             return True  # nothing queued here is ours: the parent delivers it
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
-        targets = self._targets()
+        targets = self._marks.targets()
         if self.config.disabled:
             for route in self.routes:
                 route.lane.clear()
@@ -373,26 +359,10 @@ class Pipeline:
             self._flushing += 1
         try:
             self.core.wake()
-            return self._wait_done(targets, deadline, rewake=True)
+            return self._marks.wait(targets, deadline, rewake=True)
         finally:
             with self._cv:
                 self._flushing -= 1
-
-    def _wait_done(self, targets: list[int], deadline: float | None, rewake: bool = False) -> bool:
-        with self._cv:
-            while not self._done(targets):
-                # Bounded waits: drop_oldest evictions and a sender that missed the wake-up (it was
-                # between its readiness check and its wait) do not notify us.
-                wait = 0.05
-                if deadline is not None:
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        return False
-                    wait = min(wait, remaining)
-                self._cv.wait(wait)
-                if rewake:
-                    self.core.wake()
-            return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (None: until every batch is delivered or has finally failed), then
