@@ -59,7 +59,9 @@ DropHook = Callable[[str, int], None]
 class SpoolHook(Protocol):
     """Where operations go when they cannot be delivered now (``spool_dir``'s disk spool is one)."""
 
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None: ...
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> int | None:
+        """The number of ``ops`` it took (None: all); it reports those it did not take itself."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,8 +147,10 @@ class Config:
     on_drop: DropHook | None = None
     """Called with ``(reason, count)`` when operations are dropped before sending: ``queue_full``
     (``drop_newest``, or ``block`` past ``block_timeout``), ``evicted_oldest`` (``drop_oldest``),
-    ``spool_evicted`` (the spool's size cap), ``spool_deleted`` (spooled operations whose file
-    someone else deleted), ``closed`` (a call after ``close()``), ``shutdown``
+    ``spool_evicted`` (the spool's size cap), ``spool_full`` (operations the spool refused: no room
+    under its cap), ``spool_deleted`` (spooled operations whose file
+    someone else deleted), ``spool_damaged`` (spooled operations in a record that failed its checksum
+    on replay), ``closed`` (a call after ``close()``), ``shutdown``
     (still queued at the exit deadline, no spool), ``released`` (a collected Tracker, no sender),
     ``dead_letter`` (spooled operations that kept failing on replay, set aside in a ``*.dead`` file)."""
     metrics: bool = True

@@ -138,7 +138,12 @@ def register_tracker(tracker: ForkAware) -> None:
 
 def close_all(timeout: float | None = None) -> None:
     """Close every live pipeline (the atexit handler). Bounded: one deadline for all of them."""
-    pipelines = [p for p in list(_pipelines) if not p.closed]
+    pipelines = []
+    for pipeline in list(_pipelines):
+        if pipeline.forked_here():  # a parent's, copied by a fork that skipped our at-fork hook
+            _pipelines.discard(pipeline)
+        elif not pipeline.closed:
+            pipelines.append(pipeline)
     if not pipelines:
         return
     budget = timeout if timeout is not None else max(p.config.exit_timeout for p in pipelines)

@@ -58,8 +58,14 @@ class Reason(enum.StrEnum):
     """The Tracker was garbage-collected with no sender running."""
     SPOOL_EVICTED = "spool_evicted"
     """The spool's size cap evicted its oldest segments."""
+    SPOOL_FULL = "spool_full"
+    """Operations the spool refused: no room under its size cap (everything else held by other
+    processes), or a single operation larger than the cap."""
     SPOOL_DELETED = "spool_deleted"
     """Spooled operations whose segment file someone else deleted (a tmp cleaner)."""
+    SPOOL_DAMAGED = "spool_damaged"
+    """Spooled operations in a record that failed its checksum on replay (disk or filesystem damage):
+    counted from the record's header, whose own checksum vouches for the count."""
     # Final failures: sent, never accepted.
     REJECTED = "rejected"
     """The destination's final answer (a 4xx, a 207's per-operation error, a TLS failure)."""
@@ -100,6 +106,8 @@ _DROP_MESSAGES: dict[Reason, str] = {
     Reason.SHUTDOWN: "%d queued operation(s) not delivered before the deadline",
     Reason.RELEASED: "tracker collected with %d undelivered operation(s) (no sender running)",
     Reason.SPOOL_EVICTED: "spool over its size cap; %d oldest spooled operation(s) evicted",
+    Reason.SPOOL_FULL: "spool full; %d operation(s) refused, not spooled",
+    Reason.SPOOL_DAMAGED: "%d spooled operation(s) lost in damaged spool record(s)",
     Reason.DEAD_LETTER: "%d spooled operation(s) kept failing on replay; moved to a dead-letter file",
 }
 

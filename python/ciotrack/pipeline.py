@@ -9,11 +9,8 @@ retry, split) is :mod:`ciotrack.delivery`, delivery on the caller's thread (``sy
 (:mod:`ciotrack.spool`) talks to the pipeline through :class:`SpoolHost`'s few public methods. Every
 sleep is an ``Event``/native wait that ``close()`` cuts.
 
-Flush accounting. Each lane counts operations ever ``pushed()`` and ever ``taken()`` (into a batch, or
-evicted); an operation's take ordinal equals its push ordinal (FIFO). A flush started when a lane had
-pushed ``T`` operations is complete for that lane once ``taken() >= T`` and no batch holding an ordinal
-below ``T`` is still in flight. Batches are taken and registered in flight under ``self._cv`` so a
-flush never sees an operation that is neither queued nor in flight.
+Flush accounting (:mod:`ciotrack.flush_marks`): batches are taken and registered in flight under
+``self._cv``, so a flush never sees an operation that is neither queued nor in flight.
 
 The pipeline holds no reference to the Tracker facade, so a Tracker can be garbage-collected while its
 pipeline drains (see :meth:`Pipeline.release`).
@@ -31,6 +28,7 @@ from typing import cast
 from ciotrack._core import Batch, Core, Lane
 from ciotrack.config import Config, SpoolHook
 from ciotrack.delivery import DESTINATION_DOWN, Deliverable, Health, Job, Result, Verdict
+from ciotrack.flush_marks import FlushMarks
 from ciotrack.inline import InlineDelivery
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
@@ -95,10 +93,11 @@ class Pipeline:
         self._close_done = threading.Event()
         self._close_result = True
         self._closer: threading.Thread | None = None
+        self._marks = FlushMarks(self._cv, self.routes, self.core)
         self._owners = Ownership(self._cv, self.core, self.losses, self._to_spool, self._finish)
         self._overflow = OverflowWatch(config.overflow_policy, self.core, self.routes, self.losses, self._to_spool)
         self._on_caller = InlineDelivery(self.routes, monotonic=_monotonic, take=self._take, run_job=self._run_job,
-                                         targets=self._targets, wait_done=self._wait_done)
+                                         targets=self._marks.targets, wait_done=self._marks.wait)
         self.replay = SpoolReplay(self, config, self.health) if self.health is not None else None
         self.spool: SpoolHook | None = self.replay if self.replay is not None else config.spool
         """Where operations go when they cannot be delivered now (None: reported as lost)."""
@@ -139,7 +138,7 @@ class Pipeline:
     def finished(self, targets: Sequence[int]) -> bool:
         """Every operation below ``targets[lane]`` (push ordinals) is finished: delivered, failed or spooled."""
         with self._cv:
-            return self._done(targets)
+            return self._marks.done(targets)
 
     def idle(self) -> bool:
         with self._cv:
@@ -270,12 +269,14 @@ class Pipeline:
             self._fail(route, batch, Reason.REJECTED, result.status, result.reason, attempts + 1)
         elif verdict is Verdict.EXHAUSTED:
             reason = Reason.UNREACHABLE if result.reason == DESTINATION_DOWN else Reason.RETRIES_EXHAUSTED
-            self._give_up(route, batch, reason, result.status, result.reason, attempts)
+            self._give_up(route, batch, reason, result.status, result.reason, attempts,
+                          sent=result.job.first_attempt is not None)
         elif verdict is Verdict.DEADLINE:
             self._owners.park(route, result.job)
             return False
         else:  # STOPPED: the pipeline is closing and this piece is not delivered
-            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts)
+            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts,
+                          sent=result.job.first_attempt is not None)
         return True
 
     def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
@@ -302,10 +303,14 @@ class Pipeline:
             self._finish(route, batch, range(batch.count))
 
     def _give_up(self, route: Route, batch: Batch, reason: Reason, status: int | None, detail: str,
-                 attempts: int) -> None:
+                 attempts: int, *, sent: bool) -> None:
         """No more attempts for ``batch`` (retries exhausted, destination down, stopping): spool it, or
-        report it failed."""
-        if self._to_spool(route, batch.ops()):
+        report it failed. ``sent``: a request was made for it (only then does a replay count towards
+        the dead letters: a batch given up untried says nothing about its operations)."""
+        ops = batch.ops()
+        if sent and self.replay is not None:
+            self.replay.poison.attempted(ops)
+        if self._to_spool(route, ops):
             # Handed over, not lost (the spool replays it later); counted as spooled, not delivered.
             self._finish(route, batch, range(batch.count))
             return
@@ -316,11 +321,12 @@ class Pipeline:
         if spool is None or not ops:
             return False
         try:
-            spool.append(ops, region=route.name)
+            taken = spool.append(ops, region=route.name)
         except Exception:
             self.losses.log.warning("spool", "ciotrack: spooling %d operation(s) failed", len(ops), exc_info=True)
             return False
-        self.core.incr("spooled", len(ops))
+        # Accounted for either way: what the spool did not write (a refusal, dead letters) it reported.
+        self.core.incr("spooled", len(ops) if taken is None else taken)
         return True
 
     # -- overflow policies: the sender-side half (ciotrack.overflow) -----------------------------
@@ -333,23 +339,12 @@ class Pipeline:
 
     # -- flush / close ----------------------------------------------------------------------------
 
-    def _targets(self) -> list[int]:
-        return [route.lane.pushed() for route in self.routes]
-
-    def _done(self, targets: Sequence[int]) -> bool:
-        # Called with self._cv held.
-        for route, target in zip(self.routes, targets, strict=False):
-            if route.lane.taken() < target:
-                return False
-            for batch in route.in_flight.values():
-                if batch.start < target:
-                    return False
-        return True
-
     def flush(self, timeout: float | None = None) -> bool:
         """True once every operation accepted before the call is delivered or finally failed."""
+        if self.forked_here():
+            return True  # nothing queued here is ours: the parent delivers it
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
-        targets = self._targets()
+        targets = self._marks.targets()
         if self.config.disabled:
             for route in self.routes:
                 route.lane.clear()
@@ -364,31 +359,17 @@ class Pipeline:
             self._flushing += 1
         try:
             self.core.wake()
-            return self._wait_done(targets, deadline, rewake=True)
+            return self._marks.wait(targets, deadline, rewake=True)
         finally:
             with self._cv:
                 self._flushing -= 1
-
-    def _wait_done(self, targets: list[int], deadline: float | None, rewake: bool = False) -> bool:
-        with self._cv:
-            while not self._done(targets):
-                # Bounded waits: drop_oldest evictions and a sender that missed the wake-up (it was
-                # between its readiness check and its wait) do not notify us.
-                wait = 0.05
-                if deadline is not None:
-                    remaining = deadline - _monotonic()
-                    if remaining <= 0:
-                        return False
-                    wait = min(wait, remaining)
-                self._cv.wait(wait)
-                if rewake:
-                    self.core.wake()
-            return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (None: until every batch is delivered or has finally failed), then
         stop the senders and close the destinations. Idempotent. What could not be delivered is spooled
         or reported (``on_drop("shutdown")`` for never-sent operations, ``on_error`` for started batches)."""
+        if self.forked_here():  # before self._cv: a parent thread may have held it at the fork
+            return True
         with self._cv:
             if self._forked_away:
                 return True
@@ -415,36 +396,43 @@ class Pipeline:
     def _close(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else _monotonic() + max(0.0, timeout)
         if self.replay is not None:
-            self.replay.stop_replay()
+            self.replay.stop_replay(deadline)
             # Keep part of the budget for spooling what delivery cannot finish; with the API known to
             # be down, waiting is pointless: spool at once.
             if self.health is not None and self.health.down:
                 timeout = 0.0
-            elif timeout is not None:
+            elif deadline is not None:  # from what stopping the spooler left of the budget
+                timeout = max(0.0, deadline - _monotonic())
                 timeout -= min(0.5, 0.2 * timeout)
         self.losses.closing = True  # a hook's SystemExit must not cut close()'s accounting short
         flushed = False
         try:  # even when a KeyboardInterrupt cuts an inline flush short: nothing queued left unaccounted
             flushed = self.flush(timeout)
         finally:
-            self._stop.set()
-            self.core.close()
-            self.router.close_limiters()
-            self._senders.join(deadline)
-            for route in self.routes:
-                while route.parked:
-                    job = route.parked.pop(0)
-                    self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts)
-            self._owners.abandon_in_flight(self.routes)
-            for route in self.routes:
-                leftover = route.lane.drain_ops()
-                if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
-                    self.losses.drop(Reason.SHUTDOWN, len(leftover))
-            self.watch_overflow(True)
-            if self.replay is not None:
-                self.replay.close()
-            self.router.close()
+            self._wind_down(deadline, Reason.SHUTDOWN)
         return flushed
+
+    def _wind_down(self, deadline: float | None, leftover_reason: Reason) -> None:
+        """Stop, then account for everything not delivered: parked and abandoned batches and what is
+        still queued are spooled, or reported (``leftover_reason`` for never-sent operations)."""
+        self._stop.set()
+        self.core.close()
+        self.router.close_limiters()
+        self._senders.join(deadline)
+        for route in self.routes:
+            while route.parked:
+                job = route.parked.pop(0)
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts,
+                              sent=job.first_attempt is not None)
+        self._owners.abandon_in_flight(self.routes)
+        for route in self.routes:
+            leftover = route.lane.drain_ops()
+            if leftover and not self._to_spool(route, leftover) and not self.config.disabled:
+                self.losses.drop(leftover_reason, len(leftover))
+        self.watch_overflow(True)
+        if self.replay is not None:
+            self.replay.close(deadline)
+        self.router.close()
 
     @property
     def closed(self) -> bool:
@@ -452,16 +440,34 @@ class Pipeline:
 
     def release(self) -> None:
         """The Tracker was garbage-collected: senders deliver what is queued, then exit on their own."""
-        if self._closed or self._forked_away:
+        if self._closed or self.forked_here():
             return
         if not self._senders.threads or self._inline:
-            pending = sum(len(r.lane) for r in self.routes)
-            if pending and not self.config.disabled:
-                self.losses.drop(Reason.RELEASED, pending)
-            self._closed = True
+            # Nothing will deliver any more, and the exit handler skips a closed pipeline: account for
+            # everything now, without a request. A sync flush(timeout) may have parked a batch (in
+            # flight, not in the lane), and replayed operations sit in the lanes while their segment
+            # stays claimed: spool what a spool takes (so replay's segments can go), report the rest.
+            with self._cv:
+                if self._closed:
+                    return
+                self._closed = True
+            self.losses.closing = True
+            if self.replay is not None:
+                self.replay.stop_replay()
+            self._wind_down(_monotonic(), Reason.RELEASED)
             return
         self._draining = True
         self.core.wake()
+
+    def forked_here(self) -> bool:
+        """True in a process forked from the one that built this pipeline, which is then forgotten: a
+        fork that skipped Python's at-fork hooks (a C ``fork()``, as uWSGI's) is only seen here. Closing
+        or flushing the parent's copy would spool its queue, which the parent delivers: duplicates."""
+        if self.pid == os.getpid():
+            return False
+        if not self._forked_away:
+            self.forget_after_fork()
+        return True
 
     def forget_after_fork(self) -> None:
         """In a forked child: this pipeline belongs to the parent (which delivers its queue). Never

@@ -67,7 +67,8 @@ class SenderPool:
         current = threading.current_thread()
         for thread in self.threads:
             if thread is not current:
-                thread.join(1.0 if deadline is None else max(0.05, deadline - time.monotonic()))
+                # Past the deadline, a zero wait: a fixed minimum would add up, one per stuck thread.
+                thread.join(1.0 if deadline is None else max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
                                 thread.name)

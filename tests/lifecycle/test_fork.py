@@ -4,6 +4,7 @@ serving real HTTP requests. Every child's events must reach the emulator exactly
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import multiprocessing
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -84,12 +86,11 @@ def test_multiprocessing_fork_pool_workers_deliver_every_task_event(make_tracker
     _pool_tracker.clear()
 
 
-def test_a_fork_that_skips_python_hooks_is_caught_by_the_core(make_tracker: TrackerFactory,
-                                                              emulator: Emulator) -> None:
-    # libc fork() straight from C (as uWSGI can do): os.register_at_fork hooks do not run; only the
-    # core's pthread_atfork handler sees it. PyDLL keeps the GIL held across the call.
-    tracker = make_tracker(flush_interval=5.0)
-    tracker.track("raw-parent", "queued-before")
+
+def _raw_fork(child: Callable[[], int]) -> int:
+    """Run ``child`` in a process made by libc fork() straight from C (as uWSGI can do): Python's
+    os.register_at_fork hooks do not run; only the core's pthread_atfork handler sees it. PyDLL keeps
+    the GIL held across the call. Returns the child's exit code."""
     libc = ctypes.PyDLL(None)
     # Without Python's after-fork handling, a child inherits a pending "drop the GIL" request from any
     # parent thread that was waiting for the GIL at fork time (the in-process emulator's threads, the
@@ -104,10 +105,7 @@ def test_a_fork_that_skips_python_hooks_is_caught_by_the_core(make_tracker: Trac
         code = 1
         try:
             sys.setswitchinterval(interval)
-            for i in range(50):
-                tracker.track("raw-child", "in-child", {"i": i})  # FORKED -> rebuilt -> queued
-            code = 0 if tracker.flush(timeout=10) else 2
-            tracker.close(timeout=5)
+            code = child()
         finally:
             os._exit(code)
     sys.setswitchinterval(interval)
@@ -118,11 +116,49 @@ def test_a_fork_that_skips_python_hooks_is_caught_by_the_core(make_tracker: Trac
             os.waitpid(pid, 0)
             pytest.fail("the raw-forked child hung")
         time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    return os.waitstatus_to_exitcode(done[1])
+
+
+def test_a_fork_that_skips_python_hooks_is_caught_by_the_core(make_tracker: TrackerFactory,
+                                                              emulator: Emulator) -> None:
+    tracker = make_tracker(flush_interval=5.0)
+    tracker.track("raw-parent", "queued-before")
+
+    def child() -> int:
+        for i in range(50):
+            tracker.track("raw-child", "in-child", {"i": i})  # FORKED -> rebuilt -> queued
+        code = 0 if tracker.flush(timeout=10) else 2
+        tracker.close(timeout=5)
+        return code
+
+    assert _raw_fork(child) == 0
     assert tracker.flush(timeout=10)
     people = events_by_person(emulator)
     assert sorted(e["data"]["i"] for e in people["raw-child"]) == list(range(50))
     assert [e["name"] for e in people["raw-parent"]] == ["queued-before"]  # the parent's, sent once
+
+
+def test_a_child_forked_past_python_hooks_leaves_the_parents_queue_alone_at_exit(
+        make_tracker: TrackerFactory, emulator: Emulator, tmp_path: pathlib.Path) -> None:
+    # The child never calls the tracker, so the core never tells it about the fork; its exit handler
+    # must still not close the parent's pipeline copy (spooling or sending the parent's queue).
+    tracker = make_tracker(flush_interval=5.0, spool_dir=tmp_path, exit_timeout=1.0)
+    for i in range(20):
+        tracker.track("raw-parent", "queued-before", {"i": i})
+
+    def child() -> int:
+        atexit._run_exitfuncs()  # what a normal interpreter exit runs
+        return 0
+
+    assert _raw_fork(child) == 0
+    assert tracker.flush(timeout=10)
+    tracker.close(timeout=5)
+    spool = Spool(spool_directory(tmp_path, SITE_ID))
+    on_disk = [op for segment in spool.claim() for _, ops in segment.records() for op in ops]
+    spool.close()
+    assert on_disk == []
+    assert sorted(e["data"]["i"] for e in events_by_person(emulator)["raw-parent"]) == list(range(20))
+    assert emulator.stats().get("duplicates", 0) == 0
 
 
 def _spool_child(tracker: Tracker) -> None:

@@ -57,3 +57,39 @@ def test_a_batch_that_keeps_failing_on_replay_goes_to_a_dead_letter_file(
         spool.close()
     raw = dead.read_bytes()
     assert b'"name":"poison"' in raw
+
+
+def test_operations_handed_back_untried_after_a_failed_replay_never_age_into_dead_letters(
+        recorder: RecordingServer, tmp_path: pathlib.Path) -> None:
+    # Each replay round sends the poison batch first; it runs out of retries, the destination is
+    # then known down, and the rest of the round goes back to the spool without a request. Those
+    # operations were never tried: only the poison may become a dead letter, however many rounds.
+    posts: list[str] = []
+
+    def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if rec.method != "POST":
+            return 200, {}, b"{}"  # the health probe: the API is up
+        names = [op["name"] for op in json.loads(rec.body)["batch"]]
+        posts.extend(names)
+        return (500, {}, b"{}") if "poison" in names else (200, {}, b"{}")
+
+    recorder.responder = respond
+    drops: list[tuple[str, int]] = []
+    # One sender, and a poison big enough to fill a batch on its own: it is always sent first, alone.
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, spool_dir=str(tmp_path), rate_limit=0,
+                      flush_interval=0.02, max_retries=0, backoff_base=0.01, senders=1, batch_bytes=1024,
+                      on_drop=lambda reason, n: drops.append((reason, n)))
+    tracker.track("user-0", "poison", {"pad": "x" * 700})
+    for i in range(30):
+        tracker.track(f"user-{i}", "healthy", {"i": i})
+    directory = spool_directory(tmp_path, SITE_ID)
+    deadline = time.monotonic() + 90
+    while posts.count("healthy") < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.flush(timeout=10)
+    assert tracker.close(timeout=5)
+    assert drops == [("dead_letter", 1)]
+    assert posts.count("poison") == MAX_REPLAYS + 1
+    assert posts.count("healthy") == 30  # each sent once: never tried while the poison failed first
+    [dead] = list(directory.glob("*.dead"))
+    assert b'"name":"poison"' in dead.read_bytes() and b'"healthy"' not in dead.read_bytes()

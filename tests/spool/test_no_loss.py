@@ -326,3 +326,64 @@ def test_sync_mode_with_flush_async_delivers_batched_from_a_worker_thread(emulat
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(100))
     assert emulator.stats()["batches"] > 1  # still batched inside the flush
     assert not new_ciotrack_threads(threads_before)
+
+
+def _ops_on_disk(directory: pathlib.Path) -> int:
+    spool = Spool(directory)
+    try:
+        return sum(len(ops) for segment in spool.claim() for _, ops in segment.records())
+    finally:
+        spool.close()
+
+
+def test_an_operation_larger_than_the_spool_is_refused_and_reported_as_such(tmp_path: pathlib.Path) -> None:
+    refused: list[int] = []
+    evicted: list[int] = []
+    spool = Spool(tmp_path / "s", max_bytes=4096, on_refuse=refused.append, on_evict=evicted.append)
+    assert spool.append([json.dumps({"pad": "x" * 5000}).encode()]) == 0  # says nothing was written
+    spool.close()
+    assert (refused, evicted) == ([1], [])  # a refusal, not an eviction of older records
+    assert _ops_on_disk(tmp_path / "s") == 0
+
+
+def test_a_batch_larger_than_the_spool_is_spooled_in_pieces_and_counted_once(tmp_path: pathlib.Path) -> None:
+    # A batch whose record alone is over spool_max_bytes: written as smaller records, as much as the
+    # cap holds; spooled counts only what was written, and every op is on disk or reported.
+    drops: list[tuple[str, int]] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path),
+                      spool_max_bytes=65536, rate_limit=0, max_retries=0, timeout=(0.2, 0.2),
+                      on_drop=lambda reason, n: drops.append((reason, n)))
+    for i in range(100):
+        tracker.track(f"user-{i}", "big", {"pad": "x" * 1000})
+    assert tracker.flush(timeout=20)
+    tracker.close(timeout=5)
+    stats = tracker.stats()
+    on_disk = _ops_on_disk(spool_directory(tmp_path, SITE_ID))
+    assert on_disk > 0
+    assert on_disk + sum(n for _, n in drops) == 100
+    assert stats.spooled - stats.dropped.get("spool_evicted", 0) == on_disk
+    assert {reason for reason, _ in drops} <= {"spool_evicted"}
+
+
+
+def test_a_tracker_reports_what_its_spool_refused_and_does_not_count_it_spooled(tmp_path: pathlib.Path) -> None:
+    # Another replayer holds (claims) segments filling the cap: nothing can be evicted to make room.
+    directory = spool_directory(tmp_path, SITE_ID)
+    other = Spool(directory, max_bytes=65536)
+    for i in range(6):
+        other.append([json.dumps({"pad": "x" * 9000, "i": i}).encode()])
+    held = list(other.claim())
+    drops: list[tuple[str, int]] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path),
+                      spool_max_bytes=65536, rate_limit=0, max_retries=0, timeout=(0.2, 0.2),
+                      on_drop=lambda reason, n: drops.append((reason, n)))
+    for i in range(10):
+        tracker.track(f"user-{i}", "refused", {"pad": "x" * 1000})
+    result = tracker.flush_result(timeout=20)
+    tracker.close(timeout=5)
+    for segment in held:
+        segment.release()
+    other.close()
+    assert drops == [("spool_full", 10)]
+    assert (result.spooled, result.dropped) == (0, 10)
+    assert tracker.stats().dropped.get("spool_full") == 10

@@ -339,12 +339,14 @@ def test_eviction_skips_locked_segments(tmp_path: pathlib.Path) -> None:
         assert [json.loads(ops[0])["n"] for _, ops in replay(spool)] == [2, 3]
 
 
-def test_record_that_cannot_fit_is_refused_and_counted(tmp_path: pathlib.Path) -> None:
+def test_record_that_cannot_fit_is_split_and_what_still_cannot_is_refused(tmp_path: pathlib.Path) -> None:
     evicted: list[int] = []
-    with Spool(tmp_path, max_bytes=100, on_evict=evicted.append) as spool:
-        spool.append([op(0, pad=200), op(1)])
-        assert evicted == [2]
-        assert spool.pending() == (0, 0)
+    refused: list[int] = []
+    with Spool(tmp_path, max_bytes=200, on_evict=evicted.append, on_refuse=refused.append) as spool:
+        assert spool.append([op(0, pad=300), op(1)]) == 1  # op 0 alone is over the cap
+        assert (evicted, refused) == ([], [1])  # a refusal, not an eviction
+        assert spool.pending()[0] == 1
+    assert [json.loads(ops[0])["n"] for _, ops in replay(Spool(tmp_path))] == [1]
 
 
 def test_own_writer_segment_is_evicted_when_nothing_older_is(tmp_path: pathlib.Path) -> None:

@@ -2,15 +2,18 @@
 
 A batch the destination refuses with "retry" every time (a 5xx triggered by one malformed operation,
 say) would otherwise cycle for ever: retries run out, it is spooled, a probe finds the API up, it is
-replayed, its retries run out again. :class:`PoisonWatch` counts, per operation, how many times replay
-requeued it; an operation handed back to the spool after :data:`MAX_REPLAYS` replays goes to a
-dead-letter file in the spool directory instead (``dead-<time>-<pid>.dead``: the spool's record
-format, so the spool's own reader opens it; never claimed nor replayed, kept for inspection), counted
-and reported (``on_drop("dead_letter", n)``).
+replayed, its retries run out again. :class:`PoisonWatch` counts, per replayed operation, how many
+times it was sent and handed back to the spool; an operation handed back after :data:`MAX_REPLAYS`
+such replays goes to a dead-letter file in the spool directory instead (``dead-<time>-<pid>.dead``:
+the spool's record format, so the spool's own reader opens it; never claimed nor replayed, kept for
+inspection), counted and reported (``on_drop("dead_letter", n)``).
 
-Only replays count, and replay runs only while the destination answers its probe: an outage (probes
-failing) does not age operations. Counts are kept in memory, per process: a restart starts them over
-(the poison batch then cycles :data:`MAX_REPLAYS` more times before it is set aside again).
+Only replays that were attempted count. Replay runs only while the destination answers its probe,
+and once one batch of a round runs out of retries the rest of the round goes back to the spool
+without a request (the destination is known down): those operations were never tried, so neither
+an outage nor a flapping one (probes answer, batches fail) ages them. Counts are kept in memory, per
+process: a restart starts them over (the poison batch then cycles :data:`MAX_REPLAYS` more times before
+it is set aside again).
 """
 
 from __future__ import annotations
@@ -43,14 +46,24 @@ class PoisonWatch:
         self._path: pathlib.Path | None = None
 
     def replayed(self, ops: Sequence[bytes]) -> None:
-        """Replay requeued ``ops`` (once more)."""
+        """Replay requeued ``ops``: watched from now on (not counted: they may never be sent)."""
         with self._lock:
             counts = self._counts
             if len(counts) + len(ops) > MAX_TRACKED:
                 counts.clear()
             for op in ops:
+                counts.setdefault(hash(op), 0)
+
+    def attempted(self, ops: Sequence[bytes]) -> None:
+        """``ops`` were sent and are handed back to the spool: one more failed replay for the watched ones."""
+        counts = self._counts
+        if not counts:
+            return
+        with self._lock:
+            for op in ops:
                 key = hash(op)
-                counts[key] = counts.get(key, 0) + 1
+                if key in counts:
+                    counts[key] += 1
 
     def split(self, ops: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
         """``(to_spool, dead)``: the operations handed back to the spool that replayed too often."""

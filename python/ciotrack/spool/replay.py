@@ -119,7 +119,7 @@ class SpoolReplay:
         self.directory = spool_directory(config.spool_dir, config.site_id)
         try:
             self.spool = Spool(self.directory, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync,
-                               on_evict=self._evicted, on_deleted=self._deleted)
+                               on_evict=self._evicted, on_deleted=self._deleted, on_refuse=self._refused)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"spool_dir {os.fspath(config.spool_dir)!r} cannot be used: {exc}") from None
         self.poison = PoisonWatch(self.directory, fsync=config.spool_fsync)
@@ -138,19 +138,20 @@ class SpoolReplay:
 
     # -- the SpoolHook ----------------------------------------------------------------------------
 
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> int:
+        """The ops written to the spool; the rest were reported (dead letters, a refusal)."""
         ops, dead = self.poison.split(ops)
-        if dead:
-            self._dead_letter(dead, region)
-            if not ops:
-                return
+        written = self._dead_letter(dead, region) if dead else 0
+        if not ops:
+            return written
         try:
-            self.spool.append(ops, region=region)
+            written += self.spool.append(ops, region=region)
         except BaseException:
             self._append_failed = True
             raise
         self._want_round = True  # replayed once the API is up (and the lane has room)
         self._health.expect_probe_soon()
+        return written
 
     def pending(self) -> tuple[int, int]:
         """``(ops, bytes)`` spooled in this workspace's directory (every process's segments)."""
@@ -163,19 +164,23 @@ class SpoolReplay:
     def _evicted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_EVICTED, count)
 
+    def _refused(self, count: int) -> None:
+        self._host.losses.drop(Reason.SPOOL_FULL, count)
+
     def _deleted(self, count: int) -> None:
         self._host.losses.drop(Reason.SPOOL_DELETED, count)
 
-    def _dead_letter(self, ops: list[bytes], region: str) -> None:
-        """Set aside operations that kept failing on replay (see :mod:`ciotrack.spool.dead_letter`)."""
+    def _dead_letter(self, ops: list[bytes], region: str) -> int:
+        """Set aside operations that kept failing on replay (see :mod:`ciotrack.spool.dead_letter`);
+        the number spooled again instead (the dead-letter file could not be written)."""
         try:
             path = self.poison.write(ops, region)
         except (OSError, ValueError):
             log.warning("ciotrack: writing %d operation(s) to a dead-letter file failed; spooled again",
                         len(ops), exc_info=True)
-            self.spool.append(ops, region=region)
-            return
+            return self.spool.append(ops, region=region)
         self._host.losses.drop(Reason.DEAD_LETTER, len(ops), detail=f"in {path}")
+        return 0
 
     # -- the spooler thread -----------------------------------------------------------------------
 
@@ -220,7 +225,9 @@ class SpoolReplay:
         segment = self._next_segment()
         if segment is None:
             return False
-        self._feed(self._open(segment), low_water=True)
+        claim = self._open(segment)
+        if claim is not None:
+            self._feed(claim, low_water=True)
         return True
 
     def _may_claim(self) -> bool:
@@ -263,7 +270,9 @@ class SpoolReplay:
             self._round = None
         return segment
 
-    def _open(self, segment: Segment) -> _Claim:
+    def _open(self, segment: Segment) -> _Claim | None:
+        """Read ``segment`` into a claim; None when it could not be read (it is released, so kept for a
+        later round: a claim without records would be settled at once, deleting the unread file)."""
         records: collections.deque[tuple[int, list[bytes]]] = collections.deque()
         for region, ops in segment.records():
             lane = self._host.lane_for(region)
@@ -273,8 +282,18 @@ class SpoolReplay:
                 self._core.incr("spool_foreign", len(ops))
             elif ops:
                 records.append((lane, ops))
+        if segment.read_failed:
+            self._finish(_Claim(segment, records, 0), delete=False)
+            return None
         if segment.skipped_records:
             self._core.incr("spool_damaged_records", segment.skipped_records)
+            # Ops in a record whose payload failed its checksum are gone: through the loss door, counted
+            # from the header (its own CRC vouches for it). Damaged spans and torn tails hold no count
+            # that can be trusted: their bytes are counted and logged by records().
+            self._host.losses.drop(Reason.SPOOL_DAMAGED, segment.skipped_ops,
+                                   detail=f"{segment.skipped_records} damaged record(s) in {segment.path.name}")
+        if segment.damaged_bytes or segment.dropped_tail_bytes:
+            self._core.incr("spool_damaged_bytes", segment.damaged_bytes + segment.dropped_tail_bytes)
         claim = _Claim(segment, records, self._host.lane_count)
         self._claims.append(claim)
         return claim
@@ -368,28 +387,32 @@ class SpoolReplay:
                 return
         while len(self._claims) < MAX_HELD:
             segment = self._next_segment()
-            if segment is None or not self._feed(self._open(segment), low_water=False):
+            if segment is None:
+                return
+            opened = self._open(segment)
+            if opened is not None and not self._feed(opened, low_water=False):
                 return
 
     # -- close and fork ---------------------------------------------------------------------------
 
-    def stop_replay(self, timeout: float = 1.0) -> None:
+    def stop_replay(self, deadline: float | None = None) -> None:
         """Requeue nothing more (called first by ``Pipeline.close``): what replay holds is settled by
-        :meth:`close` once the pipeline has delivered or spooled its lanes."""
+        :meth:`close` once the pipeline has delivered or spooled its lanes. The spooler thread is
+        waited for up to 1 s, never past ``deadline`` (``time.monotonic()``)."""
         self._closing = True
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            thread.join(_time_left(deadline))
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
         """Last step of ``Pipeline.close``, after every lane was delivered, spooled or dropped: write
         back what replay had not requeued, delete the segments it came from, close the spool.
 
         A segment is kept instead (replayed again later: duplicates, never a loss) when spooling
-        failed during close, or the spooler thread did not stop."""
-        self.stop_replay()
+        failed during close, or the spooler thread did not stop (by ``deadline``, ``time.monotonic()``)."""
+        self.stop_replay(deadline)
         stuck = self._thread is not None and self._thread.is_alive()
         with self._replay_lock:
             for claim in self._claims:
@@ -413,3 +436,9 @@ class SpoolReplay:
         self._claims = []
         self._round = None
         self.spool.close()
+
+
+def _time_left(deadline: float | None, most: float = 1.0) -> float:
+    """How long a close step may wait for the spooler thread: ``most``, cut to what is left of the
+    close deadline (a stuck spooler only keeps its segments: replayed again, never lost)."""
+    return most if deadline is None else max(0.0, min(most, deadline - _monotonic()))

@@ -91,20 +91,30 @@ class Segment:
         """Records skipped by the last ``records()`` read (bad payload CRC, unknown version)."""
         self.dropped_tail_bytes = 0
         """Bytes after the last frameable record (torn tail or damaged header) in the last read."""
+        self.skipped_ops = 0
+        """Ops in the records the last read skipped whose header CRC was good (so whose op count can be
+        trusted): a bad payload CRC. Damaged spans and torn tails have no trustworthy count."""
+        self.read_failed = False
+        """The last ``records()`` could not read the file (EMFILE, EIO, ...): it yielded nothing, and
+        the file must be released (kept), never deleted: ``done()`` refuses."""
+        self._read_started = False
+        self._read_whole = False
 
     def records(self) -> Iterator[tuple[str, list[bytes]]]:
         """``(region, ops)`` of every complete, checksum-valid record, in write order."""
         # Read through our own duplicate: a release() from another thread (Spool.close) then
         # cannot pull the descriptor, or let its number be reused, under this loop.
-        self.skipped_records = self.dropped_tail_bytes = self.damaged_bytes = 0
+        self.skipped_records = self.dropped_tail_bytes = self.damaged_bytes = self.skipped_ops = 0
         self.foreign = []
+        self.read_failed = self._read_whole = False
+        self._read_started = True
         problems: list[str] = []
         try:
             with open(os.dup(self._held_fd()), "rb") as stream:
                 data = stream.read()
-        except OSError as exc:
+        except (OSError, MemoryError) as exc:
             log.warning("spool segment %s cannot be read (%s); kept for a later replay", self.path.name, exc)
-            self.dropped_tail_bytes = -1
+            self.read_failed = True
             return
         size = len(data)
         offset = 0
@@ -125,6 +135,7 @@ class Segment:
                     torn = offset + HEADER_BYTES > size or header is not None
                     problems.append(f"{'torn tail' if torn else 'damaged header'} at byte {offset}")
                     self.dropped_tail_bytes = size - offset
+                    self._read_whole = True
                     return
                 end = offset + HEADER_BYTES + header.length
                 payload = data[offset + HEADER_BYTES:end]
@@ -136,9 +147,11 @@ class Segment:
                 record = self._decode(header, payload)
                 if record is None:
                     self.skipped_records += 1
+                    self.skipped_ops += header.ops  # the header CRC vouches for this count
                     problems.append(f"bad record ending at byte {offset}")
                     continue
                 yield record
+            self._read_whole = True
         finally:
             if problems:
                 log.warning("spool segment %s: %s; skipped %d damaged record(s), %d damaged and %d tail byte(s)",
@@ -158,11 +171,16 @@ class Segment:
             return None
 
     def done(self) -> None:
-        """Every record was delivered: delete the file (still under our lock), then release it."""
+        """Every record was delivered: delete the file (still under our lock), then release it.
+
+        Refused (ValueError) after a ``records()`` read that failed or was not read to its end: what
+        was not read was not delivered, and deleting the file would lose it without a trace."""
         if self._fd is None:
             if self._deleted:
                 return
             raise ValueError(f"spool segment {self.path.name} was released; claim it again to delete it")
+        if self._read_started and not self._read_whole:
+            raise ValueError(f"spool segment {self.path.name} was not read to its end; release it")
         if self.foreign:
             if self._keep_foreign is None:
                 raise ValueError(f"spool segment {self.path.name} holds records of a newer version; release it")

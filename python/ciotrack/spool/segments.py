@@ -80,7 +80,8 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30,
                  segment_bytes: int | None = None, fsync: bool = False,
                  on_evict: Callable[[int], None] | None = None,
-                 on_deleted: Callable[[int], None] | None = None) -> None:
+                 on_deleted: Callable[[int], None] | None = None,
+                 on_refuse: Callable[[int], None] | None = None) -> None:
         if segment_bytes is None:
             segment_bytes = SEGMENT_BYTES
         if max_bytes <= 0 or segment_bytes <= 0:
@@ -92,6 +93,7 @@ class Spool:
         self.fsync = fsync
         self._on_evict = on_evict
         self._on_deleted = on_deleted
+        self._on_refuse = on_refuse
         self._foreign_only: set[str] = set()  # segments we wrote back for a newer version: never ours to claim
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -106,28 +108,48 @@ class Spool:
 
     # -- public API -------------------------------------------------------------------------------
 
-    def append(self, ops: Sequence[bytes], *, region: str = "us") -> None:
-        """Write ``ops`` as one record. Over ``max_bytes``, the oldest unlocked segments are deleted
-        first and their op count reported to ``on_evict``; if the record still cannot fit (it is
-        larger than ``max_bytes``, or everything else is locked) it is refused, also reported."""
+    def append(self, ops: Sequence[bytes], *, region: str = "us") -> int:
+        """Write ``ops`` as one record; the number of ops written. Over ``max_bytes``, the oldest
+        unlocked segments are deleted first and their op count reported to ``on_evict``. A record
+        larger than ``max_bytes`` is written as smaller ones; one that still cannot fit (a single
+        op over ``max_bytes``, or everything else is locked) is refused: not written, its op count
+        reported to ``on_refuse``."""
         record = encode_record(region, ops)
         if not ops:
-            return
+            return 0
+        if len(record) > self.max_bytes and len(ops) > 1:
+            half = len(ops) // 2
+            return self.append(ops[:half], region=region) + self.append(ops[half:], region=region)
+        written = 0
         with self._guard():
             if self._closed:
                 raise ValueError("append to a closed spool")
+            # Before anything reads the directory: if it was deleted (rm -rf of the spool), the loss
+            # of our writer segment is noticed and reported whichever path this append takes.
+            deleted = self._check_writer()
             evicted, fits = self._make_room(len(record))
             if fits:
                 self._write(record, len(ops))
+                written = len(ops)
             else:
-                evicted += len(ops)
                 log.warning("spool %s is full (max_bytes=%d): refused a record of %d ops, %d bytes",
                             self.directory, self.max_bytes, len(ops), len(record))
+        if deleted and self._on_deleted is not None:  # outside the lock, as on_evict
+            try:
+                self._on_deleted(deleted)
+            except Exception:
+                log.exception("spool on_deleted hook raised")
         if evicted and self._on_evict is not None:  # outside the lock: the hook may call us back
             try:
                 self._on_evict(evicted)
             except Exception:
                 log.exception("spool on_evict hook raised")
+        if not written and self._on_refuse is not None:
+            try:
+                self._on_refuse(len(ops))
+            except Exception:
+                log.exception("spool on_refuse hook raised")
+        return written
 
     def pending(self) -> tuple[int, int]:
         """``(ops, bytes)`` in every segment of the directory, other processes' included. Ops are
@@ -199,7 +221,13 @@ class Spool:
             self._claimed.discard(segment)
 
     def _segment_names(self) -> list[str]:
-        names = os.listdir(self.directory)
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            # The directory was deleted (a tmp cleaner, rm -rf): it holds nothing; make it again so
+            # the spool keeps working instead of failing every append from now on.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return []
         return sorted(n for n in names if n.endswith(SEGMENT_SUFFIX) and not n.startswith("."))
 
     def _scan_dir(self) -> tuple[int, list[tuple[str, int]]]:
@@ -222,7 +250,10 @@ class Spool:
                 skip_once(path, exc.strerror or str(exc))
                 continue
             segments.append((name, size))
-        self._scans = {name: self._scans[name] for name, _ in segments}
+        kept = {name for name, _ in segments}
+        if self._writer is not None:  # even when deleted under us: _check_writer reports its ops from it
+            kept.add(self._writer.name)
+        self._scans = {name: scan for name, scan in self._scans.items() if name in kept}
         total = sum(size for _, size in segments)
         self._estimated_bytes, self._scanned_at = total, time.monotonic()
         return total, segments
@@ -276,9 +307,6 @@ class Spool:
         if writer is not None and writer.size > 0 and writer.size + len(record) > self.segment_bytes:
             self._close_writer()
             writer = None
-        if writer is not None and os.fstat(writer.fd).st_nlink == 0:
-            self._writer_deleted(writer)
-            writer = None
         if writer is None:
             writer = self._writer = self._open_writer()
         view = memoryview(record)
@@ -301,19 +329,18 @@ class Spool:
         scan.offset, scan.ops = writer.size, scan.ops + ops
         self._estimated_bytes += len(record)
 
-    def _writer_deleted(self, writer: _Writer) -> None:
-        """Our segment was unlinked under us (a tmp cleaner, ``rm -rf``): what it held is gone.
-        Never count a write into it; report the loss; the next write starts a fresh segment."""
+    def _check_writer(self) -> int:
+        """Ops lost when our segment was unlinked under us (a tmp cleaner, ``rm -rf``): what it held is
+        gone. Never write into it; the caller reports the loss; the next write starts a fresh segment."""
+        writer = self._writer
+        if writer is None or os.fstat(writer.fd).st_nlink > 0:
+            return 0
         self._close_writer()
         scan = self._scans.pop(writer.name, None)
         lost = scan.ops if scan is not None else 0
         log.warning("spool segment %s was deleted by someone else; %d spooled operation(s) in it are lost",
                     writer.name, lost)
-        if lost and self._on_deleted is not None:
-            try:
-                self._on_deleted(lost)
-            except Exception:
-                log.exception("spool on_deleted hook raised")
+        return lost
 
     def _write_foreign(self, records: list[bytes]) -> None:
         """Write raw records of a newer format version to a segment of their own, which this process
@@ -375,7 +402,11 @@ class Spool:
 
     def _sweep_stale_creating(self) -> None:
         """Remove empty ``.creating`` files of writers that died before renaming them."""
-        for name in os.listdir(self.directory):
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:  # deleted: _segment_names makes it again
+            return
+        for name in names:
             if not (name.startswith(".") and name.endswith(_CREATING_SUFFIX)):
                 continue
             fd = lock_existing(self.directory / name)
