@@ -122,9 +122,10 @@ def test_close_keeps_its_deadline_with_many_senders_stuck_in_requests(make_track
     assert tracker.stats().in_flight >= 64  # every sender is inside a 30 s request
     started = time.monotonic()
     tracker.close(timeout=0.2)
-    # Returned by its deadline: nothing but a clock can say so. The margin is wide (the bug overran
-    # by 0.05 s per stuck sender, 3.2 s here); nothing was lost: every batch was spooled.
-    assert time.monotonic() - started < 1.5
+    # Returned by its deadline: nothing but a clock can say so. The margin is wide, for a loaded CI
+    # machine (the bug overran by at least 0.05 s per stuck sender: 3.2 s and more here); nothing was
+    # lost: every batch was spooled.
+    assert time.monotonic() - started < 2.5
     assert tracker.stats().spooled == 600
     emulator.clear_faults()
 
