@@ -15,18 +15,25 @@ from ciotrack.spool.dead_letter import MAX_REPLAYS
 from conftest import API_KEY, SITE_ID, Recorded, RecordingServer
 
 
-def test_a_batch_that_keeps_failing_on_replay_goes_to_a_dead_letter_file(
-        recorder: RecordingServer, tmp_path: pathlib.Path) -> None:
+def _poison_refused(recorder: RecordingServer) -> list[str]:
+    """The receiver answers 500 to any batch holding an event named ``poison``, 200 to the rest (and to
+    the health probe: the API is up); returns the list of the event names POSTed, as they arrive."""
     posts: list[str] = []
 
     def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
         if rec.method != "POST":
-            return 200, {}, b"{}"  # the health probe: the API is up
+            return 200, {}, b"{}"
         names = [op["name"] for op in json.loads(rec.body)["batch"]]
         posts.extend(names)
         return (500, {}, b"{}") if "poison" in names else (200, {}, b"{}")
 
     recorder.responder = respond
+    return posts
+
+
+def test_a_batch_that_keeps_failing_on_replay_goes_to_a_dead_letter_file(
+        recorder: RecordingServer, tmp_path: pathlib.Path) -> None:
+    posts = _poison_refused(recorder)
     drops: list[tuple[str, int]] = []
     tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, spool_dir=str(tmp_path), rate_limit=0,
                       flush_interval=0.02, max_retries=0, backoff_base=0.01,
@@ -64,16 +71,7 @@ def test_operations_handed_back_untried_after_a_failed_replay_never_age_into_dea
     # Each replay round sends the poison batch first; it runs out of retries, the destination is
     # then known down, and the rest of the round goes back to the spool without a request. Those
     # operations were never tried: only the poison may become a dead letter, however many rounds.
-    posts: list[str] = []
-
-    def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
-        if rec.method != "POST":
-            return 200, {}, b"{}"  # the health probe: the API is up
-        names = [op["name"] for op in json.loads(rec.body)["batch"]]
-        posts.extend(names)
-        return (500, {}, b"{}") if "poison" in names else (200, {}, b"{}")
-
-    recorder.responder = respond
+    posts = _poison_refused(recorder)
     drops: list[tuple[str, int]] = []
     # One sender, and a poison big enough to fill a batch on its own: it is always sent first, alone.
     tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, spool_dir=str(tmp_path), rate_limit=0,

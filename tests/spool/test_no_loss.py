@@ -346,13 +346,19 @@ def test_an_operation_larger_than_the_spool_is_refused_and_reported_as_such(tmp_
     assert _ops_on_disk(tmp_path / "s") == 0
 
 
+def _unreachable_with_small_spool(tmp_path: pathlib.Path, drops: list[tuple[str, int]]) -> Tracker:
+    """A tracker whose endpoint refuses connections, with a 64 KiB spool under ``tmp_path``: every batch
+    is spooled (or reported into ``drops``) once its one try fails."""
+    return Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path),
+                   spool_max_bytes=65536, rate_limit=0, max_retries=0, timeout=(0.2, 0.2),
+                   on_drop=lambda reason, n: drops.append((reason, n)))
+
+
 def test_a_batch_larger_than_the_spool_is_spooled_in_pieces_and_counted_once(tmp_path: pathlib.Path) -> None:
     # A batch whose record alone is over spool_max_bytes: written as smaller records, as much as the
     # cap holds; spooled counts only what was written, and every op is on disk or reported.
     drops: list[tuple[str, int]] = []
-    tracker = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path),
-                      spool_max_bytes=65536, rate_limit=0, max_retries=0, timeout=(0.2, 0.2),
-                      on_drop=lambda reason, n: drops.append((reason, n)))
+    tracker = _unreachable_with_small_spool(tmp_path, drops)
     for i in range(100):
         tracker.track(f"user-{i}", "big", {"pad": "x" * 1000})
     assert tracker.flush(timeout=20)
@@ -374,9 +380,7 @@ def test_a_tracker_reports_what_its_spool_refused_and_does_not_count_it_spooled(
         other.append([json.dumps({"pad": "x" * 9000, "i": i}).encode()])
     held = list(other.claim())
     drops: list[tuple[str, int]] = []
-    tracker = Tracker(SITE_ID, API_KEY, endpoint=f"http://127.0.0.1:{free_port()}", spool_dir=str(tmp_path),
-                      spool_max_bytes=65536, rate_limit=0, max_retries=0, timeout=(0.2, 0.2),
-                      on_drop=lambda reason, n: drops.append((reason, n)))
+    tracker = _unreachable_with_small_spool(tmp_path, drops)
     for i in range(10):
         tracker.track(f"user-{i}", "refused", {"pad": "x" * 1000})
     result = tracker.flush_result(timeout=20)
