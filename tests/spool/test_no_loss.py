@@ -371,7 +371,6 @@ def test_a_batch_larger_than_the_spool_is_spooled_in_pieces_and_counted_once(tmp
     assert {reason for reason, _ in drops} <= {"spool_evicted"}
 
 
-
 def test_a_tracker_reports_what_its_spool_refused_and_does_not_count_it_spooled(tmp_path: pathlib.Path) -> None:
     # Another replayer holds (claims) segments filling the cap: nothing can be evicted to make room.
     directory = spool_directory(tmp_path, SITE_ID)
