@@ -134,21 +134,10 @@ class Spool:
             else:
                 log.warning("spool %s is full (max_bytes=%d): refused a record of %d ops, %d bytes",
                             self.directory, self.max_bytes, len(ops), len(record))
-        if deleted and self._on_deleted is not None:  # outside the lock, as on_evict
-            try:
-                self._on_deleted(deleted)
-            except Exception:
-                log.exception("spool on_deleted hook raised")
-        if evicted and self._on_evict is not None:  # outside the lock: the hook may call us back
-            try:
-                self._on_evict(evicted)
-            except Exception:
-                log.exception("spool on_evict hook raised")
-        if not written and self._on_refuse is not None:
-            try:
-                self._on_refuse(len(ops))
-            except Exception:
-                log.exception("spool on_refuse hook raised")
+        # The losses, reported outside the lock: a hook may call us back.
+        _report(self._on_deleted, deleted, "on_deleted")
+        _report(self._on_evict, evicted, "on_evict")
+        _report(self._on_refuse, 0 if written else len(ops), "on_refuse")
         return written
 
     def pending(self) -> tuple[int, int]:
@@ -428,3 +417,12 @@ def spool_directory(spool_dir: str | os.PathLike[str], site_id: str) -> pathlib.
     name = site_id if _SAFE_SITE.fullmatch(site_id) and not site_id.startswith(".") else (
         hashlib.sha256(site_id.encode("utf-8", "surrogatepass")).hexdigest()[:24])
     return pathlib.Path(spool_dir) / f"site-{name}"
+
+
+def _report(hook: Callable[[int], None] | None, count: int, name: str) -> None:
+    """Tell ``hook`` of ``count`` lost ops, if any; what it raises is logged, never propagated."""
+    if count and hook is not None:
+        try:
+            hook(count)
+        except Exception:
+            log.exception("spool %s hook raised", name)
