@@ -371,8 +371,6 @@ class Pipeline:
         if self.forked_here():  # before self._cv: a parent thread may have held it at the fork
             return True
         with self._cv:
-            if self._forked_away:
-                return True
             first = not self._closed
             if first:
                 self._closed = True
