@@ -14,7 +14,6 @@ worker module stays about reading and delivering.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -79,20 +78,9 @@ return released
 
 
 def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
-    """EVALSHA, falling back to EVAL (which caches the script) when Redis does not know it yet.
-    ``client`` is passed each time (no ``register_script`` binding), so a wrapped client is used."""
-    import redis as redis_module
-
-    sha = _SHAS.get(script)
-    if sha is None:
-        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
-    try:
-        return client.evalsha(sha, len(keys), *keys, *args)
-    except redis_module.exceptions.NoScriptError:
-        return client.eval(script, len(keys), *keys, *args)
-
-
-_SHAS: dict[str, str] = {}
+    """``script`` on ``client`` through redis-py's ``Script`` (EVALSHA, loading the script when Redis
+    does not know it). ``client`` is passed to each call, so a wrapped client is the one that runs it."""
+    return client.register_script(script)(keys=keys, args=args, client=client)
 
 
 def rejected_reason(reasons: Iterable[str]) -> str:
