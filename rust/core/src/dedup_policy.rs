@@ -118,6 +118,13 @@ impl DedupPolicy {
     }
 }
 
+/// A person action after which an identify equal to the last one must be sent again: a delete or a
+/// suppress (which deletes) re-creates the person, and an unsuppress lifts the refusal of the
+/// identifies sent while suppressed. `Core.person` and a raw op's intake both go by it.
+pub fn ends_identify(action: &str) -> bool {
+    matches!(action, "delete" | "suppress" | "unsuppress")
+}
+
 /// A subject read back from an op: which identifier, and its text.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -205,8 +212,8 @@ impl DedupPolicy {
             return Vec::new();
         };
         let people: &[&str] = match action.as_str() {
-            "delete" | "suppress" | "unsuppress" => &["identifiers"],
             "merge" => &["primary", "secondary"],
+            action if ends_identify(action) => &["identifiers"],
             _ => &[],
         };
         people

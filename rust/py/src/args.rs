@@ -339,9 +339,8 @@ fn largest_property(py: Python<'_>, data: &Bound<'_, PyAny>) -> Result<Option<(S
     Ok(largest)
 }
 
-/// Builds a person operation. Returns the identify dedup key to forget when the operation deletes
-/// the person or lifts a suppression (delete, suppress, unsuppress): after it, an identify equal to
-/// the last one must be sent (to re-create them; a suppressed person's identifies are refused).
+/// Builds a person operation. Returns the identify dedup key to forget when the action ends it
+/// (`dedup_policy::ends_identify`: delete, suppress, unsuppress).
 pub fn build_person(
     py: Python<'_>,
     out: &mut Vec<u8>,
@@ -366,8 +365,7 @@ pub fn build_person(
         None => ops::close(out),
     }
     ops::check_op_size(out.len(), || format!("person {}", py_repr(action)))?;
-    Ok(matches!(action, "delete" | "suppress" | "unsuppress")
-        .then(|| dedup_policy::identify_key(subject)))
+    Ok(dedup_policy::ends_identify(action).then(|| dedup_policy::identify_key(subject)))
 }
 
 pub fn build_raw(py: Python<'_>, out: &mut Vec<u8>, op: &Bound<'_, PyAny>) -> Result<()> {
