@@ -34,7 +34,7 @@ from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.overflow import OverflowWatch
 from ciotrack.ownership import Ownership, unpark
-from ciotrack.routes import Route, Router
+from ciotrack.routes import RegionPending, Route, Router
 from ciotrack.senders import SenderPool
 from ciotrack.spool.replay import SpoolReplay
 from ciotrack.stats import Stats
@@ -227,15 +227,18 @@ class Pipeline:
         """Deliver ``job`` and act on each piece's verdict. False when parked at ``deadline``. Interrupted
         by any exception (KeyboardInterrupt, a Celery soft time limit, a bug), unfinished pieces are
         parked with their retry state first (``count_interruption``: as one more attempt)."""
-        delivery = self.router.delivery(route)
         owned = self._owners.start(job)  # _split keeps it current
         finished = True
         try:
+            delivery = self.router.delivery(route)
             for result in delivery.deliver(job, deadline):
                 batch = cast(Batch, result.job.batch)  # the jobs we hand to deliver() hold native batches
                 if not self._settle(route, result, batch):
                     finished = False
                 owned.pop(id(batch), None)
+        except RegionPending:  # inline only: the deadline passed before the region was known
+            self._owners.put_back(route, owned, False)
+            return False
         except BaseException:
             self._owners.put_back(route, owned, count_interruption)
             raise

@@ -24,15 +24,21 @@ from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
 from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
 from ciotrack.destinations.base import Destination, Outcome
+from ciotrack.destinations.http import deadline_passed, time_left
 from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.ratelimit import Limiter, local_limiter
 from ciotrack.retry import RetryPolicy
 
-__all__ = ["Route", "Router"]
+__all__ = ["RegionPending", "Route", "Router"]
 
 log = logging.getLogger("ciotrack.sender")
 
 SplitHook = Callable[["Route", Deliverable, Deliverable, Deliverable], None]
+
+
+class RegionPending(Exception):
+    """``region="auto"``: an inline flush's deadline cut the region lookup short. Nothing was bound (a
+    timeout there says nothing about the account's region); the job is parked, the next delivery asks."""
 
 
 class Route:
@@ -184,8 +190,12 @@ class Router:
             if route.delivery is not None:
                 return route.delivery
             c = self.config
+            left = time_left()  # an inline (sync=True) flush's deadline holds for the lookup too
+            timeout = c.timeout if left is None else _capped(c.timeout, left)
             region = lookup_region(self.session, c.endpoint_for("us"), c.site_id, c.api_key,
-                                   timeout=c.timeout, proxies=c.proxies, verify=c.verify)
+                                   timeout=timeout, proxies=c.proxies, verify=c.verify)
+            if region is None and deadline_passed():
+                raise RegionPending
             if region is None:
                 log.warning("ciotrack: region='auto' could not determine the account's region; sending to 'us'")
                 region = "us"
@@ -219,6 +229,11 @@ class Router:
 
     def tokens(self) -> dict[str, float]:
         return {region: limiter.tokens() for region, limiter in list(self.limiters.items())}
+
+
+def _capped(timeout: float | tuple[float, float], left: float) -> tuple[float, float]:
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return min(connect, left), min(read, left)
 
 
 def _concurrency(config: Config) -> Concurrency:

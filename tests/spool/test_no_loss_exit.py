@@ -5,6 +5,7 @@ spool file, SIGKILL."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -388,3 +389,23 @@ def test_leaving_a_with_block_spools_what_it_could_not_deliver(emulator: Emulato
     assert sorted(op["attributes"]["i"] for op in spooled_ops(tmp_path)) == list(range(5))
     deliver_spool(emulator, tmp_path)
     assert sorted(e["data"]["i"] for e in all_events(emulator.state())) == list(range(5))
+
+
+def test_sync_auto_region_lookup_keeps_the_deadline_and_is_asked_again(emulator: Emulator,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # region="auto" looks the account's region up before the first send. The lookup answers after 8 s
+    # (within the 15 s read timeout): it took the whole 8 s of a flush(0.5), then bound the route to "us"
+    # for good, as if the account's region could not be known.
+    caplog.set_level(logging.WARNING, logger="ciotrack")
+    emulator.set_faults(latency=8.0)
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=emulator.url, region="auto", sync=True, rate_limit=0)
+    tracker.track("auto-user", "checkout", {"i": 1})
+    done, elapsed = _timed(tracker.flush, 0.5)
+    assert done is False and elapsed < 0.5 + SLACK
+    assert tracker.stats().in_flight == 1  # parked, still accepted
+    assert not any("sending to 'us'" in r.getMessage() for r in caplog.records)
+
+    emulator.clear_faults()
+    assert tracker.flush(10) is True  # asked again, then delivered
+    assert [e["data"]["i"] for e in all_events(emulator.state())] == [1]
+    assert tracker.close(5)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
 
 __all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "caller_deadline", "read_capped",
-           "time_left", "watchdog"]
+           "deadline_passed", "time_left", "watchdog"]
 
 RESPONSE_CAP = 4 << 20
 """Most bytes of a response body read; Customer.io's largest answers are far below a megabyte."""
@@ -68,6 +68,12 @@ def caller_deadline(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _current.deadline = outer
+
+
+def deadline_passed() -> bool:
+    """This thread is inside a :func:`caller_deadline` that has passed."""
+    deadline: float | None = getattr(_current, "deadline", None)
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def time_left() -> float | None:
