@@ -10,8 +10,9 @@ state, as a threaded sender's batch stays in flight past a flush deadline: the n
 and ``close()`` spools it or reports it (``shutdown``). With no retry left, it is given up like any
 exhausted batch (spooled or reported). Nothing is dropped silently either way.
 
-A custom destination's ``send`` has no deadline parameter: for it, as before, the deadline is checked
-before each job and each retry, not during a request.
+A custom destination's ``send`` has no deadline parameter: the deadline is checked before each job and
+each retry, and a destination that makes its own requests reads what is left with
+:func:`ciotrack.destinations.time_left` to cap them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ciotrack.destinations import Outcome
+from ciotrack.destinations import Outcome, time_left
 from ciotrack.destinations.capture import Capture
 from ciotrack.errors import ConfigError, DeliveryError
 from ciotrack.tracker import Tracker
@@ -195,3 +195,36 @@ def test_an_object_that_is_neither_a_destination_nor_a_factory_is_refused() -> N
 
     with pytest.raises(ConfigError, match="destination must be a Destination"):
         Tracker(destination=SendOnly())
+
+
+def test_a_destination_reads_the_callers_deadline_with_time_left() -> None:
+    class Slow:
+        """Makes its own (here: simulated) request, capped by the time the caller has left."""
+
+        name = "slow"
+
+        def __init__(self) -> None:
+            self.seen: list[float | None] = []
+
+        def send(self, body: bytes) -> Outcome:
+            left = time_left()
+            self.seen.append(left)
+            time.sleep(min(30.0, left if left is not None else 30.0))
+            return Outcome.retry(None, reason="timeout")
+
+        def probe(self) -> bool:
+            return True
+
+        def close(self) -> None:
+            pass
+
+    slow = Slow()
+    tracker = Tracker(destination=slow, sync=True)
+    tracker.track("1", "deadline")
+    started = time.monotonic()
+    assert tracker.flush(timeout=0.5) is False
+    assert time.monotonic() - started < 10  # the destination kept the caller's 0.5 s, not its own 30 s
+    assert slow.seen and all(left is not None and left <= 0.5 for left in slow.seen)
+    assert tracker.stats().in_flight == 1  # cut short and parked, not lost
+    tracker.close(timeout=0.2)
+    assert time_left() is None  # outside a deadline (here, as on a sender thread)
