@@ -23,7 +23,8 @@ Differences from the official client:
 * Errors raise :class:`AppAPIError`, a ``CustomerIOException`` with ``status`` and ``body``; its
   message names the status, the URL and Customer.io's error text but never the request data (it
   may hold personal data) and never the key. 401/403 say what to check.
-* The key is not an attribute (``client.key`` is absent); ``repr`` shows the URL only.
+* The key is not an attribute (``client.key`` is absent); ``repr`` shows the URL only. A key with a
+  character HTTP cannot carry (a newline, an invisible or typographic one) is refused when the client is made.
 """
 
 from __future__ import annotations
@@ -315,6 +316,13 @@ class APIClient:
         if not isinstance(key, str) or not key.strip():
             raise CustomerIOException("an App API key is needed (Customer.io: Settings > API Credentials > "
                                       "App API Keys; it is not the Track API key)")
+        # The key travels in a latin-1 header: a newline kept from a secret file or a pasted invisible or
+        # typographic character would fail every send, and requests' error quotes the whole header. Say so
+        # now, never showing the key (the rule Config applies to the Track API key).
+        bad = next((i for i, ch in enumerate(key) if ord(ch) > 0xFF or ord(ch) < 0x20), None)
+        if bad is not None:
+            raise CustomerIOException(f"the App API key has a character HTTP cannot carry at position {bad} (a "
+                                      "newline from a file, a pasted invisible or typographic character?)")
         self.region = region
         self.url = (url or f"https://{region.api_host}").rstrip("/")
         self.retries = retries

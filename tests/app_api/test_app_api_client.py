@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -184,3 +185,19 @@ def test_spawned_emulator_reports_sends_and_credentials() -> None:
         [sent] = em.transactional_sends()
         assert sent["delivery_id"] == answer["delivery_id"] and sent["site_id"] == "site-s"
 
+
+
+@pytest.mark.parametrize("pasted", ["\n", "\r\n", "\u200b", "\u2019"], ids=repr)
+def test_a_key_http_cannot_carry_is_refused_without_showing_it(app_emulator: Emulator, pasted: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    # A key read from a secret file keeps its newline; one pasted from a web page may carry an invisible or
+    # typographic character. requests puts the whole header value in its InvalidHeader message, so such a
+    # key used to come back inside the AppAPIError (or escaped as a bare UnicodeEncodeError).
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(CustomerIOException) as info:
+        with APIClient(APP_KEY + pasted, url=app_emulator.url) as api:
+            api.send_sms(SMS)
+    shown = "".join(traceback.format_exception(info.value)) + caplog.text
+    assert APP_KEY not in shown
+    assert "position" in str(info.value)
+    assert app_emulator.stats()["by_status"] == {}  # refused before any request
