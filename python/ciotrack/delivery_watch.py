@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from ciotrack.destinations.base import Outcome
 from ciotrack.preflight import credentials_hint
+from ciotrack.redact import redacted_url
 
 __all__ = ["DeliveryWatch", "cause_of", "debug_logger", "health_logger"]
 
@@ -76,8 +77,9 @@ class DeliveryWatch:
 
     def __init__(self, *, endpoint: str, region: str, site_id: str, queue_depth: Callable[[], int],
                  debug: bool = False) -> None:
-        self.endpoint = endpoint
-        """What the lines name: the batch URL (or the destination's name when it is not HTTP)."""
+        self.endpoint = redacted_url(endpoint)
+        """What the lines name: the batch URL without the password of its userinfo (or the destination's
+        name when it is not HTTP)."""
         self.region = region
         self._site_id = site_id
         self._queue_depth = queue_depth

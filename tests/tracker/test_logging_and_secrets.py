@@ -243,3 +243,22 @@ def test_the_key_is_in_no_log_line_or_delivery_error_after_a_401_or_a_dead_endpo
 
 def _failing_hook(secret: str, reason: str, count: int) -> Any:
     raise RuntimeError("hook failed")
+
+
+def test_an_endpoint_carrying_the_key_is_shown_without_it_in_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    # "https://site:key@track.customer.io" (a URL copied with its credentials) or a proxy's password: the
+    # repr hid it, but the health, debug and loss lines named the endpoint as given.
+    errors: list[DeliveryError] = []
+    with caplog.at_level(logging.DEBUG):
+        dead = Tracker(SITE_ID, API_KEY, endpoint=f"http://{SITE_ID}:{API_KEY}@127.0.0.1:{free_port()}", debug=True,
+                       flush_interval=0.01, rate_limit=0, max_retries=1, backoff_base=0.01, on_error=errors.append)
+        dead.track("1", "unreachable")
+        assert dead.flush(timeout=10)
+        dead.track("1", "queued at close")
+        dead.close(timeout=0)
+    assert any("failing: connection refused" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "ciotrack.http" for r in caplog.records)
+    assert any("delivery failing: connection refused to http://site-test:***@127.0.0.1" in r.getMessage()
+               for r in caplog.records)
+    lines = [caplog.text] + [r.getMessage() for r in caplog.records]
+    _assert_absent(API_KEY, *lines, *(text for e in errors for text in (str(e), repr(e), e.reason)))

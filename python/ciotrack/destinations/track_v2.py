@@ -20,6 +20,7 @@ import requests
 from ciotrack._version import __version__
 from ciotrack.destinations.base import Outcome
 from ciotrack.destinations.http import DeadlineAdapter, read_capped, time_left, watchdog
+from ciotrack.redact import redacted_url
 from ciotrack.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class TrackV2Destination:
     ) -> None:
         self.name = name
         self.url = endpoint.rstrip("/") + "/api/v2/batch"
+        self._shown_url = redacted_url(self.url)  # what reprs and log lines name: no userinfo password
         self._probe_url = endpoint.rstrip("/") + "/api/v1/accounts/region"
         self._owns_session = session is None
         self._session = make_session(1) if session is None else session
@@ -116,7 +118,7 @@ class TrackV2Destination:
                                                                         auth=self._auth))
 
     def __repr__(self) -> str:  # the key stays out of every repr
-        return f"TrackV2Destination(url={self.url!r}, region={self.name!r})"
+        return f"TrackV2Destination(url={self._shown_url!r}, region={self.name!r})"
 
     accepts_buffers = True
     """:meth:`send` takes a read-only ``memoryview`` as well as bytes (see ``Delivery``): the sender
@@ -175,7 +177,7 @@ class TrackV2Destination:
         if watch.disarm(token):
             return _deadline_outcome(total)
         if truncated:
-            log.warning("ciotrack: the answer from %s was longer than %d bytes; read no further", self.url,
+            log.warning("ciotrack: the answer from %s was longer than %d bytes; read no further", self._shown_url,
                         len(content))
         status = response.status_code
         if 300 <= status < 400:
@@ -205,7 +207,7 @@ class TrackV2Destination:
             self._redirect_logged_at = now
             log.error("ciotrack: %s answered %d redirecting to %s; ciotrack never follows redirects (a "
                       "redirected POST loses its body and credentials). Set endpoint= to the right URL, or fix "
-                      "the proxy or captive portal in between", self.url, status, location or "(no Location)")
+                      "the proxy or captive portal in between", self._shown_url, status, location or "(no Location)")
         return Outcome.retry(status, reason=f"redirect: {status} to {(location or '?')[:200]}")
 
     def probe(self) -> bool:
@@ -323,13 +325,13 @@ def lookup_region(
         response = session.get(url, auth=(site_id, api_key), timeout=timeout, allow_redirects=False,
                                proxies=dict(proxies) if proxies else None, verify=verify)
         if response.status_code != 200:
-            log.warning("ciotrack: region lookup at %s answered %d", url, response.status_code)
+            log.warning("ciotrack: region lookup at %s answered %d", redacted_url(url), response.status_code)
             return None
         region = response.json().get("region")
     except (requests.exceptions.RequestException, ValueError, AttributeError) as exc:
-        log.warning("ciotrack: region lookup at %s failed: %s", url, _short(exc))
+        log.warning("ciotrack: region lookup at %s failed: %s", redacted_url(url), _short(exc))
         return None
     if region in ("us", "eu"):
         return str(region)
-    log.warning("ciotrack: region lookup at %s returned unknown region %r", url, region)
+    log.warning("ciotrack: region lookup at %s returned unknown region %r", redacted_url(url), region)
     return None
