@@ -155,8 +155,11 @@ class Ledger:
         label = failure_label(detail) if reason is Reason.REJECTED else reason.value
         self._recorder.incr("failed", count)
         self._recorder.incr("failed_" + label, count)
-        self.log.warning("failed:" + region, "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s"
-                         + self._cause_suffix(), count, region, attempts, detail)
+        # Throttled per region and cause: a batch refused with a 400 right after an outage's retries ran out
+        # is a different problem, and this line is the only one that says it.
+        self.log.warning(f"failed:{region}:{label}",
+                         "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s" + self._cause_suffix(),
+                         count, region, attempts, detail)
         if self._on_error is not None:
             error = DeliveryError(f"{count} operation(s) failed: {detail}", ops=list(ops), status=status,
                                   reason=detail, attempts=attempts, region=region)

@@ -193,3 +193,26 @@ def test_a_silent_server_is_named_timeout(caplog: pytest.LogCaptureFixture) -> N
             tracker.close(timeout=0.5)
     [warning] = [r for r in records(caplog, logging.WARNING, "failing: timeout") if r.name == "ciotrack.health"]
     assert f"{url}/api/v2/batch" in warning.getMessage() and "1 operation(s) waiting" in warning.getMessage()
+
+
+def test_each_cause_of_a_final_failure_gets_its_own_line(caplog: pytest.LogCaptureFixture) -> None:
+    # A 400 for a whole batch is said by the loss line alone (the health watch leaves content refusals to it).
+    # Throttled per region, that line was held back for 10 s after any other failure: the cause went unsaid.
+    caplog.set_level(logging.WARNING, logger="ciotrack")
+    with Emulator(workspaces={SITE_ID: API_KEY}, faults={"error_rate": 1.0, "error_statuses": [503]}) as em:
+        tracker = Tracker(SITE_ID, API_KEY, endpoint=em.url, flush_interval=0.02, rate_limit=0, backoff_base=0.01,
+                          backoff_cap=0.02, max_retries=1)
+        try:
+            tracker.track("u1", "during_503")
+            assert tracker.flush(timeout=10)
+            em.set_faults(error_rate=1.0, error_statuses=[400])
+            tracker.track("u1", "refused_with_400")
+            assert tracker.flush(timeout=10)
+            tracker.track("u1", "refused_again")
+            assert tracker.flush(timeout=10)
+        finally:
+            tracker.close(timeout=1)
+    assert dict(tracker.stats().failed) == {"retries_exhausted": 1, "http_400": 2}
+    failed = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    assert len(failed) == 2, failed  # the same cause again stays throttled
+    assert "retries exhausted: http_503" in failed[0] and "http_400" in failed[1], failed
