@@ -116,7 +116,11 @@ class DeliveryWatch:
         if kind == "split":
             return
         if kind == "final" and outcome.status not in (401, 403) and not outcome.reason.startswith("tls_error"):
-            return  # a batch the server refuses for its content: the loss ledger reports it
+            # A batch the server refuses for its content: the loss ledger reports it. An answer means the
+            # destination is reachable again: an outage's cause must not be blamed for this refusal.
+            if outcome.status is not None and self._failing_since is not None:
+                self._recovered()
+            return
         self._failed(outcome)
 
     def _failed(self, outcome: Outcome) -> None:

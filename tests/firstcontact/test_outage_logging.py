@@ -198,7 +198,7 @@ def test_a_silent_server_is_named_timeout(caplog: pytest.LogCaptureFixture) -> N
 def test_each_cause_of_a_final_failure_gets_its_own_line(caplog: pytest.LogCaptureFixture) -> None:
     # A 400 for a whole batch is said by the loss line alone (the health watch leaves content refusals to it).
     # Throttled per region, that line was held back for 10 s after any other failure: the cause went unsaid.
-    caplog.set_level(logging.WARNING, logger="ciotrack")
+    caplog.set_level(logging.INFO, logger="ciotrack")
     with Emulator(workspaces={SITE_ID: API_KEY}, faults={"error_rate": 1.0, "error_statuses": [503]}) as em:
         tracker = Tracker(SITE_ID, API_KEY, endpoint=em.url, flush_interval=0.02, rate_limit=0, backoff_base=0.01,
                           backoff_cap=0.02, max_retries=1)
@@ -216,3 +216,6 @@ def test_each_cause_of_a_final_failure_gets_its_own_line(caplog: pytest.LogCaptu
     failed = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
     assert len(failed) == 2, failed  # the same cause again stays throttled
     assert "retries exhausted: http_503" in failed[0] and "http_400" in failed[1], failed
+    # The server answered the 400s: the 503 episode is over, and the 400 line must not blame it.
+    assert "HTTP 503" not in failed[1], failed
+    assert any("recovered" in r.getMessage() and "HTTP 503" in r.getMessage() for r in caplog.records)
