@@ -134,8 +134,10 @@ def _customer_key(customer_id: Any) -> str | int:
 
 
 def _event_timestamp(timestamp: Any) -> int | None:
-    """The official ``track`` rule: datetimes and int-convertible values are used, anything else dropped."""
-    if timestamp is None or timestamp.__class__ is int:
+    """The official ``track`` rule: datetimes and int-convertible values are used, anything else dropped.
+    A bool is returned as it is, for the tracker to refuse: the official client sends it, and Customer.io
+    refuses ``true`` as a timestamp; ``int(True)`` would have been January 1970."""
+    if timestamp is None or timestamp.__class__ is int or timestamp.__class__ is bool:
         return timestamp
     if isinstance(timestamp, datetime):
         return _unix(timestamp)

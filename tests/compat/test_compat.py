@@ -95,6 +95,8 @@ SERVER_REFUSED: list[tuple[str, Call]] = [
     ("event name None", lambda c: c.track("1", None)),
     ("event name too long", lambda c: c.track("1", "n" * 101)),
     ("event id not ULID", lambda c: c.track("1", "x", id="not-a-ulid")),
+    ("timestamp bool", lambda c: c.track("1", "x", timestamp=True)),  # was sent as 1 (January 1970)
+    ("anonymous timestamp bool", lambda c: c.track_anonymous("a1", "x", timestamp=False)),
     ("anonymous blank", lambda c: c.track_anonymous("", "x", {"a": 1})),
     ("anonymous None", lambda c: c.track_anonymous(None, "x")),
     ("page None", lambda c: c.pageview("1", None)),
