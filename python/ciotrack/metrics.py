@@ -41,6 +41,7 @@ Metric names (``ciotrack`` is the default ``namespace``):
 ``ciotrack_queued_operations{region}``              gauge       operations waiting in the queue
 ``ciotrack_queued_bytes{region}``                   gauge       bytes waiting in the queue
 ``ciotrack_in_flight_batches``                      gauge       batches being sent or retried
+``ciotrack_in_flight_operations``                   gauge       operations in those batches
 ``ciotrack_rate_limit_tokens{region}``              gauge       token bucket level
 ``ciotrack_concurrency_limit{region}``              gauge       requests allowed in flight (adaptive)
 ``ciotrack_requests_in_flight{region}``             gauge       requests being sent now
@@ -163,6 +164,8 @@ class PrometheusCollector:
         yield labelled(GaugeMetricFamily, "queued_bytes", "Encoded bytes waiting in the queue", "region",
                        stats.queued_bytes)
         yield gauge("in_flight_batches", "Batches being sent or waiting to be retried", stats.in_flight)
+        yield gauge("in_flight_operations", "Operations in batches being sent or waiting to be retried",
+                    stats.in_flight_ops)
         yield labelled(GaugeMetricFamily, "rate_limit_tokens", "Requests the rate limit allows now", "region",
                        stats.bucket_tokens)
         yield labelled(GaugeMetricFamily, "concurrency_limit", "Requests allowed in flight now (adaptive)",

@@ -481,8 +481,9 @@ class Pipeline:
     def stats(self) -> Stats:
         # No lock: len() of a dict is atomic, and a gauge read a moment early is still a fair gauge
         # (also safe from a hook, or after a fork where a parent thread may hold self._cv).
-        in_flight = sum(len(route.in_flight) for route in self.routes)
+        batches = [batch for route in self.routes for batch in list(route.in_flight.values())]
         return Stats.from_core(self.core.stats(), lane_regions=[r.name for r in self.routes],
-                               in_flight=in_flight, bucket_tokens=self.router.tokens(),
+                               in_flight=len(batches), in_flight_ops=sum(batch.count for batch in batches),
+                               bucket_tokens=self.router.tokens(),
                                concurrency=self.router.concurrency(), metrics_enabled=self.config.metrics,
                                destination=self.config.destination_kind)

@@ -127,6 +127,10 @@ class Stats:
     delivery_latency: HistogramSummary
     """Seconds from the call to Customer.io's acknowledgement, per delivered operation."""
 
+    in_flight_ops: int = 0
+    """Operations in those batches: taken from the queue, neither delivered nor lost yet. Without a spool,
+    ``accepted == delivered + failed_total + dropped_total - dropped["queue_full"] - dropped["closed"]
+    + sum(queued_ops.values()) + in_flight_ops`` (those two drops were never accepted)."""
     destination: str = "track_api"
     """Where batches go: ``"track_api"`` (Customer.io), ``"redis"`` (fleet mode: ``delivered`` and a
     True ``flush()`` mean *durable in the Redis stream*; the workers report delivery to Customer.io) or
@@ -163,6 +167,7 @@ class Stats:
         *,
         lane_regions: Iterable[str],
         in_flight: int = 0,
+        in_flight_ops: int = 0,
         bucket_tokens: Mapping[str, float] | None = None,
         concurrency: Mapping[str, ConcurrencyState] | None = None,
         metrics_enabled: bool = True,
@@ -211,6 +216,7 @@ class Stats:
             queued_ops=_frozen(queued_ops),
             queued_bytes=_frozen(queued_bytes),
             in_flight=in_flight,
+            in_flight_ops=in_flight_ops,
             bucket_tokens=_frozen(bucket_tokens or {}),
             concurrency_limit=_frozen({r: c.limit for r, c in (concurrency or {}).items()}),
             requests_in_flight=_frozen({r: c.in_flight for r, c in (concurrency or {}).items()}),
