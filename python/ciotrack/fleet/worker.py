@@ -52,7 +52,8 @@ from ciotrack.fleet.streams import StoredBatch, StreamKeys, WorkEntry
 from ciotrack.lifecycle import block_exit_signals
 
 if TYPE_CHECKING:
-    from ciotrack.delivery import Delivery, Result
+    from ciotrack.delivery import Delivery, Result, Watch
+    from ciotrack.destinations import Outcome
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -393,6 +394,31 @@ class Worker(Reading):
                                         config.burst, prefix=config.prefix) if config.rate_limit > 0 else None)
                 policy = RetryPolicy(retry_budget=config.delivery_deadline)
                 delivery = Delivery(destination, limiter=limiter, policy=policy, stop=self._stop_delivery,
-                                    recorder=self.metrics)
+                                    recorder=self.metrics, watch=self._watch(destination.url, region))
                 self._deliveries[region] = delivery
             return delivery
+
+    def _watch(self, endpoint: str, region: str) -> Watch:
+        """Logs what keeps delivery from working while it lasts (connection refused, DNS, TLS, timeouts,
+        5xx, 429) and its recovery, as the embedded tracker does (:mod:`ciotrack.delivery_watch`): neither
+        ``/readyz`` nor the exit status shows it. A refused key is left to :class:`CredentialsPause`,
+        which logs it once per pause."""
+        from ciotrack.delivery_watch import DeliveryWatch
+
+        def held_ops() -> int:  # the operations of the entries this worker is delivering
+            with self._in_flight_lock:
+                return sum(entry.batch.count for entry in self._in_flight.values())
+
+        watch = DeliveryWatch(endpoint=endpoint, region=region, site_id=self.config.site_id, queue_depth=held_ops)
+        return _NotCredentials(watch)
+
+
+class _NotCredentials:
+    """A :class:`ciotrack.delivery.Watch` that passes on every answer but a refused key (401/403)."""
+
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
+
+    def answered(self, outcome: Outcome, seconds: float, ops: int, body_bytes: int) -> None:
+        if outcome.status not in REFUSED_CREDENTIALS:
+            self._watch.answered(outcome, seconds, ops, body_bytes)
