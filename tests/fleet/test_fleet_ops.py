@@ -7,10 +7,11 @@ from pathlib import Path
 
 import requests
 
+from ciotrack.emulator import Emulator
 from redis_harness import RedisServer, free_port
 
-from .fleet_entries import write_entries
-from .fleet_procs import API_KEY, WorkerProcess, redis_client, wait_until
+from .fleet_entries import KEYS, write_entries
+from .fleet_procs import API_KEY, SITE_ID, WorkerProcess, redis_client, stored_events, wait_until
 
 ENTRIES, PER = 3, 5
 
@@ -42,4 +43,25 @@ def test_the_worker_logs_that_customerio_is_unreachable(redis_server: RedisServe
     assert worker.terminate() == 0
     text = log.read_text()
     assert any("connection refused" in line and endpoint in line for line in text.splitlines()), text
+    assert API_KEY not in text
+
+
+def test_the_worker_logs_that_delivery_recovered(redis_server: RedisServer, tmp_path: Path) -> None:
+    # The other half of the outage story: the INFO line saying it is over (how long, how many attempts).
+    client = redis_client(redis_server.url)
+    write_entries(client, ENTRIES, per=PER)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    metrics_port = free_port()
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(redis_server.url, endpoint, "--metrics-port", str(metrics_port), "--concurrency", "1",
+                           "--rate-limit", "0", "--request-timeout", "2", "--visibility-timeout", "10", log=log)
+    assert wait_until(lambda: refused_requests(metrics_port) >= 2, 60)
+    with Emulator.spawn(port=port, workspaces={SITE_ID: API_KEY}) as emulator:
+        # An entry is acknowledged after the answer that delivered it was seen (and logged).
+        assert wait_until(lambda: client.xlen(KEYS.work) == 0, 120)
+        assert len(stored_events(emulator)) == ENTRIES * PER
+    assert worker.terminate() == 0
+    text = log.read_text()
+    assert any("recovered" in line and endpoint in line for line in text.splitlines()), text
     assert API_KEY not in text

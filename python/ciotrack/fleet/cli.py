@@ -8,6 +8,7 @@ the environment: a command line is visible in ``ps``); the Redis URL from ``--re
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -69,9 +70,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="create the stream and its consumer group (at 0, idempotent), then exit")
 
 
+def _configure_logging() -> None:
+    """``ciotrack worker`` is a program, not a library call, and its deployment (a container running the
+    command) has no Python of its own to configure logging with. Without this only WARNING and above
+    reached stderr (Python's last-resort handler), bare: INFO lines such as "delivery recovered" or
+    "removed idle consumer" were lost. So, unless logging is already set up: ciotrack's INFO and
+    everyone's WARNING to stderr, with time, level and logger."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours = logging.getLogger("ciotrack")
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
-    # No logging configuration here (ciotrack never adds handlers): warnings reach stderr through
-    # Python's last-resort handler; a deployment that wants more configures logging itself.
+    _configure_logging()
     api_key = args.api_key or os.environ.get("CIOTRACK_API_KEY")
     if not args.redis_url:
         print("ciotrack worker: --redis-url or CIOTRACK_REDIS_URL is required", file=sys.stderr)
