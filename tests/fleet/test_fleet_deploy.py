@@ -12,6 +12,7 @@ import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -84,6 +85,21 @@ def test_keda_scaled_object_matches_our_schema_and_the_stream_names() -> None:
     wrong["spec"]["triggers"][0]["metadata"]["lagcount"] = "5"  # a typo KEDA would silently ignore
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(wrong, schema)
+
+
+def test_keda_reaches_the_workers_redis_from_its_own_namespace() -> None:
+    # KEDA's operator runs the scaler from its own namespace (keda), where a bare Service name does not
+    # resolve ("lookup ciotrack-redis ...: no such host", kedacore/keda#6247, #5442): the address must name
+    # the namespace of the Redis Service the workers use, and the same port and database.
+    service = _find("Service", "ciotrack-redis")
+    worker_redis = urlsplit(_worker_args()["redis-url"])
+    for trigger in (t["metadata"] for t in _find("ScaledObject")["spec"]["triggers"]):
+        host, _, port = trigger["address"].rpartition(":")
+        labels = host.split(".")
+        assert labels[0] == service["metadata"]["name"] == worker_redis.hostname
+        assert len(labels) >= 3 and labels[2] == "svc", host  # <service>.<namespace>.svc[.cluster.local]
+        assert int(port) == service["spec"]["ports"][0]["port"] == worker_redis.port
+        assert trigger.get("databaseIndex", "0") == (worker_redis.path.lstrip("/") or "0")
 
 
 def test_grace_period_covers_the_drain_deadline_and_args_parse() -> None:
