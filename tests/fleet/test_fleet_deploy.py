@@ -138,6 +138,16 @@ def test_redis_is_persistent_and_never_evicts() -> None:
     assert compose["services"]["worker"]["stop_grace_period"] == "30s"
 
 
+def test_compose_publishes_redis_on_loopback_only() -> None:
+    # Redis there has no password and the official image turns protected mode off: a port published on
+    # every interface hands the stream (customer data) to anyone on the laptop's network. The app
+    # processes the compose file is for reach it as localhost.
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        for published in service.get("ports", []):
+            assert str(published).startswith("127.0.0.1:"), (name, published)
+
+
 def test_group_job_command_creates_the_group_and_is_idempotent(redis_server: RedisServer) -> None:
     job = _find("Job", "ciotrack-create-group")
     container = job["spec"]["template"]["spec"]["containers"][0]
