@@ -31,9 +31,10 @@ K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"
 
 
-def _documents() -> list[tuple[str, dict[str, Any]]]:
+def _documents(pattern: str = "**/*.yaml") -> list[tuple[str, dict[str, Any]]]:
+    """The manifests: all of them (``extras/`` too), or those ``pattern`` picks."""
     docs = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.glob(pattern)):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs.append((path.name, doc))
@@ -181,3 +182,14 @@ def test_dockerfile_builds_with_make_wheel_and_runs_the_worker_as_non_root() -> 
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["ciotrack", "worker"]' in dockerfile
     assert "[fleet]" in dockerfile
+
+
+def test_applying_the_folder_applies_no_example_secret_and_one_autoscaler() -> None:
+    # `kubectl apply -f deploy/k8s/` (not recursive) is what a platform engineer runs. It used to apply the
+    # example Secret too, overwriting the real one with api-key REPLACE-ME (every worker then paused on 401),
+    # and both the KEDA ScaledObject and the HPA, which fight over the same Deployment.
+    applied = [doc["kind"] for _, doc in _documents("*.yaml")]
+    assert "Secret" not in applied
+    assert applied.count("ScaledObject") + applied.count("HorizontalPodAutoscaler") == 1
+    extras = {doc["kind"] for _, doc in _documents("extras/*.yaml")}
+    assert extras == {"Secret", "HorizontalPodAutoscaler"}
