@@ -42,12 +42,16 @@ def test_sigterm_releases_stuck_entries_within_the_deadline_and_a_peer_delivers_
                               log=tmp_path / "first.log")
         assert wait_until(lambda: _ready(port), 20)
         assert _get(port, "/healthz").status_code == 200
+        # Probes reach a pod by its IPv6 address on an IPv6-only cluster: the server listens on both.
+        assert requests.get(f"http://[::1]:{port}/healthz", timeout=5).status_code == 200
         assert wait_producer(spawn_producer(redis_server.url, 0, 100, 0.2)).startswith("flushed True 100")
         assert wait_until(lambda: client.xinfo_groups(KEYS.work)[0]["pending"] > 0, 10)
         assert wait_until(lambda: em.stats()["in_flight"] > 0, 10)  # requests are hanging at the emulator
         started = time.monotonic()
         assert first.terminate(timeout=30) == 0
         drained_in = time.monotonic() - started
+        log = (tmp_path / "first.log").read_text()
+        assert "draining: " in log and "drained in " in log  # an operator sees the drain begin and end
         em.clear_faults()
         # Released, not abandoned: a new worker takes them at once, not after the 120 s visibility timeout.
         second = WorkerProcess(redis_server.url, em.url, "--rate-limit", "0", "--visibility-timeout", "120",

@@ -14,6 +14,7 @@ buckets), so one ``sum by (le)`` also adds the trackers' ``ciotrack_request_late
 ``ciotrack_worker_retries_total``                           counter    requests retried
 ``ciotrack_worker_batch_splits_total``                      counter    batches split after a 413
 ``ciotrack_worker_claimed_total``                           counter    entries claimed from peers
+``ciotrack_worker_entries_coalesced_total``                 counter    entries sent with others in one request
 ``ciotrack_worker_dead_letters_total``                      counter    entries moved to the DLQ
 ``ciotrack_worker_released_total{reason}``                  counter    entries handed back unfinished
 ``ciotrack_worker_stream_lag``                              gauge      entries not yet read by the group
@@ -33,6 +34,7 @@ draining.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,8 +127,20 @@ class Probes:
         return self.redis_ok and self.credentials_ok and not self.draining and self.live()
 
 
-def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Start the metrics/probe server on a daemon thread; returns it (``shutdown()`` to stop)."""
+class _DualStackServer(ThreadingHTTPServer):
+    """Listens on IPv6 and IPv4 at once (``::`` with ``IPV6_V6ONLY`` off): kubelet probes and Prometheus
+    reach a pod by its IPv6 address on an IPv6-only cluster, by its IPv4 address elsewhere."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str | None = None) -> ThreadingHTTPServer:
+    """Start the metrics/probe server on a daemon thread; returns it (``shutdown()`` to stop). With no
+    ``host``: every address, IPv6 and IPv4 (IPv4 only where the kernel has no IPv6)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -152,7 +166,14 @@ def serve(metrics: WorkerMetrics, probes: Probes, port: int, host: str = "0.0.0.
         def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes every few seconds would flood the log
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server: ThreadingHTTPServer
+    if host is not None:
+        server = ThreadingHTTPServer((host, port), Handler)
+    else:
+        try:
+            server = _DualStackServer(("::", port), Handler)
+        except OSError:  # IPv6 disabled in this kernel or container
+            server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
     server.daemon_threads = True
     def serve() -> None:
         block_exit_signals()  # this thread and the request threads it starts (they inherit the mask)

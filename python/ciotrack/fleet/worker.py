@@ -123,6 +123,8 @@ class Worker(Reading):
             pass
         started = self._drain_started if self._drain_started is not None else time.monotonic()
         end = started + self.config.drain_timeout
+        log.info("ciotrack worker: draining: %d entries in flight, finishing them within %.0f s",
+                 len(self._in_flight), self.config.drain_timeout)
         # A read under way ends within its BLOCK when Redis answers; its entries are queued, then handed
         # back below. One still hanging is left behind: what it may read later stays pending here and is
         # claimed after the visibility timeout.
@@ -130,6 +132,7 @@ class Worker(Reading):
                         - time.monotonic()))
         self._finishing.set()
         self._finish(end)
+        log.info("ciotrack worker: drained in %.1f s", time.monotonic() - started)
         if failure:
             raise failure[0]
         return 0
