@@ -396,6 +396,11 @@ class _RunState:
         tracker = d.tracker
         tracker.close(timeout=5.0)
         self.poll()
+        # What that last poll recorded (samples taken or resolved since the last interval closed:
+        # the end of an interrupted run, what close() delivered after the drain) belongs in the totals.
+        for name, hist in self.interval_h.items():
+            self.total_h[name].add(hist)
+        self.interval_h = _histograms()
         if d.fleet is not None:  # requests since the last interval closed
             for ms, count in d.fleet.new_request_latencies():
                 self.total_h["request_duration"].record_ms(ms, count)
