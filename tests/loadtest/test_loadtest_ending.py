@@ -70,3 +70,15 @@ def test_an_interrupted_run_keeps_its_last_samples_in_the_totals(
     # histograms (the samples taken or resolved after the last 1 s interval closed, too).
     assert totals["enqueue_duration"]["count"] == sampling["samples"]
     assert totals["delivery_duration"]["count"] == sampling["resolved"]
+
+
+def test_an_interrupted_runs_achieved_rate_is_over_the_time_it_ran(
+        interrupted: tuple[int, str, dict[str, Any]]) -> None:
+    _, output, report = interrupted
+    totals = report["totals"]
+    # A constant 1000 calls/s: the generator runs a call only once it is due, so it cannot have
+    # made more than 1000 per second of the time it ran (which ended with the signal, not on the
+    # last whole-second interval).
+    assert totals["calls"] > 1000  # it was signalled after the first interval closed
+    assert 0 < totals["achieved_rate"] <= 1000.0, totals
+    assert f"{totals['achieved_rate']:,.0f}/s over" in output

@@ -416,6 +416,10 @@ class _RunState:
         lost = max(0, accepted + dropped_full - delivered) if d.measure_delivery else None
         elapsed = self.intervals[-1]["t"] if self.intervals else 0.0
         load_seconds = self.load_ended_at if self.load_ended_at is not None else elapsed
+        # From time 0 to the generator's last call, or to its stop (a signal, an abort): later than
+        # the schedule's end when it lagged. A generator thread still running has not finished yet.
+        ends = [s.finished_at if not math.isnan(s.finished_at) else time.monotonic() for s in d.schedulers]
+        generator_seconds = round(max(ends, default=self.origin) - self.origin, 3)
         totals: dict[str, Any] = {
             "duration_s": elapsed,
             "load_duration_s": load_seconds,
@@ -423,10 +427,8 @@ class _RunState:
             "warm_up_calls": self.warm_up_calls,
             "target_calls": round(sum(s.schedule.total for s in d.schedulers), 1),
             "dropped_iterations": sum(s.dropped for s in d.schedulers),
-            "achieved_rate": round(calls / load_seconds, 1) if load_seconds else 0.0,
-            # From time 0 to the generator's last call (later than the schedule's end when it lagged).
-            "generator_seconds": round(max((s.finished_at for s in d.schedulers), default=self.origin)
-                                       - self.origin, 3),
+            "achieved_rate": round(calls / generator_seconds, 1) if generator_seconds > 0 else 0.0,
+            "generator_seconds": generator_seconds,
             "schedule_seconds": d.duration,
             "accepted": accepted,
             "deduplicated": stats.deduplicated_total - first.deduplicated_total,

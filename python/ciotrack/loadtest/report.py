@@ -137,7 +137,7 @@ def text_summary(report: Mapping[str, Any]) -> str:
         lines.append("")
     lines.append("█ TOTAL RESULTS")
     lines.append(f"  calls              {totals['calls']:,} of {totals['target_calls']:,.0f} due "
-                 f"({totals['achieved_rate']:,.0f}/s over {totals['load_duration_s']:.0f} s), "
+                 f"({totals['achieved_rate']:,.0f}/s over {totals['generator_seconds']:.1f} s), "
                  f"dropped_iterations={totals['dropped_iterations']:,}, "
                  f"max lateness {totals['lateness_max_ms']:.1f} ms")
     overrun = totals["generator_seconds"] - totals["schedule_seconds"]
