@@ -82,3 +82,14 @@ def test_an_interrupted_runs_achieved_rate_is_over_the_time_it_ran(
     assert totals["calls"] > 1000  # it was signalled after the first interval closed
     assert 0 < totals["achieved_rate"] <= 1000.0, totals
     assert f"{totals['achieved_rate']:,.0f}/s over" in output
+
+
+def test_sigterm_ends_the_run_like_ctrl_c(tmp_path: Path) -> None:
+    # A CI job cancelled, `timeout`, `kill`: the run stops, writes its report and stops what it
+    # started (the emulator here; a fleet's workers and redis-server), exit 105 as k6's external abort.
+    code, output, report = _signalled_run(tmp_path, signal.SIGTERM,
+                                          "--stage", "0s:200", "--stage", "60s:200", "--latency-ms", "20")
+    assert code == 105, output
+    assert report["result"]["status"] == "interrupted"
+    assert report["totals"]["lost"] == 0 and report["totals"]["calls"] < 12_000
+    assert "result: interrupted (exit 105)" in output

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ciotrack.loadtest.driver import Driver
@@ -22,7 +25,31 @@ def _say(message: str) -> None:
     print(f"ciotrack loadtest: {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, ``timeout``, ``kill``) ends the run as Ctrl-C does: a report, the
+    emulator and a fleet's workers and redis-server stopped, exit 105. Python's default would kill
+    the process on the spot and leave those subprocesses running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def run_plan(plan: _Plan) -> int:
+    with _sigterm_interrupts():
+        return _run_plan(plan)
+
+
+def _run_plan(plan: _Plan) -> int:
     import ciotrack
 
     args = plan.args
