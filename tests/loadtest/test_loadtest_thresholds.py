@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ciotrack.__main__ import main
@@ -65,3 +68,19 @@ def test_cli_exits_104_on_a_bad_threshold_before_starting(capsys: pytest.Capture
 def test_cli_exits_104_on_a_bad_stage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["loadtest", "--stage", "soon:10"]) == 104
     assert "cannot parse duration 'soon'" in capsys.readouterr().err
+
+
+def test_thresholds_of_a_no_send_run_are_evaluated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --no-send measures the generator and the call: nothing is delivered, so `lost` is not known
+    # (null), and a threshold on it has no value (fails); the others are checked as usual.
+    report_path = tmp_path / "report.json"
+    code = main(["loadtest", "--no-send", "--stage", "0s:200", "--stage", "1s:200", "--plain",
+                 "--threshold", "calls:count==200", "--threshold", "errors:rate<0.01",
+                 "--threshold", "dropped_iterations:count==0", "--threshold", "lost:count==0",
+                 "--report", str(report_path)])
+    assert "Traceback" not in capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    assert report["totals"]["lost"] is None
+    assert [(t["metric"], t["ok"], t["value"]) for t in report["thresholds"]] == [
+        ("calls", True, 200), ("errors", True, 0), ("dropped_iterations", True, 0), ("lost", False, None)]
+    assert code == 99

@@ -357,9 +357,11 @@ class _RunState:
         calls = sum(s.issued for s in self.d.schedulers)
         if metric == "errors":
             failed = (out.failed - first_out.failed) + (stats.dropped_total - first.dropped_total)
-            if totals is not None:
+            if totals is not None and totals["lost"] is not None:  # None: nothing was sent (--no-send)
                 failed = max(failed, int(totals["lost"]))
             return failed / calls if calls else None
+        if metric == "lost" and totals is not None and totals["lost"] is None:
+            return None  # not measured: the threshold has no value (and fails)
         if metric == "http_req_failed":
             reqs = sum(out.requests.values()) - sum(first_out.requests.values())
             bad = _non_2xx(out.requests) - _non_2xx(first_out.requests)
@@ -368,7 +370,7 @@ class _RunState:
             "http_429": out.requests.get("429", 0) - first_out.requests.get("429", 0),
             "retries": out.retried - first_out.retried,
             "dropped_iterations": sum(s.dropped for s in self.d.schedulers),
-            "lost": float(totals["lost"]) if totals is not None else 0.0,
+            "lost": float(totals["lost"] or 0) if totals is not None else 0.0,
             "calls": calls,
             "delivered": out.delivered - first_out.delivered,
         }
