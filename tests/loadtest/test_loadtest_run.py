@@ -251,3 +251,17 @@ def test_live_display_on_a_terminal() -> None:
     assert "\x1b[" in output  # rich redraws in place on a terminal
     assert "dropped_iterations" in output and "delivery" in output and "━" in output  # table and progress bar
     assert "result: passed (exit 0)" in output
+
+
+def test_the_progress_lines_lateness_is_the_intervals_worst(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # The live figure must not hide a late burst inside the second it reports: it is the interval's
+    # worst lateness, the one the report and the plot carry (not whichever burst happened last).
+    report_path = tmp_path / "report.json"
+    assert main(["loadtest", "--stage", "0s:300", "--stage", "4s:300", "--latency-ms", "20", "--plain",
+                 "--report", str(report_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("t=")]
+    shown = [float(line.split("late=")[1].split("ms")[0]) for line in lines]
+    intervals = _report(report_path)["intervals"]
+    assert len(shown) == len(intervals) >= 4
+    assert shown == [round(i["lateness_max_ms"], 1) for i in intervals]

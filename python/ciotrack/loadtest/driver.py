@@ -257,7 +257,9 @@ class _RunState:
             if not loading and self.load_ended_at is None:
                 self.load_ended_at = record["t"]
             progress = {"elapsed": record["t"], "duration": d.duration, "phase": "load" if loading else "drain",
-                        "lateness_ms": max(s.lateness for s in d.schedulers) * 1000.0}
+                        # The interval's worst, as the report has it (the latest burst's alone would
+                        # hide a late burst earlier in the second).
+                        "lateness_ms": record["lateness_max_ms"]}
             d.display.interval(record, progress)
             if self.check_abort(record["t"]):
                 for scheduler in d.schedulers:
