@@ -208,10 +208,12 @@ class _Plan:
         self.args = args
         self.max_lateness = parse_duration(args.max_lateness)
         self.drain_timeout = parse_duration(args.drain_timeout)
-        if args.duration_scale <= 0:
-            raise ConfigError("--duration-scale must be > 0")
-        if args.rate_limit < 0:
-            raise ConfigError("--rate-limit must be >= 0")
+        if not (math.isfinite(args.duration_scale) and args.duration_scale > 0):
+            raise ConfigError("--duration-scale must be a finite number > 0")
+        if not (math.isfinite(args.rate_limit) and args.rate_limit >= 0):
+            raise ConfigError("--rate-limit must be a finite number >= 0")
+        if not (math.isfinite(args.expected_latency_ms) and args.expected_latency_ms >= 0):
+            raise ConfigError("--expected-latency-ms must be a finite number >= 0")
         if args.senders is not None and not 1 <= args.senders <= 64:
             raise ConfigError("--senders must be 1..64")
         self.thresholds: list[Threshold] = [parse_threshold(t) for t in args.threshold]
@@ -329,7 +331,10 @@ class _Plan:
             return self.args.expected_latency_ms / 1000.0, "--expected-latency-ms"
         from ciotrack.emulator.faults import Faults
 
-        parsed = Faults.from_settings(dict(faults))
+        try:
+            parsed = Faults.from_settings(dict(faults))
+        except ValueError as err:  # --latency-ms/--latency-p99-ms the emulator refuses
+            raise ConfigError(f"emulator latency: {err}") from None
         if parsed.latency_p99 > parsed.latency > 0:
             sigma = math.log(parsed.latency_p99 / parsed.latency) / 2.3263478740408408
             return parsed.latency * math.exp(sigma * sigma / 2.0), "the mean of the emulator's lognormal profile"

@@ -52,12 +52,17 @@ class Scenario:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError(f"scenario {self.name!r}: no stages")
+        if not _finite(self.start_rate) or self.start_rate < 0:
+            raise ConfigError(f"scenario {self.name!r}: start_rate must be a finite number >= 0 (calls/s), "
+                              f"not {self.start_rate!r}")
         unknown = sorted(set(self.mix) - {"track", "identify", "page"})
         if unknown:
             raise ConfigError(f"scenario {self.name!r}: unknown call kinds in mix: {', '.join(unknown)}")
-        if not self.mix or any((not isinstance(w, (int, float))) or w < 0 for w in self.mix.values()) \
+        if not self.mix or any(not _finite(w) or w < 0 for w in self.mix.values()) \
                 or sum(self.mix.values()) <= 0:
-            raise ConfigError(f"scenario {self.name!r}: mix needs positive weights")
+            raise ConfigError(f"scenario {self.name!r}: mix needs positive weights (finite numbers)")
+        if not isinstance(self.event_name, str) or not self.event_name:
+            raise ConfigError(f"scenario {self.name!r}: event_name must be a non-empty string")
         if not 0.0 <= self.dedup_share < 1.0:
             raise ConfigError(f"scenario {self.name!r}: dedup_share must be in [0, 1)")
         if not 0 <= self.payload_bytes <= 30_000:
@@ -72,6 +77,10 @@ class Scenario:
         """Approximate encoded size of one v2 batch operation of this mix (for the ceiling estimate)."""
         # identifiers + type/action + timestamp + id wrapper, measured on the core's encoding: ~130 bytes.
         return 130 + len(self.event_name) + _payload_json_bytes(self.payload_bytes)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
