@@ -55,3 +55,13 @@ def test_bad_values_in_a_scenario_file_exit_104(line: str, fragment: str, tmp_pa
     err = capsys.readouterr().err
     assert code == 104, err
     assert "Traceback" not in err and err.startswith("ciotrack loadtest: ") and fragment in err
+
+
+@pytest.mark.parametrize("stages", [["0s:100"], ["1s:0"], ["0s:0", "0s:500"], ["1s:1"]])
+def test_a_load_shape_with_no_call_due_is_refused(stages: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `--stage 0s:100` alone jumps to 100/s and ends at once: zero calls. A run that sends nothing
+    # proves nothing; it used to pass with exit 0.
+    code = main(["loadtest", *(arg for stage in stages for arg in ("--stage", stage)), "--plain"])
+    err = capsys.readouterr().err
+    assert code == 104, err
+    assert "no call is due" in err

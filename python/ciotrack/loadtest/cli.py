@@ -241,6 +241,9 @@ class _Plan:
             self.description = "stages " + " ".join(args.stage)
         else:
             raise ConfigError("no load shape: give --stage DURATION:TARGET (repeatable), --scenario FILE or --preset")
+        if all(s.schedule().total < 1.0 - 1e-9 for s in self.scenarios):
+            raise ConfigError(f"no call is due in {self.description} (a 0s stage only jumps to its target; "
+                              "hold a rate with a stage that lasts, e.g. --stage 0s:100 --stage 30s:100)")
         if self.ops_bytes is None:
             self.ops_bytes = operation_bytes(self.scenarios[0])
         self.ops_per_batch = math.floor(500_000 / (self.ops_bytes + 1))
