@@ -265,3 +265,19 @@ def test_the_progress_lines_lateness_is_the_intervals_worst(tmp_path: Path,
     intervals = _report(report_path)["intervals"]
     assert len(shown) == len(intervals) >= 4
     assert shown == [round(i["lateness_max_ms"], 1) for i in intervals]
+
+
+def test_customers_is_the_number_of_distinct_people(tmp_path: Path) -> None:
+    # --customers 6000 and 6000 identify calls: the receiver ends up with 6000 people (the call pool
+    # once held 4096 prepared calls with random ids, so at most 4096, about 3,700, were ever used).
+    report_path = tmp_path / "report.json"
+    with Emulator.spawn(workspaces={SITE: KEY}) as emulator:
+        code = main(["loadtest", "--stage", "0s:1500", "--stage", "4s:1500", "--mix", "identify=1",
+                     "--customers", "6000", "--payload-bytes", "50", "--plain", "--endpoint", emulator.url,
+                     "--site-id", SITE, "--api-key", KEY, "--expected-latency-ms", "5",
+                     "--allow-dropped", "--report", str(report_path)])
+        people = emulator.state()["people"]
+    assert code == 0
+    calls = _report(report_path)["totals"]["calls"]
+    assert calls > 4096
+    assert len(people) == calls  # each call a customer of its own, up to --customers

@@ -33,7 +33,8 @@ from ciotrack.loadtest.stages import ArrivalSchedule, Stage, parse_stage
 __all__ = ["CALL_KINDS", "CallLoop", "Scenario", "load_scenarios"]
 
 CALL_KINDS = ("track", "identify", "page", "dedup")
-_POOL_SIZE = 4096  # a power of two: entries are picked with ``index & mask``
+_POOL_SIZE = 4096  # the smallest pool (a power of two: entries are picked with ``index & mask``)
+_POOL_MAX = 1 << 17  # the largest: one entry per customer, so this bounds ``customers``
 _SCENARIO_KEYS = {"name", "stages", "start_rate", "mix", "payload_bytes", "customers", "dedup_share", "event_name"}
 
 
@@ -67,8 +68,12 @@ class Scenario:
             raise ConfigError(f"scenario {self.name!r}: dedup_share must be in [0, 1)")
         if not 0 <= self.payload_bytes <= 30_000:
             raise ConfigError(f"scenario {self.name!r}: payload_bytes must be 0..30000 (an operation is <= 32 KB)")
-        if self.customers < 1:
-            raise ConfigError(f"scenario {self.name!r}: customers must be >= 1")
+        if not isinstance(self.customers, int) or self.customers < 1:
+            raise ConfigError(f"scenario {self.name!r}: customers must be an integer >= 1")
+        if pool_size(self.customers, self.dedup_share) > _POOL_MAX:
+            raise ConfigError(f"scenario {self.name!r}: at most {_POOL_MAX * (1 - self.dedup_share):,.0f} "
+                              f"customers with dedup_share {self.dedup_share:g} (the call pool holds "
+                              f"{_POOL_MAX:,} prepared calls)")
 
     def schedule(self) -> ArrivalSchedule:
         return ArrivalSchedule(self.stages, self.start_rate)
@@ -77,6 +82,15 @@ class Scenario:
         """Approximate encoded size of one v2 batch operation of this mix (for the ceiling estimate)."""
         # identifiers + type/action + timestamp + id wrapper, measured on the core's encoding: ~130 bytes.
         return 130 + len(self.event_name) + _payload_json_bytes(self.payload_bytes)
+
+
+def pool_size(customers: int, dedup_share: float) -> int:
+    """Prepared calls in a scenario's pool: a power of two, at least ``_POOL_SIZE``, with a slot for
+    every customer besides the ``dedup_share`` of slots that repeat an identify."""
+    size = _POOL_SIZE
+    while size - math.floor(size * dedup_share) < customers and size <= _POOL_MAX:
+        size *= 2
+    return size
 
 
 def _finite(value: Any) -> bool:
@@ -150,10 +164,12 @@ class CallLoop:
     """Builds the calls of one scenario and runs bursts of them against a tracker.
 
     A pool of prepared calls (customer, name, data) is cycled through, so a burst is a tight loop
-    of native calls. Identify attributes get a sequence number per call, or the tracker's identify
-    dedup would skip repeats of a pool entry. One call in ``sample_every`` is timed on its own
-    (``enqueue_duration``) and queued in ``samples`` with its *due* time and the tracker's
-    ``accepted`` count just after it, which the driver turns into ``delivery_duration``.
+    of native calls. Its customers take turns (``lt-0``, ``lt-1``, ...), so the pool has each of
+    ``customers`` at least once; its data dicts are 4096 at most, shared. Identify attributes get a
+    sequence number per call, or the tracker's identify dedup would skip repeats of a pool entry.
+    One call in ``sample_every`` is timed on its own (``enqueue_duration``) and queued in
+    ``samples`` with its *due* time and the tracker's ``accepted`` count just after it, which the
+    driver turns into ``delivery_duration``.
     """
 
     def __init__(self, scenario: Scenario, tracker: Any, schedule: ArrivalSchedule, *, sample_every: int,
@@ -184,14 +200,21 @@ class CallLoop:
         text = "".join(rng.choices(_LETTERS, k=8192))
         pool: list[tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = []
         dedup_flags: list[bool] = []
-        for _ in range(_POOL_SIZE):
-            customer = f"lt-{rng.randrange(scenario.customers)}"
-            if scenario.dedup_share and rng.random() < scenario.dedup_share:
+        size = pool_size(scenario.customers, scenario.dedup_share)
+        payloads: list[dict[str, Any]] = []
+        share = scenario.dedup_share
+        fresh = 0
+        for k in range(size):
+            if math.floor((k + 1) * share) > math.floor(k * share):  # evenly spread: exactly the share
                 pool.append((identify_again, rng.choice(self.dedup_customers), self._dedup_attributes, None))
                 dedup_flags.append(True)
                 continue
+            customer = f"lt-{fresh % scenario.customers}"
+            fresh += 1
             kind = rng.choices(kinds, weights)[0]
-            data = _payload(scenario.payload_bytes, rng, text)
+            if len(payloads) < _POOL_SIZE:
+                payloads.append(_payload(scenario.payload_bytes, rng, text))
+            data = payloads[k % len(payloads)]
             if kind == "track":
                 pool.append((tracker.track, customer, scenario.event_name, data))
             elif kind == "page":
@@ -200,6 +223,7 @@ class CallLoop:
                 pool.append((identify_fresh, customer, data, None))
             dedup_flags.append(False)
         self._pool = pool
+        self._mask = size - 1
         self._dedup = dedup_flags
 
     def warm_up(self) -> int:
@@ -214,7 +238,7 @@ class CallLoop:
     def issue(self, first: int, count: int) -> None:
         """Run calls ``first .. first + count - 1`` (the scheduler's burst)."""
         pool = self._pool
-        mask = _POOL_SIZE - 1
+        mask = self._mask
         every = self.sample_every
         end = first + count
         i = first
@@ -230,7 +254,7 @@ class CallLoop:
             i = stop
 
     def _sampled_call(self, index: int) -> None:
-        entry = index & (_POOL_SIZE - 1)
+        entry = index & self._mask
         fn, a, b, c = self._pool[entry]
         clock = time.perf_counter_ns
         t0 = clock()
