@@ -10,7 +10,7 @@ Exit codes (k6's where k6 has one):
 101   events lost: accepted or queue-dropped calls that were never delivered
 102   the generator fell behind (``dropped_iterations`` > 0) and ``--allow-dropped`` was not given
 104   invalid configuration: a bad stage, threshold, scenario file, or a refused target, as k6
-105   interrupted (SIGINT), as k6's external abort
+105   interrupted (SIGINT or SIGTERM), as k6's external abort
 107   an unexpected error inside the load test
 ====  ====================================================================================
 """
