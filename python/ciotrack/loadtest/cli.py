@@ -23,7 +23,6 @@ import hdrh.histogram  # noqa: F401  (the ``loadtest`` extra: a missing one gets
 
 from ciotrack.config import Config
 from ciotrack.errors import ConfigError
-from ciotrack.loadtest.driver import recommended_senders
 from ciotrack.loadtest.presets import PRESETS, build_preset
 from ciotrack.loadtest.report import EXIT
 from ciotrack.loadtest.scenario import CallLoop, Scenario, load_scenarios
@@ -118,6 +117,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         pass
     else:
         blast.add_arguments(parser)
+
+
+def recommended_senders(rate_limit: float, latency_s: float) -> int:
+    """Senders that keep ``rate_limit`` requests/s in flight at ``latency_s`` per request (Little's
+    law, 30 % headroom, + 1), capped at 64 (the tracker's maximum)."""
+    if rate_limit <= 0:
+        return 4
+    return max(1, min(64, math.ceil(rate_limit * latency_s * 1.3) + 1))
 
 
 def _error(message: str, code: str = "invalid_config") -> int:

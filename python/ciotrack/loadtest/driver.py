@@ -494,14 +494,6 @@ def _us(ms: float | None) -> float | None:
     return None if ms is None else round(ms * 1000.0, 2)
 
 
-def recommended_senders(rate_limit: float, latency_s: float) -> int:
-    """Senders that keep ``rate_limit`` requests/s in flight at ``latency_s`` per request (Little's
-    law, 30 % headroom, + 1), capped at 64 (the tracker's maximum)."""
-    if rate_limit <= 0:
-        return 4
-    return max(1, min(64, math.ceil(rate_limit * latency_s * 1.3) + 1))
-
-
 def _scheduler_thread(scheduler: Scheduler, started_at: float) -> None:
     block_exit_signals()  # Ctrl-C and SIGTERM must reach the main thread, which ends the run (lifecycle.py)
     scheduler.run(started_at=started_at)
