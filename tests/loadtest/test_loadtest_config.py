@@ -65,3 +65,15 @@ def test_a_load_shape_with_no_call_due_is_refused(stages: list[str], capsys: pyt
     err = capsys.readouterr().err
     assert code == 104, err
     assert "no call is due" in err
+
+
+@pytest.mark.parametrize("option", ["--report", "--plot", "--summary-md"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(option: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Found only after the whole run, it ended with exit 107 and the run's results lost.
+    code = main(["loadtest", "--stage", "0s:10", "--stage", "30s:10", "--plain", option,
+                 str(tmp_path / "missing" / "out")])
+    err = capsys.readouterr().err
+    assert code == 104, err
+    assert option in err and "no such directory" in err
+    assert "calls" not in err  # refused up front: no run happened

@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             return _error("--plot needs matplotlib: pip install 'ciotrack[plot]'")
+    unwritable = _unwritable_output(args)
+    if unwritable:
+        return _error(unwritable)
     try:
         return plan.execute()
     except ConfigError as err:
@@ -162,6 +165,19 @@ def run(args: argparse.Namespace) -> int:
     except Exception:  # the exit code says "our bug", the traceback says where
         traceback.print_exc()
         return _error("internal error (traceback above)", "internal_error")
+
+
+def _unwritable_output(args: argparse.Namespace) -> str | None:
+    """Why an output file could not be written, found before the run rather than after it."""
+    for option, path in (("--report", args.report), ("--plot", args.plot), ("--summary-md", args.summary_md)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            return f"{option} {path}: no such directory {folder}"
+        if os.path.isdir(path) or not os.access(path if os.path.exists(path) else folder, os.W_OK):
+            return f"{option} {path}: not a writable file"
+    return None
 
 
 def _mix(text: str) -> dict[str, float]:

@@ -78,7 +78,8 @@ def write_plot(report: Mapping[str, Any], path: str) -> None:
 
     totals = report["totals"]
     delivery = totals["delivery_duration"]
-    footer = (f"{totals['calls']:,} calls, {totals['delivered']:,} delivered, lost {totals['lost']}, "
+    lost = "not measured (--no-send)" if totals["lost"] is None else f"{totals['lost']:,}"
+    footer = (f"{totals['calls']:,} calls, {totals['delivered']:,} delivered, lost {lost}, "
               f"429s {totals['http_429']}, dropped_iterations {totals['dropped_iterations']}, "
               f"delivery p95 {delivery['p95'] or 0:.0f} ms, backlog peak {totals['backlog_peak']:,}")
     fig.text(0.5, 0.01, footer, ha="center", fontsize=8)
