@@ -97,7 +97,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     client.add_argument("--max-queue-mb", type=int, default=1024,
                         help="the tracker's queue bound (default 1024 MB: at 1.5x the ceiling the backlog grows "
                              "by ~25 MB/s)")
-    client.add_argument("--drain-timeout", default="60s", help="longest wait for the backlog after the load ends")
+    client.add_argument("--drain-timeout", default="60s",
+                        help="longest wait for the backlog after the load ends (then up to 5 s more for the "
+                             "tracker's close)")
 
     out = parser.add_argument_group("thresholds and outputs")
     out.add_argument("--threshold", action="append", default=[], metavar="METRIC:EXPR[:abort[@DELAY]]",
