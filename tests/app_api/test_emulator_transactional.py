@@ -94,7 +94,7 @@ def test_app_api_rate_limit_is_separate_from_the_track_api() -> None:
 
 
 def check_separate_limits(em: Emulator) -> None:
-    # burst 2: two App API sends pass, the third is limited with a Retry-After ...
+    # burst 2: two App API sends pass, the third is limited ...
     statuses = [post(em, "sms", {"transactional_message_id": 1, "identifiers": {"id": "1"}}).status_code
                 for _ in range(3)]
     assert statuses[:2] == [200, 200] and statuses[2] == 429

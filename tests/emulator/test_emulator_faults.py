@@ -160,8 +160,7 @@ def test_rate_limit_is_per_workspace_and_changes_nothing() -> None:
         assert batch(em.url, [event("2")]).status_code == 200
         limited = batch(em.url, [event("3")])
         assert limited.status_code == 429
-        retry_after = limited.headers["Retry-After"]
-        assert retry_after.isdigit() and int(retry_after) >= 1
+        assert "Retry-After" not in limited.headers  # none is documented for the Track API
         assert limited.json()["errors"][0]["reason"] == "rate_limited"
         assert sorted(em.state()["people"]) == ["1", "2"]
         assert batch(em.url, [event("9")], auth=("site-g", "key-g")).status_code == 200

@@ -16,7 +16,6 @@ from __future__ import annotations
 import email.utils
 import io
 import logging
-import math
 import socket
 import socketserver
 import ssl
@@ -46,6 +45,8 @@ REASONS = {200: "OK", 207: "Multi-Status", 301: "Moved Permanently", 400: "Bad R
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 UNAUTHORIZED = b'{"meta":{"errors":["unauthorized: check your site id and api key"]}}'
+# The body of a Track API 429 is not documented either; this one has the v2 error shape.
+RATE_LIMITED = b'{"errors":[{"reason":"rate_limited","field":"","message":"rate limit exceeded"}]}'
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -275,8 +276,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 app.count_bytes(self._drain(length))
                 app.count_fault("rate_limited")
                 record["fault"] = "rate_limited"
-                self._answer(app, record, 429, b'{"errors":[{"reason":"rate_limited","field":"",'
-                             b'"message":"rate limit exceeded"}]}', (("Retry-After", str(max(1, math.ceil(wait)))),))
+                # No Retry-After: Customer.io documents neither a 429 body nor a Retry-After header for the
+                # Track API (customerio-api.md §6), so the limiter does not promise one; a client must
+                # pace itself. (The 429 storm fault sends one on purpose, for Retry-After handling.)
+                self._answer(app, record, 429, RATE_LIMITED)
                 return
 
         limit = MAX_ENTITY_BYTES if path == "/api/v2/entity" else MAX_BATCH_BYTES
@@ -335,8 +338,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             app.count_bytes(self._drain(length))
             app.count_fault("rate_limited")
             record["fault"] = "rate_limited"
-            self._answer(app, record, 429, transactional.error_body("rate limit exceeded"),
-                         (("Retry-After", str(max(1, math.ceil(wait)))),))
+            # No Retry-After here either: none is documented for the App API (customerio-api.md §6).
+            self._answer(app, record, 429, transactional.error_body("rate limit exceeded"))
             return
         if length is not None and length > transactional.MAX_BODY_BYTES:
             app.count_bytes(self._drain(length))

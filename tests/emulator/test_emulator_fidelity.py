@@ -1,0 +1,56 @@
+"""Emulator fidelity: each test is one fact of shared/docs/customerio-api.md (line numbers in the test
+docstrings) checked over real HTTP, where the emulator used to answer otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from ciotrack.emulator import Emulator
+
+SITE, KEY = "site-f", "key-f"
+AUTH = (SITE, KEY)
+APP_KEY = "app-fidelity"
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(workspaces={SITE: KEY}, app_api_keys={SITE: APP_KEY}) as em:
+        yield em
+
+
+def post(em: Emulator, path: str, body: bytes) -> requests.Response:
+    return requests.post(f"{em.url}{path}", data=body, auth=AUTH, timeout=10,
+                         headers={"Content-Type": "application/json"})
+
+
+def batch(em: Emulator, ops: list[Any]) -> requests.Response:
+    return post(em, "/api/v2/batch", orjson.dumps({"batch": ops}))
+
+
+def identify(pid: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "person", "identifiers": {"id": pid}, "action": "identify", "attributes": attributes}
+
+
+def send(em: Emulator, kind: str, body: Any) -> requests.Response:
+    return requests.post(f"{em.url}/v1/send/{kind}", json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {APP_KEY}"})
+
+
+def test_rate_limit_429_promises_no_retry_after() -> None:
+    """Lines 166 and 172: no 429 body or Retry-After is documented for the Track API (nor for the App
+    API), so a client must not be shown one it cannot count on."""
+    with Emulator(workspaces={SITE: KEY}, app_api_keys={SITE: APP_KEY}, rate_limit=0.5, burst=1) as em:
+        assert batch(em, []).status_code == 200
+        limited = batch(em, [])
+        assert limited.status_code == 429
+        assert "Retry-After" not in limited.headers
+        template = {"transactional_message_id": "t", "identifiers": {"id": "1"}}
+        assert send(em, "push", template).status_code == 200
+        limited = send(em, "push", template)
+        assert limited.status_code == 429
+        assert "Retry-After" not in limited.headers
