@@ -54,3 +54,18 @@ def test_rate_limit_429_promises_no_retry_after() -> None:
         limited = send(em, "push", template)
         assert limited.status_code == 429
         assert "Retry-After" not in limited.headers
+
+
+def test_entity_request_must_be_smaller_than_32kb(emulator: Emulator) -> None:
+    """Line 68: ``/api/v2/entity`` takes a request *under* 32 KB: one of exactly 32,768 bytes is not."""
+    attrs: dict[str, Any] = {}
+    while len(orjson.dumps(identify("big", attrs))) < 32_000:
+        attrs[f"k{len(attrs)}"] = "x" * 100
+    attrs["last"] = ""
+    attrs["last"] = "y" * (32_768 - len(orjson.dumps(identify("big", attrs))))
+    body = orjson.dumps(identify("big", attrs))
+    assert len(body) == 32_768
+    assert post(emulator, "/api/v2/entity", body).status_code == 413
+    assert emulator.state()["people"] == {}
+    attrs["last"] = attrs["last"][1:]
+    assert post(emulator, "/api/v2/entity", orjson.dumps(identify("big", attrs))).status_code == 200
