@@ -69,3 +69,15 @@ def test_entity_request_must_be_smaller_than_32kb(emulator: Emulator) -> None:
     assert emulator.state()["people"] == {}
     attrs["last"] = attrs["last"][1:]
     assert post(emulator, "/api/v2/entity", orjson.dumps(identify("big", attrs))).status_code == 200
+
+
+@pytest.mark.parametrize("phone", ["555-1234", "14155552671", "+0155552671", "+1415555267100000", "+1 415 555"])
+def test_phone_identifier_must_be_e164(emulator: Emulator, phone: str) -> None:
+    """Line 73: the ``phone`` identifier is E.164 (a ``+`` and at most 15 digits, no leading 0)."""
+    op = {"type": "person", "identifiers": {"phone": phone}, "action": "identify", "attributes": {"a": 1}}
+    response = batch(emulator, [op])
+    assert response.status_code == 207
+    assert response.json()["errors"][0]["field"] == "identifiers.phone"
+    assert emulator.state()["people"] == {}
+    op["identifiers"] = {"phone": "+14155552671"}
+    assert batch(emulator, [op]).status_code == 200

@@ -36,6 +36,8 @@ PERSON_IDENTIFIER_KINDS: Final = ("id", "email", "phone", "cio_id")
 # Crockford base32, 26 characters; the first is at most 7 because a ULID is 128 bits.
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}\Z")
 _ulid_match = _ULID.match
+# E.164, as the spec describes the phone identifier: a "+", then at most 15 digits, the first not 0.
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}\Z")
 
 
 try:
@@ -115,7 +117,10 @@ def person_identifiers(identifiers: Any, field: str = "identifiers") -> tuple[st
     for kind, value in identifiers.items():
         if kind not in PERSON_IDENTIFIER_KINDS:
             raise OpError(f"{field}.{kind}", "invalid", f"unknown identifier {kind!r}")
-        return kind, identifier_value(value, f"{field}.{kind}")
+        text = identifier_value(value, f"{field}.{kind}")
+        if kind == "phone" and _E164.match(text) is None:
+            raise OpError(f"{field}.phone", "invalid", "phone must be in E.164 format (+ and up to 15 digits)")
+        return kind, text
     raise AssertionError("unreachable")
 
 
