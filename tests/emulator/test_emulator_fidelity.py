@@ -81,3 +81,36 @@ def test_phone_identifier_must_be_e164(emulator: Emulator, phone: str) -> None:
     assert emulator.state()["people"] == {}
     op["identifiers"] = {"phone": "+14155552671"}
     assert batch(emulator, [op]).status_code == 200
+
+
+def test_a_person_holds_at_most_300_attributes(emulator: Emulator) -> None:
+    """Line 179: at most 300 attributes per person, not only per identify call."""
+    assert batch(emulator, [identify("p", {f"a{i}": i for i in range(200)})]).status_code == 200
+    response = batch(emulator, [identify("p", {f"b{i}": i for i in range(101)})])
+    assert response.status_code == 207
+    assert response.json()["errors"][0]["reason"] == "too_many"
+    assert len(emulator.state()["people"]["p"]["attributes"]) == 200
+    # Updating existing attributes and removing some is fine; so is reaching exactly 300.
+    assert batch(emulator, [identify("p", {**{f"a{i}": None for i in range(10)},
+                                           **{f"b{i}": i for i in range(110)}})]).status_code == 200
+    assert len(emulator.state()["people"]["p"]["attributes"]) == 300
+    v1 = requests.put(f"{emulator.url}/api/v1/customers/p", json={"one_more": 1}, auth=AUTH, timeout=10)
+    assert v1.status_code == 400
+    assert len(emulator.state()["people"]["p"]["attributes"]) == 300
+
+
+def test_objects_hold_at_most_100kb_of_attributes(emulator: Emulator) -> None:
+    """Line 180: objects have the person limits plus 100 KB of attributes in total."""
+    def obj(attributes: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "acme"},
+                "action": "identify", "attributes": attributes}
+
+    ops = [obj({f"k{n}-{i}": "x" * 900 for i in range(30)}) for n in range(3)]  # ~83 KB in all
+    assert batch(emulator, ops).status_code == 200
+    response = batch(emulator, [obj({f"k3-{i}": "x" * 900 for i in range(30)})])  # ~111 KB
+    assert response.status_code == 207
+    assert response.json()["errors"][0]["reason"] == "too_large"
+    assert len(emulator.state()["objects"]["1:acme"]) == 90
+    response = batch(emulator, [obj({f"n{i}": 1 for i in range(211)})])  # 301 attributes
+    assert response.status_code == 207
+    assert response.json()["errors"][0]["reason"] == "too_many"

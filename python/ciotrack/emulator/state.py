@@ -31,7 +31,14 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ciotrack.emulator.validate import OpError, identifier_value, json_loads
+from ciotrack.emulator.validate import (
+    MAX_ATTRIBUTES,
+    MAX_OBJECT_ATTRIBUTE_BYTES,
+    OpError,
+    identifier_value,
+    json_dumps,
+    json_loads,
+)
 
 if TYPE_CHECKING:
     import msgspec
@@ -153,6 +160,9 @@ class Workspace:
         self._check_free(self.by_email, attributes.get("email"), person, "attributes.email")
         self._check_free(self.by_phone, attributes.get("phone"), person, "attributes.phone")
         rels = _relationships(relationships if relationships is not None else attributes.get("cio_relationships"))
+        stored_now = person.attributes if person is not None else {}
+        if len(stored_now) + len(attributes) >= MAX_ATTRIBUTES:
+            self._check_attribute_count(stored_now, attributes, kind if person is None else None)
 
         if person is None:
             person = self.find_or_create(kind, value)
@@ -180,6 +190,23 @@ class Workspace:
             stored[name] = val
         if rels:
             _add_relationships(person, rels)
+
+    @staticmethod
+    def _check_attribute_count(stored: dict[str, Any], attributes: dict[str, Any], new_kind: str | None) -> None:
+        """At most 300 attributes per person (customerio-api.md line 179), counted after this call:
+        a null or empty value removes one. ``new_kind``: the identifier a new person is created by
+        (an email or phone identifier is stored as an attribute too)."""
+        count = len(stored) + (new_kind in ("email", "phone") and new_kind not in attributes)
+        for name, val in attributes.items():
+            if name in _IDENTIFY_CONTROL_KEYS:
+                continue
+            if val is None or val == "":
+                count -= name in stored
+            elif name not in stored:
+                count += 1
+        if count > MAX_ATTRIBUTES:
+            raise OpError("attributes", "too_many", f"a person holds at most {MAX_ATTRIBUTES} attributes "
+                          f"({count} after this call)")
 
     def _index_for(self, name: str) -> dict[str, Person]:
         return self.by_email if name == "email" else self.by_phone
@@ -300,7 +327,15 @@ class Workspace:
     # -- objects, deliveries, metrics, segments ---------------------------------------------
 
     def identify_object(self, key: str, attributes: dict[str, Any]) -> None:
-        self.objects.setdefault(key, {}).update(attributes)
+        """Objects have the person limits plus 100 KB of attributes in all (customerio-api.md line 180;
+        read as 100,000 bytes of JSON, the smaller kb)."""
+        merged = {**self.objects.get(key, {}), **attributes}
+        if len(merged) > MAX_ATTRIBUTES:
+            raise OpError("attributes", "too_many", f"an object holds at most {MAX_ATTRIBUTES} attributes")
+        if len(json_dumps(merged)) > MAX_OBJECT_ATTRIBUTE_BYTES:
+            raise OpError("attributes", "too_large",
+                          f"an object's attributes are over {MAX_OBJECT_ATTRIBUTE_BYTES} bytes in all")
+        self.objects[key] = merged
 
     def delete_object(self, key: str) -> None:
         self.objects.pop(key, None)

@@ -18,6 +18,7 @@ MAX_EVENT_DATA_BYTES: Final = 100_000
 MAX_ATTRIBUTES: Final = 300
 MAX_ATTRIBUTE_NAME_BYTES: Final = 150
 MAX_ATTRIBUTE_VALUE_BYTES: Final = 1000
+MAX_OBJECT_ATTRIBUTE_BYTES: Final = 100_000
 # Body limits, the most that passes (customerio-api.md §2, line 68). The spec says "32kb" and "500kb"
 # without saying whether a kb is 1000 or 1024 bytes. An operation may be 32,768 bytes (32 KiB "or
 # smaller"); a batch 500,000 (under 500 KiB, though not under 500 kB: a one-byte edge left as it was,
