@@ -114,3 +114,18 @@ def test_objects_hold_at_most_100kb_of_attributes(emulator: Emulator) -> None:
     response = batch(emulator, [obj({f"n{i}": 1 for i in range(211)})])  # 301 attributes
     assert response.status_code == 207
     assert response.json()["errors"][0]["reason"] == "too_many"
+
+
+def test_v1_identify_with_another_persons_identifier_is_200_and_not_applied(emulator: Emulator) -> None:
+    """Line 197: identify may answer 200 yet record an "Attribute Update Failure" when the path and
+    the body identify different people."""
+    url = f"{emulator.url}/api/v1/customers"
+    assert requests.put(f"{url}/x", json={"email": "x@example.com"}, auth=AUTH, timeout=10).status_code == 200
+    assert requests.put(f"{url}/y", json={"plan": "free"}, auth=AUTH, timeout=10).status_code == 200
+    response = requests.put(f"{url}/y", json={"email": "x@example.com", "plan": "pro"}, auth=AUTH, timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {}
+    state = emulator.state()
+    assert state["people"]["y"]["attributes"] == {"plan": "free"}
+    assert state["people"]["x"]["attributes"] == {"email": "x@example.com"}
+    assert [f["field"] for f in state["attribute_update_failures"]] == ["attributes.email"]

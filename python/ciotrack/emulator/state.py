@@ -50,6 +50,13 @@ Event = tuple[str, str, Any, int, "str | None"]
 _IDENTIFY_CONTROL_KEYS = frozenset({"id", "cio_id", "_update", "_timestamp", "cio_relationships"})
 
 
+class IdentifierConflict(OpError):
+    """An identify whose body names an identifier (id, email, phone) another person holds. Track v1
+    answers such an identify 200 and records an "Attribute Update Failure" instead of applying it
+    (customerio-api.md line 197): ``v1`` does the same. For v2 that is not documented; it stays a
+    207 item / 400 there, the louder choice."""
+
+
 class Person:
     __slots__ = ("cio_id", "id", "attributes", "events", "devices", "suppressed", "relationships")
 
@@ -106,6 +113,8 @@ class Workspace:
         self.deliveries: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.segments: dict[str, dict[str, set[str]]] = {}
+        # v1 identifies answered 200 but not applied (see IdentifierConflict), oldest first.
+        self.attribute_update_failures: list[dict[str, Any]] = []
         self._next_cio = 1
         self.events_stored = 0
         self.duplicates = 0
@@ -142,7 +151,7 @@ class Workspace:
         if value.__class__ is str and value:
             holder = index.get(value)
             if holder is not None and holder is not person:
-                raise OpError(field, "conflict", f"{field} already belongs to another person")
+                raise IdentifierConflict(field, "conflict", f"{field} already belongs to another person")
 
     def identify(self, kind: str, value: str, attributes: dict[str, Any], relationships: Any = None) -> None:
         person = self.find(kind, value)
@@ -370,6 +379,7 @@ class Workspace:
             "deliveries": [dict(d) for d in self.deliveries],
             "metrics": [dict(m) for m in self.metrics],
             "segments": {s: {t: sorted(ids) for t, ids in kinds.items()} for s, kinds in self.segments.items()},
+            "attribute_update_failures": [dict(f) for f in self.attribute_update_failures],
         }
 
 

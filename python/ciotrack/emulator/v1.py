@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
-from ciotrack.emulator.state import Workspace
+from ciotrack.emulator.state import IdentifierConflict, Workspace
 from ciotrack.emulator.validate import (
     MAX_SEGMENT_IDS,
     OpError,
@@ -105,7 +105,11 @@ def _route(ws: Workspace | None, method: str, parts: list[str], query: str, body
             attributes = _json_object(body, allow_empty=True)
             person_attributes(attributes, "body")
             with ws.lock:
-                ws.identify(kind, value, attributes)
+                try:
+                    ws.identify(kind, value, attributes)
+                except IdentifierConflict as err:
+                    # 200, nothing applied, an "Attribute Update Failure" recorded (customerio-api.md line 197).
+                    ws.attribute_update_failures.append({"identifier": value, **err.as_item()})
             return OK
         if n == 2 and method == "DELETE":
             with ws.lock:
