@@ -3,6 +3,7 @@ docstrings) checked over real HTTP, where the emulator used to answer otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,3 +130,22 @@ def test_v1_identify_with_another_persons_identifier_is_200_and_not_applied(emul
     assert state["people"]["y"]["attributes"] == {"plan": "free"}
     assert state["people"]["x"]["attributes"] == {"email": "x@example.com"}
     assert [f["field"] for f in state["attribute_update_failures"]] == ["attributes.email"]
+
+
+def test_transactional_send_at_is_at_most_90_days_ahead(emulator: Emulator) -> None:
+    """Line 251: ``send_at`` is a unix timestamp up to 90 days in the future."""
+    template = {"transactional_message_id": "t", "identifiers": {"id": "1"}}
+    now = int(time.time())
+    response = send(emulator, "push", {**template, "send_at": now + 91 * 86_400})
+    assert response.status_code == 400
+    assert "send_at" in response.json()["meta"]["error"]
+    assert send(emulator, "push", {**template, "send_at": now + 89 * 86_400}).status_code == 200
+    assert send(emulator, "push", {**template, "send_at": now - 86_400}).status_code == 200  # sent at once
+
+
+def test_transactional_identifiers_are_id_email_or_cio_id(emulator: Emulator) -> None:
+    """Line 249: transactional ``identifiers`` is ``{id}``, ``{email}`` or ``{cio_id}``."""
+    response = send(emulator, "sms", {"transactional_message_id": "t", "identifiers": {"phone": "+14155552671"}})
+    assert response.status_code == 400
+    assert "identifiers" in response.json()["meta"]["error"]
+    assert emulator.transactional_sends() == []

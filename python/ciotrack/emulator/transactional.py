@@ -6,12 +6,12 @@ bucket of its own, as the App API's limit is separate from the Track API's). Wha
 Customer.io's docs (see shared/docs/customerio-api.md §9):
 
 * the body is a JSON object of at most 1 MB, attachments excluded (3 MB in all);
-* ``identifiers`` holds exactly one of ``id``, ``email``, ``cio_id`` (or ``phone``), non-empty;
+* ``identifiers`` holds exactly one of ``id``, ``email``, ``cio_id``, non-empty;
 * ``transactional_message_id`` (a template id or trigger name), or, for email only, a full message:
   ``to``, ``from``, ``subject`` and ``body``; email always needs ``to``, and at most 15 recipients
   across ``to``/``cc``/``bcc``;
 * ``message_data`` and ``attachments`` are objects (attachments: name -> base64 text), ``send_at`` is
-  unix seconds.
+  unix seconds, at most 90 days ahead (a past one means "now").
 
 An accepted send answers ``{"delivery_id": "...", "queued_at": <unix>}`` and is recorded (see
 ``Emulator.transactional_sends()``); nothing is delivered anywhere. Errors answer
@@ -36,6 +36,9 @@ MAX_PAYLOAD_BYTES = 1_000_000
 MAX_ATTACHMENT_BYTES = 2_000_000
 MAX_BODY_BYTES = MAX_PAYLOAD_BYTES + MAX_ATTACHMENT_BYTES + 64 * 1024
 MAX_RECIPIENTS = 15
+MAX_SEND_AT_AHEAD = 90 * 86_400
+# customerio-api.md line 249: {id}, {email} or {cio_id} ([PY] COMMON_MESSAGE_FIELD_MAP); no phone.
+IDENTIFIER_KINDS = frozenset({"id", "email", "cio_id"})
 UNAUTHORIZED = b'{"meta":{"error":"unauthorized: use the workspace\'s App API key as a Bearer token"}}'
 _FULL_EMAIL_FIELDS = ("to", "from", "subject", "body")
 
@@ -54,9 +57,11 @@ def _recipients(value: Any) -> int:
     raise OpError("to", "invalid", "recipients must be a string")
 
 
-def validate(kind: str, request: dict[str, Any]) -> None:
+def validate(kind: str, request: dict[str, Any], now: int) -> None:
     """Raise ``OpError`` for the first problem found (nothing is recorded then)."""
-    person_identifiers(request.get("identifiers"))
+    ident_kind, _ = person_identifiers(request.get("identifiers"))
+    if ident_kind not in IDENTIFIER_KINDS:
+        raise OpError(f"identifiers.{ident_kind}", "invalid", "identifiers must be one of id, email, cio_id")
     template = request.get("transactional_message_id")
     if template is not None and not (isinstance(template, (str, int)) and not isinstance(template, bool)
                                      and str(template).strip()):
@@ -81,6 +86,8 @@ def validate(kind: str, request: dict[str, Any]) -> None:
     send_at = request.get("send_at")
     if send_at is not None and (not isinstance(send_at, int) or isinstance(send_at, bool)):
         raise OpError("send_at", "invalid", "send_at must be unix seconds (an integer)")
+    if send_at is not None and send_at > now + MAX_SEND_AT_AHEAD:
+        raise OpError("send_at", "invalid", "send_at can be at most 90 days in the future")
     attachment_bytes = 0
     for name, content in (request.get("attachments") or {}).items():
         if not isinstance(content, str):
@@ -114,7 +121,7 @@ class TransactionalLog:
         if not isinstance(request, dict):
             return 400, error_body("the body must be a JSON object")
         try:
-            validate(kind, request)
+            validate(kind, request, now)
         except OpError as err:
             return 400, error_body(f"{err.field}: {err.message}" if err.field else err.message)
         delivery_id = base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()
