@@ -282,6 +282,9 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._answer(app, record, 429, RATE_LIMITED)
                 return
 
+        # The status for an oversized body is not documented (v2 lists 200, 207, 400, 401). 413 is the
+        # HTTP answer, and what a proxy or load balancer in front of the API would send; a client should
+        # never send Customer.io a body over the limits in the first place.
         limit = MAX_ENTITY_BYTES if path == "/api/v2/entity" else MAX_BATCH_BYTES
         if faults.max_body_bytes:
             limit = min(limit, faults.max_body_bytes)

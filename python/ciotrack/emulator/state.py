@@ -245,7 +245,12 @@ class Workspace:
     # -- events ------------------------------------------------------------------------------
 
     def seen_event(self, event_id: str | None) -> bool:
-        """Record ``event_id``; True (and counted) when the workspace had already seen it."""
+        """Record ``event_id``; True (and counted) when the workspace had already seen it.
+
+        A repeated event id is ignored (customerio-api.md line 51), but no dedup window or scope is
+        documented (line 52). The emulator remembers every id of the workspace (v1 and v2, any
+        person) until reset: the most forgiving reading, so a client must not count on it for
+        redeliveries far apart; ``stats()["duplicates"]`` shows what it hid."""
         if event_id is None:
             return False
         if event_id in self.event_ids:
