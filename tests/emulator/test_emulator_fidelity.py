@@ -149,3 +149,17 @@ def test_transactional_identifiers_are_id_email_or_cio_id(emulator: Emulator) ->
     assert response.status_code == 400
     assert "identifiers" in response.json()["meta"]["error"]
     assert emulator.transactional_sends() == []
+
+
+def test_v2_has_no_anonymous_person_event(emulator: Emulator) -> None:
+    """Lines 70-77: a v2 person operation names the person in ``identifiers`` (one of id, email, phone,
+    cio_id); an anonymous event is documented only as v1 ``POST /api/v1/events`` (line 32)."""
+    op = {"type": "person", "anonymous_id": "anon-1", "action": "event", "name": "viewed"}
+    response = batch(emulator, [op])
+    assert response.status_code == 207
+    assert response.json()["errors"][0]["field"] == "identifiers"
+    assert emulator.state()["anonymous_events"] == {}
+    v1 = requests.post(f"{emulator.url}/api/v1/events", json={"name": "viewed", "anonymous_id": "anon-1"},
+                       auth=AUTH, timeout=10)
+    assert v1.status_code == 200
+    assert list(emulator.state()["anonymous_events"]) == ["anon-1"]
