@@ -67,7 +67,7 @@ class CapturedReading:
         actions = ("event", "page", "screen") if action is None else (action,)
         return [op for op in self._matching(actions, customer_id)
                 if (name is None or op.get("name") == name)
-                and (anonymous_id is None or op.get("anonymous_id") == anonymous_id)]
+                and (anonymous_id is None or (op.get("identifiers") or {}).get("anonymous_id") == anonymous_id)]
 
     def identifies(self, customer_id: CustomerId | None = None) -> list[Operation]:
         """Identify operations (all, or one person's)."""

@@ -267,7 +267,7 @@ def test_event_layout_for_person_and_anonymous() -> None:
     assert core.lane(0).drain_ops() == [
         b'{"type":"person","identifiers":{"id":"u1"},"action":"event","name":"Signed Up",'
         b'"id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5,"attributes":{"plan":"pro"}}',
-        b'{"type":"person","anonymous_id":"anon-1","action":"page","name":"/home",'
+        b'{"type":"person","identifiers":{"anonymous_id":"anon-1"},"action":"page","name":"/home",'
         b'"id":"01BX5ZZKBKACTAV9WEVGEMMVRZ","timestamp":6}',
         b'{"type":"person","identifiers":{"id":"7"},"action":"screen","name":"Main",'
         b'"id":"01BX5ZZKBKACTAV9WEVGEMMVS0","timestamp":7,"attributes":{}}',

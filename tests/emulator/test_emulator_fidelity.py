@@ -151,15 +151,23 @@ def test_transactional_identifiers_are_id_email_or_cio_id(emulator: Emulator) ->
     assert emulator.transactional_sends() == []
 
 
-def test_v2_has_no_anonymous_person_event(emulator: Emulator) -> None:
+def test_a_v2_anonymous_event_names_its_visitor_in_identifiers(emulator: Emulator) -> None:
     """Lines 70-77: a v2 person operation names the person in ``identifiers`` (one of id, email, phone,
-    cio_id); an anonymous event is documented only as v1 ``POST /api/v1/events`` (line 32)."""
-    op = {"type": "person", "anonymous_id": "anon-1", "action": "event", "name": "viewed"}
-    response = batch(emulator, [op])
+    cio_id); an anonymous event is documented only as v1 ``POST /api/v1/events`` (line 32). The v2 form in
+    production use (Segment's and RudderStack's Customer.io destinations) is ``identifiers: {anonymous_id}``
+    on an event, page or screen: taken; a top-level ``anonymous_id``, or an anonymous identify, is not."""
+    refused = [{"type": "person", "anonymous_id": "anon-1", "action": "event", "name": "viewed"},
+               {"type": "person", "identifiers": {"anonymous_id": "anon-1"}, "action": "identify",
+                "attributes": {"plan": "pro"}}]
+    response = batch(emulator, refused)
     assert response.status_code == 207
-    assert response.json()["errors"][0]["field"] == "identifiers"
-    assert emulator.state()["anonymous_events"] == {}
-    v1 = requests.post(f"{emulator.url}/api/v1/events", json={"name": "viewed", "anonymous_id": "anon-1"},
+    assert [e["field"] for e in response.json()["errors"]] == ["identifiers", "identifiers.anonymous_id"]
+    assert emulator.state()["anonymous_events"] == {} and emulator.state()["people"] == {}
+    taken = [{"type": "person", "identifiers": {"anonymous_id": "anon-1"}, "action": action, "name": name}
+             for action, name in (("event", "viewed"), ("page", "/home"), ("screen", "Home"))]
+    assert batch(emulator, taken).status_code == 200
+    v1 = requests.post(f"{emulator.url}/api/v1/events", json={"name": "viewed", "anonymous_id": "anon-2"},
                        auth=AUTH, timeout=10)
     assert v1.status_code == 200
-    assert list(emulator.state()["anonymous_events"]) == ["anon-1"]
+    assert sorted(emulator.state()["anonymous_events"]) == ["anon-1", "anon-2"]
+    assert len(emulator.state()["anonymous_events"]["anon-1"]) == 3

@@ -191,7 +191,7 @@ def _ops(draw: st.DrawFn) -> Any:
     out: dict[str, Any] = {"type": "person", "action": "event" if kind == "anonymous" else kind,
                            "name": draw(_names)}
     if kind == "anonymous":
-        out["anonymous_id"] = draw(st.sampled_from(["a-1", "", None]))
+        out["identifiers"] = {"anonymous_id": draw(st.sampled_from(["a-1", "", None]))}
     else:
         pid = draw(_pids)
         out["identifiers"] = {"id": pid} if pid is not None else {"email": "e@x"}

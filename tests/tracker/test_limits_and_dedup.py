@@ -127,7 +127,7 @@ def test_composite_dedup_keys_on_customer_action_name_and_data(make_tracker: Tra
     tracker.track("u1", "viewed")  # no data is not empty-dict data of another event; sent once
     tracker.track("u1", "viewed")
     assert tracker.flush(timeout=5)
-    events = [(op.get("identifiers", {}).get("id"), op.get("anonymous_id"), op["action"], op["name"],
+    events = [(op["identifiers"].get("id"), op["identifiers"].get("anonymous_id"), op["action"], op["name"],
                op.get("attributes")) for op in delivered(emulator)]
     assert events == [
         ("u1", None, "event", "viewed", {"sku": 1, "tags": ["x"]}),

@@ -55,7 +55,7 @@ def test_every_method_sends_one_v2_batch_with_the_documented_shapes(make_tracker
     assert posts[0]["headers"]["Content-Type"] == "application/json"
     ops = json.loads(posts[0]["body"])["batch"]
     assert [(op.get("action"), op.get("identifiers")) for op in ops] == [
-        ("identify", {"id": "42"}), ("event", {"id": "42"}), ("event", None), ("page", {"id": "42"}),
+        ("identify", {"id": "42"}), ("event", {"id": "42"}), ("event", {"anonymous_id": "anon-1"}), ("page", {"id": "42"}),
         ("screen", {"id": "42"}), ("add_device", {"id": "42"}), ("delete_device", {"id": "42"}),
         ("suppress", {"id": "43"}), ("unsuppress", {"id": "43"}), ("merge", None), ("identify", {"id": "44"}),
         ("delete", {"id": "45"})]
@@ -65,7 +65,7 @@ def test_every_method_sends_one_v2_batch_with_the_documented_shapes(make_tracker
     assert isinstance(identify["timestamp"], int)
     assert (event["name"], event["id"], event["timestamp"], event["attributes"]) == (
         "checkout", ULID, 1_700_000_000, {"total": 12.5})
-    assert anonymous["anonymous_id"] == "anon-1" and _core.is_ulid(anonymous["id"])
+    assert anonymous["identifiers"] == {"anonymous_id": "anon-1"} and _core.is_ulid(anonymous["id"])
     assert (page["name"], page["attributes"]) == ("/pricing", {"from": "nav"})
     assert screen["name"] == "Home" and "attributes" not in screen
     assert add_device["device"] == {"token": "tok-1", "platform": "ios", "last_used": 1_700_000_100,

@@ -58,11 +58,16 @@ def _event(ws: Workspace, op: dict[str, Any], now: int) -> None:
     ts = op.get("timestamp")
     ts = now if ts is None else timestamp(ts)
     event = (op["action"], name, data or None, ts, eid)
-    # identifiers is required: v2 documents no anonymous person event (customerio-api.md lines 70-77;
-    # the spec's person operations require identifiers, one of id, email, phone, cio_id). An anonymous
-    # event is documented only as v1 POST /api/v1/events. Whether Customer.io takes a v2 event with a
-    # top-level anonymous_id instead is unknown, so the emulator refuses it rather than pretend.
-    kind, value = person_identifiers(op.get("identifiers"))
+    # identifiers is required (customerio-api.md lines 70-77: one of id, email, phone, cio_id). v2
+    # documents no anonymous person event (only v1 POST /api/v1/events does); the one v2 form in
+    # production use is identifiers {"anonymous_id": ...} on an event, page or screen, which Segment's
+    # and RudderStack's Customer.io destinations send to /api/v2/batch. The emulator takes that form,
+    # for these actions only, and refuses anything else (a top-level anonymous_id, which nothing uses).
+    identifiers = op.get("identifiers")
+    if identifiers.__class__ is dict and len(identifiers) == 1 and "anonymous_id" in identifiers:
+        ws.add_anonymous_event(identifier_value(identifiers["anonymous_id"], "identifiers.anonymous_id"), event)
+        return
+    kind, value = person_identifiers(identifiers)
     ws.add_event(kind, value, event)
 
 

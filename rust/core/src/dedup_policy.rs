@@ -150,6 +150,7 @@ fn person_named(object: &[u8]) -> Option<(Kind, String)> {
         ("id", Kind::Id),
         ("cio_id", Kind::CioId),
         ("email", Kind::Id),
+        ("anonymous_id", Kind::Anonymous),
     ]
     .into_iter()
     .find_map(|(key, kind)| Some((kind, op_scan::scalar_text(op_scan::get(&members, key)?)?)))
@@ -177,6 +178,7 @@ impl DedupPolicy {
         let Some((members, action)) = person_op(op) else {
             return Vec::new();
         };
+        // A top-level anonymous_id: an event written by an older build (replayed from a spool).
         let named = || match op_scan::get(&members, "anonymous_id") {
             Some(raw) => Some((Kind::Anonymous, op_scan::scalar_text(raw)?)),
             None => person_named(op_scan::get(&members, "identifiers")?),
@@ -325,11 +327,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(composite.keys_of_lost(event), [by_content.key]);
-        let anonymous = br#"{"type":"person","anonymous_id":"v1","action":"event","name":"n","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#;
+        let anonymous = br#"{"type":"person","identifiers":{"anonymous_id":"v1"},"action":"event","name":"n","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#;
         let anonymous_key = composite
             .event_entry(Subject::Anonymous("v1"), "event", "n", None, None)
             .unwrap();
         assert_eq!(composite.keys_of_lost(anonymous), [anonymous_key.key]);
+        let older_build = br#"{"type":"person","anonymous_id":"v1","action":"event","name":"n","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#;
+        assert_eq!(composite.keys_of_lost(older_build), [anonymous_key.key]);
         // Nothing recorded, nothing to give back: other actions, other types, unreadable bytes, dedup off.
         for op in [&br#"{"type":"person","identifiers":{"id":"7"},"action":"delete"}"#[..],
                    br#"{"type":"object","identifiers":{"object_type_id":"1","object_id":"a"},"action":"identify"}"#,

@@ -2,8 +2,7 @@
 //!
 //! An operation is written into one buffer in pieces: this module writes the fixed parts (head,
 //! tail), the encoder writes the caller's dicts in between, so nothing is copied twice. Key order
-//! is fixed (`type`, `identifiers`|`anonymous_id`, `action`, ...) because tests and the emulator
-//! compare bytes.
+//! is fixed (`type`, `identifiers`, `action`, ...) because tests and the emulator compare bytes.
 
 use crate::error::CoreError;
 use crate::json;
@@ -23,7 +22,9 @@ pub enum Subject<'a> {
     Id(&'a str),
     /// `"identifiers":{"cio_id":...}`, from a customer id written `cio_<value>`.
     CioId(&'a str),
-    /// `"anonymous_id":...` in place of `identifiers` (events only).
+    /// `"identifiers":{"anonymous_id":...}` (events only). v2 documents no anonymous event (only v1's
+    /// `POST /api/v1/events`); this is the form Segment's and RudderStack's Customer.io destinations send
+    /// to `/api/v2/batch` (the top-level `anonymous_id` written before appears in no spec or client).
     Anonymous(&'a str),
 }
 
@@ -60,7 +61,7 @@ pub fn anonymous_subject(id: &str) -> Result<Subject<'_>, CoreError> {
     Ok(Subject::Anonymous(id))
 }
 
-/// Writes `"identifiers":{...}` or `"anonymous_id":"..."` (no surrounding comma).
+/// Writes `"identifiers":{...}` (no surrounding comma).
 pub fn write_subject(out: &mut Vec<u8>, subject: Subject<'_>) {
     match subject {
         Subject::Id(id) => {
@@ -74,8 +75,9 @@ pub fn write_subject(out: &mut Vec<u8>, subject: Subject<'_>) {
             out.push(b'}');
         }
         Subject::Anonymous(id) => {
-            out.extend_from_slice(b"\"anonymous_id\":");
+            out.extend_from_slice(b"\"identifiers\":{\"anonymous_id\":");
             json::write_str(out, id);
+            out.push(b'}');
         }
     }
 }
@@ -287,7 +289,7 @@ mod tests {
         write_subject(&mut out, Subject::Anonymous("anon"));
         assert_eq!(
             text(out),
-            r#""identifiers":{"cio_id":"a\"b"} "anonymous_id":"anon""#
+            r#""identifiers":{"cio_id":"a\"b"} "identifiers":{"anonymous_id":"anon"}"#
         );
     }
 
@@ -320,7 +322,7 @@ mod tests {
         close(&mut out);
         assert_eq!(
             text(out),
-            r#"{"type":"person","anonymous_id":"a1","action":"page","name":"/home","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#
+            r#"{"type":"person","identifiers":{"anonymous_id":"a1"},"action":"page","name":"/home","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","timestamp":5}"#
         );
         // The third action written as one piece, and any other action written as a JSON string.
         for (action, written) in [("screen", r#""screen""#), ("odd\"one", r#""odd\"one""#)] {
