@@ -55,8 +55,8 @@ def test_every_method_sends_one_v2_batch_with_the_documented_shapes(make_tracker
     assert posts[0]["headers"]["Content-Type"] == "application/json"
     ops = json.loads(posts[0]["body"])["batch"]
     assert [(op.get("action"), op.get("identifiers")) for op in ops] == [
-        ("identify", {"id": "42"}), ("event", {"id": "42"}), ("event", {"anonymous_id": "anon-1"}), ("page", {"id": "42"}),
-        ("screen", {"id": "42"}), ("add_device", {"id": "42"}), ("delete_device", {"id": "42"}),
+        ("identify", {"id": "42"}), ("event", {"id": "42"}), ("event", {"anonymous_id": "anon-1"}),
+        ("page", {"id": "42"}), ("screen", {"id": "42"}), ("add_device", {"id": "42"}), ("delete_device", {"id": "42"}),
         ("suppress", {"id": "43"}), ("unsuppress", {"id": "43"}), ("merge", None), ("identify", {"id": "44"}),
         ("delete", {"id": "45"})]
     assert all(op["type"] == "person" for op in ops)
