@@ -20,7 +20,8 @@ uvicorn, celery) exit normally on SIGTERM, which runs the exit handler anyway.
 
 multiprocessing. A ``Process`` child ends with ``os._exit`` after its target returns: atexit never
 runs there. A ``multiprocessing.util.Finalize`` registered in each child (through
-``register_after_fork``, which survives the child's finalizer reset) closes the trackers instead.
+``register_after_fork``, which survives the child's finalizer reset, or when the child makes its first
+tracker, after those hooks ran) closes the trackers instead.
 
 Only weak references are kept here, so Trackers can be garbage-collected; a pipeline stays registered
 while its sender threads keep it alive, and is still closed at exit.
@@ -56,6 +57,7 @@ _install_lock = threading.Lock()
 _installed = False
 _sigterm_checked = False
 _mp_hooked = False
+_mp_finalizer_pid = 0
 
 
 class _Anchor:
@@ -82,7 +84,7 @@ def register_pipeline(pipeline: Pipeline) -> None:
     _pipelines.add(pipeline)
     if not _sigterm_checked and pipeline.config.handle_sigterm:
         _install_sigterm_handler()
-    if not _mp_hooked:
+    if not _mp_hooked or _mp_finalizer_pid != os.getpid():
         _hook_multiprocessing()
 
 
@@ -114,20 +116,27 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _hook_multiprocessing() -> None:
     """Make every multiprocessing child close the trackers when its target returns. Only once
-    ``multiprocessing`` is imported (never imported for this); checked again at each fork."""
+    ``multiprocessing`` is imported (never imported for this); checked again at each fork, and when
+    a child makes a tracker after its after-fork hooks ran (or a spawned child makes its first)."""
     global _mp_hooked
     util = sys.modules.get("multiprocessing.util")
     if util is None:
         return
-    _mp_hooked = True
-    util.register_after_fork(_MP_ANCHOR, _register_mp_finalizer)
+    if not _mp_hooked:
+        _mp_hooked = True
+        util.register_after_fork(_MP_ANCHOR, _register_mp_finalizer)
+    process = sys.modules.get("multiprocessing.process")
+    if _mp_finalizer_pid != os.getpid() and process is not None and process.parent_process() is not None:
+        _register_mp_finalizer(_MP_ANCHOR)
 
 
 def _register_mp_finalizer(anchor: _Anchor) -> None:
+    global _mp_finalizer_pid
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         # exitpriority >= 0 runs in the child's _exit_function, before its os._exit.
         util.Finalize(None, close_all, exitpriority=100)
+        _mp_finalizer_pid = os.getpid()
 
 
 def register_tracker(tracker: ForkAware) -> None:

@@ -1,0 +1,53 @@
+"""The ways real apps end their processes, run for real: multiprocessing children that make their own
+tracker (fork, forkserver), ``with Pool(...)`` (its exit terminates the workers with SIGTERM while they
+deliver), Celery prefork pool children (which end in ``os._exit`` without running multiprocessing's
+exit function), and daemon threads still calling ``track()`` while the exit handler closes the tracker.
+Every accepted event must reach the emulator, or be counted as dropped; never silently lost."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from ciotrack.emulator import Emulator
+from ciotrack.tracker import Tracker
+
+from conftest import API_KEY, SITE_ID
+
+PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIOTRACK_")}
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(PYTHON_DIR), os.environ.get("PYTHONPATH")) if p),
+               NO_PROXY="127.0.0.1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _make_and_produce(endpoint: str, child: int, count: int) -> None:
+    # The tracker is made in the child, after multiprocessing ran its after-fork hooks.
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=endpoint, rate_limit=0, flush_interval=5.0)
+    for i in range(count):
+        tracker.track(f"own-{child}", "child", {"i": i})
+    # No flush(), no close(): the child ends in os._exit once this returns.
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_multiprocessing_child_that_makes_its_own_tracker_delivers_at_exit(method: str,
+                                                                            emulator: Emulator) -> None:
+    context = multiprocessing.get_context(method)
+    children = [context.Process(target=_make_and_produce, args=(emulator.url, n, 200)) for n in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0
+    people = {pid: person["events"] for pid, person in emulator.state()["people"].items()}
+    for n in range(2):
+        assert sorted(e["data"]["i"] for e in people.get(f"own-{n}", [])) == list(range(200))
+    assert emulator.stats()["duplicates"] == 0
+
+
