@@ -23,6 +23,9 @@ runs there. A ``multiprocessing.util.Finalize`` registered in each child (throug
 ``register_after_fork``, which survives the child's finalizer reset, or when the child makes its first
 tracker, after those hooks ran) closes the trackers instead.
 
+A SIGTERM while the exit handler delivers (``Pool.__exit__`` terminates workers that are exiting)
+asks for what is already under way: it only restores the default, so a second one kills.
+
 Only weak references are kept here, so Trackers can be garbage-collected; a pipeline stays registered
 while its sender threads keep it alive, and is still closed at exit.
 """
@@ -58,6 +61,7 @@ _installed = False
 _sigterm_checked = False
 _mp_hooked = False
 _mp_finalizer_pid = 0
+_exiting = False
 
 
 class _Anchor:
@@ -111,6 +115,8 @@ def block_exit_signals() -> None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _exiting:
+        return  # the exit handler delivers within its deadline already: cutting it short loses events
     raise SystemExit(128 + signum)
 
 
@@ -155,6 +161,8 @@ def close_all(timeout: float | None = None) -> None:
             pipelines.append(pipeline)
     if not pipelines:
         return
+    global _exiting
+    _exiting = True  # the process is on its way out: a SIGTERM from now on must not cut delivery short
     budget = timeout if timeout is not None else max(p.config.exit_timeout for p in pipelines)
     deadline = time.monotonic() + budget
     for pipeline in pipelines:

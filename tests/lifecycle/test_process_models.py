@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from ciotrack.emulator import Emulator
 from ciotrack.tracker import Tracker
 
-from conftest import API_KEY, SITE_ID
+from conftest import API_KEY, SITE_ID, all_events
 
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 
@@ -49,5 +52,37 @@ def test_a_multiprocessing_child_that_makes_its_own_tracker_delivers_at_exit(met
     for n in range(2):
         assert sorted(e["data"]["i"] for e in people.get(f"own-{n}", [])) == list(range(200))
     assert emulator.stats()["duplicates"] == 0
+
+
+POOL_SCRIPT = """
+    import multiprocessing, sys
+    import ciotrack
+
+    _tracker = []
+
+    def task(n):
+        if not _tracker:  # one tracker per worker, made where it runs
+            _tracker.append(ciotrack.Tracker({site!r}, {key!r}, endpoint={url!r}, rate_limit=0))
+        _tracker[0].track(f"pool-{{n % 5}}", "task", {{"n": n}})
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context(sys.argv[1])
+        with context.Pool(2) as pool:  # __exit__ is terminate(): SIGTERM to workers still delivering
+            pool.map(task, range(200), chunksize=10)
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_pool_left_by_its_with_block_delivers_every_task_event(method: str, emulator: Emulator,
+                                                                 tmp_path: Path) -> None:
+    emulator.set_faults(latency=1.0)  # the workers are still delivering when terminate() signals them
+    script = tmp_path / "pool_app.py"
+    script.write_text(textwrap.dedent(POOL_SCRIPT.format(site=SITE_ID, key=API_KEY, url=emulator.url)))
+    result = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120,
+                            env=_env(), cwd=tmp_path)
+    emulator.clear_faults()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert sorted(e["data"]["n"] for e in all_events(emulator.state())) == list(range(200)), result.stderr
 
 
