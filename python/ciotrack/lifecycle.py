@@ -23,6 +23,11 @@ runs there. A ``multiprocessing.util.Finalize`` registered in each child (throug
 ``register_after_fork``, which survives the child's finalizer reset, or when the child makes its first
 tracker, after those hooks ran) closes the trackers instead.
 
+Celery. A prefork pool child ends in ``os._exit`` too, without multiprocessing's exit function
+(billiard's worker exits from its own ``finally``), whether recycled (``--max-tasks-per-child``) or
+at a warm shutdown: its last act is Celery's ``worker_process_shutdown`` signal, which closes the
+trackers once ``celery.signals`` is imported.
+
 A SIGTERM while the exit handler delivers (``Pool.__exit__`` terminates workers that are exiting)
 asks for what is already under way: it only restores the default, so a second one kills.
 
@@ -61,6 +66,7 @@ _installed = False
 _sigterm_checked = False
 _mp_hooked = False
 _mp_finalizer_pid = 0
+_celery_hooked = False
 _exiting = False
 
 
@@ -90,6 +96,8 @@ def register_pipeline(pipeline: Pipeline) -> None:
         _install_sigterm_handler()
     if not _mp_hooked or _mp_finalizer_pid != os.getpid():
         _hook_multiprocessing()
+    if not _celery_hooked:
+        _hook_celery()
 
 
 def _install_sigterm_handler() -> None:
@@ -145,6 +153,23 @@ def _register_mp_finalizer(anchor: _Anchor) -> None:
         _mp_finalizer_pid = os.getpid()
 
 
+def _hook_celery() -> None:
+    """Close the trackers as a Celery pool child ends (it skips atexit and multiprocessing's exit
+    function). Only once ``celery.signals`` is imported (never imported for this); checked again at
+    each fork. The connection is inherited by the pool's children."""
+    global _celery_hooked
+    signals = sys.modules.get("celery.signals")
+    if signals is None:
+        return
+    _celery_hooked = True
+    signals.worker_process_shutdown.connect(_close_at_pool_child_exit, weak=False,
+                                            dispatch_uid="ciotrack.lifecycle.close_all")
+
+
+def _close_at_pool_child_exit(**_: object) -> None:
+    close_all()
+
+
 def register_tracker(tracker: ForkAware) -> None:
     if not _installed:
         _install()
@@ -178,6 +203,8 @@ def _after_fork_in_child() -> None:
     # runs its after-fork registry later, so hooking it here still covers this very child).
     if not _mp_hooked and _pipelines:
         _hook_multiprocessing()
+    if not _celery_hooked and _pipelines:
+        _hook_celery()
     pid = os.getpid()
     for pipeline in list(_pipelines):
         if pipeline.pid == pid:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from ciotrack.emulator import Emulator
 from ciotrack.tracker import Tracker
+from redis_harness import RedisServer
 
 from conftest import API_KEY, SITE_ID, all_events
 
@@ -86,3 +90,63 @@ def test_a_pool_left_by_its_with_block_delivers_every_task_event(method: str, em
     assert sorted(e["data"]["n"] for e in all_events(emulator.state())) == list(range(200)), result.stderr
 
 
+CELERY_APP = """
+    import os
+
+    import ciotrack
+    from celery import Celery
+
+    app = Celery("tracked_tasks", broker=os.environ["CELERY_BROKER_URL"])
+    app.conf.worker_hijack_root_logger = False
+
+    # Module level: made in the worker's main process, before the pool forks. The long linger keeps
+    # every event queued until its pool process ends, which must deliver it.
+    tracker = ciotrack.Tracker(flush_interval=30.0)
+
+
+    @app.task
+    def charge(n: int) -> None:
+        tracker.track(f"user-{n % 10}", "charged", {"n": n})
+"""
+
+TASKS = 40
+
+
+@pytest.mark.parametrize("recycle", [False, True], ids=["warm-shutdown", "max-tasks-per-child"])
+def test_celery_pool_children_deliver_what_they_hold_when_they_end(recycle: bool, emulator: Emulator,
+                                                                   redis_server: RedisServer, tmp_path: Path) -> None:
+    pytest.importorskip("celery")
+    (tmp_path / "tracked_tasks.py").write_text(textwrap.dedent(CELERY_APP))
+    env = _env(CIOTRACK_ENDPOINT=emulator.url, CIOTRACK_SITE_ID=SITE_ID, CIOTRACK_API_KEY=API_KEY,
+               CIOTRACK_RATE_LIMIT="0", CELERY_BROKER_URL=redis_server.url)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    producer = f"from tracked_tasks import charge\nfor i in range({TASKS}):\n    charge.delay(i)\n"
+    subprocess.run([sys.executable, "-c", producer], cwd=tmp_path, env=env, check=True, timeout=60)
+    args = [sys.executable, "-m", "celery", "-A", "tracked_tasks", "worker", "--pool=prefork", "--concurrency=2",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if recycle:
+        args.append("--max-tasks-per-child=10")
+    worker = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    all_ran = threading.Event()
+
+    def read_log() -> None:
+        assert worker.stderr is not None
+        for line in worker.stderr:
+            log.append(line)
+            if sum("succeeded" in entry for entry in log) >= TASKS:
+                all_ran.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        ran = all_ran.wait(120)
+    finally:
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        worker.wait(90)
+        reader.join(10)
+    text = "".join(log)
+    assert ran, text
+    assert worker.returncode == 0 and "Traceback" not in text, text
+    events = all_events(emulator.state())
+    assert Counter(e["data"]["n"] for e in events) == Counter(range(TASKS)), text

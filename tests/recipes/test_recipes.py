@@ -166,8 +166,9 @@ def test_celery_prefork_worker(recipe_dir: Path, emulator: Emulator) -> None:
     subprocess.run([sys.executable, "-c", producer], cwd=recipe_dir, env=env, check=True, timeout=60)
     # Every request waits 2 s at the emulator, so when the last task has run the children still hold
     # queued or in-flight events: the warm shutdown must deliver them. (Both the recipe's
-    # worker_process_shutdown handler and ciotrack's multiprocessing exit hook, which billiard's
-    # children run, do; without the handler this test passes too.)
+    # worker_process_shutdown handler and ciotrack's own receiver of that signal do; the children end
+    # in os._exit, without atexit or multiprocessing's exit function: tests/lifecycle covers a
+    # tracker made without the handler.)
     emulator.set_faults(latency=2.0)
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "celery_test_app", "worker", "--pool=prefork", "--concurrency=2",
