@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ log = logging.getLogger("ciotrack.lifecycle")
 
 class ForkAware(Protocol):
     def _rebuild_after_fork(self) -> None: ...
+
+    def _closed_by_exit(self, pipelines: Collection[Pipeline]) -> None: ...
 
 
 _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
@@ -188,6 +191,10 @@ def close_all(timeout: float | None = None) -> None:
         return
     global _exiting
     _exiting = True  # the process is on its way out: a SIGTERM from now on must not cut delivery short
+    # First, so that calls from threads still running (daemons) are dropped and counted, not queued
+    # where nothing will ever send them.
+    for tracker in list(_trackers):
+        tracker._closed_by_exit(pipelines)
     budget = timeout if timeout is not None else max(p.config.exit_timeout for p in pipelines)
     deadline = time.monotonic() + budget
     for pipeline in pipelines:

@@ -19,7 +19,7 @@ import asyncio
 import math
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
@@ -473,6 +473,14 @@ class Tracker:
         self.close(self._config.exit_timeout)
 
     # -- lifecycle hooks --------------------------------------------------------------------------
+
+    def _closed_by_exit(self, pipelines: Collection[Pipeline]) -> None:
+        """The exit handler is about to close ``pipelines``: if this tracker's is one, later calls (a
+        daemon thread's) are dropped and counted, as after :meth:`close`."""
+        if any(pipeline is self._pipeline for pipeline in pipelines):
+            self._closed = True
+            self._running = False
+            self._unbind_fast_calls()
 
     def _rebuild_after_fork(self) -> None:
         """In a forked child: a fresh pipeline (empty queue, new locks and Session, threads on the next

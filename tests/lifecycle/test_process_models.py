@@ -6,6 +6,7 @@ Every accepted event must reach the emulator, or be counted as dropped; never si
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -15,6 +16,7 @@ import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,51 @@ def test_a_pool_left_by_its_with_block_delivers_every_task_event(method: str, em
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert sorted(e["data"]["n"] for e in all_events(emulator.state())) == list(range(200)), result.stderr
+
+
+DAEMON_SCRIPT = """
+    import atexit, json, threading, time
+
+    def report():  # registered before ciotrack's exit handler, so it runs after it
+        time.sleep(0.3)  # the daemon thread goes on calling meanwhile
+        s = tracker.stats()
+        print(json.dumps({{"accepted": s.accepted, "delivered": s.delivered, "failed": s.failed_total,
+                          "spooled": s.spooled, "dropped": dict(s.dropped), "queued": sum(s.queued_ops.values()),
+                          "in_flight": s.in_flight_ops}}))
+
+    atexit.register(report)
+
+    import ciotrack
+
+    tracker = ciotrack.Tracker({site!r}, {key!r}, endpoint={url!r}, rate_limit=0, flush_interval=0.05)
+
+    def keep_tracking():
+        i = 0
+        while True:
+            tracker.track("daemon", "tick", {{"i": i}})
+            i += 1
+            time.sleep(0.0005)
+
+    threading.Thread(target=keep_tracking, daemon=True).start()
+    time.sleep(0.3)
+"""
+
+
+def test_calls_from_a_daemon_thread_after_the_exit_handler_are_counted_not_lost(emulator: Emulator,
+                                                                                 tmp_path: Path) -> None:
+    script = tmp_path / "daemon_app.py"
+    script.write_text(textwrap.dedent(DAEMON_SCRIPT.format(site=SITE_ID, key=API_KEY, url=emulator.url)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=_env())
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    s: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    dropped = s["dropped"]
+    assert dropped.get("closed", 0) > 0  # the thread really called after the exit handler closed the tracker
+    # Nothing left in the queue that nobody will ever send, and every accepted call accounted for.
+    assert s["queued"] == 0 and s["in_flight"] == 0, s
+    never_accepted = dropped.get("queue_full", 0) + dropped.get("closed", 0)
+    assert s["accepted"] == s["delivered"] + s["failed"] + s["spooled"] + sum(dropped.values()) - never_accepted, s
+    assert len(all_events(emulator.state())) == s["delivered"]
 
 
 CELERY_APP = """
