@@ -16,7 +16,9 @@ main thread and SIGTERM still has its default disposition (no framework installe
 ciotrack installs one that raises ``SystemExit(143)`` in the main thread (``handle_sigterm=False``
 opts out): the process unwinds and the exit handler delivers or spools what is queued. It restores
 the default first, so a second SIGTERM kills at once. Frameworks with their own handler (gunicorn,
-uvicorn, celery) exit normally on SIGTERM, which runs the exit handler anyway.
+celery) exit normally on SIGTERM, which runs the exit handler anyway. uvicorn's worker processes
+(``--workers``, ``--reload``) load the app under uvicorn's handler, then restore the default and
+re-raise SIGTERM after their own shutdown: that skips every exit handler (close in the lifespan).
 
 multiprocessing. A ``Process`` child ends with ``os._exit`` after its target returns: atexit never
 runs there. A ``multiprocessing.util.Finalize`` registered in each child (through
