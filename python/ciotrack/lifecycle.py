@@ -199,12 +199,21 @@ def close_all(timeout: float | None = None) -> None:
         tracker._closed_by_exit(pipelines)
     budget = timeout if timeout is not None else max(p.config.exit_timeout for p in pipelines)
     deadline = time.monotonic() + budget
+    interrupted = False
     for pipeline in pipelines:
-        remaining = max(0.0, min(pipeline.config.exit_timeout, deadline - time.monotonic()))
+        remaining = 0.0 if interrupted else max(0.0, min(pipeline.config.exit_timeout, deadline - time.monotonic()))
         try:
             pipeline.close(remaining)
         except Exception:  # never turn a clean exit into a traceback
             log.exception("ciotrack: closing a tracker at exit failed")
+        except BaseException as exc:
+            # A signal handler's SystemExit/KeyboardInterrupt (gunicorn's quick shutdown, a second
+            # Ctrl-C) while the process already exits: close() accounted for what it could not
+            # deliver (spooled or reported); the others account for theirs at once. Re-raised, it
+            # would only print "Exception ignored in atexit callback" and a traceback.
+            interrupted = True
+            log.warning("ciotrack: delivery at exit cut short by %s; what was not delivered is spooled or "
+                        "reported", type(exc).__name__)
 
 
 def _after_fork_in_child() -> None:

@@ -10,21 +10,24 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from ciotrack.emulator import Emulator
 from ciotrack.tracker import Tracker
 from redis_harness import RedisServer
 
-from conftest import API_KEY, SITE_ID, all_events
+from conftest import API_KEY, SITE_ID, all_events, free_port
 
 PYTHON_DIR = Path(__file__).resolve().parents[2] / "python"
 
@@ -197,3 +200,52 @@ def test_celery_pool_children_deliver_what_they_hold_when_they_end(recycle: bool
     assert worker.returncode == 0 and "Traceback" not in text, text
     events = all_events(emulator.state())
     assert Counter(e["data"]["n"] for e in events) == Counter(range(TASKS)), text
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited during startup"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the server did not start listening")
+
+
+def test_gunicorn_quick_shutdown_of_workers_already_delivering_at_exit_is_quiet(emulator: Emulator,
+                                                                                 tmp_path: Path) -> None:
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    if not gunicorn.exists():
+        pytest.skip("gunicorn is not installed in this venv")
+    port = free_port()
+    env = _env(CIOTRACK_SITE_ID=SITE_ID, CIOTRACK_API_KEY=API_KEY, CIOTRACK_ENDPOINT=emulator.url,
+               CIOTRACK_RATE_LIMIT="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "apps"), env["PYTHONPATH"]])
+    # --max-requests 1: each worker exits after its request, and is still delivering its event (the
+    # emulator answers after 3 s) when the master's quick shutdown (SIGQUIT) reaches it.
+    args = [str(gunicorn), "-w", "2", "--max-requests", "1", "-b", f"127.0.0.1:{port}", "tracked_app:app"]
+    if "--no-control-socket" in subprocess.run([str(gunicorn), "--help"], capture_output=True, text=True).stdout:
+        args.append("--no-control-socket")
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
+    try:
+        _wait_listening(port, proc)
+        emulator.set_faults(latency=3.0)
+        with requests.Session() as session:
+            session.trust_env = False
+            for n in range(2):
+                assert session.get(f"http://127.0.0.1:{port}/?n={n}", timeout=10).status_code == 200
+        # Both exiting workers are inside their request when the quick shutdown comes.
+        assert emulator.wait_for(lambda: emulator.stats()["in_flight"] >= 2, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        code = proc.wait(timeout=60)
+        log.close()
+    emulator.clear_faults()
+    text = (tmp_path / "gunicorn.log").read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    # Cut short, close() still waited (within exit_timeout) for the requests already under way.
+    assert sorted(e["data"]["n"] for e in all_events(emulator.state()) if e["name"] == "request") == [0, 1]
