@@ -1,8 +1,9 @@
 """The ways real apps end their processes, run for real: multiprocessing children that make their own
 tracker (fork, forkserver), ``with Pool(...)`` (its exit terminates the workers with SIGTERM while they
 deliver), Celery prefork pool children (which end in ``os._exit`` without running multiprocessing's
-exit function), and daemon threads still calling ``track()`` while the exit handler closes the tracker.
-Every accepted event must reach the emulator, or be counted as dropped; never silently lost."""
+exit function), daemon threads still calling ``track()`` while the exit handler closes the tracker, and
+gunicorn's quick shutdown reaching workers that are already delivering at exit. Every accepted event must
+reach the emulator, or be counted as dropped; never silently lost, and no traceback at exit."""
 
 from __future__ import annotations
 
