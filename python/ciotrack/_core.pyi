@@ -19,7 +19,7 @@ Invariants across the boundary:
   most ``MAX_OP_BYTES`` encoded. A batch body is
   ``{"batch":[op,op,...]}``, at most ``max_batch_bytes`` (default
   ``MAX_BATCH_BYTES``) including that envelope, operations in FIFO order.
-* ``push`` results are the ``ACCEPTED``/``DEDUPED``/``FULL``/``FORKED`` codes;
+* ``push`` results are the ``ACCEPTED``/``DEDUPED``/``FULL``/``FORKED``/``CLOSED`` codes;
   ``FORKED`` means the process forked since this core was made (detected with
   ``pthread_atfork``, so it also catches forks that skip Python's
   ``os.register_at_fork``): nothing was queued, and the caller must rebuild
@@ -39,6 +39,7 @@ __all__ = [
     "DEDUPED",
     "FULL",
     "FORKED",
+    "CLOSED",
     "MAX_OP_BYTES",
     "MAX_BATCH_BYTES",
     "Batch",
@@ -62,6 +63,8 @@ FULL: Final[int]
 """Refused: the lane is full (by count or bytes) and the policy dropped this operation."""
 FORKED: Final[int]
 """Refused: the process forked since this core was created; rebuild and retry."""
+CLOSED: Final[int]
+"""Refused: ``Core.close()`` was called; nothing was queued (the caller counts it as dropped ``closed``)."""
 
 MAX_OP_BYTES: Final[int]
 """32768: Customer.io's limit for one v2 operation."""
@@ -209,7 +212,8 @@ class Core:
     def wake(self) -> None:
         """Wake every thread waiting in ``Lane.wait`` (e.g. for ``flush()``)."""
     def close(self) -> None:
-        """Wake all waiters and make every later wait return at once. Queued data stays drainable."""
+        """Wake all waiters and make every later wait return at once; every later push answers ``CLOSED``.
+        Queued data stays drainable."""
     def fork_generation(self) -> int:
         """Incremented in the child by a ``pthread_atfork`` handler on every fork."""
     def stats(self) -> dict[str, Any]:

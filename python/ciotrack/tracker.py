@@ -44,6 +44,7 @@ Timestamp = int | float | datetime | None
 _DEDUPED = _core.DEDUPED
 _FULL = _core.FULL
 _FORKED = _core.FORKED
+_CLOSED = _core.CLOSED
 _PLATFORMS = ("ios", "android")
 # Native bound methods shadowing these, active while the tracker runs (see _bind_fast_calls).
 _FAST_CALLS = ("track", "track_anonymous", "page", "screen", "identify")
@@ -244,6 +245,9 @@ class Tracker:
         return lane
 
     def _refused(self, code: int, method: str, *args: Any) -> None:
+        if code == _CLOSED:  # the call passed its "open" check just before close() sealed the core
+            self._pipeline.losses.drop(Reason.CLOSED, 1)
+            return
         if code == _FORKED:
             # A fork that skipped os.register_at_fork (a C-level fork): rebuild here, then try once more.
             self._rebuild_after_fork()

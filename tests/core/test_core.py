@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ciotrack import _core
-from ciotrack._core import ACCEPTED, DEDUPED, FORKED, FULL, Batch, Bucket, Core
+from ciotrack._core import ACCEPTED, CLOSED, DEDUPED, FORKED, FULL, Batch, Bucket, Core
 from ciotrack.errors import ConfigError, InvalidValueError, LimitError, SerializationError
 
 ULID_A = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -767,6 +767,7 @@ def test_wait_returns_when_bytes_arrive_from_another_thread() -> None:
 def test_close_releases_waiters_and_later_waits() -> None:
     core = Core()
     lane = core.lane(0)
+    fill(core, 1)
     thread, result = run_in_thread(lambda: lane.wait(10_000, 60))
     core.close()
     thread.join(10)
@@ -774,8 +775,17 @@ def test_close_releases_waiters_and_later_waits() -> None:
     started = time.monotonic()
     assert lane.wait(10_000, 60) is False
     assert time.monotonic() - started < 30
-    fill(core, 1)  # data stays drainable after close
-    assert lane.next_batch() is not None
+    assert lane.next_batch() is not None  # what was queued stays drainable after close
+
+
+def test_a_push_after_close_is_refused_not_queued() -> None:
+    # A call that passed its tracker's "open" check just before close() and pushes after close()'s final
+    # drain was accepted and never sent nor reported. Now the core answers CLOSED and queues nothing.
+    core = Core()
+    core.close()
+    assert core.person(0, "delete", "u1") == CLOSED
+    assert core.event(0, "event", "u1", None, "n") == CLOSED
+    assert core.lane(0).drain_ops() == [] and counters(core)["accepted"] == 0
 
 
 def test_wake_releases_a_waiter_without_closing() -> None:

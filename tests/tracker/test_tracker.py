@@ -320,6 +320,41 @@ def test_calls_after_close_are_dropped_and_counted(make_tracker: TrackerFactory,
     assert [e["name"] for e in emulator.state()["people"]["1"]["events"]] == ["before"]
 
 
+def test_a_call_racing_close_is_delivered_or_counted_never_left_queued(make_tracker: TrackerFactory,
+                                                                        emulator: Emulator) -> None:
+    # A call on the Python path (region=) that passed its "open" check just before close() could push after
+    # close()'s final drain: accepted, then neither sent nor reported. The core now refuses pushes once
+    # closed (CLOSED), which the tracker counts as dropped "closed". The window is a thread switch wide:
+    # several closes under a stream of calls from other threads, and a direct push as a racing call makes it.
+    for _ in range(5):
+        tracker = make_tracker()
+        tracker.track("0", "warm-up")
+        stop = threading.Event()
+
+        def calls(tracker: Tracker = tracker, stop: threading.Event = stop) -> None:
+            i = 0
+            while not stop.is_set():
+                tracker.track("racer", "e", {"i": i}, region="us")
+                i += 1
+
+        threads = [threading.Thread(target=calls) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.05)
+        tracker.close(timeout=10)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        stats = tracker.stats()
+        assert sum(stats.queued_ops.values()) == 0 and stats.in_flight_ops == 0
+        assert stats.accepted == stats.delivered + stats.failed_total  # nothing accepted is left unaccounted
+    code = tracker._core.event(0, "event", "racer", None, "late")  # what a call past its check does next
+    assert code == _core.CLOSED and tracker._core.lane(0).drain_ops() == []
+    before = stats.dropped.get("closed", 0)
+    tracker._refused(code, "event")
+    assert tracker.stats().dropped["closed"] == before + 1
+
+
 def test_queue_full_drops_are_reported(make_tracker: TrackerFactory) -> None:
     drops: list[tuple[str, int]] = []
     tracker = make_tracker(max_queue_ops=5, flush_interval=5.0, on_drop=lambda r, n: drops.append((r, n)))

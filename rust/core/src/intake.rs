@@ -7,7 +7,10 @@
 //! arguments and releases the GIL around `BlockingWait::block`.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, SeqCst},
+};
 use std::time::Duration;
 
 use crate::batch::{Batch, Origin};
@@ -27,6 +30,10 @@ pub const ACCEPTED: i32 = 0;
 pub const DEDUPED: i32 = 1;
 pub const FULL: i32 = 2;
 pub const FORKED: i32 = 3;
+/// Refused: the core was closed ([`Shared::seal`]); nothing was queued. A call that passed its
+/// tracker's "still open" check just before `close()` and pushes after the final drain would
+/// otherwise be accepted and never sent nor reported.
+pub const CLOSED: i32 = 4;
 
 /// More lanes than this is a configuration mistake (one lane per region).
 pub const MAX_LANES: usize = 256;
@@ -146,6 +153,8 @@ pub struct Shared {
     /// The fork generation this core was made in; any other means we are in a forked child.
     generation: u64,
     id: u64,
+    /// Set by `seal()`: every later submit answers CLOSED.
+    sealed: AtomicBool,
 }
 
 impl Shared {
@@ -191,6 +200,7 @@ impl Shared {
             overflow: Mutex::new(vec![Vec::new(); lanes]),
             generation: fork::generation(),
             id: NEXT_CORE_ID.fetch_add(1, Relaxed),
+            sealed: AtomicBool::new(false),
         })
     }
 
@@ -206,6 +216,12 @@ impl Shared {
                 ),
             )
         })
+    }
+
+    /// From now on every submit answers CLOSED (queued ops stay drainable): called before the
+    /// final drain, so nothing can be queued after it where no one would send it.
+    pub fn seal(&self) {
+        self.sealed.store(true, SeqCst);
     }
 
     /// True in a child forked since this core was made: nothing may be queued there.
@@ -245,6 +261,9 @@ impl Shared {
         now: u64,
         waiter: &impl BlockingWait,
     ) -> i32 {
+        if self.sealed.load(Acquire) {
+            return CLOSED;
+        }
         let queue = &self.lanes[lane];
         if let Some(entry) = dedup {
             if self.dedup.is_duplicate(entry.key, entry.value, now) {

@@ -331,3 +331,30 @@ fn scratch_is_reentrant() {
     });
     assert_eq!(outer, (b"outer".to_vec(), 2));
 }
+
+#[test]
+fn a_sealed_core_refuses_every_submit_and_keeps_what_it_holds() {
+    let shared = small(4, "drop_newest");
+    assert_eq!(shared.submit(0, b"{\"a\":1}", None, &InPlace), ACCEPTED);
+    shared.seal();
+    assert_eq!(shared.submit(0, b"{\"b\":1}", None, &InPlace), CLOSED);
+    let entry = DedupEntry {
+        key: 9,
+        value: 1,
+        identify: true,
+    };
+    assert_eq!(
+        shared.submit(0, b"{\"c\":1}", Some(entry), &InPlace),
+        CLOSED
+    );
+    let drained: Vec<_> = shared.lanes[0]
+        .drain_all()
+        .into_iter()
+        .map(|op| op.bytes)
+        .collect();
+    assert_eq!(drained, vec![Box::from(&b"{\"a\":1}"[..])]);
+    assert!(
+        !shared.dedup.is_duplicate(9, 1, clock::now_ns()),
+        "a refused op is not recorded"
+    );
+}

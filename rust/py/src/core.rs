@@ -275,6 +275,8 @@ impl Core {
     }
 
     fn close(&self) {
+        // Sealed first: a push from now on answers CLOSED instead of landing after the final drain.
+        self.shared.seal();
         self.shared.lanes.iter().for_each(|queue| queue.close());
     }
 

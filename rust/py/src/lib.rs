@@ -15,7 +15,7 @@ mod fastcall;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use ciotrack_core::intake::{ACCEPTED, DEDUPED, FORKED, FULL};
+use ciotrack_core::intake::{ACCEPTED, CLOSED, DEDUPED, FORKED, FULL};
 use ciotrack_core::{clock, fork, metrics, ops, ulid};
 
 use crate::errors::Result;
@@ -66,6 +66,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEDUPED", DEDUPED)?;
     m.add("FULL", FULL)?;
     m.add("FORKED", FORKED)?;
+    m.add("CLOSED", CLOSED)?;
     m.add("MAX_OP_BYTES", ops::MAX_OP_BYTES)?;
     m.add("MAX_BATCH_BYTES", ops::MAX_BATCH_BYTES)?;
     m.add_class::<core::Core>()?;
