@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from celery_worker import run_until_tasks_done
 from ciotrack.emulator import Emulator
 from ciotrack.tracker import Tracker
 from redis_harness import RedisServer
@@ -177,28 +177,10 @@ def test_celery_pool_children_deliver_what_they_hold_when_they_end(recycle: bool
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if recycle:
         args.append("--max-tasks-per-child=10")
-    worker = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    all_ran = threading.Event()
-
-    def read_log() -> None:
-        assert worker.stderr is not None
-        for line in worker.stderr:
-            log.append(line)
-            if sum("succeeded" in entry for entry in log) >= TASKS:
-                all_ran.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        ran = all_ran.wait(120)
-    finally:
-        worker.send_signal(signal.SIGTERM)  # warm shutdown
-        worker.wait(90)
-        reader.join(10)
-    text = "".join(log)
-    assert ran, text
-    assert worker.returncode == 0 and "Traceback" not in text, text
+    run = run_until_tasks_done(args, cwd=tmp_path, env=env, tasks=TASKS, timeout=120)
+    text = run.log
+    assert run.ran, text
+    assert run.returncode == 0 and "Traceback" not in text, text
     events = all_events(emulator.state())
     assert Counter(e["data"]["n"] for e in events) == Counter(range(TASKS)), text
 

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 import requests
 from readme_blocks import recipes
 
+from celery_worker import run_until_tasks_done
 from ciotrack.emulator import Emulator
 
 from conftest import API_KEY, SITE_ID, all_events, free_port
@@ -170,32 +170,14 @@ def test_celery_prefork_worker(recipe_dir: Path, emulator: Emulator) -> None:
     # in os._exit, without atexit or multiprocessing's exit function: tests/lifecycle covers a
     # tracker made without the handler.)
     emulator.set_faults(latency=2.0)
-    worker = subprocess.Popen(
+    run = run_until_tasks_done(
         [sys.executable, "-m", "celery", "-A", "celery_test_app", "worker", "--pool=prefork", "--concurrency=2",
          "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=recipe_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    all_ran = threading.Event()
-
-    def read_log() -> None:
-        assert worker.stderr is not None
-        for line in worker.stderr:
-            log.append(line)
-            if sum("succeeded" in entry for entry in log) >= REQUESTS:
-                all_ran.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        ran = all_ran.wait(90)
-        delivered_while_running = len(all_events(emulator.state()))
-    finally:
-        worker.send_signal(signal.SIGTERM)  # warm shutdown: pool children get worker_process_shutdown
-        worker.wait(60)
-        reader.join(10)
-    text = "".join(log)
-    assert ran, text
-    assert worker.returncode == 0 and "Traceback" not in text, text
+        cwd=recipe_dir, env=env, tasks=REQUESTS, timeout=90,
+        before_stop=lambda: len(all_events(emulator.state())))
+    text, delivered_while_running = run.log, run.seen
+    assert run.ran, text
+    assert run.returncode == 0 and "Traceback" not in text, text
     assert delivered_while_running < REQUESTS  # the shutdown path really had events to deliver
     state = emulator.state()
     events = all_events(state)
