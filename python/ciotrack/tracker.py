@@ -7,10 +7,9 @@ nothing is queued then. Delivery problems never raise here: they reach ``on_erro
 the log. Calls after ``close()`` are dropped and counted (``on_drop("closed", 1)``).
 
 Routing: every method takes ``region="us"|"eu"`` to override the tracker's routing for that call;
-otherwise ``region_for`` (if configured) picks the region from the customer id (for
-``track_anonymous``: the anonymous id), else the tracker's default region. Note for ``identify``:
-an attribute literally named ``region`` must go in the ``attributes`` dict, since the keyword is the
-routing override.
+otherwise ``region_for`` (if configured) picks the region from the customer id (for ``track_anonymous``:
+the anonymous id), else the tracker's default region. Note for ``identify``: an attribute literally
+named ``region`` must go in the ``attributes`` dict, since the keyword is the routing override.
 """
 
 from __future__ import annotations
@@ -453,9 +452,7 @@ class Tracker:
     def close(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` seconds (None: until every batch is delivered or finally failed),
         stop the senders, close the Session. Idempotent; later calls are dropped and counted."""
-        self._closed = True
-        self._running = False
-        self._unbind_fast_calls()
+        self._refuse_calls()
         self._finalizer.detach()
         return self._pipeline.close(timeout)
 
@@ -479,12 +476,14 @@ class Tracker:
     # -- lifecycle hooks --------------------------------------------------------------------------
 
     def _closed_by_exit(self, pipelines: Collection[Pipeline]) -> None:
-        """The exit handler is about to close ``pipelines``: if this tracker's is one, later calls (a
-        daemon thread's) are dropped and counted, as after :meth:`close`."""
+        """Exit closes ``pipelines``: if ours is one, later calls (daemon threads') are dropped and counted."""
         if any(pipeline is self._pipeline for pipeline in pipelines):
-            self._closed = True
-            self._running = False
-            self._unbind_fast_calls()
+            self._refuse_calls()
+
+    def _refuse_calls(self) -> None:
+        """From now on every call is dropped and counted (``closed``), on the native path too."""
+        self._closed, self._running = True, False
+        self._unbind_fast_calls()
 
     def _rebuild_after_fork(self) -> None:
         """In a forked child: a fresh pipeline (empty queue, new locks and Session, threads on the next
