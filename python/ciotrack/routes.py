@@ -24,7 +24,7 @@ from ciotrack.config import Config
 from ciotrack.delivery import Deliverable, Delivery, Health, Job
 from ciotrack.delivery_watch import DeliveryWatch, enable_debug_lines
 from ciotrack.destinations.base import Destination, Outcome
-from ciotrack.destinations.http import deadline_passed, time_left
+from ciotrack.destinations.http import capped_timeout, deadline_passed, time_left
 from ciotrack.destinations.track_v2 import TrackV2Destination, lookup_region, make_session
 from ciotrack.ratelimit import Limiter, local_limiter
 from ciotrack.retry import RetryPolicy
@@ -191,7 +191,7 @@ class Router:
                 return route.delivery
             c = self.config
             left = time_left()  # an inline (sync=True) flush's deadline holds for the lookup too
-            timeout = c.timeout if left is None else _capped(c.timeout, left)
+            timeout = c.timeout if left is None else capped_timeout(c.timeout, left)
             region = lookup_region(self.session, c.endpoint_for("us"), c.site_id, c.api_key,
                                    timeout=timeout, proxies=c.proxies, verify=c.verify)
             if region is None and deadline_passed():
@@ -229,11 +229,6 @@ class Router:
 
     def tokens(self) -> dict[str, float]:
         return {region: limiter.tokens() for region, limiter in list(self.limiters.items())}
-
-
-def _capped(timeout: float | tuple[float, float], left: float) -> tuple[float, float]:
-    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-    return min(connect, left), min(read, left)
 
 
 def _concurrency(config: Config) -> Concurrency:

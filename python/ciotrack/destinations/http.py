@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
 
 __all__ = ["RESPONSE_CAP", "DeadlineAdapter", "DeadlineExceeded", "Watchdog", "caller_deadline", "read_capped",
-           "deadline_passed", "time_left", "watchdog"]
+           "capped_timeout", "deadline_passed", "time_left", "watchdog"]
 
 RESPONSE_CAP = 4 << 20
 """Most bytes of a response body read; Customer.io's largest answers are far below a megabyte."""
@@ -68,6 +68,12 @@ def caller_deadline(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _current.deadline = outer
+
+
+def capped_timeout(timeout: float | tuple[float, float], cap: float) -> tuple[float, float]:
+    """A requests timeout (one number, or ``(connect, read)``) as ``(connect, read)``, each at most ``cap``."""
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return min(float(connect), cap), min(float(read), cap)
 
 
 def deadline_passed() -> bool:

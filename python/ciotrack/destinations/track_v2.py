@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import requests
 
 from ciotrack._version import __version__
 from ciotrack.destinations.base import Outcome
-from ciotrack.destinations.http import DeadlineAdapter, read_capped, time_left, watchdog
+from ciotrack.destinations.http import DeadlineAdapter, capped_timeout, read_capped, time_left, watchdog
 from ciotrack.redact import redacted_url
 from ciotrack.retry import parse_retry_after
 
@@ -101,9 +102,8 @@ class TrackV2Destination:
         self._timeout = timeout
         self._proxies = dict(proxies) if proxies else None
         self._verify = verify
-        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-        self._connect_read = (float(connect), float(read))
-        self._deadline = float(connect) + float(read)
+        self._connect_read = capped_timeout(timeout, math.inf)
+        self._deadline = sum(self._connect_read)
         """Total time one request may take, however the receiver trickles (connect + read timeouts)."""
         self._redirect_logged_at = float("-inf")
         # What Session.post would work out on every request (environment proxies and CA bundle, the
@@ -136,8 +136,7 @@ class TrackV2Destination:
             # An inline flush()/close() with a deadline: this request ends by then, not a whole read
             # timeout later. Cut short, it is a retryable attempt like any timeout; the delivery loop
             # then keeps the batch with its retry state (see ciotrack.inline).
-            connect, read = self._connect_read
-            timeout = (min(connect, left), min(read, left))
+            timeout = capped_timeout(self._connect_read, left)
             total = left
             capped = True
             settings = {**settings, "timeout": timeout}
@@ -212,12 +211,11 @@ class TrackV2Destination:
 
     def probe(self) -> bool:
         """One ``GET /api/v1/accounts/region``: any answer but 408/429/5xx means reachable."""
-        connect, read = self._connect_read
         left = time_left()  # an inline flush()'s probe (spool replay) keeps its deadline too
         cap = PROBE_TIMEOUT_CAP if left is None else min(PROBE_TIMEOUT_CAP, left)
         try:
             response = self._session.get(self._probe_url, auth=self._auth,
-                                         timeout=(min(connect, cap), min(read, cap)),
+                                         timeout=capped_timeout(self._connect_read, cap),
                                          proxies=self._proxies, verify=self._verify, allow_redirects=False)
         except requests.exceptions.RequestException:
             return False
