@@ -115,7 +115,10 @@ class Worker(Reading):
             try:
                 self._read_loop()
             except BaseException as exc:  # re-raised by run(), after the drain
-                failure.append(exc)
+                # A read still blocked when the drain finishes fails on the connection _finish() closes
+                # under it (ValueError/OSError from the socket): that is the drain's doing, not a failure.
+                if not self._finishing.is_set():
+                    failure.append(exc)
 
         reader = threading.Thread(target=read, name="ciotrack-worker-reader", daemon=True)
         reader.start()
