@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # PYO3_PYTHON unset, which shows they need no Python.
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: install build demo test test-rust test-py typecheck wheel bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
+.PHONY: install build demo test test-rust test-pythons test-py typecheck wheel bench bench-core bench-py bench-peers bench-venvs lint lint-py clean
 
 install: $(STAMP) build
 
@@ -26,12 +26,27 @@ demo: install
 	$(PY) -m ciotrack loadtest --preset peak --print-every 5 --allow-dropped \
 		--report docs/demo-report.json --plot docs/demo-plot.png
 
-test: install lint-py test-rust test-py typecheck
+test: install lint-py test-rust test-pythons test-py typecheck
 
 test-rust: $(STAMP)
 	env -u PYO3_PYTHON cargo test --quiet -p ciotrack-core
 	@test "$$(cargo tree -p ciotrack-core | grep -c pyo3)" = 0 || { echo "ciotrack-core depends on pyo3"; exit 1; }
 	cargo test --quiet -p ciotrack-py
+
+# The binding compiles for every CPython the package claims, not only the venv's: a PyO3 config per
+# version (no interpreter needed; t = free-threaded). The tests themselves run on the venv's Python.
+# One target dir for all of them: only pyo3's own crates and the binding are rebuilt per version.
+CHECK_PYTHONS := 3.12 3.13 3.14 3.14t
+
+test-pythons:
+	@for v in $(CHECK_PYTHONS); do \
+		cfg=target/pyo3-check/$$v.cfg; mkdir -p target/pyo3-check; \
+		printf 'implementation=CPython\nversion=%s\nshared=true\nabi3=false\npointer_width=64\n' "$${v%t}" > $$cfg; \
+		case $$v in *t) echo build_flags=Py_GIL_DISABLED >> $$cfg;; esac; \
+		echo "cargo clippy for CPython $$v"; \
+		PYO3_CONFIG_FILE=$(abspath target/pyo3-check)/$$v.cfg CARGO_TARGET_DIR=target/pyo3-check \
+			cargo clippy --quiet -p ciotrack-py --features extension-module -- -D warnings || exit 1; \
+	done
 
 test-py: build
 	$(PY) -m pytest -q

@@ -147,6 +147,9 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// `obj` must be a live str (or subclass) that outlives the returned slice.
 #[inline]
 unsafe fn utf8<'a>(obj: *mut ffi::PyObject) -> Result<&'a [u8], EncodeError> {
+    // Up to 3.13 a compact ASCII str is read in place, without the call below. pyo3 does not read a
+    // str's state bitfield from 3.14 on (its layout changed): there the call does it.
+    #[cfg(not(Py_3_14))]
     // SAFETY: `obj` is a live str (the caller's contract): reading its state bits is a field read.
     if unsafe { ffi::PyUnicode_IS_COMPACT_ASCII(obj) } != 0 {
         // SAFETY: a compact ASCII str keeps its `length` characters, one byte each, right after
