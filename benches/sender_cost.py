@@ -8,7 +8,10 @@ utime + stime) per request and per delivered event. ``--perf`` also counts, per 
 GIL acquisitions (``take_gil`` in libpython, through a ``perf probe`` uprobe counted by ``perf stat
 -p``; needs root and linux-perf) and the releases (``PyEval_SaveThread``: every blocking call that
 lets other threads run). ``--py-spy FILE`` records the sender threads (``py-spy record --native -f raw``,
-100 Hz... 1 kHz) and prints the share of samples under the top frames that matter.
+100 Hz... 1 kHz) and prints the share of samples under the top frames that matter. ``--floor`` then posts
+the same workload's batch bodies with a bare ``requests.Session`` (one thread, no ciotrack in the way) and
+prints its CPU per request next to the sender's: the cost of the transport alone, which the sender cannot go
+below while it keeps ``requests``; their ratio holds still while this VM's speed swings.
 """
 
 from __future__ import annotations
@@ -77,6 +80,56 @@ def stop_perf(proc: subprocess.Popen[str]) -> dict[int, dict[str, int]]:
     return counts
 
 
+class _Recorder:
+    """A destination that keeps the batch bodies the core builds (to post them again with bare requests)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def send(self, body: bytes) -> Any:
+        from ciotrack.destinations import Outcome
+
+        self.bodies.append(bytes(body))
+        return Outcome.delivered()
+
+    def probe(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def bare_requests_floor(url: str, requests_wanted: int) -> tuple[float, int]:
+    """Thread CPU per request, and events per request, of ``requests.Session.post`` sending the batch bodies
+    ciotrack builds for the same workload to the emulator, with the headers ciotrack sends, one at a time."""
+    import base64
+
+    import requests
+
+    import ciotrack
+
+    recorder = _Recorder()
+    tracker = ciotrack.Tracker(destination=lambda region: recorder, rate_limit=0)
+    try:
+        enqueue(tracker.track, 0, requests_wanted * 2_100)
+        assert tracker.flush(timeout=120)
+    finally:
+        tracker.close(timeout=30)
+    bodies = [b for b in recorder.bodies if len(b) > 400_000] or recorder.bodies
+    events = sum(body.count(b'"action":"event"') for body in bodies) // len(bodies)
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{SITE_ID}:{API_KEY}".encode()).decode(),
+               "Content-Type": "application/json", "User-Agent": "ciotrack-bench-floor"}
+    with requests.Session() as session:
+        for body in bodies[:3]:  # warm-up: the connection, the pool
+            session.post(url, data=body, headers=headers, timeout=60).raise_for_status()
+        started = time.thread_time()
+        for body in bodies:
+            session.post(url, data=body, headers=headers, timeout=60).raise_for_status()
+        return (time.thread_time() - started) / len(bodies), events
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
@@ -84,6 +137,8 @@ def main() -> int:
     parser.add_argument("--py-spy", metavar="FILE", help="record the sender with py-spy --native into FILE (raw)")
     parser.add_argument("--gil", action="store_true", help="with --py-spy: only samples holding the GIL")
     parser.add_argument("--tls", action="store_true", help="the emulator serves HTTPS (as Customer.io does)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also post the same bodies with a bare requests.Session: the transport's own CPU")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=JSON",
                         help="a tracker option over the bench's (e.g. rate_limit=27, senders=2); repeatable")
     args = parser.parse_args()
@@ -143,6 +198,14 @@ def main() -> int:
                 print(f"sender {name}: {per.get(name, 0):,} = {per.get(name, 0) / max(requests_made, 1):,.1f}/request"
                       f" (app thread: {app.get(name, 0):,})")
         result: dict[str, Any] = {"delivered": delivered, "requests": requests_made, "sender_cpu_s": cpu}
+        if args.floor:
+            per_request, events = bare_requests_floor(handle.url.rstrip("/") + "/api/v2/batch",
+                                                      min(requests_made, 60))
+            sender = cpu / max(requests_made, 1)
+            print(f"bare requests.Session.post of the same bodies: {per_request * 1e6:,.0f} us/request = "
+                  f"{per_request / max(events, 1) * 1e9:,.0f} ns/event; the sender costs {sender / per_request:.2f}x "
+                  "that")
+            result["floor_cpu_per_request_s"] = per_request
         print(result)
     finally:
         tracker.close(timeout=30)
