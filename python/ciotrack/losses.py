@@ -144,7 +144,7 @@ class Ledger:
             message = _DROP_MESSAGES.get(reason)
             if message is not None:
                 suffix = f" ({detail.replace('%', '%%')})" if detail else ""
-                self.log.warning(reason.value, "ciotrack: " + message + suffix + self._cause_suffix(), count)
+                self.log.count(reason.value, "ciotrack: " + message + suffix + self._cause_suffix(), count)
             if self._on_drop is not None:
                 self.call_hook(self._on_drop, reason.value, count)
             return
@@ -157,9 +157,9 @@ class Ledger:
         self._recorder.incr("failed_" + label, count)
         # Throttled per region and cause: a batch refused with a 400 right after an outage's retries ran out
         # is a different problem, and this line is the only one that says it.
-        self.log.warning(f"failed:{region}:{label}",
-                         "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s" + self._cause_suffix(),
-                         count, region, attempts, detail)
+        self.log.count(f"failed:{region}:{label}",
+                       "ciotrack: %d operation(s) to region %s failed after %d attempt(s): %s" + self._cause_suffix(),
+                       count, region, attempts, detail)
         if self._on_error is not None:
             error = DeliveryError(f"{count} operation(s) failed: {detail}", ops=list(ops), status=status,
                                   reason=detail, attempts=attempts, region=region)

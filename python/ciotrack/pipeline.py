@@ -434,6 +434,7 @@ class Pipeline:
         if self.replay is not None:
             self.replay.close(deadline)
         self.router.close()
+        self.losses.log.flush()  # the totals of loss lines held back within the last interval
 
     @property
     def closed(self) -> bool:

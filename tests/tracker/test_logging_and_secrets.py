@@ -127,6 +127,58 @@ def test_throttled_log_says_once_per_interval_and_counts_what_it_held_back(
     assert {r.name for r in caplog.records} == {"ciotrack.test"}
 
 
+def test_throttled_loss_lines_carry_the_operations_they_held_back(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+    throttled = ThrottledLog(logging.getLogger("ciotrack.test"), interval=10.0)
+    with caplog.at_level(logging.WARNING, logger="ciotrack"):
+        throttled.count("full", "ciotrack: queue full; %d operation(s) dropped", 1)
+        for n in (5, 7, 11):
+            now[0] += 1.0
+            throttled.count("full", "ciotrack: queue full; %d operation(s) dropped", n)
+        now[0] += 10.0
+        throttled.count("full", "ciotrack: queue full; %d operation(s) dropped", 2)  # 5+7+11 held back, plus 2
+        throttled.count("failed", "ciotrack: %d operation(s) to region %s failed: %s", 3, "us", "http_400")
+        throttled.count("failed", "ciotrack: %d operation(s) to region %s failed: %s", 4, "eu", "http_401")
+        throttled.count("full", "ciotrack: queue full; %d operation(s) dropped", 100)
+        throttled.warning("other", "ciotrack: trouble")
+        throttled.warning("other", "ciotrack: trouble")  # not counted: flush() has nothing to say of it
+        throttled.flush()
+        throttled.flush()  # said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "ciotrack: queue full; 1 operation(s) dropped",
+        "ciotrack: queue full; 25 operation(s) dropped (the total since the last such line; 3 similar messages "
+        "suppressed)",
+        "ciotrack: 3 operation(s) to region us failed: http_400",
+        "ciotrack: trouble",
+        "ciotrack: queue full; 100 operation(s) dropped (the total of 1 similar messages suppressed since the last "
+        "such line)",
+        "ciotrack: 4 operation(s) to region eu failed: http_401 (the total of 1 similar messages suppressed since "
+        "the last such line)"]
+
+
+def test_a_burst_of_drops_reaches_the_log_with_its_total_at_close(
+        make_tracker: TrackerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # A sender with nowhere to send (the emulator's address, but a closed port) keeps what the lane holds;
+    # every call past max_queue_ops is dropped within one throttling interval. Before, the log said only
+    # the first drop's count.
+    drops: list[int] = []
+    tracker = make_tracker(endpoint=f"http://127.0.0.1:{free_port()}", max_queue_ops=5, flush_interval=60.0,
+                           on_drop=lambda reason, n: drops.append(n) if reason == "queue_full" else None)
+    with caplog.at_level(logging.WARNING, logger="ciotrack"):
+        for i in range(3):
+            for j in range(400):
+                tracker.track("u", "e", {"i": i, "j": j})
+            tracker.stats()  # the overflow watch reports the core's drop counter now and then
+        tracker.close(timeout=0.5)
+    dropped = tracker.stats().dropped["queue_full"]
+    assert dropped >= 1195 and sum(drops) == dropped
+    lines = [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()]
+    logged = sum(int(line.split("; ", 1)[1].split(" ", 1)[0]) for line in lines)
+    assert logged == dropped, lines
+
+
 def test_repeated_delivery_failures_log_one_warning(make_tracker: TrackerFactory,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     errors: list[DeliveryError] = []
