@@ -148,10 +148,9 @@ class Ledger:
             if self._on_drop is not None:
                 self.call_hook(self._on_drop, reason.value, count)
             return
-        if self._forget is not None:
-            # Their dedup keys go first: the application may well send them again from on_error, or
-            # later, and that must not be dropped as a duplicate of what Customer.io never accepted.
-            self._forget(ops)
+        # Their dedup keys go first: the application may well send them again from on_error, or later,
+        # and that must not be dropped as a duplicate of what Customer.io never accepted.
+        self.forget(ops)
         label = failure_label(detail) if reason is Reason.REJECTED else reason.value
         self._recorder.incr("failed", count)
         self._recorder.incr("failed_" + label, count)
@@ -164,6 +163,12 @@ class Ledger:
             error = DeliveryError(f"{count} operation(s) failed: {detail}", ops=list(ops), status=status,
                                   reason=detail, attempts=attempts, region=region)
             self.call_hook(self._on_error, error)
+
+    def forget(self, ops: Sequence[bytes]) -> None:
+        """Take lost operations out of the dedup memory (sending them again is no duplicate): every loss
+        whose operations are known goes through here, a final failure or a spool dead letter."""
+        if self._forget is not None:
+            self._forget(ops)
 
     def _cause_suffix(self) -> str:
         cause = self.cause() if self.cause is not None else None

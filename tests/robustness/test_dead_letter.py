@@ -66,6 +66,30 @@ def test_a_batch_that_keeps_failing_on_replay_goes_to_a_dead_letter_file(
     assert b'"name":"poison"' in raw
 
 
+def test_a_dead_lettered_event_is_no_duplicate_when_the_application_sends_it_again(
+        recorder: RecordingServer, tmp_path: pathlib.Path) -> None:
+    # The event carries the application's own id, so dedup (by id, 300 s) would drop a second send of it
+    # as a duplicate of an event Customer.io never accepted: a dead letter is a loss, and is forgotten.
+    posts = _poison_refused(recorder)
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, spool_dir=str(tmp_path), rate_limit=0,
+                      flush_interval=0.02, max_retries=0, backoff_base=0.01)
+    event_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    tracker.track("user-0", "poison", id=event_id)
+    directory = spool_directory(tmp_path, SITE_ID)
+    deadline = time.monotonic() + 90
+    while not list(directory.glob("*.dead")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(directory.glob("*.dead")) and posts.count("poison") == MAX_REPLAYS + 1
+    recorder.responder = lambda rec: (200, {}, b"{}")  # the receiver takes it now
+    tracker.track("user-0", "poison", id=event_id)  # spooled while the API is marked down, then replayed
+    deadline = time.monotonic() + 60
+    while tracker.stats().counters.get("delivered", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.close(timeout=5)
+    assert [op.get("id") for op in recorder.ops()].count(event_id) == MAX_REPLAYS + 2  # sent once more
+    assert tracker.stats().counters.get("deduped_event", 0) == 0
+
+
 def test_operations_handed_back_untried_after_a_failed_replay_never_age_into_dead_letters(
         recorder: RecordingServer, tmp_path: pathlib.Path) -> None:
     # Each replay round sends the poison batch first; it runs out of retries, the destination is

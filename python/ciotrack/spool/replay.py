@@ -179,6 +179,7 @@ class SpoolReplay:
             log.warning("ciotrack: writing %d operation(s) to a dead-letter file failed; spooled again",
                         len(ops), exc_info=True)
             return self.spool.append(ops, region=region)
+        self._host.losses.forget(ops)  # kept in a file, not delivered: the application may send them again
         self._host.losses.drop(Reason.DEAD_LETTER, len(ops), detail=f"in {path}")
         return 0
 
