@@ -214,8 +214,11 @@ def test_each_cause_of_a_final_failure_gets_its_own_line(caplog: pytest.LogCaptu
             tracker.close(timeout=1)
     assert dict(tracker.stats().failed) == {"retries_exhausted": 1, "http_400": 2}
     failed = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
-    assert len(failed) == 2, failed  # the same cause again stays throttled
+    # The same cause again stays throttled, its operation held back until close() says the total.
+    assert len(failed) == 3, failed
     assert "retries exhausted: http_503" in failed[0] and "http_400" in failed[1], failed
-    # The server answered the 400s: the 503 episode is over, and the 400 line must not blame it.
-    assert "HTTP 503" not in failed[1], failed
+    assert failed[2].startswith("ciotrack: 1 operation(s) to region us failed after 1 attempt(s): http_400"), failed
+    assert failed[2].endswith("(the total of 1 similar messages suppressed since the last such line)"), failed
+    # The server answered the 400s: the 503 episode is over, and the 400 lines must not blame it.
+    assert "HTTP 503" not in failed[1] and "HTTP 503" not in failed[2], failed
     assert any("recovered" in r.getMessage() and "HTTP 503" in r.getMessage() for r in caplog.records)
