@@ -1,4 +1,6 @@
 # Everything runs inside .venv, created on first use: a fresh clone needs only python3 and cargo.
+# Another interpreter, in a venv of its own: `make test PYTHON=/opt/cpython/3.13/bin/python3.13 VENV=.venv-3.13`.
+PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -12,7 +14,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 install: $(STAMP) build
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip 'maturin>=1.7,<2'
 	$(PY) -m pip install -q -e '.[dev]' --no-build-isolation || $(VENV)/bin/maturin develop --release -E dev -q
 	touch $(STAMP)
@@ -63,7 +65,7 @@ typecheck: build
 WHEEL_TOOLS := $(VENV)/.wheel-tools
 
 $(WHEEL_TOOLS):
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'maturin>=1.7,<2' 'ziglang>=0.11'
 	touch $@
 
