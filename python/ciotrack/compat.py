@@ -69,6 +69,7 @@ from ciotrack.app_api import (
 )
 from ciotrack.errors import CiotrackError, LimitError
 from ciotrack.official import CustomerIOException, Region, Regions
+from ciotrack.stats import Stats
 from ciotrack.tracker import Tracker
 
 __all__ = [
@@ -436,6 +437,12 @@ class CustomerIO:
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued (within ``timeout`` seconds if given) and stop the sender."""
         self._tracker.close(timeout)
+
+    def stats(self) -> Stats:
+        """(ciotrack only) The current tracker's :meth:`~ciotrack.Tracker.stats`. Monitor the client, not
+        ``client.tracker``: ``PrometheusCollector(client)`` follows the new tracker a call after ``close()``
+        makes (whose counters start from zero again, which Prometheus reads as a counter reset)."""
+        return self._tracker.stats()
 
     def __enter__(self) -> CustomerIO:
         return self

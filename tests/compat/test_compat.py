@@ -374,6 +374,27 @@ def test_calls_after_close_start_a_new_tracker(plain_emulator: Emulator) -> None
     assert [e["name"] for e in plain_emulator.state()["people"]["1"]["events"]] == ["before", "after"]
 
 
+def test_a_collector_of_the_client_follows_the_tracker_made_after_close(plain_emulator: Emulator) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ciotrack.metrics import PrometheusCollector
+
+    client = CustomerIO(SITE, KEY, endpoint=plain_emulator.url, **FAST)
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(client))
+    client.track("1", "before")
+    client.close(timeout=5)
+    for i in range(3):
+        client.track("1", f"after-{i}")  # a new tracker, made by the first call
+    assert client.flush(timeout=5)
+    try:
+        # The scrape reads the tracker now at work, not the closed one it was registered with.
+        assert registry.get_sample_value("ciotrack_operations_accepted_total") == 3
+        assert registry.get_sample_value("ciotrack_operations_delivered_total") == 3
+    finally:
+        client.close(timeout=5)
+
+
 def test_context_manager_delivers_on_exit(plain_emulator: Emulator) -> None:
     with CustomerIO(SITE, KEY, endpoint=plain_emulator.url, **FAST) as client:
         for i in range(50):
