@@ -87,6 +87,9 @@ class Job:
     """Retries made so far (requests that answered "retry")."""
     first_attempt: float | None = None
     """``time.monotonic()`` of the first request (the retry budget counts from it)."""
+    waiting: bool = False
+    """The delivering thread waits for a token or out a retry delay: it has no request open (what
+    ``close()`` says of the batch when it gives up on the thread)."""
 
 
 class Verdict(enum.Enum):
@@ -302,7 +305,12 @@ class Delivery:
                 # at once (its caller may spool it; a probe finds the destination again) rather than
                 # hold it in memory for a whole retry budget.
                 return Result(Verdict.EXHAUSTED, job, None, DESTINATION_DOWN)
-            if not self._take_token(deadline):
+            job.waiting = True
+            try:
+                taken = self._take_token(deadline)
+            finally:
+                job.waiting = False
+            if not taken:
                 if self._stop.is_set():
                     return Result(Verdict.STOPPED, job, None, "stopped")
                 return Result(Verdict.DEADLINE, job, None, "deadline")
@@ -367,7 +375,12 @@ class Delivery:
         recorder.incr("retried")
         if deadline is not None and _monotonic() + delay > deadline:
             return Result(Verdict.DEADLINE, job, outcome.status, outcome.reason)
-        if self._stop.wait(delay):
+        job.waiting = True
+        try:
+            stopped = self._stop.wait(delay)
+        finally:
+            job.waiting = False
+        if stopped:
             return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
         return _AGAIN
 

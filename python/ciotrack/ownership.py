@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Ownership", "unpark"]
 
 IN_FLIGHT = "shutdown_in_flight: still in a request at the close()/exit deadline"
+SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
 
 
 class Ownership:
@@ -48,6 +49,7 @@ class Ownership:
         self._settling: set[int] = set()
         self._abandoned: dict[int, bool] = {}  # True: close() spooled a copy; False: reported lost
         self._pieces = threading.local()  # .owned: the unfinished pieces of the job this thread delivers
+        self._jobs: dict[int, Job] = {}  # every thread's pieces in flight (close() reads their state)
 
     # -- the delivering thread --------------------------------------------------------------------
 
@@ -55,6 +57,7 @@ class Ownership:
         """This thread starts delivering ``job``: the pieces it owns (kept current by :meth:`split`)."""
         owned = {id(job.batch): job}
         self._pieces.owned = owned
+        self._jobs[id(job.batch)] = job
         return owned
 
     def end(self) -> None:
@@ -63,10 +66,11 @@ class Ownership:
     def split(self, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
         """A 413 split on the delivering thread: it now owns the halves."""
         owned: dict[int, Job] | None = getattr(self._pieces, "owned", None)
+        self._jobs.pop(id(parent), None)
         if owned is not None:
             owned.pop(id(parent), None)
-            owned[id(first)] = Job(first)
-            owned[id(second)] = Job(second)
+            owned[id(first)] = self._jobs[id(first)] = Job(first)
+            owned[id(second)] = self._jobs[id(second)] = Job(second)
 
     def claim(self, batch: Batch) -> bool:
         """This thread reports ``batch`` (True), unless close() already did (False)."""
@@ -110,6 +114,7 @@ class Ownership:
         """``id(batch)`` left ``route.in_flight`` (called with the condition lock held)."""
         self._settling.discard(key)
         self._abandoned.pop(key, None)
+        self._jobs.pop(key, None)
 
     # -- close() ----------------------------------------------------------------------------------
 
@@ -129,9 +134,14 @@ class Ownership:
                 ops = batch.ops()
                 if self._to_spool(route, ops):
                     self._abandoned[id(batch)] = True
-                else:
-                    self._losses.fail(Reason.SHUTDOWN_IN_FLIGHT, ops, status=None, detail=IN_FLIGHT, attempts=1,
+                    continue
+                job = self._jobs.get(id(batch))
+                if job is not None and job.waiting:  # between attempts: no request to be stuck in
+                    self._losses.fail(Reason.SHUTDOWN, ops, status=None, detail=SHUTDOWN, attempts=job.attempts,
                                       region=route.name)
+                else:  # the attempts that answered "retry", and this one
+                    self._losses.fail(Reason.SHUTDOWN_IN_FLIGHT, ops, status=None, detail=IN_FLIGHT,
+                                      attempts=1 + (job.attempts if job is not None else 0), region=route.name)
 
 
 def unpark(route: Route) -> Job | None:

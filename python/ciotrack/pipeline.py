@@ -33,7 +33,7 @@ from ciotrack.inline import InlineDelivery
 from ciotrack.lifecycle import block_exit_signals
 from ciotrack.losses import Ledger, Reason
 from ciotrack.overflow import OverflowWatch
-from ciotrack.ownership import Ownership, unpark
+from ciotrack.ownership import SHUTDOWN, Ownership, unpark
 from ciotrack.routes import RegionPending, Route, Router
 from ciotrack.senders import SenderPool
 from ciotrack.spool.replay import SpoolReplay
@@ -43,7 +43,6 @@ __all__ = ["Pipeline"]
 
 log = logging.getLogger("ciotrack.sender")
 _monotonic = time.monotonic
-_SHUTDOWN = "shutdown: not delivered before close()/exit deadline"
 
 
 class Pipeline:
@@ -278,7 +277,7 @@ class Pipeline:
             self._owners.park(route, result.job)
             return False
         else:  # STOPPED: the pipeline is closing and this piece is not delivered
-            self._give_up(route, batch, Reason.SHUTDOWN, None, _SHUTDOWN, attempts,
+            self._give_up(route, batch, Reason.SHUTDOWN, None, SHUTDOWN, attempts,
                           sent=result.job.first_attempt is not None)
         return True
 
@@ -423,7 +422,7 @@ class Pipeline:
         for route in self.routes:
             while route.parked:
                 job = route.parked.pop(0)
-                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, _SHUTDOWN, job.attempts,
+                self._give_up(route, cast(Batch, job.batch), Reason.SHUTDOWN, None, SHUTDOWN, job.attempts,
                               sent=job.first_attempt is not None)
         self._owners.abandon_in_flight(self.routes)
         for route in self.routes:

@@ -63,15 +63,15 @@ class SenderPool:
 
     def join(self, deadline: float | None) -> None:
         """Wait for every thread but the caller's until ``deadline`` (``time.monotonic()``; None: 1 s
-        each); one still inside a request is left to finish on its own, and said so."""
+        each); one still busy (in a request, or not yet back from a wait the stop just ended) is left to
+        finish on its own, and said so."""
         current = threading.current_thread()
         for thread in self.threads:
             if thread is not current:
                 # Past the deadline, a zero wait: a fixed minimum would add up, one per stuck thread.
                 thread.join(1.0 if deadline is None else max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
-                    log.warning("ciotrack: %s still busy in a request at close(); left to finish on its own",
-                                thread.name)
+                    log.warning("ciotrack: %s still busy at close(); left to finish on its own", thread.name)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)

@@ -151,6 +151,28 @@ def test_a_batch_stuck_in_a_request_at_close_is_reported_once(held: Callable[...
     assert tracker.stats().in_flight == 0
 
 
+def test_a_batch_waiting_out_a_retry_delay_at_close_is_reported_with_its_attempts(
+        recorder: RecordingServer, caplog: pytest.LogCaptureFixture) -> None:
+    # Between two attempts the sender holds the batch but no request: close() past its deadline takes it
+    # as not delivered (``shutdown``) with the requests really made, not as stuck in one.
+    recorder.responder = lambda rec: (503, {}, b"{}")
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, on_error=errors.append, flush_interval=0.02,
+                      rate_limit=0, backoff_base=0.05, backoff_cap=0.05, senders=1)
+    tracker.track("user-1", "checkout")
+    assert recorder.wait_requests(3)
+    recorder.responder = lambda rec: (503, {"Retry-After": "30"}, b"{}")  # the next delay outlasts close()
+    made = len(recorder.requests) + 1
+    assert recorder.wait_requests(made)
+    time.sleep(0.1)  # the sender is inside its 30 s wait now
+    with caplog.at_level(logging.WARNING, logger="ciotrack"):
+        assert tracker.close(timeout=0) is False
+    assert len(errors) == 1, [e.reason for e in errors]
+    assert errors[0].reason.split(":")[0] == "shutdown" and errors[0].attempts == len(recorder.requests)
+    assert tracker.stats().counters["failed_shutdown"] == 1
+    assert not any("in a request" in r.getMessage() for r in caplog.records), caplog.text
+
+
 PREAMBLE = f"""
 import json, os, sys, time
 from ciotrack import Tracker
