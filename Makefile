@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# maturin develop installs into $VIRTUAL_ENV, or a `.venv` it finds: name the venv, whatever VENV is.
+MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin
 # The binding crate (rust/py) links libpython through pyo3 in cargo test/clippy: point it at the
 # venv's interpreter. The core crate (rust/core) has no pyo3 at all: its tests and benches run with
 # PYO3_PYTHON unset, which shows they need no Python.
@@ -16,11 +18,11 @@ install: $(STAMP) build
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip 'maturin>=1.7,<2'
-	$(PY) -m pip install -q -e '.[dev]' --no-build-isolation || $(VENV)/bin/maturin develop --release -E dev -q
+	$(PY) -m pip install -q -e '.[dev]' --no-build-isolation || $(MATURIN) develop --release -E dev -q
 	touch $(STAMP)
 
 build: $(STAMP)
-	$(VENV)/bin/maturin develop --release -q
+	$(MATURIN) develop --release -q
 
 # The peak preset against the emulator (100 requests/s, Customer.io-like latency): about a minute.
 # Writes the report and the plot the README shows; `ciotrack demo` (the older throughput run) stays.
