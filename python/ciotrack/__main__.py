@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("ciotrack.demo", "load run against the built-in emulator", "emulator"),
     "emulator": ("ciotrack.emulator.cli", "run a local Customer.io Track API emulator", "emulator"),
     "doctor": ("ciotrack.doctor.cli", "check an integration (credentials, region, network, clock, spool, Redis)", None),
-    # Until `ciotrack loadtest --webhooks URL` lands (it calls the same add_arguments/run).
+    # The blast alone; `ciotrack loadtest --webhooks URL` runs the same add_arguments/run within a load test.
     "webhooks-blast": ("ciotrack.webhooks.blast", "blast signed reporting webhooks at an endpoint", None),
     "worker": ("ciotrack.fleet.cli", "deliver a Redis stream of batches to Customer.io (fleet mode)", "fleet"),
     "deadletter": ("ciotrack.fleet.deadletter", "list, replay or purge fleet mode's dead-letter stream", "fleet"),
