@@ -109,10 +109,16 @@ def test_the_package_adds_no_handler_while_it_runs() -> None:
 # -- throttling -------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The throttled log's clock, which a test moves by hand."""
+    clock = [1000.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: clock[0])
+    return clock
+
+
 def test_throttled_log_says_once_per_interval_and_counts_what_it_held_back(
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+        caplog: pytest.LogCaptureFixture, now: list[float]) -> None:
     throttled = ThrottledLog(logging.getLogger("ciotrack.test"), interval=10.0)
     with caplog.at_level(logging.WARNING, logger="ciotrack"):
         for n in range(5):
@@ -128,9 +134,7 @@ def test_throttled_log_says_once_per_interval_and_counts_what_it_held_back(
 
 
 def test_throttled_loss_lines_carry_the_operations_they_held_back(
-        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+        caplog: pytest.LogCaptureFixture, now: list[float]) -> None:
     throttled = ThrottledLog(logging.getLogger("ciotrack.test"), interval=10.0)
     with caplog.at_level(logging.WARNING, logger="ciotrack"):
         throttled.count("full", "ciotrack: queue full; %d operation(s) dropped", 1)
