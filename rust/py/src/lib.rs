@@ -54,8 +54,8 @@ fn histogram_bounds(name: &str) -> Vec<f64> {
 }
 
 // `gil_used = true`: the hot path counts on the GIL (the encoded-key cache is a plain static, dicts are
-// walked with borrowed references), so a free-threaded CPython (3.13t/3.14t) turns its GIL back on when
-// it imports this module, and says so with a RuntimeWarning. pyo3 0.30's default is `false`.
+// walked with borrowed references), so a free-threaded CPython (3.14t; PyO3 0.30 builds for no older
+// one) turns its GIL back on when it imports this module, with a RuntimeWarning. PyO3's default: false.
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Once per process; without it FORKED could never be reported (ENOMEM only).
