@@ -341,7 +341,8 @@ class CustomerIO:
 
     def add_device(self, customer_id: Any, device_id: str, platform: str, **data: Any) -> None:
         """Add or update a push device. ``last_used`` and ``attributes`` keep their meaning; any other keyword
-        becomes a device attribute, as Customer.io reads the official client's flat device object."""
+        becomes a device attribute, as Customer.io reads the official client's flat device object, but for
+        ``id``, which the official client overwrites with ``device_id``."""
         if _blank(customer_id):
             raise CustomerIOException("customer_id cannot be blank in add_device")
         if _blank(device_id):
@@ -352,6 +353,7 @@ class CustomerIO:
             raise CustomerIOException(f"device_id must be a str, got {type(device_id).__name__}")
         if platform not in ("ios", "android"):
             raise CustomerIOException(f"platform must be 'ios' or 'android', got {platform!r}")
+        data.pop("id", None)
         last_used = data.pop("last_used", None)
         if isinstance(last_used, datetime):
             last_used = _unix(last_used)

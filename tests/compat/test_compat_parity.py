@@ -55,6 +55,7 @@ def run_sequence(c: Any) -> None:
                  attributes={"push_enabled": "true", "device_os": "17"})
     c.add_device("1", "tok-2", "android", device_os="14")
     c.add_device("2", "tok-3", "ios", last_used=datetime(2024, 1, 1))
+    c.add_device("2", "tok-4", "android", id="ignored", os="14")  # the official client overwrites `id`
     c.add_device("1", "tok-1", "ios", app_version="1.3")  # update: last_used kept, attributes merged
     c.delete_device("1", "tok-2")
     c.delete_device("2", "never-added")
