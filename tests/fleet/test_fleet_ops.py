@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from ciotrack.emulator import Emulator
@@ -65,3 +69,18 @@ def test_the_worker_logs_that_delivery_recovered(redis_server: RedisServer, tmp_
     text = log.read_text()
     assert any("recovered" in line and endpoint in line for line in text.splitlines()), text
     assert API_KEY not in text
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--drain-timeout", "1.5", "drain_timeout must be >= 2 s, got 1.5"),
+    ("--drain-timeout", "nan", "drain_timeout must be >= 2 s, got nan"),
+    ("--request-timeout", "0", "request_timeout must be > 0 s, got 0"),
+])
+def test_the_worker_refuses_timeouts_it_cannot_keep(flag: str, value: str, says: str) -> None:
+    # Refused before any connection (the Redis URL points nowhere): exit 2 and one line that says why.
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    done = subprocess.run([sys.executable, "-m", "ciotrack", "worker", "--redis-url", nowhere, "--site-id", SITE_ID,
+                           flag, value], env={**os.environ, "CIOTRACK_API_KEY": API_KEY},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert API_KEY not in done.stderr

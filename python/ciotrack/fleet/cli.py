@@ -55,7 +55,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-deliveries", type=int, default=5,
                         help="tries (final 4xx answers, or deaths mid-delivery) before the dead-letter stream")
     parser.add_argument("--drain-timeout", type=float, default=25.0,
-                        help="seconds to finish in-flight entries after SIGTERM (keep < the pod's grace period)")
+                        help="seconds to finish in-flight entries after SIGTERM, >= 2 (keep < the pod's grace "
+                             "period)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="HTTP request timeout, seconds")
     parser.add_argument("--consumer", default=None, help="consumer name (default: host-pid)")
     parser.add_argument("--key-prefix", default="ciotrack",

@@ -67,6 +67,11 @@ class WorkerConfig:
         if self.delivery_deadline < 1.0:
             raise ValueError("visibility_timeout must exceed request_timeout + 6 s (a live worker's entries "
                              "must never be claimed)")
+        if not self.drain_timeout >= 2.0:
+            raise ValueError(f"drain_timeout must be >= 2 s, got {self.drain_timeout:g}: deliveries in flight at "
+                             "SIGTERM get drain_timeout - 2 s, handing the rest back takes the last 2")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 s, got {self.request_timeout:g}")
         if not 0 < self.block_ms <= 30_000:
             raise ValueError("block_ms must be in (0, 30000]")
         if self.max_deliveries < 1:
