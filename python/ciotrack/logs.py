@@ -38,14 +38,10 @@ class ThrottledLog:
         self._lock = threading.Lock()
 
     def warning(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
-        now = _monotonic()
-        with self._lock:
-            held = self._held.get(key)
-            if held is not None and now - held.last < self._interval:
-                held.suppressed += 1
-                return
-            suppressed = held.suppressed if held is not None else 0
-            self._held[key] = _Held(now)
+        admitted = self._admit(key, 0, message, args)
+        if admitted is None:
+            return
+        suppressed, _ = admitted
         if suppressed:
             message += f" ({suppressed} similar messages suppressed)"
         self._logger.warning(message, *args, exc_info=exc_info)
@@ -55,19 +51,29 @@ class ThrottledLog:
         :meth:`warning`, but what it holds back is added up: the next line of ``key`` says the total since
         the last one, and :meth:`flush` says what no later line did (a burst of drops that ended within
         the interval would otherwise reach the log as its first line's count)."""
+        admitted = self._admit(key, count, message, args)
+        if admitted is None:
+            return
+        suppressed, total = admitted
+        if suppressed:
+            message += f" (the total since the last such line; {suppressed} similar messages suppressed)"
+        self._logger.warning(message, total, *args)
+
+    def _admit(self, key: str, count: int, message: str, args: tuple[object, ...]) -> tuple[int, int] | None:
+        """None: ``key`` logged less than an interval ago, so this line is held back (its ``count`` added
+        up). Else ``(lines held back since the last, their count plus this one's)``, and the interval
+        starts again."""
         now = _monotonic()
         with self._lock:
             held = self._held.get(key)
             if held is not None and now - held.last < self._interval:
                 held.suppressed += 1
-                held.count += count
-                held.message, held.args = message, args
-                return
-            suppressed, total = (held.suppressed, held.count + count) if held is not None else (0, count)
+                if count:
+                    held.count += count
+                    held.message, held.args = message, args
+                return None
             self._held[key] = _Held(now)
-        if suppressed:
-            message += f" (the total since the last such line; {suppressed} similar messages suppressed)"
-        self._logger.warning(message, total, *args)
+            return (held.suppressed, held.count + count) if held is not None else (0, count)
 
     def flush(self) -> None:
         """Log the operations counted lines held back and no later line reported (at ``close()``)."""
