@@ -12,7 +12,7 @@ The status table, through the destination's :class:`~ciotrack.destinations.Outco
 * ``retry`` -> wait a jittered backoff (``Retry-After`` is a floor; a 429 also pauses the limiter,
   so every sender of that limiter waits, not only this one), then send the same bytes again; when
   the policy gives up -> :attr:`Verdict.EXHAUSTED`;
-* ``split`` -> halve the batch (``on_split`` lets the caller track the halves) and deliver each half,
+* ``split`` -> halve the batch (``on_split`` hands the caller the halves' jobs) and deliver each half,
   one :class:`Result` per finished piece, in order; a single operation cannot be split -> FAILED;
 * ``final`` -> :attr:`Verdict.FAILED`.
 
@@ -87,9 +87,9 @@ class Job:
     """Retries made so far (requests that answered "retry")."""
     first_attempt: float | None = None
     """``time.monotonic()`` of the first request (the retry budget counts from it)."""
-    waiting: bool = False
-    """The delivering thread waits for a token or out a retry delay: it has no request open (what
-    ``close()`` says of the batch when it gives up on the thread)."""
+    sending: bool = False
+    """A request for this job is open right now (else its thread is waiting, for a token or out a retry
+    delay, or has not sent it yet): what ``close()`` says of the batch when it gives up on the thread."""
 
 
 class Verdict(enum.Enum):
@@ -252,7 +252,7 @@ class Delivery:
 
     def __init__(self, destination: Destination, *, limiter: Limiter | None, policy: RetryPolicy,
                  stop: threading.Event, recorder: Recorder | None = None, health: Health | None = None,
-                 on_split: Callable[[Deliverable, Deliverable, Deliverable], None] | None = None,
+                 on_split: Callable[[Deliverable, Job, Job], None] | None = None,
                  on_response: Callable[[float, Outcome], None] | None = None,
                  on_send: Callable[[], None] | None = None, watch: Watch | None = None) -> None:
         self.destination = destination
@@ -282,12 +282,12 @@ class Delivery:
             current = pending.pop()
             result = self._attempt(current, deadline)
             if result is None:  # 413: deliver each half on its own
-                first, second = current.batch.split()
+                first, second = (Job(half) for half in current.batch.split())
                 if self._on_split is not None:
                     self._on_split(current.batch, first, second)
                 self._recorder.incr("split")
-                pending.append(Job(second))
-                pending.append(Job(first))
+                pending.append(second)
+                pending.append(first)
                 continue
             yield result
             if result.verdict is Verdict.DEADLINE or result.verdict is Verdict.STOPPED:
@@ -305,16 +305,15 @@ class Delivery:
                 # at once (its caller may spool it; a probe finds the destination again) rather than
                 # hold it in memory for a whole retry budget.
                 return Result(Verdict.EXHAUSTED, job, None, DESTINATION_DOWN)
-            job.waiting = True
-            try:
-                taken = self._take_token(deadline)
-            finally:
-                job.waiting = False
-            if not taken:
+            if not self._take_token(deadline):
                 if self._stop.is_set():
                     return Result(Verdict.STOPPED, job, None, "stopped")
                 return Result(Verdict.DEADLINE, job, None, "deadline")
-            outcome = self._send(body, batch.count)
+            job.sending = True
+            try:
+                outcome = self._send(body, batch.count)
+            finally:
+                job.sending = False
             if job.first_attempt is None:
                 job.first_attempt = _monotonic()
             try:
@@ -375,12 +374,7 @@ class Delivery:
         recorder.incr("retried")
         if deadline is not None and _monotonic() + delay > deadline:
             return Result(Verdict.DEADLINE, job, outcome.status, outcome.reason)
-        job.waiting = True
-        try:
-            stopped = self._stop.wait(delay)
-        finally:
-            job.waiting = False
-        if stopped:
+        if self._stop.wait(delay):
             return Result(Verdict.STOPPED, job, outcome.status, outcome.reason)
         return _AGAIN
 

@@ -63,14 +63,17 @@ class Ownership:
     def end(self) -> None:
         self._pieces.owned = None
 
-    def split(self, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
-        """A 413 split on the delivering thread: it now owns the halves."""
+    def split(self, parent: Deliverable, first: Job, second: Job) -> None:
+        """A 413 split on the delivering thread: it now owns the halves' jobs (the ones the delivery loop
+        sends, so their retry state and ``sending`` are what close() and put_back() see)."""
         owned: dict[int, Job] | None = getattr(self._pieces, "owned", None)
         self._jobs.pop(id(parent), None)
+        for job in (first, second):
+            self._jobs[id(job.batch)] = job
         if owned is not None:
             owned.pop(id(parent), None)
-            owned[id(first)] = self._jobs[id(first)] = Job(first)
-            owned[id(second)] = self._jobs[id(second)] = Job(second)
+            owned[id(first.batch)] = first
+            owned[id(second.batch)] = second
 
     def claim(self, batch: Batch) -> bool:
         """This thread reports ``batch`` (True), unless close() already did (False)."""
@@ -136,12 +139,12 @@ class Ownership:
                     self._abandoned[id(batch)] = True
                     continue
                 job = self._jobs.get(id(batch))
-                if job is not None and job.waiting:  # between attempts: no request to be stuck in
-                    self._losses.fail(Reason.SHUTDOWN, ops, status=None, detail=SHUTDOWN, attempts=job.attempts,
-                                      region=route.name)
-                else:  # the attempts that answered "retry", and this one
+                if job is not None and job.sending:  # the attempts that answered "retry", and this one
                     self._losses.fail(Reason.SHUTDOWN_IN_FLIGHT, ops, status=None, detail=IN_FLIGHT,
-                                      attempts=1 + (job.attempts if job is not None else 0), region=route.name)
+                                      attempts=job.attempts + 1, region=route.name)
+                else:  # waiting between attempts, or a split half not sent yet: no request to be stuck in
+                    self._losses.fail(Reason.SHUTDOWN, ops, status=None, detail=SHUTDOWN,
+                                      attempts=job.attempts if job is not None else 0, region=route.name)
 
 
 def unpark(route: Route) -> Job | None:

@@ -281,12 +281,12 @@ class Pipeline:
                           sent=result.job.first_attempt is not None)
         return True
 
-    def _split(self, route: Route, parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
+    def _split(self, route: Route, parent: Deliverable, first: Job, second: Job) -> None:
         with self._cv:
             in_flight = route.in_flight
             in_flight.pop(id(parent), None)
-            in_flight[id(first)] = cast(Batch, first)
-            in_flight[id(second)] = cast(Batch, second)
+            in_flight[id(first.batch)] = cast(Batch, first.batch)
+            in_flight[id(second.batch)] = cast(Batch, second.batch)
         self._owners.split(parent, first, second)  # on the delivering thread
 
     def _finish(self, route: Route, batch: Batch, failed: Sequence[int]) -> None:

@@ -33,7 +33,7 @@ __all__ = ["RegionPending", "Route", "Router"]
 
 log = logging.getLogger("ciotrack.sender")
 
-SplitHook = Callable[["Route", Deliverable, Deliverable, Deliverable], None]
+SplitHook = Callable[["Route", Deliverable, Job, Job], None]
 
 
 class RegionPending(Exception):
@@ -137,7 +137,7 @@ class Router:
             self._health.destination = destination
         on_split = self._on_split
 
-        def split(parent: Deliverable, first: Deliverable, second: Deliverable) -> None:
+        def split(parent: Deliverable, first: Job, second: Job) -> None:
             on_split(route, parent, first, second)
 
         concurrency, lane, full_batch = route.concurrency, route.lane, self._full_batch

@@ -108,7 +108,8 @@ def test_413_splits_and_yields_one_result_per_half_in_order() -> None:
     results = list(delivery.deliver(Job(batch)))
     assert [r.verdict for r in results] == [Verdict.DELIVERED, Verdict.DELIVERED]
     halves = [r.job.batch for r in results]
-    assert [(parent, a, b) for parent, a, b in splits] == [(batch, halves[0], halves[1])]
+    assert [(parent, a.batch, b.batch) for parent, a, b in splits] == [(batch, halves[0], halves[1])]
+    assert [(a, b) for _, a, b in splits] == [(results[0].job, results[1].job)]  # the jobs it then delivered
     assert [op for half in halves for op in half.ops()] == batch.ops()  # order kept, nothing twice
     assert destination.bodies[1:] == [halves[0].body, halves[1].body]
     assert counters(recorder)["split"] == 1

@@ -33,7 +33,7 @@ from ciotrack import DeliveryError, Tracker
 from ciotrack.destinations import Outcome
 from ciotrack.logs import ThrottledLog
 
-from conftest import API_KEY, SITE_ID, RecordingServer
+from conftest import API_KEY, SITE_ID, Recorded, RecordingServer
 
 N = 50
 
@@ -171,6 +171,30 @@ def test_a_batch_waiting_out_a_retry_delay_at_close_is_reported_with_its_attempt
     assert errors[0].reason.split(":")[0] == "shutdown" and errors[0].attempts == len(recorder.requests)
     assert tracker.stats().counters["failed_shutdown"] == 1
     assert not any("in a request" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_the_halves_of_a_split_batch_waiting_at_close_are_reported_as_not_sent(
+        recorder: RecordingServer, caplog: pytest.LogCaptureFixture) -> None:
+    # A 413 splits the batch; the first half then waits out a 30 s Retry-After and the second was never
+    # sent. Neither is in a request when close() gives up on the sender: both ``shutdown``, with the
+    # requests each really had (1 and 0).
+    def respond(rec: Recorded) -> tuple[int, dict[str, str], bytes]:
+        if rec.method == "POST" and len(json.loads(rec.body)["batch"]) > 2:
+            return 413, {}, b"{}"
+        return 503, {"Retry-After": "30"}, b"{}"
+
+    recorder.responder = respond
+    errors: list[DeliveryError] = []
+    tracker = Tracker(SITE_ID, API_KEY, endpoint=recorder.url, on_error=errors.append, flush_interval=0.05,
+                      rate_limit=0, senders=1)
+    for i in range(4):
+        tracker.track(f"user-{i}", "checkout")
+    assert recorder.wait_requests(2)  # the 413, then the first half's 503
+    time.sleep(0.1)  # the sender is inside its 30 s wait now
+    assert tracker.close(timeout=0) is False
+    assert sorted((e.reason.split(":")[0], len(e.ops), e.attempts) for e in errors) == [
+        ("shutdown", 2, 0), ("shutdown", 2, 1)]
+    assert len(recorder.requests) == 2
 
 
 PREAMBLE = f"""
